@@ -1,0 +1,39 @@
+# distillrank — `make test` (the test suite) and `make demo` (the whole pipeline on SciFact).
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A pinned CPU torch keeps installs small; override for GPUs: make install TORCH_SPEC="torch==2.13.0"
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+# Real collections (BEIR format) where the checkout sits beside shared/; override with DATA_DIR=...
+DATA_DIR ?= $(abspath ../shared/data)
+export DISTILLRANK_DATA_DIR ?= $(if $(wildcard $(DATA_DIR)),$(DATA_DIR),)
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test test-slow lint demo clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+lint: install
+	$(BIN)/ruff check distillrank tests scripts
+
+demo: install
+	$(BIN)/distillrank run +exp=margin_mse experiment=demo
+
+clean:
+	rm -rf $(VENV) runs outputs multirun .pytest_cache

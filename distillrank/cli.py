@@ -1,0 +1,165 @@
+"""The ``distillrank`` command: Typer on the outside, Hydra inside each stage command.
+
+Each stage command hands its extra arguments to a ``@hydra.main`` function, so everything Hydra
+users expect works: ``distillrank train +exp=margin_mse train.lr=3e-5``, ``--cfg job``,
+``-m`` for multirun, ``--info defaults``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+import hydra
+import typer
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from distillrank.config import conf_dir, register_configs
+from distillrank.errors import DistillrankError
+
+app = typer.Typer(
+    help="distillrank: distil a strong, slow ranker into a small, fast one. "
+    "Stage commands take Hydra overrides, e.g. `distillrank run +exp=margin_mse train.lr=3e-5`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["--help"]}
+log = logging.getLogger("distillrank")
+STAGE_ENV = "DISTILLRANK_STAGE"
+
+register_configs()
+
+
+_SWEPT: list[str] = []  # keys swept by the current multirun command (set by _invoke)
+_NOT_IN_NAME = {"exp", "experiment", "workspace", "force"}
+
+
+def _prepare(cfg: DictConfig) -> DictConfig:
+    """Per-job adjustments made before a stage runs (the only place that reads Hydra's runtime).
+
+    In multirun, each job gets its own experiment folder named by the values of the swept keys
+    (``margin_mse/train.lr=1e-05``), so a sweep does not overwrite one model with another; stages
+    the sweep does not change are found in the parent experiment by their key.
+    """
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN or not _SWEPT:
+        return cfg
+    values = dict(o.split("=", 1) for o in hc.overrides.task if "=" in o)
+    suffix = ",".join(f"{k.lstrip('+~')}={values[k]}".replace("/", "_") for k in _SWEPT if k in values)
+    if suffix:
+        OmegaConf.set_struct(cfg, False)
+        cfg.experiment = f"{cfg.experiment}/{suffix}"
+        OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def _hydra_stage(name: str, run: Callable[[DictConfig], object]) -> Callable[[], None]:
+    @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
+    def task(cfg: DictConfig) -> None:
+        from distillrank.validation import check_targets
+
+        try:
+            check_targets(cfg)
+            run(_prepare(cfg))
+        except DistillrankError as err:  # Hydra would print a traceback; users get the message
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            raise SystemExit(2) from None
+
+    task.__name__ = name
+    return task
+
+
+def _invoke(ctx: typer.Context, stage: str, run: Callable[[DictConfig], object]) -> None:
+    from distillrank.validation import compose, dry_overrides, swept_keys
+
+    try:  # fail early, naming the valid keys and options, before Hydra starts a job
+        _SWEPT[:] = [k for k in swept_keys(list(ctx.args)) if k.lstrip("+~") not in _NOT_IN_NAME]
+        dry = dry_overrides(list(ctx.args))
+        if dry is not None:
+            compose(dry)
+    except DistillrankError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    argv, previous_stage = sys.argv, os.environ.get(STAGE_ENV)
+    sys.argv = [f"distillrank {stage}", *ctx.args]
+    os.environ[STAGE_ENV] = stage  # names Hydra's job (conf/config.yaml: hydra.job.name)
+    try:
+        _hydra_stage(stage, run)()
+    finally:
+        sys.argv = argv
+        if previous_stage is None:
+            os.environ.pop(STAGE_ENV, None)
+        else:
+            os.environ[STAGE_ENV] = previous_stage
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def mine(ctx: typer.Context) -> None:
+    """Mine candidates: BM25 top-k for every training query, positives from qrels, sampled negatives."""
+    from distillrank.stages import mine as stage
+
+    _invoke(ctx, "mine", stage.run)
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def score(ctx: typer.Context) -> None:
+    """Score every mined (query, passage) pair with the teacher (cached per teacher)."""
+    from distillrank.stages import score as stage
+
+    _invoke(ctx, "score", stage.run)
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def train(ctx: typer.Context) -> None:
+    """Train the student on the teacher's scores; saves a sentence-transformers folder."""
+    from distillrank.stages import train as stage
+
+    _invoke(ctx, "train", stage.run)
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def evaluate(ctx: typer.Context) -> None:
+    """Evaluate BM25, the teacher and the students on the test split (TREC runs + ir_measures)."""
+    from distillrank.stages import evaluate as stage
+
+    _invoke(ctx, "evaluate", stage.run)
+
+
+@app.command("run", context_settings=HYDRA_ARGS)
+def run_all(ctx: typer.Context) -> None:
+    """Run mine, score, train and evaluate in order, skipping stages that are up to date."""
+    from distillrank.stages import pipeline
+
+    _invoke(ctx, "run", pipeline.run)
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def validate(ctx: typer.Context) -> None:
+    """Compose a config and check it (keys, options, every _target_'s signature) without running."""
+    from distillrank.validation import check_targets, compose
+
+    try:
+        cfg = compose(list(ctx.args))
+        check_targets(cfg)
+    except DistillrankError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"ok: experiment '{cfg.experiment}' composes and every _target_ fits its signature")
+
+
+@app.command()
+def configs() -> None:
+    """List every config group and its options (use them as `group=option`, experiments as `+exp=NAME`)."""
+    from distillrank.validation import config_groups
+
+    for group, options in config_groups().items():
+        typer.echo(f"{group}: {', '.join(options)}")
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()

@@ -1,0 +1,128 @@
+"""Structured config schemas, registered in Hydra's ConfigStore.
+
+The schema is the top-level ``config`` node that ``conf/config.yaml`` extends, so struct mode
+applies everywhere: a misspelt key fails at composition time. ``teacher``, ``student`` and ``loss``
+are polymorphic (each option builds a different ``_target_``); their keys are checked against the
+target's signature by :func:`distillrank.validation.check_targets` instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class DataConfig:
+    """A collection (corpus, queries, qrels per split) and the splits each stage uses."""
+
+    name: str = MISSING
+    source: str = "beir"  # beir | ir_datasets
+    path: str | None = None  # explicit BEIR folder (wins over root / irds_id)
+    irds_id: str | None = None  # ir_datasets id without the split, e.g. beir/scifact
+    root: str | None = None  # local mirror of BEIR folders; default $DISTILLRANK_DATA_DIR
+    train_split: str | None = "train"
+    dev_split: str | None = None
+    test_split: str | None = "test"
+    max_train_queries: int | None = None
+    max_test_queries: int | None = None
+    max_docs: int | None = None
+
+
+@dataclass
+class MiningConfig:
+    """First-stage retrieval of candidates for the training queries and negative sampling."""
+
+    method: str = "bm25"
+    depth: int = 100  # documents retrieved per query
+    sampling: str = "window"  # window: uniform from ranks [window_start, window_end]; top: the best ranks
+    window_start: int = 3  # 1-based, inclusive
+    window_end: int = 100  # 1-based, inclusive
+    num_negatives: int = 8  # negatives kept per query
+    k1: float = 0.9
+    b: float = 0.4
+    stemmer: str | None = "english"
+    stopwords: str | None = "en"
+
+
+@dataclass
+class HardwareConfig:
+    """Where and in which precision models run."""
+
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    num_threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of the student."""
+
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs when reached)
+    batch_size: int = 32  # training examples (query + 1 positive + n negatives) per step
+    negatives_per_example: int = 1  # n; Margin-MSE's classic triple is n=1
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    log_every: int = 10
+
+
+@dataclass
+class ScoreConfig:
+    """How teacher scoring is run (the teacher itself is the ``teacher`` group)."""
+
+    shard_size: int = 20000  # pairs per cache shard; a killed run resumes after the last whole shard
+    progress: bool = True
+
+
+@dataclass
+class EvaluateConfig:
+    """Systems evaluated on the test split, and how."""
+
+    split: str | None = None  # default: data.test_split
+    systems: list[str] = field(default_factory=lambda: ["bm25", "teacher", "student_init", "student"])
+    checkpoints: dict[str, str] = field(default_factory=dict)  # extra bi-encoder checkpoints: name -> path
+    measures: list[str] = field(default_factory=lambda: ["nDCG@10", "RR@10", "R@100"])
+    top_k: int = 100  # retrieval depth of every run file
+    rerank_depth: int = 100  # a cross-encoder teacher re-ranks this many BM25 results
+    batch_size: int = 128
+    chunk_size: int = 65536  # corpus rows per block of the exact top-k matrix product
+
+
+@dataclass
+class Config:
+    """The whole pipeline's config; ``conf/config.yaml`` fills it."""
+
+    experiment: str = "default"
+    workspace: str = "runs"
+    seed: int = 42
+    force: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    teacher: Any = MISSING
+    student: Any = MISSING
+    loss: Any = MISSING
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def register_configs() -> None:
+    """Register the schemas; ``conf/config.yaml`` lists ``schema`` first in its defaults."""
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+def conf_dir() -> Path:
+    """The folder holding ``config.yaml``: the checkout's ``conf/`` or the wheel's ``distillrank/conf``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"distillrank's conf/ was not found next to {here}; reinstall the package")

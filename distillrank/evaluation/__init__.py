@@ -1,0 +1,1 @@
+"""Retrieval, metrics (ir_measures), TREC run files and result tables."""

@@ -1,0 +1,1 @@
+"""First-stage retrieval of candidates and negative sampling (config group ``mining/``)."""

@@ -1,0 +1,91 @@
+"""A cross-encoder: [query; passage] through a sequence-classification model, one score per pair."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from distillrank.models.hub import resolve_model
+from distillrank.workspace import atomic_dir
+
+
+class CrossEncoderModel(nn.Module):
+    """Scores a (query, passage) pair jointly.
+
+    A checkpoint with one output is used as is (the MS MARCO cross-encoders); with two outputs the
+    score is the log-probability of the second ("relevant") class, as in monoBERT.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, max_length: int = 512) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @classmethod
+    def load(cls, model: str | Path, max_length: int = 512) -> CrossEncoderModel:
+        path = resolve_model(str(model))
+        return cls(
+            AutoModelForSequenceClassification.from_pretrained(path),
+            AutoTokenizer.from_pretrained(path),
+            max_length,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:
+        """Scores [len(queries)] of aligned (query, passage) pairs."""
+        batch = self.tokenizer(
+            list(queries),
+            list(passages),
+            padding=True,
+            truncation="longest_first",
+            max_length=self.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+        logits = self.model(**batch).logits
+        if logits.shape[-1] == 1:
+            return logits[:, 0]
+        return torch.log_softmax(logits.float(), dim=-1)[:, -1]
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        queries: Sequence[str],
+        passages: Sequence[str],
+        batch_size: int = 32,
+        autocast=None,
+        progress: bool = False,
+        desc: str = "cross-encoder",
+    ) -> np.ndarray:
+        """Scores of aligned pairs as float32, batched by length so padding is minimal."""
+        self.eval()
+        order = np.argsort([-(len(q) + len(p)) for q, p in zip(queries, passages, strict=True)], kind="stable")
+        out = np.empty(len(queries), dtype=np.float32)
+        bar = tqdm(total=len(order), desc=desc, unit="pair", disable=not progress)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            with autocast() if autocast else contextlib.nullcontext():
+                scores = self([queries[i] for i in idx], [passages[i] for i in idx])
+            out[idx] = scores.float().cpu().numpy()
+            bar.update(len(idx))
+        bar.close()
+        return out
+
+    def save(self, path: str | Path, model_card: str | None = None) -> Path:
+        """Save as a Hugging Face folder (``sentence_transformers.CrossEncoder(path)`` loads it)."""
+        with atomic_dir(path) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            if model_card:
+                (tmp / "README.md").write_text(model_card, encoding="utf-8")
+        return Path(path)

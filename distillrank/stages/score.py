@@ -1,0 +1,158 @@
+"""Stage 2, score: a teacher score for every mined (query, candidate) pair, positives included.
+
+Scores are cached per (teacher fingerprint, collection) in ``<workspace>/_cache/scores/`` as
+Parquet shards of ``qid, docid, score``: any later run — another experiment, a deeper mining — scores
+only the pairs missing there, and a killed run resumes after its last complete shard.
+Output ``scores.parquet``: the candidates table plus a ``teacher`` column.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from distillrank.errors import DistillrankError
+from distillrank.runtime import hardware
+from distillrank.stages import context, mine
+from distillrank.workspace import (
+    Manifest,
+    atomic_path,
+    cache_dir,
+    fingerprint,
+    is_up_to_date,
+    read_manifest,
+    require_stage,
+    stage_dir,
+    to_plain,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "score"
+OUTPUT = "scores.parquet"
+
+
+class ScoreCache:
+    """Teacher scores of (qid, docid) pairs for one teacher and one collection, as Parquet shards."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @classmethod
+    def for_teacher(cls, cfg: DictConfig, teacher_fp: str, collection_fp: str) -> ScoreCache:
+        return cls(cache_dir(cfg) / "scores" / f"{teacher_fp[:16]}-{collection_fp[:16]}")
+
+    def load(self) -> dict[tuple[str, str], float]:
+        """Every cached score (complete shards only: partial ones never get their final name)."""
+        cached: dict[tuple[str, str], float] = {}
+        if not self.folder.is_dir():
+            return cached
+        for shard in sorted(self.folder.glob("shard-*.parquet")):
+            table = pq.read_table(shard)
+            cached.update(
+                zip(
+                    zip(table["qid"].to_pylist(), table["docid"].to_pylist(), strict=True),
+                    table["score"].to_pylist(),
+                    strict=True,
+                )
+            )
+        return cached
+
+    def add(self, qids: list[str], docids: list[str], scores: np.ndarray) -> Path:
+        """Write one shard atomically."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"shard-{time.time_ns()}-{os.getpid()}.parquet"
+        table = pa.table(
+            {"qid": pa.array(qids, pa.string()), "docid": pa.array(docids, pa.string()), "score": scores}
+        )
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        return path
+
+
+def stage_key(cfg: DictConfig) -> str:
+    """The mining output and the teacher (weights and settings)."""
+    return fingerprint({"stage": STAGE, "mine": mine.stage_key(cfg), "teacher": context.teacher_fingerprint(cfg)})
+
+
+def _score_shard(teacher, coll, query_text: dict[str, str], qids: list[str], docids: list[str], device, precision, progress):
+    uq, pair_q = np.unique(np.asarray(qids, dtype=object), return_inverse=True)
+    ud, pair_p = np.unique(np.asarray(docids, dtype=object), return_inverse=True)
+    passages = coll.passage_texts([coll.doc_row(d) for d in ud])
+    scores = teacher.score([query_text[q] for q in uq], passages, pair_q, pair_p, device, precision, progress)
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        i = int(bad[0])
+        raise DistillrankError(
+            f"the teacher returned {scores[i]} for (qid={qids[i]}, docid={docids[i]}) "
+            f"and {len(bad) - 1} other pairs; nothing from this shard was kept"
+        )
+    return scores.astype(np.float32)
+
+
+def run(cfg: DictConfig) -> Manifest:
+    """Score the mined candidates with the teacher; skipped when the manifest matches."""
+    folder = stage_dir(cfg, STAGE)
+    key = stage_key(cfg)
+    if not cfg.force and is_up_to_date(folder, key):
+        log.info("score: up to date in %s, skipped", folder)
+        return read_manifest(folder)
+    mine_manifest, mine_dir = require_stage(cfg, mine.STAGE, mine.stage_key(cfg))
+    start = time.perf_counter()
+    coll = context.collection(cfg)
+    teacher = context.teacher(cfg)
+    teacher_fp = context.teacher_fingerprint(cfg)
+    candidates = pq.read_table(mine_dir / mine.OUTPUT)
+    qids = candidates["qid"].to_pylist()
+    docids = candidates["docid"].to_pylist()
+    query_text = dict(coll.split_queries(cfg.data.train_split))
+
+    cache = ScoreCache.for_teacher(cfg, teacher_fp, coll.fingerprint)
+    cached = cache.load()
+    todo = sorted({(q, d) for q, d in zip(qids, docids, strict=True) if (q, d) not in cached})
+    reused = len(qids) - sum(1 for q, d in zip(qids, docids, strict=True) if (q, d) not in cached)
+    score_start = time.perf_counter()
+    with hardware(cfg.hardware) as (device, precision):
+        shard = int(cfg.score.shard_size)
+        n_shards = math.ceil(len(todo) / shard) if todo else 0
+        for s in tqdm(range(n_shards), desc="score: shards", unit="shard", disable=not cfg.score.progress or n_shards < 2):
+            part = todo[s * shard : (s + 1) * shard]
+            pq_ids, pd_ids = [q for q, _ in part], [d for _, d in part]
+            scores = _score_shard(teacher, coll, query_text, pq_ids, pd_ids, device, precision, cfg.score.progress)
+            cache.add(pq_ids, pd_ids, scores)
+            cached.update(zip(part, scores.tolist(), strict=True))
+    score_time = time.perf_counter() - score_start
+
+    table = candidates.append_column(
+        "teacher", pa.array([cached[(q, d)] for q, d in zip(qids, docids, strict=True)], pa.float32())
+    )
+    with atomic_path(folder / OUTPUT) as tmp:
+        pq.write_table(table, tmp)
+    counts = {
+        "pairs": len(qids),
+        "pairs_scored": len(todo),
+        "pairs_reused": reused,
+        "pairs_per_s": round(len(todo) / score_time, 2) if todo else None,
+        "teacher_score_mean": float(np.mean(table["teacher"].to_numpy())) if len(qids) else None,
+    }
+    log.info("score: %s", counts)
+    manifest = Manifest(
+        stage=STAGE,
+        key=key,
+        config={"teacher": to_plain(cfg.teacher), "score": to_plain(cfg.score), "hardware": to_plain(cfg.hardware)},
+        inputs={"mine": mine_manifest.key, "teacher": teacher_fp, "cache": str(cache.folder)},
+        counts=counts,
+        outputs=[OUTPUT],
+        wall_time_s=time.perf_counter() - start,
+    )
+    manifest.write(folder)
+    return manifest

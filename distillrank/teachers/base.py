@@ -1,0 +1,34 @@
+"""What every teacher provides."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+
+class Teacher(Protocol):
+    """A ranker whose scores the student learns from.
+
+    Pairs are given as indices into de-duplicated query and passage lists, so a teacher that encodes
+    texts independently (a bi-encoder) encodes each distinct text once.
+    """
+
+    def fingerprint(self) -> str:
+        """Identifies the scores this teacher produces (weights + settings); keys the score cache."""
+        ...
+
+    def score(
+        self,
+        queries: Sequence[str],
+        passages: Sequence[str],
+        pair_q: np.ndarray,
+        pair_p: np.ndarray,
+        device: torch.device,
+        precision: str,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """Scores [len(pair_q)] of the pairs (queries[pair_q[i]], passages[pair_p[i]]), float32."""
+        ...

@@ -1,0 +1,1 @@
+"""The student's training loop and its batching."""
