@@ -192,6 +192,16 @@ def is_up_to_date(folder: str | Path, key: str) -> bool:
     return all((Path(folder) / name).exists() for name in manifest.outputs)
 
 
+def current_manifest(cfg: DictConfig, stage: str, key: str) -> Manifest | None:
+    """The manifest of this experiment's stage when it is complete with ``key`` (and ``force`` is off),
+    so the stage can be skipped; None when it must run."""
+    folder = stage_dir(cfg, stage)
+    if cfg.force or not is_up_to_date(folder, key):
+        return None
+    log.info("%s: up to date in %s, skipped", stage, folder)
+    return read_manifest(folder)
+
+
 def require_stage(cfg: DictConfig, stage: str, key: str) -> tuple[Manifest, Path]:
     """The manifest and folder of an upstream stage that must be complete and current for this config.
 

@@ -53,10 +53,11 @@ def dense_retrieve(
         bar.close()
         matrix.flush()
         q_emb = encoder.encode([t for _, t in queries], "query", batch_size, amp, progress=False)
-        scores, rows = exact_topk(
-            q_emb, n_docs, lambda s, e: torch.from_numpy(np.asarray(matrix[s:e])), top_k, chunk_size
-        )
-        del matrix
+
+        def doc_block(start: int, end: int) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(matrix[start:end]))
+
+        scores, rows = exact_topk(q_emb, n_docs, doc_block, top_k, chunk_size)
     doc_ids = collection.doc_ids()
     run = {
         qid: {doc_ids[r]: float(s) for s, r in zip(scores[i].tolist(), rows[i].tolist(), strict=True)}

@@ -91,7 +91,14 @@ class BiEncoder(nn.Module):
         query_prefix: str | None = None,
         passage_prefix: str | None = None,
     ) -> BiEncoder:
-        """A student initialised from a backbone, optionally keeping only some of its layers."""
+        """A student initialised from a backbone, optionally keeping only some of its layers.
+
+        Args:
+            model: the backbone (folder or hub id), e.g. the teacher itself or any HF encoder.
+            num_layers: keep only this many transformer layers (None keeps all), chosen by
+                ``layer_selection``: ``first`` (DistilBERT / TinyBERT-style), ``every_other`` or ``uniform``.
+            pooling / similarity / lengths / prefixes: as in the class; None keeps the folder's values.
+        """
         encoder = cls.load(
             model,
             pooling=pooling,

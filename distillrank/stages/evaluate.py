@@ -32,10 +32,9 @@ from distillrank.workspace import (
     Manifest,
     atomic_write_json,
     atomic_write_text,
+    current_manifest,
     dir_fingerprint,
     fingerprint,
-    is_up_to_date,
-    read_manifest,
     require_stage,
     stage_dir,
     to_plain,
@@ -150,10 +149,9 @@ def run(cfg: DictConfig) -> Manifest:
     """Evaluate every configured system; systems whose results are current are reused."""
     folder = stage_dir(cfg, STAGE)
     key = stage_key(cfg)
-    if not cfg.force and is_up_to_date(folder, key):
-        log.info("evaluate: up to date in %s, skipped", folder)
+    if (done := current_manifest(cfg, STAGE, key)) is not None:
         print((folder / "results.md").read_text())
-        return read_manifest(folder)
+        return done
     parse_measures(list(cfg.evaluate.measures))
     start = time.perf_counter()
     coll = context.collection(cfg)

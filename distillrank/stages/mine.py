@@ -23,9 +23,8 @@ from distillrank.workspace import (
     Manifest,
     atomic_path,
     cache_dir,
+    current_manifest,
     fingerprint,
-    is_up_to_date,
-    read_manifest,
     stage_dir,
     to_plain,
 )
@@ -61,9 +60,8 @@ def run(cfg: DictConfig) -> Manifest:
     """Mine candidates for the training split; skipped when the manifest matches."""
     folder = stage_dir(cfg, STAGE)
     key = stage_key(cfg)
-    if not cfg.force and is_up_to_date(folder, key):
-        log.info("mine: up to date in %s, skipped", folder)
-        return read_manifest(folder)
+    if (done := current_manifest(cfg, STAGE, key)) is not None:
+        return done
     if cfg.mining.method not in METHODS:
         raise ConfigError(f"mining.method={cfg.mining.method!r}; available: {METHODS}")
     start = time.perf_counter()

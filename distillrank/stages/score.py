@@ -27,9 +27,8 @@ from distillrank.workspace import (
     Manifest,
     atomic_path,
     cache_dir,
+    current_manifest,
     fingerprint,
-    is_up_to_date,
-    read_manifest,
     require_stage,
     stage_dir,
     to_plain,
@@ -103,9 +102,8 @@ def run(cfg: DictConfig) -> Manifest:
     """Score the mined candidates with the teacher; skipped when the manifest matches."""
     folder = stage_dir(cfg, STAGE)
     key = stage_key(cfg)
-    if not cfg.force and is_up_to_date(folder, key):
-        log.info("score: up to date in %s, skipped", folder)
-        return read_manifest(folder)
+    if (done := current_manifest(cfg, STAGE, key)) is not None:
+        return done
     mine_manifest, mine_dir = require_stage(cfg, mine.STAGE, mine.stage_key(cfg))
     start = time.perf_counter()
     coll = context.collection(cfg)

@@ -23,9 +23,8 @@ from distillrank.training.loop import train_bi_encoder
 from distillrank.validation import check_targets
 from distillrank.workspace import (
     Manifest,
+    current_manifest,
     fingerprint,
-    is_up_to_date,
-    read_manifest,
     require_stage,
     stage_dir,
     to_plain,
@@ -70,9 +69,8 @@ def run(cfg: DictConfig) -> Manifest:
     """Train the student; skipped when the manifest matches."""
     folder = stage_dir(cfg, STAGE)
     key = stage_key(cfg)
-    if not cfg.force and is_up_to_date(folder, key):
-        log.info("train: up to date in %s, skipped", folder)
-        return read_manifest(folder)
+    if (done := current_manifest(cfg, STAGE, key)) is not None:
+        return done
     check_targets(cfg)
     score_manifest, score_dir = require_stage(cfg, score.STAGE, score.stage_key(cfg))
     start = time.perf_counter()

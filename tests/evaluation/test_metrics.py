@@ -24,7 +24,7 @@ RUN = {
 
 # nDCG@10 = DCG / ideal DCG with gain = relevance and discount log2(rank + 1).
 # q1: DCG = 1/log2(3) + 2/log2(5) = 0.630930 + 0.861353 = 1.492283;
-#     ideal (2, 1, 0) = 2/log2(2) + 1/log2(3) = 2 + 0.630930 = 2.630930; nDCG = 0.567210.
+#     ideal (2, 1, 0) = 2/log2(2) + 1/log2(3) = 2 + 0.630930 = 2.630930; nDCG = 0.567207.
 # q2: DCG = 1/log2(4) = 0.5; ideal = 1/log2(2) = 1; nDCG = 0.5.
 NDCG_Q1 = (1 / math.log2(3) + 2 / math.log2(5)) / (2 / math.log2(2) + 1 / math.log2(3))
 NDCG_Q2 = (1 / math.log2(4)) / 1.0
@@ -34,13 +34,13 @@ RR_Q2 = 1 / 3
 
 
 def test_hand_computed_ndcg_and_rr() -> None:
-    assert NDCG_Q1 == pytest.approx(0.567210, abs=1e-6)
+    assert NDCG_Q1 == pytest.approx(0.567207, abs=1e-6)
     aggregate, per_query = compute_metrics(QRELS, RUN, ["nDCG@10", "RR@10"])
     assert per_query["q1"]["nDCG@10"] == pytest.approx(NDCG_Q1, abs=1e-6)
     assert per_query["q2"]["nDCG@10"] == pytest.approx(NDCG_Q2, abs=1e-6)
     assert per_query["q1"]["RR@10"] == pytest.approx(RR_Q1, abs=1e-6)
     assert per_query["q2"]["RR@10"] == pytest.approx(RR_Q2, abs=1e-6)
-    # Means over the 2 queries: nDCG (0.567210 + 0.5) / 2 = 0.533605; RR (1/2 + 1/3) / 2 = 5/12.
+    # Means over the 2 queries: nDCG (0.567207 + 0.5) / 2 = 0.533604; RR (1/2 + 1/3) / 2 = 5/12.
     assert aggregate["nDCG@10"] == pytest.approx((NDCG_Q1 + NDCG_Q2) / 2, abs=1e-6)
     assert aggregate["RR@10"] == pytest.approx(5 / 12, abs=1e-6)
     assert set(aggregate) == {"nDCG@10", "RR@10"}
@@ -104,7 +104,9 @@ def test_read_trec_run_skips_blank_lines(tmp_path: Path) -> None:
     ("bad_line", "message"),
     [("q1 Q0 d2 2 1.0", "expected 6 columns"), ("q1 Q0 d2 2 high t", "is not a number")],
 )
-def test_malformed_line_raises_data_error_naming_file_and_line(tmp_path: Path, bad_line: str, message: str) -> None:
+def test_malformed_line_raises_data_error_naming_file_and_line(
+    tmp_path: Path, bad_line: str, message: str
+) -> None:
     path = tmp_path / "bad.trec"
     path.write_text(f"q1 Q0 d1 1 2.0 t\n{bad_line}\n")
     with pytest.raises(DataError, match=message) as err:
