@@ -74,12 +74,16 @@ def file_fingerprint(path: str | Path) -> str:
 
 
 def dir_fingerprint(path: str | Path) -> str:
-    """sha256 over the relative names and contents of every file under a folder."""
+    """sha256 over the relative names and contents of every file under a folder.
+
+    Hidden files and folders (``.git``, the ``.cache`` of ``hf download``) are left out: they
+    change without the model changing.
+    """
     root = Path(path)
     parts = [
         (str(p.relative_to(root)), file_fingerprint(p))
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
     return fingerprint(parts)
 

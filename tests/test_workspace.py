@@ -125,6 +125,15 @@ def test_dir_fingerprint_ignores_hidden_files(tmp_path: Path) -> None:
     assert dir_fingerprint(root) == fp
 
 
+def test_dir_fingerprint_ignores_hidden_folders(tmp_path: Path) -> None:
+    root = _make_tree(tmp_path / "m")
+    fp = dir_fingerprint(root)
+    meta = root / ".cache" / "huggingface" / "download"
+    meta.mkdir(parents=True)
+    (meta / "model.safetensors.metadata").write_text("abc123\netag\n1732350000.123\n")
+    assert dir_fingerprint(root) == fp
+
+
 # --------------------------------------------------------------------------------- atomic writes
 def test_atomic_write_text_and_json(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "out.txt"

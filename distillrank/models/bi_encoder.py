@@ -266,11 +266,20 @@ def read_settings(path: Path) -> dict:
         pooling_dir = next((m["path"] for m in modules if m.get("type", "").endswith("Pooling")), None)
         if pooling_dir and (path / pooling_dir / "config.json").is_file():
             pool = json.loads((path / pooling_dir / "config.json").read_text())
-            settings["pooling"] = "cls" if pool.get("pooling_mode_cls_token") else "mean"
+            modes = [k.removeprefix("pooling_mode_") for k, v in pool.items() if k.startswith("pooling_mode_") and v]
+            if modes == ["cls_token"]:
+                settings["pooling"] = "cls"
+            elif modes == ["mean_tokens"]:
+                settings["pooling"] = "mean"
+            else:
+                raise ConfigError(
+                    f"{path / pooling_dir / 'config.json'}: pooling {modes or pool.get('pooling_mode')} is not "
+                    f"supported; distillrank bi-encoders pool by {POOLINGS}"
+                )
         st_conf = path / "config_sentence_transformers.json"
         st = json.loads(st_conf.read_text()) if st_conf.is_file() else {}
         normalize = any(t.endswith("Normalize") for t in types)
-        settings["similarity"] = "cos" if normalize or st.get("similarity_fn_name", "cosine") == "cosine" else "dot"
+        settings["similarity"] = "cos" if normalize or (st.get("similarity_fn_name") or "cosine") == "cosine" else "dot"
         prompts = st.get("prompts") or {}
         settings["query_prefix"] = prompts.get("query", "")
         settings["passage_prefix"] = prompts.get("document", prompts.get("passage", ""))

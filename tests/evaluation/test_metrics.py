@@ -48,7 +48,7 @@ def test_hand_computed_ndcg_and_rr() -> None:
 
 def test_judged_query_missing_from_run_counts_as_zero() -> None:
     qrels = {**QRELS, "q3": {"d9": 1}}
-    run = {**RUN, "q_unjudged": {"d1": 1.0}}  # a query without judgments is ignored
+    run = {**RUN, "qx": {"d1": 1.0}, "qy": {"d5": 1.0}}  # queries without judgments are ignored
     aggregate, per_query = compute_metrics(qrels, run, ["nDCG@10", "RR@10"])
     assert set(per_query) == {"q1", "q2", "q3"}
     assert per_query["q3"] == {"nDCG@10": 0.0, "RR@10": 0.0}

@@ -278,3 +278,37 @@ def test_keep_layers_without_layer_list_raises() -> None:
 
     with pytest.raises(ConfigError, match="cannot find the layer list of NoLayers"):
         keep_layers(NoLayers(), 1)  # type: ignore[arg-type]
+
+
+def test_cls_pooling_save_matches_sentence_transformers(tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    enc = BiEncoder.load(tiny_bi_encoder, pooling="cls", similarity="dot")
+    before = enc.encode(TEXTS, "passage")
+    out = enc.save(tmp_path / "cls")
+    pool = json.loads((out / "1_Pooling" / "config.json").read_text())
+    assert pool["pooling_mode_cls_token"] and not pool["pooling_mode_mean_tokens"]
+    st = SentenceTransformer(str(out), device="cpu")
+    torch.testing.assert_close(_st_encode(st, TEXTS), before, atol=ATOL, rtol=0)
+    (out / META_FILE).unlink()
+    assert read_settings(out)["pooling"] == "cls"
+
+
+# ----------------------------------------------------------------------------- loading edge cases
+def test_unsupported_pooling_is_refused(tiny_texts: list[str], tmp_path: Path) -> None:
+    """A max-pooling model must not silently load as mean pooling (its embeddings would differ)."""
+    import make_tiny_models
+
+    folder = make_tiny_models.make_tiny_bi_encoder(tmp_path / "max", texts=tiny_texts, pooling="max")
+    with pytest.raises(ConfigError, match="max_tokens"):
+        BiEncoder.load(folder)
+
+
+def test_null_similarity_fn_name_means_cosine(tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = Path(shutil.copytree(tiny_bi_encoder, tmp_path / "null_sim"))
+    conf_file = folder / "config_sentence_transformers.json"
+    conf = json.loads(conf_file.read_text())
+    conf["similarity_fn_name"] = None
+    conf_file.write_text(json.dumps(conf))
+    assert SentenceTransformer(str(folder), device="cpu").similarity_fn_name == "cosine"
+    assert read_settings(folder)["similarity"] == "cos"

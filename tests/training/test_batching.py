@@ -103,12 +103,14 @@ def test_fewer_negatives_than_n_gives_one_padded_example() -> None:
     _check_alignment([pool], examples, 5)
 
 
-def test_remainder_negatives_are_left_out() -> None:
+def test_not_divisible_still_gives_full_distinct_groups() -> None:
     pool = _pool(1, 1, 7)
     examples = epoch_examples([pool], 3, np.random.default_rng(0))
-    assert len(examples) == 2
-    negs = [d for ex in examples for d in ex.docids[1:]]
-    assert len(set(negs)) == 6
+    _check_alignment([pool], examples, 3)
+    assert len(examples) >= 2
+    for ex in examples:
+        assert len(set(ex.docids[1:])) == 3
+    assert len({d for ex in examples for d in ex.docids[1:]}) >= 6
 
 
 def test_deterministic_for_a_seed_and_changes_between_epochs() -> None:
