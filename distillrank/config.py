@@ -66,9 +66,11 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs when reached)
     batch_size: int = 32  # training examples (query + 1 positive + n negatives) per step
     negatives_per_example: int = 1  # n; Margin-MSE's classic triple is n=1
+    grad_accum_steps: int = 1  # batches whose gradients add up before each optimizer step
     lr: float = 2e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
+    scheduler: str = "linear"  # linear | cosine decay after the warm-up
     max_grad_norm: float = 1.0
     log_every: int = 10
 

@@ -14,14 +14,16 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from distillrank.errors import DistillrankError
+from distillrank.errors import ConfigError, DistillrankError
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.runtime import autocast
 from distillrank.training.batching import Example, QueryPool, epoch_examples
 
 log = logging.getLogger(__name__)
+
+SCHEDULES = {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup}
 
 
 @dataclass
@@ -66,8 +68,11 @@ def train_bi_encoder(
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     student.to(device).train()
+    if cfg.scheduler not in SCHEDULES:
+        raise ConfigError(f"train.scheduler={cfg.scheduler!r}; expected one of {sorted(SCHEDULES)}")
+    accum = max(int(cfg.grad_accum_steps), 1)
     n_per_epoch = len(epoch_examples(pools, cfg.negatives_per_example, np.random.default_rng(0)))
-    steps_per_epoch = math.ceil(n_per_epoch / cfg.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(n_per_epoch / cfg.batch_size) / accum)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, int(cfg.max_steps))
@@ -75,11 +80,14 @@ def train_bi_encoder(
         raise DistillrankError("no training examples: every query lacks a positive or a negative")
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     params = [
-        {"params": [p for n, p in student.named_parameters() if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
+        {
+            "params": [p for n, p in student.named_parameters() if not n.endswith(no_decay)],
+            "weight_decay": cfg.weight_decay,
+        },
         {"params": [p for n, p in student.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    scheduler = SCHEDULES[cfg.scheduler](optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
     step = seen = 0
     loss_value = float("nan")
@@ -89,27 +97,34 @@ def train_bi_encoder(
     with open(log_path, "w", encoding="utf-8") as log_file:
         for epoch in range(cfg.epochs):
             examples = epoch_examples(pools, cfg.negatives_per_example, rng)
-            for b in range(0, len(examples), cfg.batch_size):
+            step_size = cfg.batch_size * accum
+            for b in range(0, len(examples), step_size):
                 if step >= total_steps:
                     break
-                batch = examples[b : b + cfg.batch_size]
-                with autocast(device, precision):
-                    scores = student_scores(student, batch, query_text, passage_text)
-                teacher = torch.tensor([ex.teacher for ex in batch], device=device)
-                loss = loss_fn(scores.float(), teacher)
-                if not torch.isfinite(loss):
-                    raise DistillrankError(
-                        f"loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}, batch of queries "
-                        f"{[ex.qid for ex in batch[:5]]}…); lower train.lr or check the teacher scores"
-                    )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                micro_batches = [
+                    examples[m : m + cfg.batch_size]
+                    for m in range(b, min(b + step_size, len(examples)), cfg.batch_size)
+                ]
+                n_step = sum(len(mb) for mb in micro_batches)
+                loss_value = 0.0
+                for batch in micro_batches:
+                    with autocast(device, precision):
+                        scores = student_scores(student, batch, query_text, passage_text)
+                    teacher = torch.tensor([ex.teacher for ex in batch], device=device)
+                    loss = loss_fn(scores.float(), teacher)
+                    if not torch.isfinite(loss):
+                        raise DistillrankError(
+                            f"loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}, batch of queries "
+                            f"{[ex.qid for ex in batch[:5]]}…); lower train.lr or check the teacher scores"
+                        )
+                    (loss * (len(batch) / n_step)).backward()
+                    loss_value += loss.item() * len(batch) / n_step
                 grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                seen += len(batch)
-                loss_value = loss.item()
+                seen += n_step
                 if step % cfg.log_every == 0 or step == total_steps:
                     record = {
                         "step": step,
