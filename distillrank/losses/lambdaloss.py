@@ -64,7 +64,9 @@ class LambdaLoss(nn.Module):
         gains = rank_gains(teacher)
         order = torch.sort(student.detach(), dim=1, descending=True, stable=True).indices
         positions = torch.empty_like(order)
-        positions.scatter_(1, order, torch.arange(1, student.shape[1] + 1, device=student.device).expand_as(order))
+        positions.scatter_(
+            1, order, torch.arange(1, student.shape[1] + 1, device=student.device).expand_as(order)
+        )
         positions = positions.to(student.dtype)
         inverse_discount = 1.0 / torch.log2(1.0 + positions)
         if self.k is not None:

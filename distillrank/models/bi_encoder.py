@@ -67,7 +67,8 @@ class BiEncoder(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def load(cls, model: str | Path, **overrides) -> BiEncoder:
-        """Load a sentence-transformers folder, a folder saved by us, or a plain HF encoder (mean, cos).
+        """Load a sentence-transformers folder, a folder saved by us, or a plain HF encoder (mean, cos),
+        in eval mode.
 
         ``overrides`` whose value is not None replace what the folder says (pooling, similarity, …).
         """
@@ -76,7 +77,7 @@ class BiEncoder(nn.Module):
         settings.update({k: v for k, v in overrides.items() if v is not None})
         tokenizer = AutoTokenizer.from_pretrained(path)
         backbone = AutoModel.from_pretrained(path)
-        return cls(backbone, tokenizer, **settings)
+        return cls(backbone, tokenizer, **settings).eval()  # the training loop switches to train()
 
     @classmethod
     def from_backbone(

@@ -116,8 +116,8 @@ def run(cfg: DictConfig) -> Manifest:
 
     cache = ScoreCache.for_teacher(cfg, teacher_fp, coll.fingerprint)
     cached = cache.load()
-    todo = sorted({(q, d) for q, d in zip(qids, docids, strict=True) if (q, d) not in cached})
-    reused = len(qids) - sum(1 for q, d in zip(qids, docids, strict=True) if (q, d) not in cached)
+    todo = sorted({pair for pair in zip(qids, docids, strict=True) if pair not in cached})
+    reused = len(qids) - len(todo)  # mined pairs are unique per (qid, docid)
     score_start = time.perf_counter()
     with hardware(cfg.hardware) as (device, precision):
         shard = int(cfg.score.shard_size)

@@ -1,0 +1,72 @@
+"""A weighted sum of losses, built from a config by Hydra's recursive instantiation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class WeightedSum(nn.Module):
+    """``Σ_name weight_name · loss_name(student, teacher, labels)`` over named loss terms.
+
+    Meant to be built by ``hydra.utils.instantiate`` from a config such as (the recipe of Tamber et
+    al. 2025, listwise KL plus a small InfoNCE term)::
+
+        _target_: distillrank.losses.WeightedSum
+        terms:
+          kl: {weight: 1.0, loss: {_target_: distillrank.losses.KLDivergenceLoss, ...}}
+          infonce: {weight: 0.1, loss: {_target_: distillrank.losses.InfoNCELoss, ...}}
+
+    Hydra instantiates the inner ``loss`` nodes first (recursive instantiation), so each term arrives
+    as a mapping (a ``dict`` or an OmegaConf ``DictConfig``) holding a built ``nn.Module`` and a weight.
+
+    Args:
+        terms: name → ``{"loss": nn.Module, "weight": float}``; ``weight`` defaults to 1.0, and a bare
+            ``nn.Module`` counts as weight 1.0.
+
+    Shapes:
+        student: [B, L] scores, laid out as the terms' losses expect.
+        teacher: [B, L] scores, same layout.
+        labels: optional [B, L], passed to every term.
+
+    Raises:
+        ValueError: when ``terms`` is empty, a term has no built loss, or a weight is not finite.
+    """
+
+    def __init__(self, terms: Mapping[str, Any]) -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("WeightedSum needs at least one term")
+        losses: dict[str, nn.Module] = {}
+        self.weights: dict[str, float] = {}
+        for name, term in terms.items():
+            if isinstance(term, nn.Module):
+                loss, weight = term, 1.0
+            elif isinstance(term, Mapping) and "loss" in term:
+                loss, weight = term["loss"], term.get("weight", 1.0)
+            else:
+                raise ValueError(f"term {name!r} must be a loss module or a mapping with 'loss' and 'weight'")
+            if not isinstance(loss, nn.Module):
+                raise ValueError(
+                    f"term {name!r}: 'loss' must be a built nn.Module, got {type(loss).__name__} "
+                    "(instantiate the config recursively)"
+                )
+            weight = float(weight)
+            if weight != weight or weight in (float("inf"), float("-inf")):
+                raise ValueError(f"term {name!r}: weight must be finite; got {weight}")
+            losses[str(name)] = loss
+            self.weights[str(name)] = weight
+        self.terms = nn.ModuleDict(losses)
+
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        total = None
+        for name, loss in self.terms.items():
+            value = self.weights[name] * loss(student, teacher, labels)
+            total = value if total is None else total + value
+        assert total is not None  # at least one term, checked in __init__
+        return total
