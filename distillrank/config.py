@@ -37,9 +37,9 @@ class DataConfig:
 class MiningConfig:
     """First-stage retrieval of candidates for the training queries and negative sampling."""
 
-    method: str = "bm25"
+    method: str = "bm25"  # bm25 | dense | hybrid
     depth: int = 100  # documents retrieved per query
-    sampling: str = "window"  # window: uniform from ranks [window_start, window_end]; top: the best ranks
+    sampling: str = "window"  # window: uniform from ranks [window_start, window_end]; top: the best ranks; all: every candidate to depth
     window_start: int = 3  # 1-based, inclusive
     window_end: int = 100  # 1-based, inclusive
     num_negatives: int = 8  # negatives kept per query
@@ -47,6 +47,12 @@ class MiningConfig:
     b: float = 0.4
     stemmer: str | None = "english"
     stopwords: str | None = "en"
+    model: str | None = None  # dense: a bi-encoder folder / hub id, or a student checkpoint of an earlier run
+    batch_size: int = 64  # dense: texts per encoding batch
+    query_max_length: int | None = None  # dense: None keeps the model's setting
+    passage_max_length: int | None = None
+    retrievers: list[str] = field(default_factory=lambda: ["bm25", "dense"])  # hybrid: fused by RRF
+    rrf_k: int = 60  # hybrid: reciprocal-rank-fusion constant (Cormack et al. 2009; Tamber et al. 2025)
 
 
 @dataclass
@@ -81,6 +87,8 @@ class ScoreConfig:
 
     shard_size: int = 20000  # pairs per cache shard; a killed run resumes after the last whole shard
     progress: bool = True
+    denoise_margin: float | None = None  # drop a negative scored >= its query's best positive - margin
+    denoise_relative: float | None = None  # drop a negative scored > this fraction of the top teacher score (0.6: Tamber et al.)
 
 
 @dataclass
@@ -91,6 +99,8 @@ class EvaluateConfig:
     systems: list[str] = field(default_factory=lambda: ["bm25", "teacher", "student_init", "student"])
     checkpoints: dict[str, str] = field(default_factory=dict)  # extra bi-encoder checkpoints: name -> path
     measures: list[str] = field(default_factory=lambda: ["nDCG@10", "RR@10", "R@100"])
+    baseline: str | None = "bm25"  # paired t-tests of every other system against this one (Holm-Bonferroni)
+    alpha: float = 0.05
     top_k: int = 100  # retrieval depth of every run file
     rerank_depth: int = 100  # a cross-encoder teacher re-ranks this many BM25 results
     batch_size: int = 128
