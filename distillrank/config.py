@@ -39,7 +39,7 @@ class MiningConfig:
 
     method: str = "bm25"  # bm25 | dense | hybrid
     depth: int = 100  # documents retrieved per query
-    sampling: str = "window"  # window: uniform from ranks [window_start, window_end]; top: the best ranks; all: every candidate to depth
+    sampling: str = "window"  # window: uniform from ranks [window_start, window_end]; top: the best ranks; all: every non-positive in the window
     window_start: int = 3  # 1-based, inclusive
     window_end: int = 100  # 1-based, inclusive
     num_negatives: int = 8  # negatives kept per query

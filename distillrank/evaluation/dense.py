@@ -1,9 +1,22 @@
-"""Dense retrieval over a whole corpus with a bi-encoder."""
+"""Dense retrieval over a whole corpus with a bi-encoder.
+
+Two pieces, shared by evaluation and mining:
+
+* :func:`encode_corpus` encodes the corpus block by block into a memory-mapped ``.npy`` matrix;
+  :func:`cached_corpus_embeddings` keeps such a matrix in the workspace cache, keyed by the model's
+  weights, the collection and the encoding settings, so it is encoded once.
+* :func:`search` encodes queries and runs the exact chunked top-k over a (memory-mapped) matrix.
+
+:func:`dense_retrieve` combines them over a scratch matrix that is removed afterwards (evaluation).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +26,152 @@ from tqdm.auto import tqdm
 from distillrank.evaluation.retrieval import exact_topk
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.runtime import autocast
+from distillrank.workspace import atomic_dir, fingerprint
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS_FILE = "corpus.npy"
+EMBEDDINGS_META = "meta.json"
+EMBEDDINGS_VERSION = 1  # bumped when the stored layout or the encoding changes
+
+
+def _amp(device: torch.device, precision: str) -> Callable:
+    return lambda: autocast(device, precision)
+
+
+def encode_corpus(
+    encoder: BiEncoder,
+    collection,
+    path: Path,
+    batch_size: int,
+    chunk_size: int,
+    device: torch.device,
+    precision: str,
+    name: str = "dense",
+    progress: bool = True,
+) -> tuple[np.memmap, float]:
+    """Encode every passage of ``collection`` into a float32 ``.npy`` memmap at ``path``.
+
+    Peak memory is one block of ``chunk_size`` texts and their embeddings, not the corpus.
+
+    Returns:
+        the matrix [N, dim] (opened read-write, flushed) and the encoding rate in passages per second.
+    """
+    encoder = encoder.to(device).eval()
+    amp = _amp(device, precision)
+    n_docs = len(collection.corpus)
+    matrix = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n_docs, encoder.dim))
+    encode_time = 0.0
+    bar = tqdm(total=n_docs, desc=f"{name}: encode corpus", unit="p", disable=not progress)
+    for start in range(0, n_docs, chunk_size):
+        end = min(start + chunk_size, n_docs)
+        texts = collection.passage_texts(range(start, end))
+        t0 = time.perf_counter()
+        matrix[start:end] = encoder.encode(texts, "passage", batch_size, amp, progress=False).numpy()
+        encode_time += time.perf_counter() - t0
+        bar.update(end - start)
+    bar.close()
+    matrix.flush()
+    return matrix, n_docs / max(encode_time, 1e-9)
+
+
+def embedding_settings(encoder: BiEncoder, precision: str) -> dict:
+    """What, besides the weights, decides the corpus embeddings of ``encoder``."""
+    settings = encoder.settings()
+    return {
+        "pooling": settings["pooling"],
+        "similarity": settings["similarity"],
+        "passage_max_length": settings["passage_max_length"],
+        "passage_prefix": settings["passage_prefix"],
+        "precision": precision,
+        "version": EMBEDDINGS_VERSION,
+    }
+
+
+def embeddings_dir(cache_root: Path, model_fp: str, collection_fp: str, settings: dict) -> Path:
+    """``<cache_root>/embeddings/<model fp[:16]>-<collection fp[:16]>-<settings fp[:8]>``."""
+    return (
+        Path(cache_root) / "embeddings" / f"{model_fp[:16]}-{collection_fp[:16]}-{fingerprint(settings)[:8]}"
+    )
+
+
+def cached_corpus_embeddings(
+    encoder: BiEncoder,
+    collection,
+    cache_root: Path,
+    model_fp: str,
+    batch_size: int,
+    chunk_size: int,
+    device: torch.device,
+    precision: str,
+    name: str = "dense",
+    progress: bool = True,
+) -> tuple[np.memmap, float | None, Path]:
+    """The corpus embeddings of ``encoder`` from the workspace cache, encoded and cached on a miss.
+
+    Args:
+        model_fp: fingerprint of the encoder's weights (``dir_fingerprint`` of its folder).
+        cache_root: the workspace's ``_cache`` folder.
+
+    Returns:
+        the read-only memmapped matrix [N, dim], the encoding rate (None when it came from the cache)
+        and the cache folder.
+    """
+    settings = embedding_settings(encoder, precision)
+    folder = embeddings_dir(cache_root, model_fp, collection.fingerprint, settings)
+    n_docs = len(collection.corpus)
+    if (folder / EMBEDDINGS_META).is_file():
+        matrix = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
+        if matrix.shape == (n_docs, encoder.dim):
+            log.info("%s: corpus embeddings reused from %s", name, folder)
+            return matrix, None, folder
+        log.warning("%s: cached embeddings in %s have shape %s, re-encoding", name, folder, matrix.shape)
+    with atomic_dir(folder) as tmp:
+        matrix, rate = encode_corpus(
+            encoder,
+            collection,
+            tmp / EMBEDDINGS_FILE,
+            batch_size,
+            chunk_size,
+            device,
+            precision,
+            name,
+            progress,
+        )
+        del matrix  # close the memmap before the folder is renamed
+        meta = {
+            "model": model_fp,
+            "collection": collection.fingerprint,
+            "settings": settings,
+            "shape": [n_docs, encoder.dim],
+        }
+        (tmp / EMBEDDINGS_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    log.info("%s: corpus embeddings of %d passages cached in %s", name, n_docs, folder)
+    return np.load(folder / EMBEDDINGS_FILE, mmap_mode="r"), rate, folder
+
+
+def search(
+    encoder: BiEncoder,
+    matrix: np.ndarray,
+    query_texts: Sequence[str],
+    top_k: int,
+    batch_size: int,
+    chunk_size: int,
+    device: torch.device,
+    precision: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode the queries and take the exact top-k of their dot products with ``matrix``'s rows.
+
+    Returns:
+        scores [Q, k] (descending) and corpus rows [Q, k] (int64), k = min(top_k, N).
+    """
+    encoder = encoder.to(device).eval()
+    q_emb = encoder.encode(list(query_texts), "query", batch_size, _amp(device, precision), progress=False)
+
+    def doc_block(start: int, end: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(matrix[start:end]))  # a writable copy of one block
+
+    return exact_topk(q_emb, matrix.shape[0], doc_block, top_k, chunk_size)
 
 
 def dense_retrieve(
@@ -35,32 +194,18 @@ def dense_retrieve(
     Returns:
         the run (qid -> docid -> score) and the corpus encoding rate in passages per second.
     """
-    encoder = encoder.to(device).eval()
-    amp = lambda: autocast(device, precision)  # noqa: E731
-    n_docs = len(collection.corpus)
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-        matrix = np.lib.format.open_memmap(Path(tmp) / "corpus.npy", mode="w+", dtype=np.float32, shape=(n_docs, encoder.dim))
-        encode_time = 0.0
-        bar = tqdm(total=n_docs, desc=f"{name}: encode corpus", unit="p")
-        for start in range(0, n_docs, chunk_size):
-            end = min(start + chunk_size, n_docs)
-            texts = collection.passage_texts(range(start, end))
-            t0 = time.perf_counter()
-            matrix[start:end] = encoder.encode(texts, "passage", batch_size, amp, progress=False).numpy()
-            encode_time += time.perf_counter() - t0
-            bar.update(end - start)
-        bar.close()
-        matrix.flush()
-        q_emb = encoder.encode([t for _, t in queries], "query", batch_size, amp, progress=False)
-
-        def doc_block(start: int, end: int) -> torch.Tensor:
-            return torch.from_numpy(np.asarray(matrix[start:end]))
-
-        scores, rows = exact_topk(q_emb, n_docs, doc_block, top_k, chunk_size)
+        matrix, rate = encode_corpus(
+            encoder, collection, Path(tmp) / EMBEDDINGS_FILE, batch_size, chunk_size, device, precision, name
+        )
+        scores, rows = search(
+            encoder, matrix, [t for _, t in queries], top_k, batch_size, chunk_size, device, precision
+        )
+        del matrix
     doc_ids = collection.doc_ids()
     run = {
         qid: {doc_ids[r]: float(s) for s, r in zip(scores[i].tolist(), rows[i].tolist(), strict=True)}
         for i, (qid, _) in enumerate(queries)
     }
-    return run, n_docs / max(encode_time, 1e-9)
+    return run, rate

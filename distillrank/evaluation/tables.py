@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from distillrank.evaluation.significance import CORRECTION_NAME, TEST_NAME
+
+BETTER = "†"
+WORSE = "‡"
+
 
 def _fmt(value) -> str:
     if value is None:
@@ -11,13 +18,54 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def results_table(results: dict[str, dict], measures: list[str]) -> str:
-    """A Markdown table: one row per system, the measures, then speed and size."""
+def _mark(entry: Mapping | None) -> str:
+    """``†`` for significantly better than the baseline, ``‡`` for significantly worse, else nothing."""
+    if not entry or not entry.get("significant"):
+        return ""
+    delta = entry.get("delta") or 0.0
+    return BETTER if delta > 0 else WORSE if delta < 0 else ""
+
+
+def results_table(
+    results: dict[str, dict],
+    measures: list[str],
+    significance: Mapping[str, Mapping[str, Mapping]] | None = None,
+    *,
+    baseline: str | None = None,
+    alpha: float = 0.05,
+) -> str:
+    """A Markdown table: one row per system, the measures, then speed and size.
+
+    Args:
+        results: ``{system: {"metrics": {measure: value}, "passages_per_s", "parameters"}}``.
+        measures: the measure columns, in order.
+        significance: the output of :func:`distillrank.evaluation.significance.compare_to_baseline`;
+            when given, a value significantly better than the baseline (Student's paired t-test,
+            Holm 1979 correction at ``alpha``) gets ``†``, a significantly worse one ``‡``, and a
+            legend line follows the table.
+        baseline: the baseline's name for the legend; inferred when exactly one system of
+            ``results`` has no significance entry.
+        alpha: the family-wise level, for the legend.
+    """
     header = ["system", *measures, "passages/s", "params (M)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for name, res in results.items():
         params = res.get("parameters")
-        cells = [name, *[_fmt(res["metrics"].get(m)) for m in measures], _fmt(res.get("passages_per_s"))]
+        marks = (significance or {}).get(name) or {}
+        cells = [
+            name,
+            *[_fmt(res["metrics"].get(m)) + _mark(marks.get(m)) for m in measures],
+            _fmt(res.get("passages_per_s")),
+        ]
         cells.append(f"{params / 1e6:.1f}" if params else "–")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    table = "\n".join(lines) + "\n"
+    if significance is not None:
+        if baseline is None:
+            unmarked = [n for n in results if n not in significance]
+            baseline = unmarked[0] if len(unmarked) == 1 else "the baseline"
+        table += (
+            f"\n{BETTER} / {WORSE}: significantly better / worse than {baseline} "
+            f"({TEST_NAME}, {CORRECTION_NAME}, α = {alpha:g}).\n"
+        )
+    return table

@@ -8,7 +8,7 @@ import numpy as np
 
 from distillrank.errors import ConfigError
 
-SAMPLINGS = ("window", "top")
+SAMPLINGS = ("window", "top", "all")
 
 
 def sample_negatives(
@@ -25,9 +25,10 @@ def sample_negatives(
     Args:
         ranked: doc ids, best first.
         positives: judged relevant ids for the query (never returned).
-        num_negatives: how many to keep (fewer when the list is short).
+        num_negatives: how many to keep (fewer when the list is short); ignored by ``all``.
         sampling: ``window``: uniform without replacement from ranks [window_start, window_end];
-            ``top``: the best-ranked non-positives.
+            ``top``: the best-ranked non-positives; ``all``: every non-positive in the window
+            (for listwise losses), in rank order.
         window_start / window_end: 1-based inclusive bounds of the window.
         rng: seeded generator.
     """
@@ -39,7 +40,7 @@ def sample_negatives(
     if sampling == "top":
         return pool[:num_negatives]
     window = [(d, r) for d, r in pool if window_start <= r <= window_end]
-    if len(window) <= num_negatives:
+    if sampling == "all" or len(window) <= num_negatives:
         return window
     picked = np.sort(rng.choice(len(window), size=num_negatives, replace=False))
     return [window[i] for i in picked]

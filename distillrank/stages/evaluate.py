@@ -5,6 +5,11 @@ Systems: ``bm25``; ``teacher`` (dense retrieval for a bi-encoder, re-ranking of 
 (the trained checkpoint of this experiment); and any ``evaluate.checkpoints`` (name -> folder).
 Each system's results are kept in ``evaluate/<system>/`` under their own key, so a new student does
 not re-evaluate the teacher. Outputs: ``metrics.json``, ``results.md`` and one run file per system.
+
+With ``evaluate.baseline`` set, every other system is compared with it per measure by a two-sided
+Student's paired t-test over the test queries, with Holm's (1979) step-down correction across the
+systems at ``evaluate.alpha``; ``metrics.json`` keeps the result under each system's
+``"significance"`` and ``results.md`` marks significantly better (†) and worse (‡) values.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import dense_retrieve
 from distillrank.evaluation.metrics import compute_metrics, parse_measures
 from distillrank.evaluation.runs import write_trec_run
+from distillrank.evaluation.significance import compare_to_baseline
 from distillrank.evaluation.tables import results_table
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
@@ -87,8 +93,32 @@ def system_key(cfg: DictConfig, name: str) -> str:
     )
 
 
+def _baseline(cfg: DictConfig) -> str | None:
+    """``evaluate.baseline``, checked to be one of the evaluated systems (``None``: no tests)."""
+    baseline = cfg.evaluate.baseline
+    if baseline is None:
+        return None
+    names = _system_names(cfg)
+    if baseline not in names:
+        raise ConfigError(
+            f"evaluate.baseline {baseline!r} is not among the evaluated systems {names}; "
+            "add it to evaluate.systems / evaluate.checkpoints or set evaluate.baseline=null"
+        )
+    if not 0.0 < cfg.evaluate.alpha < 1.0:
+        raise ConfigError(f"evaluate.alpha must be in (0, 1), got {cfg.evaluate.alpha}")
+    return baseline
+
+
 def stage_key(cfg: DictConfig) -> str:
-    return fingerprint({"stage": STAGE, "systems": {n: system_key(cfg, n) for n in _system_names(cfg)}})
+    """The whole stage: every system's key, plus the significance settings (they change the table)."""
+    return fingerprint(
+        {
+            "stage": STAGE,
+            "systems": {n: system_key(cfg, n) for n in _system_names(cfg)},
+            "baseline": cfg.evaluate.baseline,
+            "alpha": cfg.evaluate.alpha,
+        }
+    )
 
 
 def _params(model) -> int:
@@ -147,6 +177,7 @@ def _evaluate_system(cfg: DictConfig, name: str, coll, queries, device, precisio
 
 def run(cfg: DictConfig) -> Manifest:
     """Evaluate every configured system; systems whose results are current are reused."""
+    baseline = _baseline(cfg)
     folder = stage_dir(cfg, STAGE)
     key = stage_key(cfg)
     if (done := current_manifest(cfg, STAGE, key)) is not None:
@@ -185,12 +216,24 @@ def run(cfg: DictConfig) -> Manifest:
                 "queries": len(queries),
             }
             atomic_write_json(saved, results[name])
-    table = results_table(results, list(cfg.evaluate.measures))
+    measures = list(cfg.evaluate.measures)
+    significance = None
+    if baseline is not None:
+        significance = compare_to_baseline(
+            {n: r.get("per_query", {}) for n, r in results.items()}, baseline, measures, cfg.evaluate.alpha
+        )
+    table = results_table(results, measures, significance, baseline=baseline, alpha=cfg.evaluate.alpha)
     header = f"{coll.name} / {split}: {len(queries)} queries, {len(coll.corpus):,} passages\n\n"
     atomic_write_text(folder / "results.md", header + table)
     atomic_write_json(
         folder / "metrics.json",
-        {n: {k: v for k, v in r.items() if k != "per_query"} for n, r in results.items()},
+        {
+            n: {
+                **{k: v for k, v in r.items() if k != "per_query"},
+                **({"significance": significance[n]} if significance and n in significance else {}),
+            }
+            for n, r in results.items()
+        },
     )
     print(header + table)
     best = max(results, key=lambda n: results[n]["metrics"].get(cfg.evaluate.measures[0], np.nan))
@@ -199,7 +242,7 @@ def run(cfg: DictConfig) -> Manifest:
         key=key,
         config={"evaluate": to_plain(cfg.evaluate), "data": to_plain(cfg.data)},
         inputs={n: r["key"] for n, r in results.items()},
-        counts={"queries": len(queries), "systems": list(results), "best": best},
+        counts={"queries": len(queries), "systems": list(results), "best": best, "baseline": baseline},
         outputs=["metrics.json", "results.md", *[f"{n}/run.trec" for n in results]],
         wall_time_s=time.perf_counter() - start,
     )

@@ -1,8 +1,14 @@
-"""Stage 1, mine: BM25 candidates for every training query; positives from qrels, sampled negatives.
+"""Stage 1, mine: first-stage candidates for every training query; positives from qrels, sampled negatives.
+
+The first stage (``mining.method``) is ``bm25``; ``dense``, a bi-encoder ``mining.model`` (a hub id,
+a folder, or a trained student of an earlier run: re-mining, ANCE-style) over corpus embeddings
+cached in the workspace; or ``hybrid``, the reciprocal-rank fusion of ``mining.retrievers``
+(score = Σ 1 / (rrf_k + rank)), cut to ``depth``.
 
 Output ``candidates.parquet``, one row per (query, document):
 ``qid, docid, label`` (the qrels relevance; 0 for a sampled negative), ``rank`` (1-based first-stage
-rank, 0 when not retrieved) and ``first_stage_score`` (NaN when not retrieved).
+rank, 0 when not retrieved) and ``first_stage_score`` (the BM25, dense or RRF score; NaN when not
+retrieved).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from omegaconf import DictConfig
 
 from distillrank.errors import ConfigError
 from distillrank.mining.bm25 import BM25Index
+from distillrank.mining.dense import dense_key, dense_search
+from distillrank.mining.fusion import rrf_fuse
 from distillrank.mining.sampling import sample_negatives
 from distillrank.stages import context
 from distillrank.workspace import (
@@ -33,21 +41,44 @@ log = logging.getLogger(__name__)
 
 STAGE = "mine"
 OUTPUT = "candidates.parquet"
-METHODS = ("bm25",)
+METHODS = ("bm25", "dense", "hybrid")
+RETRIEVERS = ("bm25", "dense")
+
+
+def _check_method(cfg: DictConfig) -> None:
+    if cfg.mining.method not in METHODS:
+        raise ConfigError(f"mining.method={cfg.mining.method!r}; available: {METHODS}")
+    if cfg.mining.method == "hybrid":
+        retrievers = list(cfg.mining.retrievers)
+        bad = [r for r in retrievers if r not in RETRIEVERS]
+        if not retrievers or bad or len(set(retrievers)) != len(retrievers):
+            raise ConfigError(
+                f"mining.retrievers={retrievers}; expected distinct names among {RETRIEVERS} for mining=hybrid"
+            )
+
+
+def _retrievers(cfg: DictConfig) -> list[str]:
+    """The first-stage retrievers the config runs (one, or the fused ones of ``hybrid``)."""
+    return list(cfg.mining.retrievers) if cfg.mining.method == "hybrid" else [cfg.mining.method]
 
 
 def stage_key(cfg: DictConfig) -> str:
-    """Identifies this stage's output: the collection's content, the mining config and the seed."""
+    """Identifies this stage's output: the collection's content, the mining config and the seed;
+    for a dense retriever, the model folder's content (instead of its name) and the precision."""
+    _check_method(cfg)
     coll = context.collection(cfg)
-    return fingerprint(
-        {
-            "stage": STAGE,
-            "collection": coll.fingerprint,
-            "split": cfg.data.train_split,
-            "mining": to_plain(cfg.mining),
-            "seed": cfg.seed,
-        }
-    )
+    what = {
+        "stage": STAGE,
+        "collection": coll.fingerprint,
+        "split": cfg.data.train_split,
+        "mining": to_plain(cfg.mining),
+        "seed": cfg.seed,
+    }
+    if "dense" in _retrievers(cfg):
+        # the model is identified by its folder's content, not by where it lies or how it is named
+        what["mining"].pop("model", None)
+        what["dense"] = dense_key(cfg)
+    return fingerprint(what)
 
 
 def bm25_index(cfg: DictConfig, coll) -> BM25Index:
@@ -56,21 +87,53 @@ def bm25_index(cfg: DictConfig, coll) -> BM25Index:
     return BM25Index.build_or_load(coll, cache_dir(cfg), k1=m.k1, b=m.b, stemmer=m.stemmer, stopwords=m.stopwords)
 
 
+def first_stage(
+    cfg: DictConfig, coll, query_texts: list[str]
+) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+    """Each query's ranked corpus rows and first-stage scores (best first, at most ``depth``).
+
+    Returns:
+        rows and scores per query, and info for the manifest counts.
+    """
+    depth = cfg.mining.depth
+    runs: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    info: dict = {}
+    for name in _retrievers(cfg):
+        if name == "bm25":
+            rows, scores = bm25_index(cfg, coll).search(query_texts, depth)
+        else:
+            rows, scores, dense_info = dense_search(cfg, coll, query_texts, depth)
+            info["embeddings_cached"] = dense_info["embeddings_cached"]
+            if dense_info["passages_per_s"] is not None:
+                info["passages_per_s"] = dense_info["passages_per_s"]
+        valid = rows >= 0
+        runs[name] = (
+            [r[v] for r, v in zip(rows, valid, strict=True)],
+            [s[v] for s, v in zip(scores, valid, strict=True)],
+        )
+    if cfg.mining.method != "hybrid":
+        return *runs[cfg.mining.method], info
+    fused_rows: list[np.ndarray] = []
+    fused_scores: list[np.ndarray] = []
+    for i in range(len(query_texts)):
+        fused = rrf_fuse([runs[name][0][i].tolist() for name in runs], cfg.mining.rrf_k, depth)
+        fused_rows.append(np.array([r for r, _ in fused], dtype=np.int64))
+        fused_scores.append(np.array([s for _, s in fused], dtype=np.float32))
+    return fused_rows, fused_scores, info
+
+
 def run(cfg: DictConfig) -> Manifest:
     """Mine candidates for the training split; skipped when the manifest matches."""
     folder = stage_dir(cfg, STAGE)
     key = stage_key(cfg)
     if (done := current_manifest(cfg, STAGE, key)) is not None:
         return done
-    if cfg.mining.method not in METHODS:
-        raise ConfigError(f"mining.method={cfg.mining.method!r}; available: {METHODS}")
     start = time.perf_counter()
     coll = context.collection(cfg)
     split = context.split_or_fail(cfg, coll, "train_split")
     queries = coll.split_queries(split)
     qrels = coll.qrels[split]
-    index = bm25_index(cfg, coll)
-    rows, scores = index.search([text for _, text in queries], cfg.mining.depth)
+    rows, scores, info = first_stage(cfg, coll, [text for _, text in queries])
     doc_ids = coll.doc_ids()
     rng = np.random.default_rng(cfg.seed)
 
@@ -84,10 +147,10 @@ def run(cfg: DictConfig) -> Manifest:
         out["first_stage_score"].append(score)
 
     retrieved_positives = total_positives = short_queries = 0
+    keep_all = cfg.mining.sampling == "all"
     for i, (qid, _) in enumerate(queries):
-        valid = rows[i] >= 0
-        ranked = [doc_ids[r] for r in rows[i][valid]]
-        ranked_scores = scores[i][valid]
+        ranked = [doc_ids[r] for r in rows[i]]
+        ranked_scores = scores[i]
         position = {d: r for r, d in enumerate(ranked)}
         positives = {d: rel for d, rel in qrels.get(qid, {}).items() if rel > 0}
         for docid, rel in positives.items():
@@ -104,7 +167,7 @@ def run(cfg: DictConfig) -> Manifest:
             cfg.mining.window_end,
             rng,
         )
-        short_queries += len(negatives) < cfg.mining.num_negatives
+        short_queries += not keep_all and len(negatives) < cfg.mining.num_negatives
         for docid, rank in negatives:
             add(qid, docid, 0, rank, float(ranked_scores[rank - 1]))
 
@@ -128,13 +191,22 @@ def run(cfg: DictConfig) -> Manifest:
         "negatives": n_neg,
         "positive_recall_at_depth": retrieved_positives / max(total_positives, 1),
         "queries_with_fewer_negatives": short_queries,
+        **info,
     }
-    log.info("mine: %s", counts)
+    log.info("mine (%s): %s", cfg.mining.method, counts)
+    inputs = {"collection": coll.fingerprint}
+    if "dense" in _retrievers(cfg):
+        inputs["mining_model"] = dense_key(cfg)["weights"]
     manifest = Manifest(
         stage=STAGE,
         key=key,
-        config={"data": to_plain(cfg.data), "mining": to_plain(cfg.mining), "seed": cfg.seed},
-        inputs={"collection": coll.fingerprint},
+        config={
+            "method": cfg.mining.method,
+            "data": to_plain(cfg.data),
+            "mining": to_plain(cfg.mining),
+            "seed": cfg.seed,
+        },
+        inputs=inputs,
         counts=counts,
         outputs=[OUTPUT],
         wall_time_s=time.perf_counter() - start,

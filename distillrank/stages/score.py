@@ -3,7 +3,11 @@
 Scores are cached per (teacher fingerprint, collection) in ``<workspace>/_cache/scores/`` as
 Parquet shards of ``qid, docid, score``: any later run — another experiment, a deeper mining — scores
 only the pairs missing there, and a killed run resumes after its last complete shard.
-Output ``scores.parquet``: the candidates table plus a ``teacher`` column.
+Output ``scores.parquet``: the candidates table plus a ``teacher`` column and a boolean ``dropped``
+column: negatives that de-noising (``score.denoise_margin`` / ``score.denoise_relative``, see
+:mod:`distillrank.mining.denoise`) flags as probable unjudged positives. Their rows are kept for
+inspection; training skips them. De-noising runs on the cached teacher scores, so changing its
+settings reruns this stage without scoring a single pair again.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from distillrank.errors import DistillrankError
+from distillrank.mining import denoise
 from distillrank.runtime import hardware
 from distillrank.stages import context, mine
 from distillrank.workspace import (
@@ -78,9 +83,23 @@ class ScoreCache:
         return path
 
 
+def _denoise_settings(cfg: DictConfig) -> tuple[float | None, float | None]:
+    """``(score.denoise_margin, score.denoise_relative)``; either may be None."""
+    margin, relative = cfg.score.get("denoise_margin"), cfg.score.get("denoise_relative")
+    return (None if margin is None else float(margin)), (None if relative is None else float(relative))
+
+
 def stage_key(cfg: DictConfig) -> str:
-    """The mining output and the teacher (weights and settings)."""
-    return fingerprint({"stage": STAGE, "mine": mine.stage_key(cfg), "teacher": context.teacher_fingerprint(cfg)})
+    """The mining output, the teacher (weights and settings) and the de-noising settings.
+
+    The de-noising settings enter the key only when one is set, so runs without de-noising keep the
+    key they had before it existed.
+    """
+    parts = {"stage": STAGE, "mine": mine.stage_key(cfg), "teacher": context.teacher_fingerprint(cfg)}
+    margin, relative = _denoise_settings(cfg)
+    if denoise.enabled(margin, relative):
+        parts["denoise"] = {"margin": margin, "relative": relative}
+    return fingerprint(parts)
 
 
 def _score_shard(teacher, coll, query_text: dict[str, str], qids: list[str], docids: list[str], device, precision, progress):
@@ -104,6 +123,8 @@ def run(cfg: DictConfig) -> Manifest:
     key = stage_key(cfg)
     if (done := current_manifest(cfg, STAGE, key)) is not None:
         return done
+    margin, relative = _denoise_settings(cfg)
+    denoise.check_settings(margin, relative)
     mine_manifest, mine_dir = require_stage(cfg, mine.STAGE, mine.stage_key(cfg))
     start = time.perf_counter()
     coll = context.collection(cfg)
@@ -133,6 +154,17 @@ def run(cfg: DictConfig) -> Manifest:
     table = candidates.append_column(
         "teacher", pa.array([cached[(q, d)] for q, d in zip(qids, docids, strict=True)], pa.float32())
     )
+    table, denoised = denoise.denoise_table(table, margin, relative)
+    if denoise.enabled(margin, relative):
+        log.info(
+            "score: de-noising (margin=%s, relative=%s) dropped %d of %d negatives; "
+            "%d queries left without negatives",
+            margin,
+            relative,
+            int(denoised.dropped.sum()),
+            int(np.sum(table["label"].to_numpy() <= 0)),
+            denoised.queries_without_negatives,
+        )
     with atomic_path(folder / OUTPUT) as tmp:
         pq.write_table(table, tmp)
     counts = {
@@ -141,6 +173,7 @@ def run(cfg: DictConfig) -> Manifest:
         "pairs_reused": reused,
         "pairs_per_s": round(len(todo) / score_time, 2) if todo else None,
         "teacher_score_mean": float(np.mean(table["teacher"].to_numpy())) if len(qids) else None,
+        **denoised.counts(),
     }
     log.info("score: %s", counts)
     manifest = Manifest(

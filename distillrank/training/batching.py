@@ -28,16 +28,26 @@ class Example:
 
 def query_pools(scores: pa.Table) -> tuple[list[QueryPool], int]:
     """Group the scores table by query; returns the pools and the number of queries dropped
-    (no positive or no negative among the candidates), in first-appearance order."""
+    (no positive or no negative among the candidates), in first-appearance order.
+
+    Rows whose ``dropped`` column is true (negatives removed by the score stage's de-noising) are
+    skipped; a query left without negatives by them counts as dropped. A table without the column
+    (written before de-noising existed) keeps every row.
+    """
+    n = scores.num_rows
+    dropped = scores["dropped"].to_pylist() if "dropped" in scores.column_names else [False] * n
     pools: dict[str, QueryPool] = {}
-    for qid, docid, label, teacher in zip(
+    for qid, docid, label, teacher, skip in zip(
         scores["qid"].to_pylist(),
         scores["docid"].to_pylist(),
         scores["label"].to_pylist(),
         scores["teacher"].to_pylist(),
+        dropped,
         strict=True,
     ):
         pool = pools.setdefault(qid, QueryPool(qid, [], []))
+        if skip:
+            continue
         (pool.positives if label > 0 else pool.negatives).append((docid, float(teacher)))
     usable = [p for p in pools.values() if p.positives and p.negatives]
     return usable, len(pools) - len(usable)

@@ -1,0 +1,84 @@
+"""Dense first-stage retrieval for mining: a bi-encoder over corpus embeddings cached in the workspace.
+
+The model is ``mining.model``: a folder or hub id, or the student checkpoint of an earlier run
+(re-mining with a trained student, ANCE-style). The corpus embeddings are cached under
+``<workspace>/_cache/embeddings/`` (see :func:`distillrank.evaluation.dense.cached_corpus_embeddings`),
+so a second mining run with the same model and settings does not re-encode the corpus.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from distillrank.errors import ConfigError
+from distillrank.evaluation.dense import cached_corpus_embeddings, search
+from distillrank.models.bi_encoder import BiEncoder
+from distillrank.models.hub import resolve_model
+from distillrank.runtime import hardware
+from distillrank.workspace import cache_dir, dir_fingerprint
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 65536  # corpus rows per encoding block and per block of the top-k product (memory bound)
+
+
+def mining_model_path(cfg: DictConfig) -> Path:
+    """The local folder of ``mining.model`` (a ConfigError when it is unset)."""
+    if not cfg.mining.get("model"):
+        raise ConfigError(
+            f"mining.method={cfg.mining.method} needs mining.model: a bi-encoder folder or hub id, "
+            "e.g. mining.model=runs/<experiment>/train/model"
+        )
+    return resolve_model(str(cfg.mining.model))
+
+
+def mining_model_fingerprint(cfg: DictConfig) -> str:
+    """``dir_fingerprint`` of the mining model's folder (file hashes are memoised per size and mtime)."""
+    return dir_fingerprint(mining_model_path(cfg))
+
+
+def dense_key(cfg: DictConfig) -> dict:
+    """What, besides the mining config itself, decides the dense candidates: weights and precision."""
+    return {"weights": mining_model_fingerprint(cfg), "precision": cfg.hardware.precision}
+
+
+def load_mining_encoder(cfg: DictConfig) -> BiEncoder:
+    """The mining bi-encoder, with ``mining.query_max_length`` / ``passage_max_length`` when set."""
+    m = cfg.mining
+    return BiEncoder.load(
+        mining_model_path(cfg), query_max_length=m.query_max_length, passage_max_length=m.passage_max_length
+    )
+
+
+def dense_search(
+    cfg: DictConfig, coll, query_texts: Sequence[str], depth: int, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Top-``depth`` corpus rows and dense scores per query, [Q, k] each, best first.
+
+    Returns:
+        rows, scores and info (``embeddings_cached``: whether the corpus matrix came from the cache,
+        ``passages_per_s``: the encoding rate when it did not).
+    """
+    encoder = load_mining_encoder(cfg)
+    m = cfg.mining
+    with hardware(cfg.hardware) as (device, precision):
+        matrix, rate, folder = cached_corpus_embeddings(
+            encoder,
+            coll,
+            cache_dir(cfg),
+            mining_model_fingerprint(cfg),
+            m.batch_size,
+            _CHUNK,
+            device,
+            precision,
+            name="mine",
+            progress=progress,
+        )
+        scores, rows = search(encoder, matrix, query_texts, depth, m.batch_size, _CHUNK, device, precision)
+    info = {"embeddings_cached": rate is None, "passages_per_s": rate, "embeddings": str(folder)}
+    return rows.numpy().astype(np.int64), scores.numpy().astype(np.float32), info
