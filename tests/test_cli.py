@@ -92,7 +92,9 @@ def test_stage_commands_and_multirun(tmp_path, tiny_beir, tiny_bi_encoder):
     # each sweep job used the parent experiment's scores instead of re-mining
     assert not list(exp_dir.glob("train.lr=*/score"))
 
-    result = invoke("run", "+exp=margin_mse", *args, "evaluate.systems=[bm25,student]")
+    result = invoke(
+        "run", "+exp=margin_mse", *args, "evaluate.systems=[bm25,student]", "evaluate.baseline=bm25"
+    )
     assert result.exit_code == 0, result.output
     assert "| student |" in result.output
     metrics = json.loads((exp_dir / "evaluate" / "metrics.json").read_text())
