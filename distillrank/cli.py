@@ -7,7 +7,6 @@ users expect works: ``distillrank train +exp=margin_mse train.lr=3e-5``, ``--cfg
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -29,7 +28,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["--help"]}
-log = logging.getLogger("distillrank")
 STAGE_ENV = "DISTILLRANK_STAGE"
 
 register_configs()
@@ -159,7 +157,3 @@ def configs() -> None:
 
     for group, options in config_groups().items():
         typer.echo(f"{group}: {', '.join(options)}")
-
-
-def main() -> None:  # pragma: no cover - console entry point alias
-    app()
