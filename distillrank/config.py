@@ -79,6 +79,7 @@ class TrainConfig:
     scheduler: str = "linear"  # linear | cosine decay after the warm-up
     max_grad_norm: float = 1.0
     log_every: int = 10
+    checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0 = off (not in the stage key)
 
 
 @dataclass

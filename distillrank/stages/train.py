@@ -2,11 +2,16 @@
 
 Output ``model/``: the student in sentence-transformers format (``SentenceTransformer(path)`` loads
 it) with a model card, and ``train_log.jsonl`` (step, loss, lr, gradient norm).
+
+With ``train.checkpoint_every > 0``, resumable checkpoints go to ``checkpoints/`` in the stage
+folder; a killed run leaves them (but no model and no manifest) and the rerun resumes from the last
+one with identical results. They are deleted once the model is saved, before the manifest is written.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 
 import pyarrow.parquet as pq
@@ -35,17 +40,23 @@ log = logging.getLogger(__name__)
 STAGE = "train"
 MODEL = "model"
 LOG = "train_log.jsonl"
+CHECKPOINTS = "checkpoints"
 
 
 def stage_key(cfg: DictConfig) -> str:
-    """The scores, the student, the loss, the optimisation settings, the precision and the seed."""
+    """The scores, the student, the loss, the optimisation settings, the precision and the seed.
+
+    ``train.checkpoint_every`` is left out: checkpointing does not change the results.
+    """
+    train = dict(to_plain(cfg.train))
+    train.pop("checkpoint_every", None)
     return fingerprint(
         {
             "stage": STAGE,
             "score": score.stage_key(cfg),
             "student": to_plain(cfg.student),
             "loss": to_plain(cfg.loss),
-            "train": to_plain(cfg.train),
+            "train": train,
             "precision": cfg.hardware.precision,
             "seed": cfg.seed,
         }
@@ -87,9 +98,21 @@ def run(cfg: DictConfig) -> Manifest:
     def passage_text(docids: list[str]) -> list[str]:
         return coll.passage_texts([coll.doc_row(d) for d in docids])
 
+    checkpoint_dir = folder / CHECKPOINTS if cfg.train.get("checkpoint_every", 0) else None
     with hardware(cfg.hardware) as (device, precision):
         result = train_bi_encoder(
-            student, loss_fn, pools, query_text, passage_text, cfg.train, device, precision, cfg.seed, folder / LOG
+            student,
+            loss_fn,
+            pools,
+            query_text,
+            passage_text,
+            cfg.train,
+            device,
+            precision,
+            cfg.seed,
+            folder / LOG,
+            checkpoint_dir=checkpoint_dir,
+            resume_key=key,
         )
     counts = {
         "queries": len(pools),
@@ -101,6 +124,7 @@ def run(cfg: DictConfig) -> Manifest:
     }
     student.cpu().save(folder / MODEL, model_card=model_card(cfg, counts))
     log.info("train: %s", counts)
+    shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)  # the model is saved: nothing left to resume
     manifest = Manifest(
         stage=STAGE,
         key=key,
