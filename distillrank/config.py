@@ -106,6 +106,7 @@ class EvaluateConfig:
     rerank_depth: int = 100  # a cross-encoder teacher re-ranks this many BM25 results
     batch_size: int = 128
     chunk_size: int = 65536  # corpus rows per block of the exact top-k matrix product
+    latency_queries: int = 50  # queries timed one at a time, end to end (median and p95 ms); 0 = off
 
 
 @dataclass

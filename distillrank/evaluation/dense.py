@@ -12,6 +12,7 @@ Two pieces, shared by evaluation and mining:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -174,6 +175,25 @@ def search(
     return exact_topk(q_emb, matrix.shape[0], doc_block, top_k, chunk_size)
 
 
+def latency_ms(answer_one, texts: Sequence[str], n: int) -> dict[str, float] | None:
+    """Median and 95th-percentile wall time (ms) of ``answer_one(text)`` over the first ``n`` texts,
+    one query at a time (what a search service sees), after one untimed warm-up call."""
+    sample = list(texts)[:n]
+    if not sample:
+        return None
+    answer_one(sample[0])
+    times = []
+    for text in sample:
+        start = time.perf_counter()
+        answer_one(text)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return {
+        "median_ms": float(np.median(times)),
+        "p95_ms": float(np.percentile(times, 95)),
+        "queries": len(times),
+    }
+
+
 def dense_retrieve(
     encoder: BiEncoder,
     collection,
@@ -185,14 +205,16 @@ def dense_retrieve(
     precision: str,
     scratch: Path,
     name: str = "dense",
-) -> tuple[dict[str, dict[str, float]], float]:
+    latency_queries: int = 0,
+) -> tuple[dict[str, dict[str, float]], float, dict[str, float] | None]:
     """Encode the corpus block by block into a memory-mapped matrix, then exact top-k by blocks.
 
     Peak memory is one block of texts and embeddings, not the corpus: the matrix lives on disk in
     ``scratch`` (removed afterwards).
 
     Returns:
-        the run (qid -> docid -> score) and the corpus encoding rate in passages per second.
+        the run (qid -> docid -> score), the corpus encoding rate in passages per second, and the
+        single-query latency (encode + exact search) over ``latency_queries`` queries, or None.
     """
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
@@ -202,10 +224,16 @@ def dense_retrieve(
         scores, rows = search(
             encoder, matrix, [t for _, t in queries], top_k, batch_size, chunk_size, device, precision
         )
+        search_corpus = functools.partial(search, encoder, matrix)
+        latency = latency_ms(
+            lambda text: search_corpus([text], top_k, 1, chunk_size, device, precision),
+            [t for _, t in queries],
+            latency_queries,
+        )
         del matrix
     doc_ids = collection.doc_ids()
     run = {
         qid: {doc_ids[r]: float(s) for s, r in zip(scores[i].tolist(), rows[i].tolist(), strict=True)}
         for i, (qid, _) in enumerate(queries)
     }
-    return run, rate
+    return run, rate, latency

@@ -47,7 +47,7 @@ def results_table(
             ``results`` has no significance entry.
         alpha: the family-wise level, for the legend.
     """
-    header = ["system", *measures, "passages/s", "params (M)"]
+    header = ["system", *measures, "passages/s", "latency ms (p50 / p95)", "params (M)", "disk (MB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for name, res in results.items():
         params = res.get("parameters")
@@ -57,7 +57,10 @@ def results_table(
             *[_fmt(res["metrics"].get(m)) + _mark(marks.get(m)) for m in measures],
             _fmt(res.get("passages_per_s")),
         ]
+        latency = res.get("latency")
+        cells.append(f"{latency['median_ms']:.1f} / {latency['p95_ms']:.1f}" if latency else "–")
         cells.append(f"{params / 1e6:.1f}" if params else "–")
+        cells.append(f"{res['disk_mb']:.1f}" if res.get("disk_mb") else "–")
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
     if significance is not None:

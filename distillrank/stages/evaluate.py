@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from distillrank.errors import ConfigError
-from distillrank.evaluation.dense import dense_retrieve
+from distillrank.evaluation.dense import dense_retrieve, latency_ms
 from distillrank.evaluation.metrics import compute_metrics, parse_measures
 from distillrank.evaluation.runs import write_trec_run
 from distillrank.evaluation.significance import compare_to_baseline
@@ -76,7 +76,10 @@ def system_key(cfg: DictConfig, name: str) -> str:
         if cfg.teacher._target_.endswith("CrossEncoderTeacher"):
             what["bm25"] = {k: cfg.mining[k] for k in ("k1", "b", "stemmer", "stopwords")}
     elif name == "student_init":
-        what = {"student": to_plain(cfg.student), "weights": dir_fingerprint(resolve_model(cfg.student.model))}
+        what = {
+            "student": to_plain(cfg.student),
+            "weights": dir_fingerprint(resolve_model(cfg.student.model)),
+        }
     elif name == "student":
         what = {"train": train.stage_key(cfg)}
     else:
@@ -125,6 +128,17 @@ def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.npy")
+
+
+def _disk_mb(folder: Path | None) -> float | None:
+    """On-disk size of a model's (or index's) weight files in MB; None when it lives in memory only."""
+    if folder is None or not Path(folder).is_dir():
+        return None
+    files = {f for pattern in _WEIGHT_FILES for f in Path(folder).rglob(pattern) if f.is_file()}
+    return sum(f.stat().st_size for f in files) / 1e6
+
+
 def _evaluate_system(cfg: DictConfig, name: str, coll, queries, device, precision, scratch: Path) -> dict:
     """Run one system; returns its run, the encoding rate and the parameter count."""
     ev = cfg.evaluate
@@ -132,13 +146,23 @@ def _evaluate_system(cfg: DictConfig, name: str, coll, queries, device, precisio
         index = mine.bm25_index(cfg, coll)
         depth = ev.rerank_depth if name == "teacher" else ev.top_k
         rows, scores = index.search([t for _, t in queries], depth)
+        texts = [t for _, t in queries]
         doc_ids = coll.doc_ids()
         run = {
             qid: {doc_ids[r]: float(s) for r, s in zip(rows[i], scores[i], strict=True) if r >= 0}
             for i, (qid, _) in enumerate(queries)
         }
         if name == "bm25":
-            return {"run": run, "passages_per_s": None, "parameters": None}
+            latency = latency_ms(
+                lambda t: index.search([t], depth, progress=False), texts, ev.latency_queries
+            )
+            return {
+                "run": run,
+                "passages_per_s": None,
+                "parameters": None,
+                "latency": latency,
+                "disk_mb": None,
+            }
         teacher = context.teacher(cfg)
         pairs = [(qid, d) for qid in run for d in run[qid]]
         qtext = dict(queries)
@@ -156,23 +180,61 @@ def _evaluate_system(cfg: DictConfig, name: str, coll, queries, device, precisio
         reranked: dict[str, dict[str, float]] = {}
         for (qid, d), s in zip(pairs, scores.tolist(), strict=True):
             reranked.setdefault(qid, {})[d] = s
-        return {"run": reranked, "passages_per_s": rate, "parameters": _params(model)}
+
+        def rerank_one(text: str) -> None:  # BM25 for one query, then the cross-encoder over its list
+            one_rows, _ = index.search([text], depth, progress=False)
+            kept = [int(r) for r in one_rows[0] if r >= 0]
+            model.predict(
+                [text] * len(kept),
+                coll.passage_texts(kept),
+                batch_size=teacher.batch_size,
+                autocast=lambda: autocast(device, precision),
+            )
+
+        return {
+            "run": reranked,
+            "passages_per_s": rate,
+            "parameters": _params(model),
+            "latency": latency_ms(rerank_one, texts, ev.latency_queries),
+            "disk_mb": _disk_mb(resolve_model(teacher.model)),
+        }
     if name == "teacher":
         teacher = context.teacher(cfg)
         if not isinstance(teacher, BiEncoderTeacher):
-            raise ConfigError(f"cannot evaluate teacher {cfg.teacher._target_}: not a bi-encoder or cross-encoder")
+            raise ConfigError(
+                f"cannot evaluate teacher {cfg.teacher._target_}: not a bi-encoder or cross-encoder"
+            )
         encoder = teacher.encoder(device)
+        folder = resolve_model(teacher.model)
     elif name == "student_init":
-        encoder = instantiate(cfg.student)
+        encoder, folder = instantiate(cfg.student), None  # truncated in memory, never saved
     elif name == "student":
         _, train_dir = require_stage(cfg, train.STAGE, train.stage_key(cfg))
-        encoder = BiEncoder.load(train_dir / train.MODEL)
+        folder = train_dir / train.MODEL
+        encoder = BiEncoder.load(folder)
     else:
-        encoder = BiEncoder.load(cfg.evaluate.checkpoints[name])
-    run, rate = dense_retrieve(
-        encoder, coll, queries, ev.top_k, ev.batch_size, ev.chunk_size, device, precision, scratch, name
+        folder = resolve_model(cfg.evaluate.checkpoints[name])
+        encoder = BiEncoder.load(folder)
+    run, rate, latency = dense_retrieve(
+        encoder,
+        coll,
+        queries,
+        ev.top_k,
+        ev.batch_size,
+        ev.chunk_size,
+        device,
+        precision,
+        scratch,
+        name,
+        latency_queries=ev.latency_queries,
     )
-    return {"run": run, "passages_per_s": rate, "parameters": _params(encoder)}
+    return {
+        "run": run,
+        "passages_per_s": rate,
+        "parameters": _params(encoder),
+        "latency": latency,
+        "disk_mb": _disk_mb(folder),
+    }
 
 
 def run(cfg: DictConfig) -> Manifest:
@@ -188,7 +250,9 @@ def run(cfg: DictConfig) -> Manifest:
     coll = context.collection(cfg)
     split = _split(cfg)
     if split not in coll.splits():
-        raise ConfigError(f"evaluate split {split!r} is not among the qrels splits {coll.splits()} of '{coll.name}'")
+        raise ConfigError(
+            f"evaluate split {split!r} is not among the qrels splits {coll.splits()} of '{coll.name}'"
+        )
     qrels = {q: docs for q, docs in coll.qrels[split].items() if any(r > 0 for r in docs.values())}
     queries = [(q, t) for q, t in coll.split_queries(split) if q in qrels]
     results: dict[str, dict] = {}
@@ -213,6 +277,8 @@ def run(cfg: DictConfig) -> Manifest:
                 "per_query": per_query,
                 "passages_per_s": out["passages_per_s"],
                 "parameters": out["parameters"],
+                "latency": out["latency"],
+                "disk_mb": out["disk_mb"],
                 "queries": len(queries),
             }
             atomic_write_json(saved, results[name])

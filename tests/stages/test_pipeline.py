@@ -14,8 +14,10 @@ from distillrank.stages import evaluate, mine, pipeline, score, train
 from distillrank.workspace import read_manifest, stage_dir
 
 
-def _finished(cfg, stage: str) -> str:
-    return read_manifest(stage_dir(cfg, stage)).finished_at + read_manifest(stage_dir(cfg, stage)).key
+def _finished(cfg, stage: str) -> tuple[str, int]:
+    """Identifies one completion of a stage: its key and when its manifest was written (ns)."""
+    folder = stage_dir(cfg, stage)
+    return read_manifest(folder).key, (folder / "manifest.json").stat().st_mtime_ns
 
 
 def test_run_writes_every_artifact(make_cfg):
@@ -50,7 +52,13 @@ def test_run_writes_every_artifact(make_cfg):
         assert lines and all(len(line.split()) == 6 for line in lines)
     assert metrics["bm25"]["metrics"]["nDCG@10"] > 0.5  # the tiny collection is lexical
     assert metrics["student"]["passages_per_s"] > 0
+    for name in ("bm25", "teacher", "student"):  # single-query latency, timed end to end
+        latency = metrics[name]["latency"]
+        assert 0 < latency["median_ms"] <= latency["p95_ms"] and latency["queries"] > 0
+    assert metrics["student"]["disk_mb"] > 0 and metrics["teacher"]["disk_mb"] > 0
+    assert metrics["student_init"]["disk_mb"] is None  # truncated in memory, never saved
     assert "| student |" in (ev / "results.md").read_text()
+    assert "latency ms (p50 / p95)" in (ev / "results.md").read_text()
     for stage in ("mine", "score", "train", "evaluate"):
         manifest = read_manifest(stage_dir(cfg, stage))
         assert manifest.versions["torch"] and manifest.wall_time_s > 0
