@@ -30,11 +30,12 @@ def _pools() -> list[QueryPool]:
     ]
 
 
-def _student(path: Path) -> BiEncoder:
+def _student(path: Path, dropout: float = 0.0) -> BiEncoder:
+    """The tiny bi-encoder with every dropout set to ``dropout`` (0: deterministic training)."""
     student = BiEncoder.load(path)
     for module in student.modules():
         if isinstance(module, nn.Dropout):
-            module.p = 0.0
+            module.p = dropout
     return student
 
 

@@ -19,7 +19,7 @@ from distillrank.training import loop
 from distillrank.training.loop import LAST, MARKER, train_bi_encoder
 from distillrank.workspace import read_manifest, stage_dir
 
-from .test_loop import PASSAGES, QUERIES, _pools
+from .test_loop import PASSAGES, QUERIES, _pools, _student
 
 # 6 queries x 3 negatives, n=1: 18 examples per epoch, batch 3 -> 6 steps per epoch, 12 in all.
 CFG = {
@@ -50,14 +50,6 @@ class KillAfter(nn.Module):
         if self.n is not None and self.calls > self.n:
             raise KeyboardInterrupt(f"killed at call {self.calls}")
         return self.inner(student, teacher)
-
-
-def _student(path: Path, dropout: float) -> BiEncoder:
-    student = BiEncoder.load(path)
-    for module in student.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = dropout
-    return student
 
 
 def _run(model: Path, work: Path, dropout: float, kill_after: int | None = None, **overrides) -> BiEncoder:
