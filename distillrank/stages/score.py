@@ -106,7 +106,10 @@ def _score_shard(teacher, coll, query_text: dict[str, str], qids: list[str], doc
     uq, pair_q = np.unique(np.asarray(qids, dtype=object), return_inverse=True)
     ud, pair_p = np.unique(np.asarray(docids, dtype=object), return_inverse=True)
     passages = coll.passage_texts([coll.doc_row(d) for d in ud])
-    scores = teacher.score([query_text[q] for q in uq], passages, pair_q, pair_p, device, precision, progress)
+    scores = teacher.score(
+        [query_text[q] for q in uq], passages, pair_q, pair_p, device, precision, progress,
+        qids=list(uq), docids=list(ud),
+    )
     bad = np.flatnonzero(~np.isfinite(scores))
     if len(bad):
         i = int(bad[0])
@@ -143,12 +146,16 @@ def run(cfg: DictConfig) -> Manifest:
     with hardware(cfg.hardware) as (device, precision):
         shard = int(cfg.score.shard_size)
         n_shards = math.ceil(len(todo) / shard) if todo else 0
-        for s in tqdm(range(n_shards), desc="score: shards", unit="shard", disable=not cfg.score.progress or n_shards < 2):
-            part = todo[s * shard : (s + 1) * shard]
-            pq_ids, pd_ids = [q for q, _ in part], [d for _, d in part]
-            scores = _score_shard(teacher, coll, query_text, pq_ids, pd_ids, device, precision, cfg.score.progress)
-            cache.add(pq_ids, pd_ids, scores)
-            cached.update(zip(part, scores.tolist(), strict=True))
+        # one bar over every pair of the run (pairs/s, ETA); the teacher's own bars show within a shard
+        bar = tqdm(total=len(todo), desc="score: pairs", unit="pair", disable=not cfg.score.progress or not todo)
+        with bar:
+            for s in range(n_shards):
+                part = todo[s * shard : (s + 1) * shard]
+                pq_ids, pd_ids = [q for q, _ in part], [d for _, d in part]
+                scores = _score_shard(teacher, coll, query_text, pq_ids, pd_ids, device, precision, cfg.score.progress)
+                cache.add(pq_ids, pd_ids, scores)
+                cached.update(zip(part, scores.tolist(), strict=True))
+                bar.update(len(part))
     score_time = time.perf_counter() - score_start
 
     table = candidates.append_column(

@@ -14,6 +14,8 @@ class Teacher(Protocol):
 
     Pairs are given as indices into de-duplicated query and passage lists, so a teacher that encodes
     texts independently (a bi-encoder) encodes each distinct text once.
+    ``progress`` enables the teacher's own per-call progress bars (the score stage also shows one bar
+    over all pairs of the run, with pairs/s and ETA).
     """
 
     def fingerprint(self) -> str:
@@ -29,6 +31,13 @@ class Teacher(Protocol):
         device: torch.device,
         precision: str,
         progress: bool = True,
+        *,
+        qids: Sequence[str] | None = None,
+        docids: Sequence[str] | None = None,
     ) -> np.ndarray:
-        """Scores [len(pair_q)] of the pairs (queries[pair_q[i]], passages[pair_p[i]]), float32."""
+        """Scores [len(pair_q)] of the pairs (queries[pair_q[i]], passages[pair_p[i]]), float32.
+
+        ``qids`` / ``docids`` name the entries of ``queries`` / ``passages`` (same order). Models
+        ignore them; a teacher that looks scores up (``PrecomputedTeacher``) needs them.
+        """
         ...

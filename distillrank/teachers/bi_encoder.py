@@ -76,6 +76,9 @@ class BiEncoderTeacher:
         device: torch.device,
         precision: str,
         progress: bool = True,
+        *,
+        qids: Sequence[str] | None = None,
+        docids: Sequence[str] | None = None,
     ) -> np.ndarray:
         encoder = self.encoder(device)
         amp = lambda: autocast(device, precision)  # noqa: E731

@@ -52,6 +52,9 @@ class CrossEncoderTeacher:
         device: torch.device,
         precision: str,
         progress: bool = True,
+        *,
+        qids: Sequence[str] | None = None,
+        docids: Sequence[str] | None = None,
     ) -> np.ndarray:
         model = self.cross_encoder(device)
         return model.predict(

@@ -1,0 +1,1 @@
+"""Synthetic training queries made from the corpus (the ``queries`` stage): title, ICT, generator."""

@@ -1,0 +1,1 @@
+"""Reports over a workspace: metrics tables and matplotlib plots (``distillrank report``)."""
