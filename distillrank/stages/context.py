@@ -56,3 +56,23 @@ def split_or_fail(cfg: DictConfig, coll: Collection, key: str) -> str:
     if split not in coll.splits():
         raise ConfigError(f"data.{key}={split!r} but '{coll.name}' has the qrels splits {coll.splits()}")
     return split
+
+
+def train_queries(cfg: DictConfig) -> list[tuple[str, str]]:
+    """The training queries ``(qid, text)``: the collection's ``data.train_split``.
+
+    Every stage that reads training queries (mine, score, train) goes through here, so that
+    synthetic queries (the ``queries`` stage) reach them all the same way.
+    """
+    coll = collection(cfg)
+    return coll.split_queries(split_or_fail(cfg, coll, "train_split"))
+
+
+def passage_lookup(cfg: DictConfig):
+    """A function ``docids -> texts`` over the collection (and any passages the training data adds)."""
+    coll = collection(cfg)
+
+    def texts(docids) -> list[str]:
+        return coll.passage_texts([coll.doc_row(d) for d in docids])
+
+    return texts

@@ -131,7 +131,7 @@ def run(cfg: DictConfig) -> Manifest:
     start = time.perf_counter()
     coll = context.collection(cfg)
     split = context.split_or_fail(cfg, coll, "train_split")
-    queries = coll.split_queries(split)
+    queries = context.train_queries(cfg)
     qrels = coll.qrels[split]
     rows, scores, info = first_stage(cfg, coll, [text for _, text in queries])
     doc_ids = coll.doc_ids()

@@ -102,10 +102,10 @@ def stage_key(cfg: DictConfig) -> str:
     return fingerprint(parts)
 
 
-def _score_shard(teacher, coll, query_text: dict[str, str], qids: list[str], docids: list[str], device, precision, progress):
+def _score_shard(teacher, passage_text, query_text: dict[str, str], qids: list[str], docids: list[str], device, precision, progress):
     uq, pair_q = np.unique(np.asarray(qids, dtype=object), return_inverse=True)
     ud, pair_p = np.unique(np.asarray(docids, dtype=object), return_inverse=True)
-    passages = coll.passage_texts([coll.doc_row(d) for d in ud])
+    passages = passage_text(list(ud))
     scores = teacher.score(
         [query_text[q] for q in uq], passages, pair_q, pair_p, device, precision, progress,
         qids=list(uq), docids=list(ud),
@@ -136,7 +136,8 @@ def run(cfg: DictConfig) -> Manifest:
     candidates = pq.read_table(mine_dir / mine.OUTPUT)
     qids = candidates["qid"].to_pylist()
     docids = candidates["docid"].to_pylist()
-    query_text = dict(coll.split_queries(cfg.data.train_split))
+    query_text = dict(context.train_queries(cfg))
+    passage_text = context.passage_lookup(cfg)
 
     cache = ScoreCache.for_teacher(cfg, teacher_fp, coll.fingerprint)
     cached = cache.load()
@@ -152,7 +153,7 @@ def run(cfg: DictConfig) -> Manifest:
             for s in range(n_shards):
                 part = todo[s * shard : (s + 1) * shard]
                 pq_ids, pd_ids = [q for q, _ in part], [d for _, d in part]
-                scores = _score_shard(teacher, coll, query_text, pq_ids, pd_ids, device, precision, cfg.score.progress)
+                scores = _score_shard(teacher, passage_text, query_text, pq_ids, pd_ids, device, precision, cfg.score.progress)
                 cache.add(pq_ids, pd_ids, scores)
                 cached.update(zip(part, scores.tolist(), strict=True))
                 bar.update(len(part))

@@ -86,17 +86,15 @@ def run(cfg: DictConfig) -> Manifest:
     score_manifest, score_dir = require_stage(cfg, score.STAGE, score.stage_key(cfg))
     start = time.perf_counter()
     seed_everything(cfg.seed)
-    coll = context.collection(cfg)
     table = pq.read_table(score_dir / score.OUTPUT)
     pools, dropped = query_pools(table)
-    query_text = dict(coll.split_queries(cfg.data.train_split))
+    query_text = dict(context.train_queries(cfg))
     student = instantiate(cfg.student)
     if not isinstance(student, BiEncoder):
         raise ConfigError(f"student {cfg.student._target_} is not a bi-encoder; only bi-encoders train here")
     loss_fn = instantiate(cfg.loss)
 
-    def passage_text(docids: list[str]) -> list[str]:
-        return coll.passage_texts([coll.doc_row(d) for d in docids])
+    passage_text = context.passage_lookup(cfg)
 
     checkpoint_dir = folder / CHECKPOINTS if cfg.train.get("checkpoint_every", 0) else None
     with hardware(cfg.hardware) as (device, precision):
