@@ -90,6 +90,8 @@ class ScoreConfig:
     progress: bool = True
     denoise_margin: float | None = None  # drop a negative scored >= its query's best positive - margin
     denoise_relative: float | None = None  # drop a negative scored > this fraction of the top teacher score (0.6: Tamber et al.)
+    normalize: str = "none"  # none | zscore | minmax: the teacher column students learn from (raw kept as teacher_raw)
+    normalize_scope: str = "query"  # query | global: statistics per query's candidates or over all pairs
 
 
 @dataclass

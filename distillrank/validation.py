@@ -6,7 +6,7 @@ import inspect
 from typing import Any
 
 from hydra.utils import get_object
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from distillrank.errors import ConfigError
 
@@ -36,6 +36,21 @@ def _signature_problems(node: DictConfig, where: str) -> list[str]:
         if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
             if name not in given:
                 problems.append(f"{where}.{name} is required by {target}")
+    return problems + _nested_problems(node, where)
+
+
+def _nested_problems(node: Any, where: str) -> list[str]:
+    """Check the ``_target_`` nodes inside a node's values (ensemble members, combined losses)."""
+    problems: list[str] = []
+    items = node.items() if isinstance(node, DictConfig) else enumerate(node) if isinstance(node, ListConfig) else []
+    for key, value in items:
+        if str(key).startswith("_"):
+            continue
+        path = f"{where}[{key}]" if isinstance(node, ListConfig) else f"{where}.{key}"
+        if isinstance(value, DictConfig) and "_target_" in value:
+            problems.extend(_signature_problems(value, path))
+        elif isinstance(value, DictConfig | ListConfig):
+            problems.extend(_nested_problems(value, path))
     return problems
 
 

@@ -8,6 +8,11 @@ column: negatives that de-noising (``score.denoise_margin`` / ``score.denoise_re
 :mod:`distillrank.mining.denoise`) flags as probable unjudged positives. Their rows are kept for
 inspection; training skips them. De-noising runs on the cached teacher scores, so changing its
 settings reruns this stage without scoring a single pair again.
+
+``score.normalize`` (``zscore`` | ``minmax``, per query or global; :mod:`distillrank.teachers.normalize`)
+rewrites the ``teacher`` column students learn from and keeps the raw scores as ``teacher_raw``;
+de-noising always reads raw scores. An ensemble teacher (``teacher=ensemble``) is scored member by
+member, each through its own cache, and combined over all candidates.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from distillrank.errors import DistillrankError
 from distillrank.mining import denoise
 from distillrank.runtime import hardware
 from distillrank.stages import context, mine
+from distillrank.teachers import normalize
+from distillrank.teachers.ensemble import EnsembleTeacher
 from distillrank.workspace import (
     Manifest,
     atomic_path,
@@ -90,15 +97,18 @@ def _denoise_settings(cfg: DictConfig) -> tuple[float | None, float | None]:
 
 
 def stage_key(cfg: DictConfig) -> str:
-    """The mining output, the teacher (weights and settings) and the de-noising settings.
+    """The mining output, the teacher (weights and settings), the de-noising and normalisation settings.
 
-    The de-noising settings enter the key only when one is set, so runs without de-noising keep the
-    key they had before it existed.
+    The de-noising / normalisation settings enter the key only when set, so runs without them keep
+    the key they had before these options existed.
     """
     parts = {"stage": STAGE, "mine": mine.stage_key(cfg), "teacher": context.teacher_fingerprint(cfg)}
     margin, relative = _denoise_settings(cfg)
     if denoise.enabled(margin, relative):
         parts["denoise"] = {"margin": margin, "relative": relative}
+    method, scope = _normalize_settings(cfg)
+    if method != "none":
+        parts["normalize"] = {"method": method, "scope": scope}
     return fingerprint(parts)
 
 
@@ -120,35 +130,32 @@ def _score_shard(teacher, passage_text, query_text: dict[str, str], qids: list[s
     return scores.astype(np.float32)
 
 
-def run(cfg: DictConfig) -> Manifest:
-    """Score the mined candidates with the teacher; skipped when the manifest matches."""
-    folder = stage_dir(cfg, STAGE)
-    key = stage_key(cfg)
-    if (done := current_manifest(cfg, STAGE, key)) is not None:
-        return done
-    margin, relative = _denoise_settings(cfg)
-    denoise.check_settings(margin, relative)
-    mine_manifest, mine_dir = require_stage(cfg, mine.STAGE, mine.stage_key(cfg))
-    start = time.perf_counter()
-    coll = context.collection(cfg)
-    teacher = context.teacher(cfg)
-    teacher_fp = context.teacher_fingerprint(cfg)
-    candidates = pq.read_table(mine_dir / mine.OUTPUT)
-    qids = candidates["qid"].to_pylist()
-    docids = candidates["docid"].to_pylist()
-    query_text = dict(context.train_queries(cfg))
-    passage_text = context.passage_lookup(cfg)
+def _normalize_settings(cfg: DictConfig) -> tuple[str, str]:
+    """``(score.normalize, score.normalize_scope)``, checked."""
+    method, scope = str(cfg.score.get("normalize", "none")), str(cfg.score.get("normalize_scope", "query"))
+    normalize.check(method, scope, "score.normalize")
+    return method, scope
 
+
+def _fill_cache(
+    cfg: DictConfig, teacher, teacher_fp: str, coll, pairs: list[tuple[str, str]], query_text, passage_text, name: str
+) -> tuple[dict[tuple[str, str], float], int, float]:
+    """Score the pairs missing from ``teacher``'s cache, shard by shard.
+
+    Returns:
+        the cached scores (complete for ``pairs``), the number of pairs scored now, and the seconds spent.
+    """
+    if hasattr(teacher, "check_ids"):  # looked-up scores: ids the collection lacks are an input error
+        teacher.check_ids({q for q, _ in query_text.items()}, set(coll.doc_ids()))
     cache = ScoreCache.for_teacher(cfg, teacher_fp, coll.fingerprint)
     cached = cache.load()
-    todo = sorted({pair for pair in zip(qids, docids, strict=True) if pair not in cached})
-    reused = len(qids) - len(todo)  # mined pairs are unique per (qid, docid)
-    score_start = time.perf_counter()
+    todo = sorted({pair for pair in pairs if pair not in cached})
+    start = time.perf_counter()
     with hardware(cfg.hardware) as (device, precision):
         shard = int(cfg.score.shard_size)
         n_shards = math.ceil(len(todo) / shard) if todo else 0
         # one bar over every pair of the run (pairs/s, ETA); the teacher's own bars show within a shard
-        bar = tqdm(total=len(todo), desc="score: pairs", unit="pair", disable=not cfg.score.progress or not todo)
+        bar = tqdm(total=len(todo), desc=f"score: {name}", unit="pair", disable=not cfg.score.progress or not todo)
         with bar:
             for s in range(n_shards):
                 part = todo[s * shard : (s + 1) * shard]
@@ -157,11 +164,54 @@ def run(cfg: DictConfig) -> Manifest:
                 cache.add(pq_ids, pd_ids, scores)
                 cached.update(zip(part, scores.tolist(), strict=True))
                 bar.update(len(part))
-    score_time = time.perf_counter() - score_start
+    return cached, len(todo), time.perf_counter() - start
 
-    table = candidates.append_column(
-        "teacher", pa.array([cached[(q, d)] for q, d in zip(qids, docids, strict=True)], pa.float32())
-    )
+
+def run(cfg: DictConfig) -> Manifest:
+    """Score the mined candidates with the teacher; skipped when the manifest matches.
+
+    An :class:`~distillrank.teachers.ensemble.EnsembleTeacher` scores member by member, each with its
+    own cache, and combines the members over all candidates at the end.
+    """
+    folder = stage_dir(cfg, STAGE)
+    key = stage_key(cfg)
+    if (done := current_manifest(cfg, STAGE, key)) is not None:
+        return done
+    margin, relative = _denoise_settings(cfg)
+    denoise.check_settings(margin, relative)
+    norm_method, norm_scope = _normalize_settings(cfg)
+    mine_manifest, mine_dir = require_stage(cfg, mine.STAGE, mine.stage_key(cfg))
+    start = time.perf_counter()
+    coll = context.collection(cfg)
+    teacher = context.teacher(cfg)
+    teacher_fp = context.teacher_fingerprint(cfg)
+    candidates = pq.read_table(mine_dir / mine.OUTPUT)
+    qids = candidates["qid"].to_pylist()
+    docids = candidates["docid"].to_pylist()
+    pairs = list(zip(qids, docids, strict=True))
+    query_text = dict(context.train_queries(cfg))
+    passage_text = context.passage_lookup(cfg)
+    groups = candidates["qid"].to_numpy(zero_copy_only=False)
+
+    members = teacher.members if isinstance(teacher, EnsembleTeacher) else [teacher]
+    member_scores: list[np.ndarray] = []
+    caches: list[str] = []
+    scored = 0
+    score_time = 0.0
+    for i, member in enumerate(members):
+        member_fp = member.fingerprint() if len(members) > 1 or member is not teacher else teacher_fp
+        name = f"member {i + 1}/{len(members)} ({getattr(member, 'kind', type(member).__name__)})" if len(members) > 1 else "pairs"
+        cached, n, seconds = _fill_cache(cfg, member, member_fp, coll, pairs, query_text, passage_text, name)
+        member_scores.append(np.array([cached[p] for p in pairs], dtype=np.float32))
+        caches.append(str(ScoreCache.for_teacher(cfg, member_fp, coll.fingerprint).folder))
+        scored += n
+        score_time += seconds
+    if isinstance(teacher, EnsembleTeacher):
+        raw = teacher.combine(member_scores, groups) if pairs else np.zeros(0, np.float32)
+    else:
+        raw = member_scores[0]
+
+    table = candidates.append_column("teacher", pa.array(raw, pa.float32()))
     table, denoised = denoise.denoise_table(table, margin, relative)
     if denoise.enabled(margin, relative):
         log.info(
@@ -173,22 +223,31 @@ def run(cfg: DictConfig) -> Manifest:
             int(np.sum(table["label"].to_numpy() <= 0)),
             denoised.queries_without_negatives,
         )
+    if norm_method != "none":  # de-noising reads raw scores; training reads the normalised ones
+        normalised = normalize.normalize(raw, groups, norm_method, norm_scope)
+        column = table.schema.get_field_index("teacher")
+        table = table.set_column(column, "teacher", pa.array(normalised, pa.float32()))
+        table = table.append_column("teacher_raw", pa.array(raw, pa.float32()))
     with atomic_path(folder / OUTPUT) as tmp:
         pq.write_table(table, tmp)
+    total_pairs = len(pairs) * len(members)
     counts = {
         "pairs": len(qids),
-        "pairs_scored": len(todo),
-        "pairs_reused": reused,
-        "pairs_per_s": round(len(todo) / score_time, 2) if todo else None,
+        "pairs_scored": scored,
+        "pairs_reused": total_pairs - scored,
+        "pairs_per_s": round(scored / score_time, 2) if scored else None,
         "teacher_score_mean": float(np.mean(table["teacher"].to_numpy())) if len(qids) else None,
+        "normalize": {"method": norm_method, "scope": norm_scope},
         **denoised.counts(),
     }
+    if len(members) > 1:
+        counts["members"] = len(members)
     log.info("score: %s", counts)
     manifest = Manifest(
         stage=STAGE,
         key=key,
         config={"teacher": to_plain(cfg.teacher), "score": to_plain(cfg.score), "hardware": to_plain(cfg.hardware)},
-        inputs={"mine": mine_manifest.key, "teacher": teacher_fp, "cache": str(cache.folder)},
+        inputs={"mine": mine_manifest.key, "teacher": teacher_fp, "cache": caches[0] if len(caches) == 1 else caches},
         counts=counts,
         outputs=[OUTPUT],
         wall_time_s=time.perf_counter() - start,
