@@ -151,6 +151,31 @@ def validate(ctx: typer.Context) -> None:
 
 
 @app.command()
+def report(
+    workspace: str = typer.Argument("runs", help="The workspace folder (`workspace=` of the stages)."),
+    experiment: list[str] = typer.Option(
+        None, "--experiment", "-e", help="Only this experiment (repeatable; a name selects its sweep jobs too)."
+    ),
+    html: bool = typer.Option(False, "--html", help="Also write report.html with the figures embedded."),
+    output: str = typer.Option(
+        None, "--output", "-o", help="The report folder (default <workspace>/report), replaced whole."
+    ),
+    pairs: int = typer.Option(2000, "--pairs", help="Training triples sampled for the teacher-vs-student figure."),
+    seed: int = typer.Option(0, "--seed", help="Seed of that sample."),
+) -> None:
+    """Write a Markdown (and --html) report of a workspace: tables, curves, score scales, per-query deltas."""
+    from distillrank.reporting.report import run as write_report
+
+    try:
+        paths = write_report(workspace, experiment or None, html=html, output=output, pairs=pairs, seed=seed)
+    except DistillrankError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    html_note = f" and {paths.html}" if paths.html else ""
+    typer.echo(f"report: {paths.markdown}{html_note} ({len(paths.figures)} figures)")
+
+
+@app.command()
 def configs() -> None:
     """List every config group and its options (use them as `group=option`, experiments as `+exp=NAME`)."""
     from distillrank.validation import config_groups
