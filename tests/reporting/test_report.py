@@ -1,0 +1,231 @@
+"""``distillrank report`` on a tiny workspace made by the real pipeline, and its pieces on hand examples."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import tiny_overrides
+from typer.testing import CliRunner
+
+from distillrank.cli import app
+from distillrank.errors import DistillrankError
+from distillrank.reporting import report
+from distillrank.reporting.collect import discover
+from distillrank.reporting.deltas import query_deltas
+from distillrank.reporting.document import table_html
+from distillrank.reporting.scorers import StudentUnavailable, load_pair_scorer, sample_pairs
+from distillrank.stages import mine, pipeline, score
+from distillrank.validation import compose
+from distillrank.workspace import Manifest
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_beir, tiny_bi_encoder) -> Path:
+    """A workspace with one experiment run through every stage (3 training steps)."""
+    ws = tmp_path_factory.mktemp("report_ws") / "runs"
+    cfg = compose(
+        [
+            *tiny_overrides(ws, tiny_beir, tiny_bi_encoder),
+            "experiment=demo",
+            "train.max_steps=3",
+            "train.log_every=1",
+            "evaluate.latency_queries=2",
+        ]
+    )
+    pipeline.run(cfg)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def written(workspace: Path) -> report.ReportPaths:
+    return report.run(workspace, html=True, pairs=50, seed=1)
+
+
+def _row(markdown: str, name: str) -> list[str]:
+    line = next(line for line in markdown.splitlines() if line.startswith(f"| {name} |"))
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_report_tables_match_metrics_json(workspace, written):
+    text = written.markdown.read_text()
+    metrics = json.loads((workspace / "demo" / "evaluate" / "metrics.json").read_text())
+    header = [
+        c.strip() for c in text.split("### Metrics", 1)[1].split("\n| ", 1)[1].split("\n")[0].split("|")
+    ]
+    measures = ["nDCG@10", "RR@10", "R@100"]
+    assert header[1:4] == measures
+    section = text.split("## demo", 1)[1]
+    for system in ("bm25", "teacher", "student_init", "student"):
+        cells = _row(section, system)
+        for i, m in enumerate(measures, start=1):
+            value = float(re.sub(r"[†‡]", "", cells[i]))
+            assert value == pytest.approx(metrics[system]["metrics"][m], abs=6e-4)
+    assert "significantly better / worse than bm25" in section
+    assert "latency ms (p50 / p95)" in section
+    # the summary has one row per experiment with the student's values
+    summary = text.split("## Summary", 1)[1].split("## demo", 1)[0]
+    assert "| experiment |" in summary
+    cells = _row(summary, "demo")
+    assert float(re.sub(r"[†‡]", "", cells[1])) == pytest.approx(
+        metrics["student"]["metrics"]["nDCG@10"], abs=6e-4
+    )
+
+
+def test_report_figures_are_pngs_and_linked(written):
+    names = sorted(p.name for p in written.figures)
+    assert names == ["demo-deltas.png", "demo-scores.png", "demo-training.png"]
+    text = written.markdown.read_text()
+    for path in written.figures:
+        assert path.read_bytes()[:8] == PNG and path.stat().st_size > 1000
+        assert f"](figures/{path.name})" in text
+    assert re.search(r"better on \d+, worse on \d+ and tied on \d+ of 8 queries", text)
+    assert "sampled training triples (seed 1)" in text
+    assert not list(written.folder.parent.glob(".report*"))  # no temporary folder left
+
+
+def test_html_is_self_contained(written):
+    page = written.html.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 3
+    assert "<td" in page and "<h2>demo</h2>" in page and "](figures/" not in page
+
+
+def test_per_query_delta_hand_example():
+    student = {
+        "a": {"nDCG@10": 0.5},
+        "b": {"nDCG@10": 0.2},
+        "c": {"nDCG@10": 1.0},
+        "d": {"nDCG@10": 0.3},
+        "x": {"nDCG@10": 1.0},
+    }
+    baseline = {
+        "a": {"nDCG@10": 0.25},
+        "b": {"nDCG@10": 0.6},
+        "c": {"nDCG@10": 1.0},
+        "d": {"nDCG@10": 0.0},
+        "y": {"nDCG@10": 0.0},
+    }
+    d = query_deltas(student, baseline, "nDCG@10")
+    assert d.qids == ["d", "a", "c", "b"]  # x and y are not shared
+    np.testing.assert_allclose(d.deltas, [0.3, 0.25, 0.0, -0.4])
+    assert (d.wins, d.losses, d.ties) == (2, 1, 1)
+    assert d.mean == pytest.approx(0.0375)
+
+
+def test_sample_pairs_is_seeded_capped_and_skips_dropped(tmp_path):
+    table = pa.table(
+        {
+            "qid": ["q1", "q1", "q1", "q1", "q2", "q2", "q3"],
+            "docid": ["p", "n1", "n2", "n3", "p", "n1", "n1"],
+            "label": [1, 0, 0, 0, 1, 0, 0],
+            "teacher": [5.0, 1.0, 2.0, 9.0, 4.0, 3.0, 0.0],
+            "dropped": [False, False, False, True, False, False, False],
+        }
+    )
+    pq.write_table(table, tmp_path / "scores.parquet")
+    every = sample_pairs(tmp_path / "scores.parquet", 100, seed=0)
+    triples = sorted(zip(every.qids, every.pos, every.neg, every.teacher_pos, every.teacher_neg, strict=True))
+    assert triples == [("q1", "p", "n1", 5.0, 1.0), ("q1", "p", "n2", 5.0, 2.0), ("q2", "p", "n1", 4.0, 3.0)]
+    some = sample_pairs(tmp_path / "scores.parquet", 2, seed=3)
+    assert len(some) == 2 and some.qids == sample_pairs(tmp_path / "scores.parquet", 2, seed=3).qids
+
+
+def test_scorer_hook_picks_the_registered_kind(tmp_path, monkeypatch):
+    from distillrank.reporting import scorers
+
+    with pytest.raises(StudentUnavailable, match="does not exist"):
+        load_pair_scorer(tmp_path / "none", {})
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "weights.odd").write_text("not a model")
+    with pytest.raises(StudentUnavailable):  # no loader takes it, or every one that tries fails
+        load_pair_scorer(tmp_path / "odd", {"_target_": "somewhere.odd_student"})
+
+    def odd_loader(model_dir, config):  # a new student kind plugs in with one call
+        if not (model_dir / "weights.odd").is_file():
+            return None
+        return lambda queries, passages: np.array(
+            [float(len(q) - len(p)) for q, p in zip(queries, passages, strict=True)]
+        )
+
+    monkeypatch.setattr(scorers, "_LOADERS", [("odd", odd_loader)])
+    scorer = load_pair_scorer(tmp_path / "odd", {"_target_": "somewhere.odd_student"})
+    np.testing.assert_array_equal(scorer(["abc", "a"], ["a", "abc"]), [2.0, -2.0])
+
+
+def test_bi_encoder_scorer_scores_aligned_pairs(workspace):
+    scorer = load_pair_scorer(
+        workspace / "demo" / "train" / "model", {"_target_": "distillrank.students.bi_encoder"}
+    )
+    scores = scorer(
+        ["cells divide", "cells divide", "a star"],
+        ["a passage about cells", "stars", "a passage about cells"],
+    )
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+    assert scores[1] == pytest.approx(scorer(["cells divide"], ["stars"])[0], abs=1e-5)
+
+
+def test_workspace_with_only_mine_and_score(tmp_path, tiny_beir, tiny_bi_encoder):
+    cfg = compose([*tiny_overrides(tmp_path / "runs", tiny_beir, tiny_bi_encoder), "experiment=early"])
+    mine.run(cfg)
+    score.run(cfg)
+    out = report.run(tmp_path / "runs", output=tmp_path / "out")
+    text = out.markdown.read_text()
+    assert out.folder == tmp_path / "out" and out.figures == []
+    assert "No experiment has an evaluated student yet" in text
+    assert "Not evaluated yet" in text and "Not trained yet" in text
+    assert "No trained student to compare" in text
+
+
+def test_missing_or_empty_workspace_and_unknown_experiment(tmp_path, workspace):
+    with pytest.raises(DistillrankError, match="is not a folder"):
+        report.run(tmp_path / "nowhere")
+    (tmp_path / "empty" / "_cache").mkdir(parents=True)
+    with pytest.raises(DistillrankError, match="holds no completed stage"):
+        report.run(tmp_path / "empty")
+    with pytest.raises(DistillrankError, match=r"no experiment \['other'\].*\['demo'\]"):
+        report.run(workspace, experiments=["other"], output=tmp_path / "r")
+
+
+def test_discover_nested_sweep_jobs_share_parent_stages(tmp_path):
+    def done(folder: Path, stage: str) -> None:
+        Manifest(stage=stage, key=stage, config={}, inputs={}).write(folder / stage)
+
+    ws = tmp_path / "runs"
+    for stage in ("mine", "score"):
+        done(ws / "margin_mse", stage)
+    for job in ("train.lr=0.001", "train.lr=0.002"):
+        for stage in ("train", "evaluate"):
+            done(ws / "margin_mse" / job, stage)
+    done(ws / "_cache" / "x", "train")  # never an experiment
+    done(ws / "logs" / "x", "train")
+    found = discover(ws)
+    assert [e.name for e in found] == ["margin_mse/train.lr=0.001", "margin_mse/train.lr=0.002"]
+    assert found[0].folder("score") == ws / "margin_mse" / "score"
+    assert found[0].folder("train") == ws / "margin_mse" / "train.lr=0.001" / "train"
+    assert [e.name for e in discover(ws, ["margin_mse"])] == [e.name for e in found]
+
+
+def test_table_html_keeps_alignment_and_legend():
+    page = table_html("| system | nDCG@10 |\n|---|---:|\n| bm25 | 0.500† |\n\n† / ‡: better / worse.\n")
+    assert "<th>nDCG@10</th>" in page and '<td style="text-align:right">0.500†</td>' in page
+    assert "<p class='legend'>† / ‡: better / worse.</p>" in page
+
+
+def test_cli_report(workspace, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        ["report", str(workspace), "--experiment", "demo", "--output", str(tmp_path / "r"), "--pairs", "20"],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "report.md").is_file() and not (tmp_path / "r" / "report.html").exists()
+    assert str(tmp_path / "r" / "report.md") in result.output
+    missing = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "is not a folder" in missing.output
