@@ -80,6 +80,15 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     log_every: int = 10
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0 = off (not in the stage key)
+    # Dev evaluation (re-ranking each dev query's candidates, see distillrank/training/dev.py)
+    eval_every: int = 0  # optimizer steps between dev evaluations; 0 = off (the last step is also evaluated)
+    dev_queries: int = 0  # N training queries set aside (seeded) as the dev set; they are not trained on
+    dev_split: str | None = None  # or a judged split of the collection, candidates from the first stage
+    dev_depth: int = 30  # dev_split: first-stage candidates re-ranked per query
+    dev_measure: str = "nDCG@10"  # ir_measures name; the best value picks the exported weights
+    dev_batch_size: int = 64
+    early_stopping_patience: int = 0  # stop after this many evaluations without improvement; 0 = never
+    logger: str = "none"  # none | tensorboard | wandb (not in the stage key)
 
 
 @dataclass

@@ -61,12 +61,26 @@ class WeightedSum(nn.Module):
             self.weights[str(name)] = weight
         self.terms = nn.ModuleDict(losses)
 
+    @property
+    def uses_in_batch(self) -> bool:
+        """True when a term asks for in-batch scores (e.g. InfoNCE with in-batch negatives)."""
+        return any(getattr(loss, "uses_in_batch", False) for loss in self.terms.values())
+
     def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        student: torch.Tensor,
+        teacher: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        in_batch: Any = None,
     ) -> torch.Tensor:
+        """The weighted sum; ``in_batch`` (see :class:`distillrank.losses.infonce.InBatch`) goes
+        only to the terms whose ``uses_in_batch`` is true."""
         total = None
         for name, loss in self.terms.items():
-            value = self.weights[name] * loss(student, teacher, labels)
+            if in_batch is not None and getattr(loss, "uses_in_batch", False):
+                value = self.weights[name] * loss(student, teacher, labels, in_batch=in_batch)
+            else:
+                value = self.weights[name] * loss(student, teacher, labels)
             total = value if total is None else total + value
         assert total is not None  # at least one term, checked in __init__
         return total

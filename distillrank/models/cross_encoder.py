@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +14,10 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distillrank.models.hub import resolve_model
+from distillrank.models.layers import keep_layers
 from distillrank.workspace import atomic_dir
+
+log = logging.getLogger(__name__)
 
 
 class CrossEncoderModel(nn.Module):
@@ -37,6 +41,34 @@ class CrossEncoderModel(nn.Module):
             AutoTokenizer.from_pretrained(path),
             max_length,
         )
+
+    @classmethod
+    def from_backbone(
+        cls,
+        model: str,
+        num_layers: int | None = None,
+        layer_selection: str = "first",
+        max_length: int = 256,
+    ) -> CrossEncoderModel:
+        """A cross-encoder student: a sequence-classification head with one output over ``model``.
+
+        Args:
+            model: a backbone (folder or hub id): a plain encoder or a bi-encoder (a new, randomly
+                initialised one-logit head goes on top), or a cross-encoder (its head is kept when it
+                has one output, re-initialised otherwise).
+            num_layers: keep only this many transformer layers (None keeps all), chosen by
+                ``layer_selection``: ``first``, ``every_other`` or ``uniform``
+                (:func:`distillrank.models.layers.select_layers`).
+            max_length: truncation length of the [query; passage] pair in tokens.
+        """
+        path = resolve_model(str(model))
+        classifier = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, ignore_mismatched_sizes=True
+        )
+        if num_layers is not None:
+            kept = keep_layers(classifier.base_model, num_layers, layer_selection)
+            log.info("cross-encoder student keeps layers %s of %s", kept, model)
+        return cls(classifier, AutoTokenizer.from_pretrained(path), max_length)
 
     @property
     def device(self) -> torch.device:

@@ -1,11 +1,22 @@
 """Stage 3, train: the student learns the teacher's scores on the mined candidates.
 
-Output ``model/``: the student in sentence-transformers format (``SentenceTransformer(path)`` loads
-it) with a model card, and ``train_log.jsonl`` (step, loss, lr, gradient norm).
+The student is any kind the ``student`` group builds (bi-encoder, cross-encoder, ColBERT; see
+:mod:`distillrank.students`). Outputs: ``model/`` — the exported student with a model card
+(bi-encoder: a sentence-transformers folder, ``SentenceTransformer(path)``; cross-encoder: a Hugging
+Face folder, ``sentence_transformers.CrossEncoder(path)``; ColBERT: our own folder), read back by
+:func:`distillrank.students.load_student` — and ``train_log.jsonl`` (step, loss, lr, gradient norm,
+and dev metrics at evaluation steps); ``tensorboard/`` with ``train.logger=tensorboard``.
+
+With ``train.dev_queries`` or ``train.dev_split`` and ``train.eval_every``, the student is evaluated
+on dev re-ranking during training and the exported weights are the best dev ones
+(:mod:`distillrank.training.dev`).
 
 With ``train.checkpoint_every > 0``, resumable checkpoints go to ``checkpoints/`` in the stage
 folder; a killed run leaves them (but no model and no manifest) and the rerun resumes from the last
 one with identical results. They are deleted once the model is saved, before the manifest is written.
+
+Under ``torchrun --nproc_per_node=N distillrank train ...`` the stage trains data-parallel
+(:mod:`distillrank.training.distributed`); rank 0 writes every output.
 """
 
 from __future__ import annotations
@@ -14,17 +25,21 @@ import logging
 import shutil
 import time
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from distillrank.errors import ConfigError
-from distillrank.models.bi_encoder import BiEncoder
 from distillrank.runtime import hardware, seed_everything
-from distillrank.stages import context, score
-from distillrank.training.batching import query_pools
-from distillrank.training.loop import train_bi_encoder
+from distillrank.stages import context, mine, score
+from distillrank.students import Student, as_student
+from distillrank.training.batching import QueryPool, query_pools
+from distillrank.training.dev import DevSet, carve_dev_pools, dev_from_pools
+from distillrank.training.distributed import init_from_env
+from distillrank.training.loop import train_student
+from distillrank.training.trackers import Tracker, check_logger, make_tracker
 from distillrank.validation import check_targets
 from distillrank.workspace import (
     Manifest,
@@ -41,15 +56,32 @@ STAGE = "train"
 MODEL = "model"
 LOG = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
+# train.* keys that do not change the trained model: never in the stage key
+NOT_IN_KEY = ("checkpoint_every", "logger")
+# train.* keys added after the first release: in the key only when set, so older keys stay valid
+KEY_IF_SET = {
+    "eval_every": 0,
+    "dev_queries": 0,
+    "dev_split": None,
+    "dev_depth": 30,
+    "dev_measure": "nDCG@10",
+    "dev_batch_size": 64,
+    "early_stopping_patience": 0,
+}
 
 
 def stage_key(cfg: DictConfig) -> str:
     """The scores, the student, the loss, the optimisation settings, the precision and the seed.
 
-    ``train.checkpoint_every`` is left out: checkpointing does not change the results.
+    ``train.checkpoint_every`` and ``train.logger`` are left out: they do not change the results.
     """
     train = dict(to_plain(cfg.train))
-    train.pop("checkpoint_every", None)
+    for key in NOT_IN_KEY:
+        train.pop(key, None)
+    for key, default in KEY_IF_SET.items():
+        if key in train and train[key] == default:
+            del train[key]
     return fingerprint(
         {
             "stage": STAGE,
@@ -63,17 +95,89 @@ def stage_key(cfg: DictConfig) -> str:
     )
 
 
-def model_card(cfg: DictConfig, counts: dict) -> str:
+_USAGE = {
+    "bi_encoder": (
+        "a distilled bi-encoder",
+        "sentence-transformers",
+        "from sentence_transformers import SentenceTransformer\nmodel = SentenceTransformer(PATH)",
+    ),
+    "cross_encoder": (
+        "a distilled cross-encoder (re-ranker)",
+        "sentence-transformers",
+        "from sentence_transformers import CrossEncoder\nmodel = CrossEncoder(PATH)\n"
+        "scores = model.predict([(query, passage), ...])",
+    ),
+    "colbert": (
+        "a distilled ColBERT (late interaction)",
+        "distillrank",
+        "from distillrank.students import load_student\nstudent = load_student(PATH)",
+    ),
+}
+
+
+def model_card(cfg: DictConfig, counts: dict, kind: str = "bi_encoder") -> str:
     """A README for the exported student: what it was distilled from, how, and on what."""
     config = {k: to_plain(cfg[k]) for k in ("data", "mining", "teacher", "student", "loss", "train")}
+    title, library, usage = _USAGE[kind]
     return (
-        "---\nlibrary_name: sentence-transformers\ntags: [sentence-transformers, distillrank, knowledge-distillation]\n---\n"
-        f"# {cfg.experiment}: a distilled bi-encoder\n\n"
+        f"---\nlibrary_name: {library}\ntags: [{library}, distillrank, knowledge-distillation]\n---\n"
+        f"# {cfg.experiment}: {title}\n\n"
         f"Trained with [distillrank](https://pypi.org/project/distillrank/) from the teacher `{cfg.teacher.model}` "
         f"on the `{cfg.data.train_split}` queries of `{cfg.data.name}`, loss `{cfg.loss._target_}`.\n\n"
-        "```python\nfrom sentence_transformers import SentenceTransformer\nmodel = SentenceTransformer(PATH)\n```\n\n"
+        f"```python\n{usage}\n```\n\n"
         f"## Training\n\n{counts}\n\n## Config\n\n```yaml\n{yaml.safe_dump(config, sort_keys=False)}```\n"
     )
+
+
+def _candidates(table: pa.Table) -> dict[str, list[str]]:
+    """Every scored candidate (de-noised ones included) per query, in table order."""
+    out: dict[str, list[str]] = {}
+    for qid, docid in zip(table["qid"].to_pylist(), table["docid"].to_pylist(), strict=True):
+        out.setdefault(qid, []).append(docid)
+    return out
+
+
+def dev_set(
+    cfg: DictConfig, pools: list[QueryPool], table: pa.Table, query_text: dict[str, str]
+) -> tuple[list[QueryPool], DevSet | None]:
+    """The training pools left after setting dev queries aside, and the dev set (None without one).
+
+    Raises:
+        ConfigError: both or neither of ``dev_queries`` / ``dev_split`` with ``eval_every`` set,
+            more dev queries than training queries, an unknown split.
+    """
+    t = cfg.train
+    n, split = int(t.get("dev_queries", 0) or 0), t.get("dev_split")
+    if n and split:
+        raise ConfigError("set train.dev_queries or train.dev_split, not both")
+    if not n and not split:
+        if t.get("eval_every", 0):
+            raise ConfigError(
+                "train.eval_every needs a dev set: train.dev_queries=N (carved from the training queries) "
+                "or train.dev_split=SPLIT"
+            )
+        return pools, None
+    coll = context.collection(cfg)
+    if n:
+        if n >= len(pools):
+            raise ConfigError(f"train.dev_queries={n} but only {len(pools)} training queries are usable")
+        train_pools, dev_pools = carve_dev_pools(pools, n, cfg.seed)
+        qrels = coll.qrels.get(cfg.data.train_split, {})
+        return train_pools, dev_from_pools(dev_pools, query_text, _candidates(table), qrels)
+    if split not in coll.splits():
+        raise ConfigError(f"train.dev_split={split!r} but '{coll.name}' has the qrels splits {coll.splits()}")
+    queries = coll.split_queries(split)
+    rows, _, _ = mine.first_stage(cfg, coll, [text for _, text in queries])
+    doc_ids = coll.doc_ids()
+    depth = int(t.get("dev_depth", 30))
+    candidates = {q: [doc_ids[int(r)] for r in rs[:depth]] for (q, _), rs in zip(queries, rows, strict=True)}
+    qrels = {q: dict(coll.qrels[split].get(q, {})) for q, _ in queries}
+    return pools, DevSet(dict(queries), candidates, qrels)
+
+
+def build_student(cfg: DictConfig) -> Student:
+    """The student of ``cfg.student`` behind the training protocol."""
+    return as_student(instantiate(cfg.student))
 
 
 def run(cfg: DictConfig) -> Manifest:
@@ -83,54 +187,83 @@ def run(cfg: DictConfig) -> Manifest:
     if (done := current_manifest(cfg, STAGE, key)) is not None:
         return done
     check_targets(cfg)
+    check_logger(str(cfg.train.get("logger", "none")))
     score_manifest, score_dir = require_stage(cfg, score.STAGE, score.stage_key(cfg))
     start = time.perf_counter()
     seed_everything(cfg.seed)
     table = pq.read_table(score_dir / score.OUTPUT)
     pools, dropped = query_pools(table)
     query_text = dict(context.train_queries(cfg))
-    student = instantiate(cfg.student)
-    if not isinstance(student, BiEncoder):
-        raise ConfigError(f"student {cfg.student._target_} is not a bi-encoder; only bi-encoders train here")
+    pools, dev = dev_set(cfg, pools, table, query_text)
+    student = build_student(cfg)
     loss_fn = instantiate(cfg.loss)
 
     passage_text = context.passage_lookup(cfg)
 
     checkpoint_dir = folder / CHECKPOINTS if cfg.train.get("checkpoint_every", 0) else None
     with hardware(cfg.hardware) as (device, precision):
-        result = train_bi_encoder(
-            student,
-            loss_fn,
-            pools,
-            query_text,
-            passage_text,
-            cfg.train,
-            device,
-            precision,
-            cfg.seed,
-            folder / LOG,
-            checkpoint_dir=checkpoint_dir,
-            resume_key=key,
-        )
+        dist, device = init_from_env(device)
+        tracker: Tracker = Tracker()
+        if dist.is_main:
+            tracker = make_tracker(
+                str(cfg.train.get("logger", "none")),
+                folder / TENSORBOARD,
+                name=str(cfg.experiment),
+                config={k: to_plain(cfg[k]) for k in ("student", "loss", "train")},
+            )
+        try:
+            result = train_student(
+                student,
+                loss_fn,
+                pools,
+                query_text,
+                passage_text,
+                cfg.train,
+                device,
+                precision,
+                cfg.seed,
+                folder / LOG,
+                checkpoint_dir=checkpoint_dir,
+                resume_key=key,
+                dev=dev,
+                tracker=tracker,
+                dist=dist,
+            )
+        finally:
+            tracker.close()
     counts = {
         "queries": len(pools),
         "queries_dropped": dropped,
         "steps": result.steps,
         "examples": result.examples,
         "final_loss": result.final_loss,
-        "examples_per_s": round(result.examples_per_s, 2),
+        "examples_per_s": round(result.examples_per_s * dist.world, 2),
     }
-    student.cpu().save(folder / MODEL, model_card=model_card(cfg, counts))
-    log.info("train: %s", counts)
-    shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)  # the model is saved: nothing left to resume
+    if result.in_batch:
+        counts["in_batch_negatives"] = True
+    if dev is not None:
+        counts.update(
+            dev_queries=len(dev),
+            best_step=result.best_step,
+            best_dev=result.best_dev,
+            stopped_early=result.stopped_early,
+        )
+    if dist.world > 1:
+        counts["world_size"] = dist.world
+    outputs = [MODEL, LOG] + ([TENSORBOARD] if cfg.train.get("logger", "none") == "tensorboard" else [])
     manifest = Manifest(
         stage=STAGE,
         key=key,
         config={k: to_plain(cfg[k]) for k in ("student", "loss", "train", "hardware", "seed")},
         inputs={"score": score_manifest.key},
         counts=counts,
-        outputs=[MODEL, LOG],
+        outputs=outputs,
         wall_time_s=time.perf_counter() - start,
     )
-    manifest.write(folder)
+    if dist.is_main:
+        student.cpu().save(folder / MODEL, model_card=model_card(cfg, counts, student.kind))
+        log.info("train: %s", counts)
+        shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)  # the model is saved: nothing left to resume
+        manifest.write(folder)
+    dist.barrier()
     return manifest

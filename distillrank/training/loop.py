@@ -1,9 +1,24 @@
-"""The training loop: AdamW, linear warm-up and decay, gradient clipping, mixed precision.
+"""The training loop of every student: AdamW, warm-up and decay, clipping, mixed precision, dev
+evaluation with early stopping, resumable checkpoints and data parallelism.
+
+One loop trains any :class:`~distillrank.students.base.Student` (bi-encoder, cross-encoder,
+ColBERT): each batch's distinct passages are scored once through the student's ``forward``
+([B, 1 + n] group scores, plus the [B, P] in-batch matrix when the loss's ``uses_in_batch`` is true
+and the student can give it), and the loss compares them with the teacher's scores.
 
 With ``train.checkpoint_every > 0`` and a ``checkpoint_dir``, the loop saves a resumable checkpoint
 every N optimizer steps into ``checkpoint_dir/last/`` (written to a temporary folder, a ``COMPLETE``
 marker last, then renamed into place). A later call with the same arguments loads it and continues
 from the saved position, so the final weights equal those of an uninterrupted run.
+
+With a dev set and ``train.eval_every > 0``, the student re-ranks the dev candidates every N steps
+(:mod:`distillrank.training.dev`); the best weights by ``train.dev_measure`` are kept and loaded
+back at the end, and ``train.early_stopping_patience`` evaluations without improvement stop the run.
+
+Under ``torchrun`` (:mod:`distillrank.training.distributed`), every global micro-batch of
+``train.batch_size`` examples is split over the ranks; gradients are summed over the ranks before
+each optimizer step, so the update equals that of one process on the same global batch. Rank 0
+writes the log, the trackers and the checkpoints.
 """
 
 from __future__ import annotations
@@ -15,7 +30,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +41,14 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from distillrank.errors import ConfigError, DistillrankError
-from distillrank.models.bi_encoder import BiEncoder
+from distillrank.losses.infonce import InBatch
 from distillrank.runtime import autocast
+from distillrank.students.base import Student
+from distillrank.students.factory import as_student
 from distillrank.training.batching import Example, QueryPool, epoch_examples
+from distillrank.training.dev import DevSet, evaluate_dev
+from distillrank.training.distributed import Dist
+from distillrank.training.trackers import Tracker
 from distillrank.workspace import atomic_dir, fingerprint, to_plain
 
 log = logging.getLogger(__name__)
@@ -39,26 +59,51 @@ LAST = "last"  # the checkpoint folder inside checkpoint_dir
 MARKER = "COMPLETE"  # written last inside a checkpoint; a folder without it is ignored
 STATE = "state.pt"  # everything but the log
 CKPT_LOG = "train_log.jsonl"  # the training log as it was at the checkpoint
+# train.* keys that never change the trained weights: left out of the run identity
+NOT_IN_IDENTITY = ("checkpoint_every", "logger")
 
 
 @dataclass
 class TrainResult:
+    """What a run did. With dev evaluation: the best step and its metrics (the student holds the
+    best weights), every evaluation, and whether early stopping ended the run."""
+
     steps: int
     examples: int
     final_loss: float
     examples_per_s: float
+    best_step: int | None = None
+    best_dev: dict[str, float] | None = None
+    dev_history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    in_batch: bool = False
 
 
 def student_scores(
-    student: BiEncoder, examples: Sequence[Example], query_text: dict[str, str], passage_text: Callable
-) -> torch.Tensor:
-    """Student scores [B, 1 + n] of a batch; each distinct passage in the batch is encoded once."""
+    student: Student,
+    examples: Sequence[Example],
+    query_text: dict[str, str],
+    passage_text: Callable[[list[str]], list[str]],
+    in_batch: bool = False,
+    positives: dict[str, set[str]] | None = None,
+) -> tuple[torch.Tensor, InBatch | None]:
+    """Student scores [B, 1 + n] of a batch (each distinct passage scored once) and, with
+    ``in_batch``, the :class:`InBatch` scores [B, P] over the batch's P distinct passages, with each
+    query's other known ``positives`` (qid -> docids) excluded from its negatives."""
     unique = list(dict.fromkeys(d for ex in examples for d in ex.docids))
     slot = {d: i for i, d in enumerate(unique)}
-    q_emb = student([query_text[ex.qid] for ex in examples], "query")
-    p_emb = student(passage_text(unique), "passage")
-    index = torch.tensor([[slot[d] for d in ex.docids] for ex in examples], device=p_emb.device)
-    return torch.einsum("bd,bld->bl", q_emb.float(), p_emb.float()[index])
+    index = torch.tensor([[slot[d] for d in ex.docids] for ex in examples], dtype=torch.long)
+    out = student([query_text[ex.qid] for ex in examples], passage_text(unique), index, in_batch)
+    if not in_batch:
+        return out.groups.float(), None
+    assert out.matrix is not None
+    exclude = torch.zeros(len(examples), len(unique), dtype=torch.bool)
+    for b, ex in enumerate(examples):
+        for d in (positives or {}).get(ex.qid, ()):
+            if d in slot:
+                exclude[b, slot[d]] = True
+    device = out.matrix.device
+    return out.groups.float(), InBatch(out.matrix.float(), index.to(device), exclude.to(device))
 
 
 @dataclass
@@ -75,44 +120,91 @@ class _Position:
     epoch_rng: dict[str, Any]
 
 
-def _run_identity(cfg, pools: list[QueryPool], seed: int, precision: str, resume_key: str | None) -> str:
-    """A fingerprint of what decides the run's trajectory (``checkpoint_every`` left out), so a
-    checkpoint of another configuration is never resumed."""
+@dataclass
+class _Best:
+    """Best-checkpoint bookkeeping of the dev evaluation."""
+
+    metric: float = -math.inf
+    step: int | None = None
+    metrics: dict[str, float] | None = None
+    bad_evals: int = 0
+    model: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _run_identity(
+    cfg, pools: list[QueryPool], seed: int, precision: str, resume_key: str | None, world: int = 1
+) -> str:
+    """A fingerprint of what decides the run's trajectory (``checkpoint_every`` and ``logger`` left
+    out), so a checkpoint of another configuration is never resumed."""
     plain = to_plain(cfg)
     plain = dict(plain) if isinstance(plain, dict) else {"cfg": str(plain)}
-    plain.pop("checkpoint_every", None)
+    for key in NOT_IN_IDENTITY:
+        plain.pop(key, None)
     pool_fp = fingerprint([[p.qid, p.positives, p.negatives] for p in pools])
-    return fingerprint(
-        {"cfg": plain, "seed": seed, "precision": precision, "pools": pool_fp, "resume_key": resume_key}
-    )
+    identity = {
+        "cfg": plain,
+        "seed": seed,
+        "precision": precision,
+        "pools": pool_fp,
+        "resume_key": resume_key,
+    }
+    if world > 1:
+        identity["world"] = world
+    return fingerprint(identity)
 
 
-def _save_checkpoint(
-    checkpoint_dir: Path,
-    identity: str,
-    student: BiEncoder,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    position: _Position,
-    log_path: Path,
-) -> None:
-    """Write ``checkpoint_dir/last`` atomically: state into a temporary folder, the marker last, a rename."""
-    state = {
-        "identity": identity,
-        "model": {k: v.detach().cpu().clone() for k, v in student.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "position": position.__dict__,
+def _rng_states() -> dict[str, Any]:
+    return {
         "python_rng": random.getstate(),
         "numpy_global_rng": np.random.get_state(legacy=False),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
-    with atomic_dir(checkpoint_dir / LAST) as tmp:
-        torch.save(state, tmp / STATE)
-        (tmp / CKPT_LOG).write_bytes(log_path.read_bytes() if log_path.is_file() else b"")
-        (tmp / MARKER).write_text(f"{position.step}\n", encoding="utf-8")
-    log.debug("checkpoint at step %d in %s", position.step, checkpoint_dir / LAST)
+
+
+def _set_rng_states(state: dict[str, Any]) -> None:
+    random.setstate(state["python_rng"])
+    np.random.set_state(state["numpy_global_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _save_checkpoint(
+    checkpoint_dir: Path,
+    identity: str,
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    position: _Position,
+    best: _Best,
+    log_path: Path,
+    dist: Dist,
+) -> None:
+    """Write ``checkpoint_dir/last`` atomically (rank 0; every rank's RNG states gathered into it):
+    state into a temporary folder, the marker last, a rename."""
+    rngs = dist.gather(_rng_states())
+    if dist.is_main:
+        state = {
+            "identity": identity,
+            "model": _cpu_state(student),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "position": position.__dict__,
+            "best": best.__dict__,
+            "rngs": rngs,
+        }
+        with atomic_dir(checkpoint_dir / LAST) as tmp:
+            torch.save(state, tmp / STATE)
+            (tmp / CKPT_LOG).write_bytes(log_path.read_bytes() if log_path.is_file() else b"")
+            (tmp / MARKER).write_text(f"{position.step}\n", encoding="utf-8")
+        log.debug("checkpoint at step %d in %s", position.step, checkpoint_dir / LAST)
+    dist.barrier()
 
 
 def _load_checkpoint(checkpoint_dir: Path | None, identity: str) -> dict[str, Any] | None:
@@ -134,8 +226,19 @@ def _load_checkpoint(checkpoint_dir: Path | None, identity: str) -> dict[str, An
     return state
 
 
-def train_bi_encoder(
-    student: BiEncoder,
+def _optimizer(student: nn.Module, cfg) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and normalisation weights."""
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    params = [
+        {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(params, lr=cfg.lr)
+
+
+def train_student(
+    student: nn.Module,
     loss_fn: nn.Module,
     pools: list[QueryPool],
     query_text: dict[str, str],
@@ -147,21 +250,37 @@ def train_bi_encoder(
     log_path: Path,
     checkpoint_dir: Path | None = None,
     resume_key: str | None = None,
+    dev: DevSet | None = None,
+    tracker: Tracker | None = None,
+    dist: Dist | None = None,
 ) -> TrainResult:
     """Train ``student`` in place with ``loss_fn`` on the teacher-scored pools.
 
     Args:
-        cfg: the ``train`` config node (epochs, max_steps, batch_size, negatives_per_example, lr, …,
-            and optionally ``checkpoint_every``: optimizer steps between checkpoints, 0 = off).
+        student: a :class:`Student`, or a model :func:`~distillrank.students.as_student` wraps
+            (BiEncoder, CrossEncoderModel, ColBERT); its weights are trained in place.
+        loss_fn: ``loss(student [B, L], teacher [B, L])``; with ``uses_in_batch`` true and a student
+            that supports it, called with ``in_batch=InBatch(...)`` too.
+        cfg: the ``train`` config node (epochs, max_steps, batch_size, negatives_per_example, lr, …;
+            optionally ``checkpoint_every`` (optimizer steps between checkpoints, 0 = off),
+            ``eval_every``, ``dev_measure``, ``early_stopping_patience``, ``dev_batch_size``).
         passage_text: doc ids -> passage texts (one Arrow read per batch).
-        log_path: JSON-lines log of step, loss, lr and gradient norm.
+        log_path: JSON-lines log: step, epoch, loss, lr, gradient norm, and ``dev`` metrics at
+            evaluation steps.
         checkpoint_dir: where resumable checkpoints go (``<dir>/last``); a complete checkpoint of
-            the same run found there is resumed (weights, optimizer, scheduler, position, RNGs, log).
+            the same run found there is resumed (weights, optimizer, scheduler, position, RNGs,
+            best-checkpoint state, log).
         resume_key: extra identity of the run (e.g. the stage key); a checkpoint saved under another
             key is ignored.
+        dev: the dev set re-ranked every ``eval_every`` steps (None: no dev evaluation).
+        tracker: TensorBoard / W&B sink for the same scalars (rank 0's; None: none).
+        dist: the data-parallel group (None: a single process).
     """
+    dist = dist or Dist()
+    tracker = tracker or Tracker()
+    student = as_student(student)
     rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed + dist.rank)
     student.to(device).train()
     if cfg.scheduler not in SCHEDULES:
         raise ConfigError(f"train.scheduler={cfg.scheduler!r}; expected one of {sorted(SCHEDULES)}")
@@ -173,24 +292,34 @@ def train_bi_encoder(
         total_steps = min(total_steps, int(cfg.max_steps))
     if total_steps == 0:
         raise DistillrankError("no training examples: every query lacks a positive or a negative")
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    params = [
-        {
-            "params": [p for n, p in student.named_parameters() if not n.endswith(no_decay)],
-            "weight_decay": cfg.weight_decay,
-        },
-        {"params": [p for n, p in student.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+    optimizer = _optimizer(student, cfg)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     scheduler = SCHEDULES[cfg.scheduler](optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
+    wants_in_batch = bool(getattr(loss_fn, "uses_in_batch", False))
+    in_batch = wants_in_batch and student.supports_in_batch
+    if wants_in_batch and not in_batch:
+        log.warning(
+            "the loss asks for in-batch negatives, which a %s student cannot score; it uses each "
+            "example's own hard negatives only",
+            student.kind,
+        )
+    positives = {p.qid: {d for d, _ in p.positives} for p in pools} if in_batch else None
+
+    eval_every = int(cfg.get("eval_every", 0) or 0) if dev is not None and len(dev) else 0
+    measure = str(cfg.get("dev_measure", "nDCG@10"))
+    patience = int(cfg.get("early_stopping_patience", 0) or 0)
+    dev_batch_size = int(cfg.get("dev_batch_size", 64) or 64)
+
     checkpoint_every = int(cfg.get("checkpoint_every", 0) or 0) if checkpoint_dir is not None else 0
-    identity = _run_identity(cfg, pools, seed, precision, resume_key)
+    identity = _run_identity(cfg, pools, seed, precision, resume_key, dist.world)
     step = seen = 0
     first_epoch = first_offset = 0
     loss_value = float("nan")
+    best = _Best()
     epoch_rng_override: dict[str, Any] | None = None
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
     log_mode = "w"
     state = _load_checkpoint(checkpoint_dir, identity) if checkpoint_every > 0 else None
     if state is not None:
@@ -198,21 +327,38 @@ def train_bi_encoder(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         pos = _Position(**state["position"])
+        best = _Best(**state["best"])
         step, seen, loss_value = pos.step, pos.seen, pos.loss_value
         first_epoch, first_offset, epoch_rng_override = pos.epoch, pos.offset, pos.epoch_rng
-        random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_global_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        log_path.write_bytes(state["log"])  # the log as it was at the checkpoint; later lines dropped
+        _set_rng_states(state["rngs"][dist.rank])
+        if dist.is_main:  # the log as it was at the checkpoint; later lines dropped
+            log_path.write_bytes(state["log"])
         log_mode = "a"
         log.info("train: resuming from step %d", step)
+
+    def run_dev() -> dict[str, float]:
+        """Evaluate, update the best weights; the metrics (every rank gets the same)."""
+        metrics = evaluate_dev(
+            student, dev, passage_text, [measure], dist, dev_batch_size, lambda: autocast(device, precision)
+        )
+        value = metrics[measure]
+        best.history.append({"step": step, **metrics})
+        if value > best.metric:
+            best.metric, best.step, best.metrics, best.bad_evals = value, step, metrics, 0
+            best.model = _cpu_state(student)
+        else:
+            best.bad_evals += 1
+        return metrics
+
     seen_at_start = seen
     start = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step")
-    with open(log_path, log_mode, encoding="utf-8") as log_file:
+    stopped_early = False
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not dist.is_main)
+    log_file = open(log_path, log_mode, encoding="utf-8") if dist.is_main else None  # noqa: SIM115
+    try:
         for epoch in range(first_epoch, cfg.epochs):
+            if step >= total_steps or stopped_early:
+                break
             if epoch_rng_override is not None:
                 rng.bit_generator.state = epoch_rng_override
                 epoch_rng_override = None
@@ -229,24 +375,36 @@ def train_bi_encoder(
                     for m in range(b, min(b + step_size, len(examples)), cfg.batch_size)
                 ]
                 n_step = sum(len(mb) for mb in micro_batches)
-                loss_value = 0.0
+                local_loss = 0.0
                 for batch in micro_batches:
+                    shard = dist.shard(batch)
+                    if not shard:
+                        continue
                     with autocast(device, precision):
-                        scores = student_scores(student, batch, query_text, passage_text)
-                    teacher = torch.tensor([ex.teacher for ex in batch], device=device)
-                    loss = loss_fn(scores.float(), teacher)
-                    if not torch.isfinite(loss):
-                        raise DistillrankError(
-                            f"loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}, batch of queries "
-                            f"{[ex.qid for ex in batch[:5]]}…); lower train.lr or check the teacher scores"
+                        scores, extra = student_scores(
+                            student, shard, query_text, passage_text, in_batch, positives
                         )
-                    (loss * (len(batch) / n_step)).backward()
-                    loss_value += loss.item() * len(batch) / n_step
-                grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
+                    teacher = torch.tensor([ex.teacher for ex in shard], device=scores.device)
+                    if extra is None:
+                        loss = loss_fn(scores, teacher)
+                    else:
+                        loss = loss_fn(scores, teacher, in_batch=extra)
+                    (loss * (len(shard) / n_step)).backward()
+                    local_loss += loss.item() * len(shard) / n_step
+                loss_value = dist.sum(local_loss, device)
+                if not math.isfinite(loss_value):
+                    raise DistillrankError(
+                        f"loss is {loss_value} at step {step + 1} (epoch {epoch + 1}, batch of queries "
+                        f"{[ex.qid for ex in micro_batches[0][:5]]}…); lower train.lr or check the teacher "
+                        "scores; the last checkpoint (if any) is kept"
+                    )
+                dist.all_reduce_grads(params)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 step += 1
                 seen += n_step
+                record: dict[str, Any] = {}
                 if step % cfg.log_every == 0 or step == total_steps:
                     record = {
                         "step": step,
@@ -255,18 +413,70 @@ def train_bi_encoder(
                         "lr": scheduler.get_last_lr()[0],
                         "grad_norm": float(grad_norm),
                     }
+                    tracker.log(
+                        {
+                            "train/loss": loss_value,
+                            "train/lr": record["lr"],
+                            "train/grad_norm": record["grad_norm"],
+                        },
+                        step,
+                    )
+                if eval_every and (step % eval_every == 0 or step == total_steps):
+                    metrics = run_dev()
+                    record = {"step": step, "epoch": epoch + 1, **record, "dev": metrics}
+                    tracker.log({f"dev/{k}": v for k, v in metrics.items()}, step)
+                    if patience and best.bad_evals >= patience:
+                        stopped_early = True
+                        log.info(
+                            "train: early stop at step %d (%s best %.4f at step %s)",
+                            step,
+                            measure,
+                            best.metric,
+                            best.step,
+                        )
+                if record and log_file is not None:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
-                if checkpoint_every > 0 and step % checkpoint_every == 0 and step < total_steps:
+                if (
+                    checkpoint_every > 0
+                    and step % checkpoint_every == 0
+                    and step < total_steps
+                    and not stopped_early
+                ):
                     assert checkpoint_dir is not None
                     position = _Position(step, epoch, b + step_size, seen, loss_value, epoch_rng)
                     _save_checkpoint(
-                        checkpoint_dir, identity, student, optimizer, scheduler, position, log_path
+                        checkpoint_dir,
+                        identity,
+                        student,
+                        optimizer,
+                        scheduler,
+                        position,
+                        best,
+                        log_path,
+                        dist,
                     )
                 rate = (seen - seen_at_start) / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(loss=f"{loss_value:.4f}", ex_s=f"{rate:.1f}")
                 bar.update(1)
-    bar.close()
+                if stopped_early:
+                    break
+    finally:
+        bar.close()
+        if log_file is not None:
+            log_file.close()
+    if best.model is not None:
+        student.load_state_dict(best.model)  # the exported model is the best dev one
     elapsed = max(time.perf_counter() - start, 1e-9)
     rate = (seen - seen_at_start) / elapsed
-    return TrainResult(steps=step, examples=seen, final_loss=loss_value, examples_per_s=rate)
+    return TrainResult(
+        steps=step,
+        examples=seen,
+        final_loss=loss_value,
+        examples_per_s=rate,
+        best_step=best.step,
+        best_dev=best.metrics,
+        dev_history=list(best.history),
+        stopped_early=stopped_early,
+        in_batch=in_batch,
+    )

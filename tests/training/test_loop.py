@@ -13,7 +13,7 @@ from distillrank.errors import ConfigError, DistillrankError
 from distillrank.losses import MarginMSELoss
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.training.batching import QueryPool
-from distillrank.training.loop import train_bi_encoder
+from distillrank.training.loop import train_student
 
 PASSAGES = {f"d{i}": f"passage {i} about cells and proteins number {i}" for i in range(24)}
 QUERIES = {f"q{i}": f"query {i} about proteins" for i in range(6)}
@@ -57,7 +57,7 @@ def _train(path: Path, tmp_path: Path, loss=None, **overrides) -> BiEncoder:
     )
     cfg.update(overrides)
     student = _student(path)
-    train_bi_encoder(
+    train_student(
         student,
         loss or MarginMSELoss(),
         _pools(),

@@ -16,7 +16,7 @@ from distillrank.losses import MarginMSELoss
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.stages import mine, score, train
 from distillrank.training import loop
-from distillrank.training.loop import LAST, MARKER, train_bi_encoder
+from distillrank.training.loop import LAST, MARKER, train_student
 from distillrank.workspace import read_manifest, stage_dir
 
 from .test_loop import PASSAGES, QUERIES, _pools, _student
@@ -56,7 +56,7 @@ def _run(model: Path, work: Path, dropout: float, kill_after: int | None = None,
     cfg = OmegaConf.create({**CFG, **overrides})
     torch.manual_seed(0)  # each call starts like a fresh process would
     student = _student(model, dropout)
-    train_bi_encoder(
+    train_student(
         student,
         KillAfter(kill_after),
         _pools(),

@@ -1,0 +1,58 @@
+"""The cross-encoder student: [query; passage] pairs through a one-logit sequence-classification head.
+
+Each of a batch's B × L (query, candidate) pairs is one forward pass, so there are no in-batch
+scores: a re-ranker student, as in Hofstätter et al. 2020 (Margin-MSE for BERT-CAT) and the listwise
+distillation of cross-encoders (Schlatt et al. 2025, Rank-DistiLLM). Exported as a Hugging Face
+folder that ``sentence_transformers.CrossEncoder(path)`` loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from distillrank.models.cross_encoder import CrossEncoderModel
+from distillrank.students.base import BatchScores, Student, check_in_batch
+
+
+class CrossEncoderStudent(Student):
+    """Scores each (query, passage) pair jointly; ``forward`` gives [B, L] group scores only."""
+
+    kind = "cross_encoder"
+    supports_in_batch = False
+
+    def __init__(self, model: CrossEncoderModel) -> None:
+        super().__init__(model)
+
+    def forward(
+        self, queries: Sequence[str], passages: Sequence[str], index: torch.Tensor, in_batch: bool = False
+    ) -> BatchScores:
+        check_in_batch(self, in_batch)
+        rows = index.cpu().tolist()
+        pair_q = [queries[b] for b, row in enumerate(rows) for _ in row]
+        pair_p = [passages[j] for row in rows for j in row]
+        scores = self.model(pair_q, pair_p).float()  # [B * L]
+        return BatchScores(scores.view(len(rows), -1))
+
+    def rerank_scores(
+        self,
+        queries: Sequence[str],
+        passages: Sequence[str],
+        pair_q: Sequence[int] | np.ndarray,
+        pair_p: Sequence[int] | np.ndarray,
+        batch_size: int = 64,
+        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    ) -> np.ndarray:
+        was_training = self.training
+        try:
+            return self.model.predict(
+                [queries[int(i)] for i in pair_q],
+                [passages[int(j)] for j in pair_p],
+                batch_size=batch_size,
+                autocast=autocast,
+            )
+        finally:
+            self.train(was_training)
