@@ -23,8 +23,8 @@ KINDS = ("bi_encoder", "cross_encoder", "colbert")
 
 
 def _colbert_types() -> tuple[type, type] | None:
-    """(ColBERTModel, ColBERTStudent) when the ColBERT model module is installed, else None."""
-    if importlib.util.find_spec("distillrank.models.colbert") is None:
+    """(ColBERTModel, ColBERTStudent) when the ColBERT student module exists, else None."""
+    if any(importlib.util.find_spec(f"distillrank.{m}.colbert") is None for m in ("models", "students")):
         return None
     from distillrank.models.colbert import ColBERTModel
     from distillrank.students.colbert import ColBERTStudent
