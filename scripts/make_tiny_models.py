@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
-from tokenizers.models import WordPiece
+from tokenizers.models import WordLevel, WordPiece
 from transformers import (
+    AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
     BertModel,
@@ -435,6 +436,287 @@ def make_tiny_cross_encoder(
         label2id={"LABEL_0": 0},
     )
     _save_model(_init_model(BertForSequenceClassification, config, seed), out_dir)
+    return out_dir
+
+
+# ColBERT markers of Stanford ColBERT (BERT vocabularies hold them); the tiny tokenizer gets them too.
+COLBERT_MARKERS: tuple[str, str] = ("[unused0]", "[unused1]")
+# Like the cross-encoder's: a wide init spreads a random ColBERT's MaxSim scores enough for a teacher.
+COLBERT_INIT_RANGE: float = 0.2
+COLBERT_LAYOUTS: tuple[str, ...] = ("distillrank", "stanford")
+
+
+def make_tiny_colbert(
+    out_dir: Path,
+    texts: Iterable[str] | None = None,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    dim: int = 16,
+    seed: int = 0,
+    layout: str = "distillrank",
+    query_max_length: int = 16,
+    passage_max_length: int = 64,
+) -> Path:
+    """Save a random-init BERT ColBERT (projection ``hidden -> dim``, no bias) with its tokenizer.
+
+    The tokenizer is :func:`build_tokenizer`'s plus the markers ``[unused0]`` / ``[unused1]``
+    (added tokens), as in a BERT vocabulary.
+
+    Layouts:
+        ``distillrank``: saved by ``distillrank.models.colbert.ColBERTModel.save`` (HF backbone at
+        the root, PyLate ``1_Dense`` projection, ``modules.json``, settings JSONs).
+        ``stanford``: a Stanford ColBERT checkpoint like ``colbert-ir/colbertv2.0``: one
+        ``model.safetensors`` holding ``bert.*`` and ``linear.weight``, ``config.json`` with
+        ``architectures: ["HF_ColBERT"]``, and ``artifact.metadata`` (the ColBERTConfig).
+
+    Args:
+        out_dir: Output folder (created).
+        texts: Tokenizer training texts; ``DEFAULT_TEXTS`` when None.
+        hidden / layers / heads: BERT sizes.
+        dim: ColBERT embedding dimension (projection output).
+        seed: Seed of the random initialisation (backbone and projection).
+        layout: ``distillrank`` or ``stanford``.
+        query_max_length / passage_max_length: the saved lengths (``query_maxlen`` / ``doc_maxlen``).
+
+    Returns:
+        ``out_dir``.
+    """
+    if layout not in COLBERT_LAYOUTS:
+        raise ValueError(f"layout must be one of {COLBERT_LAYOUTS}, got {layout!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(DEFAULT_TEXTS if texts is None else texts, out_dir)
+    tokenizer.add_tokens(list(COLBERT_MARKERS), special_tokens=True)
+    tokenizer.save_pretrained(str(out_dir))
+    _set_model_max_length(out_dir, passage_max_length)
+    config = _bert_config(len(tokenizer), hidden, layers, heads, initializer_range=COLBERT_INIT_RANGE)
+    backbone = _init_model(BertModel, config, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        weight = torch.randn(dim, hidden) * COLBERT_INIT_RANGE
+    if layout == "stanford":
+        from safetensors.torch import save_file
+
+        state = {f"bert.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
+        state["linear.weight"] = weight
+        save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+        config.architectures = ["HF_ColBERT"]
+        config.save_pretrained(str(out_dir))
+        _write_json(
+            out_dir / "artifact.metadata",
+            {
+                "query_maxlen": query_max_length,
+                "doc_maxlen": passage_max_length,
+                "dim": dim,
+                "similarity": "cosine",
+                "attend_to_mask_tokens": False,
+                "mask_punctuation": True,
+                "checkpoint": "tiny",
+            },
+        )
+        return out_dir
+    from distillrank.models.colbert import ColBERTModel
+
+    projection = torch.nn.Linear(hidden, dim, bias=False)
+    with torch.no_grad():
+        projection.weight.copy_(weight)
+    model = ColBERTModel(
+        backbone,
+        AutoTokenizer.from_pretrained(str(out_dir)),
+        projection,
+        query_prefix=COLBERT_MARKERS[0],
+        passage_prefix=COLBERT_MARKERS[1],
+        query_max_length=query_max_length,
+        passage_max_length=passage_max_length,
+    )
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save(out_dir)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny seq2seq (T5) and causal (GPT-2) language models
+# --------------------------------------------------------------------------------------------
+
+# T5's conventions: pad 0 (also the decoder start), eos 1, unk 2.
+LM_SPECIAL_TOKENS: list[str] = ["<pad>", "</s>", "<unk>"]
+# Words a tiny LM's vocabulary always holds: monoT5's answer words and the default prompts' words.
+LM_REQUIRED_WORDS: list[str] = ["true", "false", "query", "document", "relevant", "passage", ":"]
+# The tiny T5's output layer is initialised at half T5's usual scale: logits then spread over a few
+# units, so sampling gives varied words and monoT5 scores of different pairs differ by ~1.
+T5_LM_HEAD_SCALE: float = 0.5
+
+
+def build_word_tokenizer(
+    texts: Iterable[str], out_dir: Path, vocab_size: int = 1000, append_eos: bool = True
+) -> PreTrainedTokenizerFast:
+    """Build a lower-casing word-level tokenizer for ``texts`` (T5-style special tokens), saved.
+
+    Pipeline: ``NFD + Lowercase + StripAccents`` normaliser, ``Whitespace`` pre-tokenizer (words and
+    punctuation runs), ``WordLevel`` model; with ``append_eos`` every encoding ends in ``</s>``
+    (as T5's does). Ids: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, then ``LM_REQUIRED_WORDS`` (so
+    ``true`` and ``false`` are single tokens), then the texts' words by decreasing count, ties
+    alphabetical: identical for identical texts, across processes.
+
+    Args:
+        texts: Training texts.
+        out_dir: Folder that receives ``tokenizer.json`` and ``tokenizer_config.json``.
+        vocab_size: Upper bound on the vocabulary size.
+        append_eos: Append ``</s>`` to every encoding (seq2seq); False for a causal LM.
+
+    Returns:
+        The tokenizer, a ``PreTrainedTokenizerFast`` (``AutoTokenizer`` loads the folder).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    normalizer = normalizers.Sequence(
+        [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()]
+    )
+    pre_tokenizer = pre_tokenizers.Whitespace()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
+            counts[word] += 1
+    vocab = list(dict.fromkeys(LM_SPECIAL_TOKENS + LM_REQUIRED_WORDS))
+    seen = set(vocab)
+    for word, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size:
+            break
+        if word not in seen:
+            vocab.append(word)
+            seen.add(word)
+    ids = {token: i for i, token in enumerate(vocab)}
+    backend = Tokenizer(WordLevel(ids, unk_token="<unk>"))
+    backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizer
+    if append_eos:
+        backend.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B:1 </s>:1", special_tokens=[("</s>", ids["</s>"])]
+        )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=512,
+    )
+    tokenizer.save_pretrained(str(out_dir))
+    return tokenizer
+
+
+def make_tiny_t5(
+    out_dir: Path,
+    texts: Iterable[str] | None = None,
+    d_model: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    seed: int = 0,
+    max_length: int = 256,
+) -> Path:
+    """Save a random-init ``T5ForConditionalGeneration`` with a word-level tokenizer (no download).
+
+    The folder loads with ``AutoModelForSeq2SeqLM`` / ``AutoTokenizer``; ``true`` and ``false``
+    are single tokens, so it stands in for a monoT5 re-ranker and a docT5query generator.
+
+    Args:
+        out_dir: Output folder (created).
+        texts: Tokenizer training texts; ``DEFAULT_TEXTS`` when None.
+        d_model: Hidden size (feed-forward ``2 * d_model``, ``d_kv = d_model // heads``).
+        layers: Encoder and decoder layers each.
+        heads: Attention heads.
+        seed: Seed of the random initialisation.
+        max_length: Tokenizer ``model_max_length``.
+
+    Returns:
+        ``out_dir``.
+    """
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    if d_model % heads:
+        raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_word_tokenizer(DEFAULT_TEXTS if texts is None else texts, out_dir, append_eos=True)
+    _set_model_max_length(out_dir, max_length)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=d_model // heads,
+        d_ff=2 * d_model,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        num_heads=heads,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    # Untied output layer (transformers >= 5 ignores the constructor argument): a tied T5 scores
+    # the last input token highest and so repeats it forever when generating.
+    config.tie_word_embeddings = False
+    model = _init_model(T5ForConditionalGeneration, config, seed)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(T5_LM_HEAD_SCALE)
+    _save_model(model, out_dir)
+    return out_dir
+
+
+def make_tiny_causal_lm(
+    out_dir: Path,
+    texts: Iterable[str] | None = None,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    seed: int = 0,
+    max_length: int = 512,
+) -> Path:
+    """Save a random-init ``GPT2LMHeadModel`` with a word-level tokenizer (no download).
+
+    The tokenizer appends nothing (a causal LM continues the text); ``</s>`` is its eos and
+    ``<pad>`` its pad token. Loads with ``AutoModelForCausalLM`` / ``AutoTokenizer``.
+
+    Args:
+        out_dir: Output folder (created).
+        texts: Tokenizer training texts; ``DEFAULT_TEXTS`` when None.
+        hidden: Hidden size.
+        layers: Transformer layers.
+        heads: Attention heads.
+        seed: Seed of the random initialisation.
+        max_length: Positions (and tokenizer ``model_max_length``).
+
+    Returns:
+        ``out_dir``.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if hidden % heads:
+        raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_word_tokenizer(DEFAULT_TEXTS if texts is None else texts, out_dir, append_eos=False)
+    _set_model_max_length(out_dir, max_length)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=max_length,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
+    _save_model(_init_model(GPT2LMHeadModel, config, seed), out_dir)
     return out_dir
 
 

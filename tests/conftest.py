@@ -68,6 +68,24 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, tiny_texts: lis
 
 
 @pytest.fixture(scope="session")
+def tiny_colbert(tmp_path_factory: pytest.TempPathFactory, tiny_texts: list[str]) -> Path:
+    """Folder of a random-init BERT ColBERT (hidden 32, dim 16) saved by ``ColBERTModel.save``."""
+    return make_tiny_models.make_tiny_colbert(tmp_path_factory.mktemp("tiny_colbert"), texts=tiny_texts)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory, tiny_texts: list[str]) -> Path:
+    """Hugging Face folder of a random-init T5 (d_model 32) whose tokenizer keeps true/false whole."""
+    return make_tiny_models.make_tiny_t5(tmp_path_factory.mktemp("tiny_t5"), texts=tiny_texts)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory: pytest.TempPathFactory, tiny_texts: list[str]) -> Path:
+    """Hugging Face folder of a random-init GPT-2 (hidden 32) with a word-level tokenizer."""
+    return make_tiny_models.make_tiny_causal_lm(tmp_path_factory.mktemp("tiny_causal_lm"), texts=tiny_texts)
+
+
+@pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """Real collections: ``$DISTILLRANK_DATA_DIR``, else ``<repo>/../shared/data``; skips if absent."""
     path = Path(os.environ.get("DISTILLRANK_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")

@@ -3,5 +3,9 @@
 from distillrank.teachers.base import Teacher
 from distillrank.teachers.bi_encoder import BiEncoderTeacher
 from distillrank.teachers.cross_encoder import CrossEncoderTeacher
+from distillrank.teachers.ensemble import EnsembleTeacher
+from distillrank.teachers.late_interaction import ColBERTTeacher
+from distillrank.teachers.precomputed import PrecomputedTeacher
+from distillrank.teachers.seq2seq import MonoT5Teacher
 
-__all__ = ["BiEncoderTeacher", "CrossEncoderTeacher", "Teacher"]
+__all__ = ["BiEncoderTeacher", "ColBERTTeacher", "CrossEncoderTeacher", "EnsembleTeacher", "MonoT5Teacher", "PrecomputedTeacher", "Teacher"]

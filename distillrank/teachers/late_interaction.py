@@ -1,0 +1,114 @@
+"""A late-interaction (ColBERT) teacher: MaxSim over per-token embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from distillrank.models.colbert import ColBERTModel
+from distillrank.models.hub import resolve_model
+from distillrank.runtime import autocast
+from distillrank.workspace import dir_fingerprint, fingerprint
+
+
+class ColBERTTeacher:
+    """Scores pairs by ColBERT MaxSim; each distinct query and passage is encoded once.
+
+    Args:
+        model: folder or hub id of a ColBERT model: a Stanford checkpoint (``colbert-ir/colbertv2.0``),
+            a PyLate folder, or one saved by :class:`ColBERTModel`.
+        query_max_length: query length in tokens (``[MASK]``-padded to it).
+        passage_max_length: passage truncation length in tokens.
+        batch_size: texts per encoding batch.
+        pair_batch_size: pairs per MaxSim batch.
+        attend_to_expansion_tokens / do_query_expansion / skiplist_words: override the model
+            folder's settings (None keeps them).
+    """
+
+    kind = "colbert"
+
+    def __init__(
+        self,
+        model: str,
+        query_max_length: int = 32,
+        passage_max_length: int = 180,
+        batch_size: int = 32,
+        pair_batch_size: int = 1024,
+        attend_to_expansion_tokens: bool | None = None,
+        do_query_expansion: bool | None = None,
+        skiplist_words: list[str] | None = None,
+    ) -> None:
+        self.model = model
+        self.query_max_length = query_max_length
+        self.passage_max_length = passage_max_length
+        self.batch_size = batch_size
+        self.pair_batch_size = pair_batch_size
+        self.attend_to_expansion_tokens = attend_to_expansion_tokens
+        self.do_query_expansion = do_query_expansion
+        self.skiplist_words = None if skiplist_words is None else list(skiplist_words)
+        self._model: ColBERTModel | None = None
+
+    def _overrides(self) -> dict:
+        return {
+            "query_max_length": self.query_max_length,
+            "passage_max_length": self.passage_max_length,
+            "attend_to_expansion_tokens": self.attend_to_expansion_tokens,
+            "do_query_expansion": self.do_query_expansion,
+            "skiplist_words": self.skiplist_words,
+        }
+
+    def fingerprint(self) -> str:
+        return fingerprint(
+            {"kind": self.kind, "weights": dir_fingerprint(resolve_model(self.model)), **self._overrides()}
+        )
+
+    def colbert(self, device: torch.device) -> ColBERTModel:
+        """The loaded model, frozen, on ``device`` (loaded once)."""
+        if self._model is None:
+            self._model = ColBERTModel.load(self.model, **self._overrides()).eval()
+            self._model.requires_grad_(False)
+        return self._model.to(device)
+
+    def score(
+        self,
+        queries: Sequence[str],
+        passages: Sequence[str],
+        pair_q: np.ndarray,
+        pair_p: np.ndarray,
+        device: torch.device,
+        precision: str,
+        progress: bool = True,
+        *,
+        qids: Sequence[str] | None = None,
+        docids: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        model = self.colbert(device)
+        amp = lambda: autocast(device, precision)  # noqa: E731
+        # The lists are de-duplicated by the caller already; equal texts at two indices are merged
+        # anyway, so that they are encoded once and always get the same score.
+        queries, q_index = _distinct(queries)
+        passages, p_index = _distinct(passages)
+        pair_q = q_index[np.asarray(pair_q, dtype=np.int64)]
+        pair_p = p_index[np.asarray(pair_p, dtype=np.int64)]
+        # Embeddings stay on the device: MaxSim of many pairs is cheap there, costly on a CPU copy.
+        q_emb, q_mask = model.embed(queries, "query", self.batch_size, amp, progress, "teacher: queries", device)
+        p_emb, p_mask = model.embed(passages, "passage", self.batch_size, amp, progress, "teacher: passages", device)
+        pair_q = torch.as_tensor(pair_q, device=device)
+        pair_p = torch.as_tensor(pair_p, device=device)
+        out = np.empty(len(pair_q), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(pair_q), self.pair_batch_size):
+                qi = pair_q[start : start + self.pair_batch_size]
+                pi = pair_p[start : start + self.pair_batch_size]
+                scores = ColBERTModel.score_pairs(q_emb[qi], q_mask[qi], p_emb[pi], p_mask[pi])
+                out[start : start + len(qi)] = scores.float().cpu().numpy()
+        return out
+
+
+def _distinct(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct texts (first-seen order) and, per input text, the index of its distinct text."""
+    first: dict[str, int] = {}
+    index = np.fromiter((first.setdefault(t, len(first)) for t in texts), dtype=np.int64, count=len(texts))
+    return list(first), index
