@@ -42,7 +42,10 @@ def _signature_problems(node: DictConfig, where: str) -> list[str]:
 def _nested_problems(node: Any, where: str) -> list[str]:
     """Check the ``_target_`` nodes inside a node's values (ensemble members, combined losses)."""
     problems: list[str] = []
-    items = node.items() if isinstance(node, DictConfig) else enumerate(node) if isinstance(node, ListConfig) else []
+    if isinstance(node, DictConfig):  # `???` values are reported by _missing_keys, not read here
+        items = [(k, node[k]) for k in node.keys() if not OmegaConf.is_missing(node, k)]
+    else:
+        items = list(enumerate(node)) if isinstance(node, ListConfig) else []
     for key, value in items:
         if str(key).startswith("_"):
             continue
