@@ -97,6 +97,14 @@ def _invoke(ctx: typer.Context, stage: str, run: Callable[[DictConfig], object])
 
 
 @app.command(context_settings=HYDRA_ARGS)
+def queries(ctx: typer.Context) -> None:
+    """Make synthetic training queries from the corpus (queries=title|ict|generator), teacher-filtered."""
+    from distillrank.stages import queries as stage
+
+    _invoke(ctx, "queries", stage.run)
+
+
+@app.command(context_settings=HYDRA_ARGS)
 def mine(ctx: typer.Context) -> None:
     """Mine candidates: BM25 top-k for every training query, positives from qrels, sampled negatives."""
     from distillrank.stages import mine as stage
@@ -128,9 +136,26 @@ def evaluate(ctx: typer.Context) -> None:
     _invoke(ctx, "evaluate", stage.run)
 
 
+@app.command("export-scores", context_settings=HYDRA_ARGS)
+def export_scores(
+    ctx: typer.Context,
+    fmt: str = typer.Option("trec", "--format", help="trec | jsonl | triples_tsv (Hofstätter's pos/neg triples)"),
+    output: str | None = typer.Option(None, "--output", help="file to write (default: in the score stage folder)"),
+) -> None:
+    """Export the teacher scores of a completed score stage (TREC run, JSONL lists or triples TSV)."""
+    from pathlib import Path
+
+    from distillrank.stages import export_scores as stage
+
+    def run(cfg: DictConfig) -> None:
+        typer.echo(stage.run(cfg, fmt, Path(output) if output else None))
+
+    _invoke(ctx, "export-scores", run)
+
+
 @app.command("run", context_settings=HYDRA_ARGS)
 def run_all(ctx: typer.Context) -> None:
-    """Run mine, score, train and evaluate in order, skipping stages that are up to date."""
+    """Run (queries,) mine, score, train and evaluate in order, skipping stages that are up to date."""
     from distillrank.stages import pipeline
 
     _invoke(ctx, "run", pipeline.run)

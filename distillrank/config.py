@@ -92,6 +92,25 @@ class TrainConfig:
 
 
 @dataclass
+class QueriesConfig:
+    """Synthetic training queries made from the corpus (the ``queries`` stage; group ``queries/``).
+
+    With ``method`` other than ``none``, mine / score / train use these queries (and their source
+    passages as positives) instead of ``data.train_split``.
+    """
+
+    method: str = "none"  # none | title | ict | generator
+    per_doc: int = 1  # queries made per source document (title: at most 1)
+    max_docs: int | None = None  # source documents sampled uniformly (seeded); None = every document
+    remove_prob: float = 0.9  # ict: probability that the query sentence is removed from its positive
+    span_words: list[int] = field(default_factory=lambda: [4, 12])  # ict: fallback span length [lo, hi]
+    min_words: int = 8  # ict: shorter passages give no query
+    generator: Any = None  # generator: a _target_ node (distillrank.queries.generator.QueryGenerator)
+    filter_top_k: int | None = None  # keep a query only if the teacher ranks its positive in this top-k; None = off
+    filter_depth: int = 20  # BM25 candidates the teacher re-ranks for the consistency filter
+
+
+@dataclass
 class ScoreConfig:
     """How teacher scoring is run (the teacher itself is the ``teacher`` group)."""
 
@@ -130,6 +149,7 @@ class Config:
     force: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
+    queries: QueriesConfig = field(default_factory=QueriesConfig)
     teacher: Any = MISSING
     student: Any = MISSING
     loss: Any = MISSING

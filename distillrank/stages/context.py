@@ -58,21 +58,45 @@ def split_or_fail(cfg: DictConfig, coll: Collection, key: str) -> str:
     return split
 
 
-def train_queries(cfg: DictConfig) -> list[tuple[str, str]]:
-    """The training queries ``(qid, text)``: the collection's ``data.train_split``.
+def _synthetic(cfg: DictConfig):
+    """The ``queries`` stage's output when the config trains on synthetic queries, else None."""
+    from distillrank.stages import queries  # late: the queries stage itself uses this module
 
-    Every stage that reads training queries (mine, score, train) goes through here, so that
-    synthetic queries (the ``queries`` stage) reach them all the same way.
+    return queries.load(cfg) if queries.enabled(cfg) else None
+
+
+def train_queries(cfg: DictConfig) -> list[tuple[str, str]]:
+    """The training queries ``(qid, text)``: the synthetic ones of the ``queries`` stage when
+    ``queries.method`` is set, else the collection's ``data.train_split``.
+
+    Every stage that reads training queries (mine, score, train) goes through here.
     """
+    if (synthetic := _synthetic(cfg)) is not None:
+        return synthetic.queries
     coll = collection(cfg)
     return coll.split_queries(split_or_fail(cfg, coll, "train_split"))
 
 
-def passage_lookup(cfg: DictConfig):
-    """A function ``docids -> texts`` over the collection (and any passages the training data adds)."""
+def train_qrels(cfg: DictConfig) -> dict[str, dict[str, int]]:
+    """The training qrels: relevance > 0 marks a positive; < 0 a document never to use as a negative."""
+    if (synthetic := _synthetic(cfg)) is not None:
+        return synthetic.qrels
     coll = collection(cfg)
+    return coll.qrels[split_or_fail(cfg, coll, "train_split")]
+
+
+def passage_lookup(cfg: DictConfig):
+    """A function ``docids -> texts`` over the collection and the passages synthetic queries add."""
+    coll = collection(cfg)
+    synthetic = _synthetic(cfg)
+    extra = synthetic.passages if synthetic is not None else {}
 
     def texts(docids) -> list[str]:
-        return coll.passage_texts([coll.doc_row(d) for d in docids])
+        docids = list(docids)
+        if not extra:
+            return coll.passage_texts([coll.doc_row(d) for d in docids])
+        corpus = [d for d in docids if d not in extra]
+        found = dict(zip(corpus, coll.passage_texts([coll.doc_row(d) for d in corpus]), strict=True))
+        return [extra[d] if d in extra else found[d] for d in docids]
 
     return texts

@@ -27,6 +27,7 @@ from distillrank.mining.dense import dense_key, dense_search
 from distillrank.mining.fusion import rrf_fuse
 from distillrank.mining.sampling import sample_negatives
 from distillrank.stages import context
+from distillrank.stages import queries as queries_stage
 from distillrank.workspace import (
     Manifest,
     atomic_path,
@@ -74,6 +75,9 @@ def stage_key(cfg: DictConfig) -> str:
         "mining": to_plain(cfg.mining),
         "seed": cfg.seed,
     }
+    if queries_stage.enabled(cfg):  # synthetic training queries: their stage's key, not the split
+        what["split"] = None
+        what["queries"] = queries_stage.stage_key(cfg)
     if "dense" in _retrievers(cfg):
         # the model is identified by its folder's content, not by where it lies or how it is named
         what["mining"].pop("model", None)
@@ -130,9 +134,8 @@ def run(cfg: DictConfig) -> Manifest:
         return done
     start = time.perf_counter()
     coll = context.collection(cfg)
-    split = context.split_or_fail(cfg, coll, "train_split")
     queries = context.train_queries(cfg)
-    qrels = coll.qrels[split]
+    qrels = context.train_qrels(cfg)
     rows, scores, info = first_stage(cfg, coll, [text for _, text in queries])
     doc_ids = coll.doc_ids()
     rng = np.random.default_rng(cfg.seed)
@@ -152,7 +155,9 @@ def run(cfg: DictConfig) -> Manifest:
         ranked = [doc_ids[r] for r in rows[i]]
         ranked_scores = scores[i]
         position = {d: r for r, d in enumerate(ranked)}
-        positives = {d: rel for d, rel in qrels.get(qid, {}).items() if rel > 0}
+        judged = qrels.get(qid, {})
+        positives = {d: rel for d, rel in judged.items() if rel > 0}
+        excluded = set(positives) | {d for d, rel in judged.items() if rel < 0}
         for docid, rel in positives.items():
             r = position.get(docid)
             add(qid, docid, rel, 0 if r is None else r + 1, float("nan") if r is None else float(ranked_scores[r]))
@@ -160,7 +165,7 @@ def run(cfg: DictConfig) -> Manifest:
         total_positives += len(positives)
         negatives = sample_negatives(
             ranked,
-            set(positives),
+            excluded,
             cfg.mining.num_negatives,
             cfg.mining.sampling,
             cfg.mining.window_start,

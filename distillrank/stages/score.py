@@ -146,9 +146,12 @@ def _fill_cache(
         the cached scores (complete for ``pairs``), the number of pairs scored now, and the seconds spent.
     """
     if hasattr(teacher, "check_ids"):  # looked-up scores: ids the collection lacks are an input error
-        teacher.check_ids({q for q, _ in query_text.items()}, set(coll.doc_ids()))
+        known_qids = set(coll.queries.with_format("arrow")[:].column("_id").to_pylist()) | set(query_text)
+        teacher.check_ids(known_qids, set(coll.doc_ids()))
     cache = ScoreCache.for_teacher(cfg, teacher_fp, coll.fingerprint)
     cached = cache.load()
+    if hasattr(teacher, "check_pairs"):  # every pair the file lacks, named at once
+        teacher.check_pairs([p for p in pairs if p not in cached])
     todo = sorted({pair for pair in pairs if pair not in cached})
     start = time.perf_counter()
     with hardware(cfg.hardware) as (device, precision):
@@ -165,6 +168,39 @@ def _fill_cache(
                 cached.update(zip(part, scores.tolist(), strict=True))
                 bar.update(len(part))
     return cached, len(todo), time.perf_counter() - start
+
+
+def teacher_scores(
+    cfg: DictConfig, teacher, teacher_fp: str, coll, pairs: list[tuple[str, str]], query_text, passage_text
+) -> tuple[np.ndarray, int, float, list[str]]:
+    """Teacher scores [len(pairs)] of (qid, docid) pairs, scoring only what the caches lack.
+
+    An :class:`~distillrank.teachers.ensemble.EnsembleTeacher` is scored member by member, each
+    through its own cache, and combined over all the given pairs (grouped by query).
+
+    Returns:
+        the scores, the number of pairs scored now (over all members), seconds spent scoring, and
+        the cache folders.
+    """
+    members = teacher.members if isinstance(teacher, EnsembleTeacher) else [teacher]
+    member_scores: list[np.ndarray] = []
+    caches: list[str] = []
+    scored = 0
+    score_time = 0.0
+    for i, member in enumerate(members):
+        member_fp = teacher_fp if member is teacher else member.fingerprint()
+        name = "pairs" if member is teacher else f"member {i + 1}/{len(members)} ({getattr(member, 'kind', type(member).__name__)})"
+        cached, n, seconds = _fill_cache(cfg, member, member_fp, coll, pairs, query_text, passage_text, name)
+        member_scores.append(np.array([cached[p] for p in pairs], dtype=np.float32))
+        caches.append(str(ScoreCache.for_teacher(cfg, member_fp, coll.fingerprint).folder))
+        scored += n
+        score_time += seconds
+    if member_scores[0].size == 0:
+        return np.zeros(0, np.float32), scored, score_time, caches
+    if isinstance(teacher, EnsembleTeacher):
+        groups = np.array([q for q, _ in pairs], dtype=object)
+        return teacher.combine(member_scores, groups), scored, score_time, caches
+    return member_scores[0], scored, score_time, caches
 
 
 def run(cfg: DictConfig) -> Manifest:
@@ -193,23 +229,8 @@ def run(cfg: DictConfig) -> Manifest:
     passage_text = context.passage_lookup(cfg)
     groups = candidates["qid"].to_numpy(zero_copy_only=False)
 
+    raw, scored, score_time, caches = teacher_scores(cfg, teacher, teacher_fp, coll, pairs, query_text, passage_text)
     members = teacher.members if isinstance(teacher, EnsembleTeacher) else [teacher]
-    member_scores: list[np.ndarray] = []
-    caches: list[str] = []
-    scored = 0
-    score_time = 0.0
-    for i, member in enumerate(members):
-        member_fp = member.fingerprint() if len(members) > 1 or member is not teacher else teacher_fp
-        name = f"member {i + 1}/{len(members)} ({getattr(member, 'kind', type(member).__name__)})" if len(members) > 1 else "pairs"
-        cached, n, seconds = _fill_cache(cfg, member, member_fp, coll, pairs, query_text, passage_text, name)
-        member_scores.append(np.array([cached[p] for p in pairs], dtype=np.float32))
-        caches.append(str(ScoreCache.for_teacher(cfg, member_fp, coll.fingerprint).folder))
-        scored += n
-        score_time += seconds
-    if isinstance(teacher, EnsembleTeacher):
-        raw = teacher.combine(member_scores, groups) if pairs else np.zeros(0, np.float32)
-    else:
-        raw = member_scores[0]
 
     table = candidates.append_column("teacher", pa.array(raw, pa.float32()))
     table, denoised = denoise.denoise_table(table, margin, relative)
