@@ -19,8 +19,8 @@ LOSSES = sorted(p.stem for p in (conf_dir() / "loss").glob("*.yaml"))
 HAS_COLBERT = all(importlib.util.find_spec(f"distillrank.{m}.colbert") for m in ("models", "students"))
 STUDENTS = {
     "bi_encoder": [],
-    "cross_encoder": ["student.max_length=64"],
-    "colbert": ["student.passage_max_length=64", "student.dim=16"],
+    "cross_encoder": ["student.max_length=64", "student.num_layers=1"],
+    "colbert": ["student.passage_max_length=64", "student.dim=16", "student.keep_layers=1"],
 }
 KINDS = [
     k
@@ -42,7 +42,7 @@ def scored_workspace(tmp_path_factory, tiny_beir, tiny_bi_encoder):
 def _student_args(base: list[str], kind: str) -> list[str]:
     if kind == "bi_encoder":
         return base
-    kept = [a for a in base if not a.startswith("student.passage_max_length=")]
+    kept = [a for a in base if not a.startswith(("student.passage_max_length=", "student.num_layers="))]
     return [*kept, f"student={kind}", *STUDENTS[kind]]
 
 

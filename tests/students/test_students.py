@@ -119,3 +119,25 @@ def test_unknown_models_and_folders_are_config_errors(tmp_path):
         as_student(nn.Linear(2, 2))
     with pytest.raises(ConfigError, match="not a saved student"):
         student_kind(tmp_path)
+
+
+def test_colbert_groups_in_batch_and_rerank_agree(tiny_bi_encoder, tmp_path):
+    from distillrank.models.colbert import ColBERTModel
+    from distillrank.students.colbert import ColBERTStudent
+
+    student = as_student(ColBERTModel.from_backbone(str(tiny_bi_encoder), dim=16, keep_layers=1, seed=0))
+    assert isinstance(student, ColBERTStudent) and student.supports_in_batch
+    out = _eval_scores(student, QUERIES, PASSAGES, INDEX)
+    torch.testing.assert_close(out.groups, torch.gather(out.matrix, 1, INDEX))
+    student.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(student(QUERIES, PASSAGES, INDEX).groups, out.groups, rtol=1e-4, atol=1e-5)
+    path = student.save(tmp_path / "colbert")
+    assert student_kind(path) == "colbert"
+    reloaded = load_student(path)
+    np.testing.assert_allclose(
+        reloaded.rerank_scores(QUERIES, PASSAGES, [0, 1], [3, 2]),
+        out.matrix[[0, 1], [3, 2]].numpy(),
+        rtol=1e-4,
+        atol=1e-5,
+    )

@@ -1,0 +1,74 @@
+"""The ColBERT student: late interaction (Khattab & Zaharia 2020; ColBERTv2, Santhanam et al. 2022).
+
+Token embeddings projected to a small dimension and L2-normalised; a score is MaxSim summed over the
+query tokens (:class:`distillrank.models.colbert.ColBERTModel`). Like a bi-encoder, queries and
+passages are encoded independently, so the [B, P] in-batch matrix costs only the MaxSim products.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distillrank.models.colbert import SETTINGS_FILE, ColBERTModel
+from distillrank.students.base import BatchScores, Student
+
+
+def is_colbert_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a ColBERT folder saved by :meth:`ColBERTModel.save`."""
+    return (Path(path) / SETTINGS_FILE).is_file()
+
+
+class ColBERTStudent(Student):
+    """MaxSim over token embeddings; ``forward`` gives [B, L] groups and, asked, the [B, P] matrix."""
+
+    kind = "colbert"
+    supports_in_batch = True
+
+    def __init__(self, model: ColBERTModel) -> None:
+        super().__init__(model)
+
+    def forward(
+        self, queries: Sequence[str], passages: Sequence[str], index: torch.Tensor, in_batch: bool = False
+    ) -> BatchScores:
+        q_emb, q_mask = self.model.encode(list(queries), "query")  # [B, Tq, d], [B, Tq]
+        p_emb, p_mask = self.model.encode(list(passages), "passage")  # [P, Tp, d], [P, Tp]
+        if in_batch:
+            matrix = ColBERTModel.score_matrix(q_emb, q_mask, p_emb, p_mask).float()  # [B, P]
+            return BatchScores(torch.gather(matrix, 1, index.to(matrix.device)), matrix)
+        index = index.to(p_emb.device)
+        b, n = index.shape
+        flat = index.reshape(-1)
+        groups = ColBERTModel.score_pairs(
+            q_emb.repeat_interleave(n, dim=0),
+            q_mask.repeat_interleave(n, dim=0),
+            p_emb[flat],
+            p_mask[flat],
+        )
+        return BatchScores(groups.float().view(b, n))
+
+    def rerank_scores(
+        self,
+        queries: Sequence[str],
+        passages: Sequence[str],
+        pair_q: Sequence[int] | np.ndarray,
+        pair_p: Sequence[int] | np.ndarray,
+        batch_size: int = 64,
+        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    ) -> np.ndarray:
+        pair_q = np.asarray(pair_q, dtype=np.int64)
+        pair_p = np.asarray(pair_p, dtype=np.int64)
+        q_emb, q_mask = self.model.embed(list(queries), "query", batch_size=batch_size, autocast=autocast)
+        p_emb, p_mask = self.model.embed(list(passages), "passage", batch_size=batch_size, autocast=autocast)
+        out = np.empty(len(pair_q), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(pair_q), batch_size):
+                qi = torch.as_tensor(pair_q[start : start + batch_size])
+                pj = torch.as_tensor(pair_p[start : start + batch_size])
+                scores = ColBERTModel.score_pairs(q_emb[qi], q_mask[qi], p_emb[pj], p_mask[pj])
+                out[start : start + len(qi)] = scores.float().numpy()
+        return out
