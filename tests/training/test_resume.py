@@ -170,3 +170,44 @@ def test_train_stage_resumes_a_killed_run(make_cfg, monkeypatch, caplog):
     assert manifest.key == train.stage_key(cfg)
     steps = [json.loads(line)["step"] for line in (folder / train.LOG).read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == manifest.counts["steps"]
+
+
+@pytest.mark.parametrize("kind", ["cross_encoder", "colbert"])
+def test_other_student_kinds_resume_exactly(tiny_bi_encoder, tmp_path, kind):
+    from distillrank.models.colbert import ColBERTModel
+    from distillrank.models.cross_encoder import CrossEncoderModel
+
+    def build():
+        torch.manual_seed(0)
+        if kind == "cross_encoder":
+            model = CrossEncoderModel.from_backbone(str(tiny_bi_encoder), num_layers=1, max_length=64)
+        else:
+            model = ColBERTModel.from_backbone(str(tiny_bi_encoder), dim=16, keep_layers=1, seed=0)
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.1
+        return model
+
+    def run(work: Path, kill_after: int | None):
+        model = build()
+        cfg = OmegaConf.create({**CFG, "epochs": 1})
+        train_student(
+            model,
+            KillAfter(kill_after),
+            _pools(),
+            QUERIES,
+            lambda ids: [PASSAGES[d] for d in ids],
+            cfg,
+            torch.device("cpu"),
+            "fp32",
+            seed=3,
+            log_path=work / "log.jsonl",
+            checkpoint_dir=work / "checkpoints",
+        )
+        return model
+
+    whole = run(tmp_path / "whole", None)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed", 3)
+    resumed = run(tmp_path / "killed", None)
+    _assert_same_weights(whole, resumed)
