@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-slow lint demo clean
+.PHONY: install test test-slow lint demo clean bench bench-quick
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,6 +31,13 @@ test-slow: install
 
 lint: install
 	$(BIN)/ruff check distillrank tests scripts
+
+# Side-by-side benchmarks against sentence-transformers (docs/BENCHMARKS.md); results in docs/bench/.
+bench: install
+	$(BIN)/python scripts/bench/run.py
+
+bench-quick: install
+	$(BIN)/python scripts/bench/run.py --quick
 
 demo: install
 	$(BIN)/distillrank run +exp=margin_mse experiment=demo

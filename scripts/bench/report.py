@@ -1,0 +1,106 @@
+"""Markdown tables of a benchmark summary (``python scripts/bench/report.py docs/bench/quick/summary.json``).
+
+The tables pasted into ``docs/BENCHMARKS.md`` come from here, so they match the JSON exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _f(x, digits: int = 2) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def comparisons(summary: dict) -> list[str]:
+    lines = [
+        "| benchmark | case | unit | distillrank (median) | sentence-transformers (median) | ratio | goal | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, result in summary["results"].items():
+        for c in result["cases"]:
+            if "ratio" not in c:
+                continue
+            goal = f"≥ {c['goal']}×"
+            if "memory_fraction" in c:
+                goal += f", memory ≤ {c['memory_goal']}× (measured {_f(c['memory_fraction'])}×)"
+            lines.append(
+                f"| {name} | {c['case']} | {c['unit']} | {_f(c['distillrank']['median'])} | "
+                f"{_f(c['sentence_transformers']['median'])} | **{_f(c['ratio'])}×** | {goal} | {_f(c['met'])} |"
+            )
+    return lines
+
+
+def mining_memory(summary: dict) -> list[str]:
+    result = summary["results"].get("mining")
+    if not result:
+        return []
+    mem = result["cases"][0]["peak_memory"]
+    lines = ["| tool | peak anonymous RSS (MiB) | peak tracemalloc (MiB) |", "|---|---|---|"]
+    for tool, m in mem.items():
+        lines.append(f"| {tool} | {_f(m['peak_anon_rss_mib'], 1)} | {_f(m['peak_tracemalloc_mib'], 1)} |")
+    return lines
+
+
+def scale(summary: dict) -> list[str]:
+    result = summary["results"].get("scale")
+    if not result:
+        return []
+    topk, table = result["cases"][0]["values"], result["cases"][1]["values"]
+    lines = [
+        "| passages | matrix (MiB) | distillrank exact_topk (s) | s per 1M passages | peak anon RSS (MiB) | "
+        "ST semantic_search (s) | ST peak anon RSS (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in topk["by_corpus"]:
+        lines.append(
+            f"| {r['corpus']:,} | {_f(r['matrix_mib'], 1)} | {_f(r['distillrank_s'], 3)} | {_f(r['distillrank_s_per_1m'], 2)} | "
+            f"{_f(r['distillrank_peak_anon_rss_mib'], 1)} | {_f(r.get('st_semantic_search_s'), 3)} | {_f(r.get('st_peak_anon_rss_mib'), 1)} |"
+        )
+    lines += [
+        "",
+        f"Time growth against linear (1.0 = linear): {_f(topk['time_growth_vs_linear'])}.",
+        "",
+        "| score rows | row group | file (MiB) | whole table in Arrow (MiB) | write (s) | stream (s) | rows/s | peak anon RSS while streaming (MiB) |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {table['rows']:,} | {table['row_group_rows']:,} | {_f(table['file_mib'], 1)} | {_f(table['whole_table_arrow_mib'], 1)} | "
+        f"{_f(table['write_s'], 1)} | {_f(table['stream_s'], 1)} | {_f(table['stream_rows_per_s'], 0)} | {_f(table['stream_peak_anon_rss_mib'], 1)} |",
+    ]
+    return lines
+
+
+def ceiling(summary: dict) -> list[str]:
+    result = summary["results"].get("ceiling")
+    if not result:
+        return []
+    lines = ["| measurement | tokens | seconds | GFLOP/s | fraction of matmul |", "|---|---|---|---|---|"]
+    for c in result["cases"]:
+        v = c["values"]
+        lines.append(
+            f"| {c['case']} | {_f(v.get('tokens'))} | {_f(v.get('seconds'), 3)} | {_f(v['gflops'], 1)} | {_f(v.get('fraction_of_matmul'))} |"
+        )
+    return lines
+
+
+def render(summary: dict) -> str:
+    m = summary["machine"]
+    head = [
+        f"Mode `{summary['mode']}`, command `{summary['command']}`; total {summary['seconds']['total']:.0f} s.",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"transformers {m['transformers']}, sentence-transformers {m['sentence_transformers']}, GPU: {m['gpu'] or 'none'}; "
+        f"load average at start {m['load_average']}, at end {summary.get('load_average_end')}.",
+    ]
+    parts = [head, comparisons(summary), mining_memory(summary), scale(summary), ceiling(summary)]
+    return "\n\n".join("\n".join(p) for p in parts if p) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))))

@@ -1,0 +1,163 @@
+"""Benchmark 2: student training throughput (examples/s; one example = 1 query + 1 positive + 7 negatives).
+
+distillrank: :func:`distillrank.training.loop.train_student` with
+:class:`distillrank.losses.margin_mse.MarginMSELoss` (the train stage's loop, called directly).
+sentence-transformers: ``SentenceTransformerTrainer`` with ``MarginMSELoss`` in its multi-negative
+form: columns (query, positive, negative_1..7) and a label of the 8 teacher scores
+``[t(q, p), t(q, n_1), …, t(q, n_7)]``; the loss is the mean squared error of the 7 margins, the
+same objective as ours. Same student folder (the first 2 MiniLM layers), AdamW, learning rate,
+warm-up, linear decay, gradient clipping, batch size, fp32, same examples.
+
+Max lengths: distillrank truncates queries at ``query_max_length`` and passages at
+``passage_max_length``; sentence-transformers has one ``max_seq_length`` for every column, set to
+``passage_max_length``. SciFact queries are far shorter than ``query_max_length``, so neither tool
+truncates a query and the work is the same.
+
+Teacher scores are the BM25 scores of the candidates (throughput does not depend on their values);
+dev nDCG@10 is not measured by this benchmark.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from bench.common import Context, alternate, comparison, load_average, timed
+
+GOAL = 1.3
+NEGATIVES = 7
+
+
+def _pools(ctx: Context, n_examples: int):
+    """One example per training query: its first judged positive and 7 BM25 negatives, BM25 scores as teacher."""
+    from distillrank.mining.bm25 import BM25Index
+    from distillrank.training.batching import QueryPool
+
+    coll = ctx.collection
+    queries = coll.split_queries("train")
+    index = BM25Index.build_or_load(coll, ctx.cache, progress=False)
+    rows, scores = index.search([t for _, t in queries], NEGATIVES + 8, progress=False)
+    doc_ids = coll.doc_ids()
+    pools, query_text = [], {}
+    for (qid, text), ranked, ranked_scores in zip(queries, rows, scores, strict=True):
+        positives = [d for d, rel in coll.qrels["train"][qid].items() if rel > 0]
+        negs = [(doc_ids[r], float(sc)) for r, sc in zip(ranked, ranked_scores, strict=True) if r >= 0 and doc_ids[r] not in positives]
+        if not positives or len(negs) < NEGATIVES:
+            continue
+        top = float(ranked_scores[0]) + 1.0
+        pools.append(QueryPool(qid, [(positives[0], top)], negs[:NEGATIVES]))
+        query_text[qid] = text
+        if len(pools) == n_examples:
+            break
+    return pools, query_text
+
+
+def run(ctx: Context) -> dict:
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.losses import MarginMSELoss as STMarginMSE
+    from transformers.trainer_callback import PrinterCallback
+
+    from distillrank.losses.margin_mse import MarginMSELoss
+    from distillrank.models.bi_encoder import BiEncoder
+    from distillrank.training import loop
+
+    # the loop's entry point (train_student; train_bi_encoder before students other than bi-encoders)
+    train = getattr(loop, "train_student", None) or loop.train_bi_encoder
+
+    s = ctx.sizes
+    n_examples = s.train_batch * s.train_steps
+    pools, query_text = _pools(ctx, n_examples)
+    n_examples = len(pools)
+    steps = -(-n_examples // s.train_batch)
+    coll = ctx.collection
+
+    def passage_text(docids: list[str]) -> list[str]:
+        return coll.passage_texts([coll.doc_row(d) for d in docids])
+
+    lr, warmup, decay = 2e-5, 0.1, 0.01
+    cfg = OmegaConf.create(
+        {
+            "epochs": 1, "max_steps": steps, "batch_size": s.train_batch, "negatives_per_example": NEGATIVES,
+            "grad_accum_steps": 1, "lr": lr, "weight_decay": decay, "warmup_ratio": warmup,
+            "scheduler": "linear", "max_grad_norm": 1.0, "log_every": 10**9, "checkpoint_every": 0,
+        }
+    )
+    columns: dict[str, list] = {"query": [], "positive": []} | {f"negative_{i + 1}": [] for i in range(NEGATIVES)}
+    columns["label"] = []
+    for pool in pools:
+        docs = [pool.positives[0]] + pool.negatives
+        texts = passage_text([d for d, _ in docs])
+        columns["query"].append(query_text[pool.qid])
+        columns["positive"].append(texts[0])
+        for i in range(NEGATIVES):
+            columns[f"negative_{i + 1}"].append(texts[i + 1])
+        columns["label"].append([sc for _, sc in docs])
+    dataset = Dataset.from_dict(columns)
+    scratch = Path(tempfile.mkdtemp(dir=ctx.scratch, prefix="train-"))
+    device = torch.device("cpu")
+
+    def ours() -> float:
+        student = BiEncoder.load(
+            ctx.student, query_max_length=s.query_max_length, passage_max_length=s.passage_max_length
+        )
+        t = timed(
+            lambda: train(
+                student, MarginMSELoss(), pools, query_text, passage_text, cfg, device, "fp32", 0,
+                scratch / "train_log.jsonl",
+            )
+        )
+        return n_examples / t
+
+    def theirs() -> float:
+        model = SentenceTransformer(str(ctx.student), device="cpu")
+        model.max_seq_length = s.passage_max_length
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(scratch / "st"), per_device_train_batch_size=s.train_batch, max_steps=steps,
+            learning_rate=lr, warmup_steps=warmup, weight_decay=decay, lr_scheduler_type="linear",
+            max_grad_norm=1.0, logging_steps=10**9, save_strategy="no", report_to="none", use_cpu=True,
+            dataloader_num_workers=0, disable_tqdm=True, seed=0,
+        )
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=STMarginMSE(model))
+        trainer.remove_callback(PrinterCallback)  # its end-of-training print; ours prints nothing either
+        t = timed(trainer.train)
+        return n_examples / t
+
+    load_before = load_average()
+    rates = alternate({"distillrank": ours, "sentence_transformers": theirs}, s.repeats)
+    return {
+        "benchmark": "training",
+        "settings": {
+            "student": str(ctx.student),
+            "examples_per_run": n_examples,
+            "steps_per_run": steps,
+            "batch_size": s.train_batch,
+            "negatives_per_example": NEGATIVES,
+            "query_max_length": s.query_max_length,
+            "passage_max_length": s.passage_max_length,
+            "lr": lr,
+            "precision": "fp32",
+            "repeats": s.repeats,
+        },
+        "cases": [
+            comparison(
+                "margin_mse_1q_1p_7n", "examples/s", rates["distillrank"], rates["sentence_transformers"], GOAL,
+                load_average=[load_before, load_average()],
+            )
+        ],
+        "dev_ndcg_at_10": None,
+        "notes": [
+            "timed: one whole training call each (optimizer set-up, data collation and tokenisation included); "
+            "model loading is outside the timed region",
+            "dev nDCG@10 not measured (teacher scores are BM25 scores; the benchmark measures throughput)",
+            f"mean distinct passages per example: {np.mean([1 + len(p.negatives) for p in pools]):.1f}",
+        ],
+    }

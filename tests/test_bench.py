@@ -1,0 +1,85 @@
+"""The benchmark runner's smoke form: every benchmark runs on tiny models and writes its JSON.
+
+Only the structure of the results is checked, never a speed (benchmarks are not timed tests).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from bench import run as bench_run
+from bench.common import alternate, comparison
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    bench_run.main(["--smoke", "--out", str(out), "--cache", str(out / "cache")])
+    return out / "smoke"
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def test_every_benchmark_writes_json_and_the_summary(smoke: Path) -> None:
+    summary = json.loads((smoke / "summary.json").read_text())
+    assert summary["mode"] == "smoke"
+    assert set(summary["results"]) == set(bench_run.BENCHMARKS)
+    for key in ("cpu", "cores", "torch", "torch_threads", "load_average", "gpu"):
+        assert key in summary["machine"]
+    for name in bench_run.BENCHMARKS:
+        result = json.loads((smoke / f"{name}.json").read_text())
+        assert result["benchmark"] == name
+        assert isinstance(result["settings"], dict) and result["cases"]
+
+
+def test_comparison_cases_hold_medians_ratio_and_goal(smoke: Path) -> None:
+    expected = {"scoring": {"cross_encoder", "bi_encoder"}, "training": {"margin_mse_1q_1p_7n"}, "mining": {"dense_mining"}}
+    for name, cases in expected.items():
+        result = json.loads((smoke / f"{name}.json").read_text())
+        assert {c["case"] for c in result["cases"]} == cases
+        for case in result["cases"]:
+            for tool in ("distillrank", "sentence_transformers"):
+                assert _number(case[tool]["median"]) and case[tool]["median"] > 0
+                assert len(case[tool]["runs"]) == result["settings"]["repeats"]
+            assert _number(case["ratio"]) and _number(case["goal"])
+            assert isinstance(case["met"], bool)
+    mining = json.loads((smoke / "mining.json").read_text())["cases"][0]
+    assert set(mining["peak_memory"]) == {"distillrank", "sentence_transformers"}
+    assert mining["peak_memory"]["distillrank"]["tuples"] == mining["peak_memory"]["sentence_transformers"]["tuples"]
+
+
+def test_both_tools_score_the_same_pairs(smoke: Path) -> None:
+    scoring = json.loads((smoke / "scoring.json").read_text())
+    bi = next(c for c in scoring["cases"] if c["case"] == "bi_encoder")
+    assert bi["spearman"] > 0.99 and bi["max_abs_diff"] < 1e-4
+    ce = next(c for c in scoring["cases"] if c["case"] == "cross_encoder")
+    assert ce["spearman"] > 0.99
+
+
+def test_scale_and_ceiling_measurements(smoke: Path) -> None:
+    scale = json.loads((smoke / "scale.json").read_text())
+    by_corpus = scale["cases"][0]["values"]["by_corpus"]
+    assert [r["corpus"] for r in by_corpus] == scale["settings"]["corpora"]
+    assert all(r["same_top1"] == 1.0 for r in by_corpus)
+    table = scale["cases"][1]["values"]
+    assert table["check"]["rows"] == table["rows"]
+    assert table["check"]["queries"] == table["check"]["positives"] == table["rows"] // 100
+    ceiling = json.loads((smoke / "ceiling.json").read_text())
+    assert [c["case"] for c in ceiling["cases"]] == ["matmul_fp32", "bi_encoder_forward", "student_forward_backward"]
+    assert all(_number(c["values"]["gflops"]) for c in ceiling["cases"])
+
+
+def test_alternate_flips_the_order_and_comparison_ratio_direction() -> None:
+    calls: list[str] = []
+    out = alternate({"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, 3)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then a b, b a, a b
+    assert out == {"a": [1.0] * 3, "b": [2.0] * 3}
+    rate = comparison("x", "pairs/s", [3.0], [1.5], goal=1.5)
+    assert rate["ratio"] == 2.0 and rate["met"] is True
+    time = comparison("x", "s", [3.0], [1.5], goal=1.2, higher_is_better=False)
+    assert time["ratio"] == 0.5 and time["met"] is False
