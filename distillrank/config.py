@@ -133,7 +133,10 @@ class EvaluateConfig:
     baseline: str | None = "bm25"  # paired t-tests of every other system against this one (Holm-Bonferroni)
     alpha: float = 0.05
     top_k: int = 100  # retrieval depth of every run file
-    rerank_depth: int = 100  # a cross-encoder teacher re-ranks this many BM25 results
+    mode: str = "auto"  # auto: bi-encoders retrieve, other models re-rank | rerank: every model re-ranks
+    first_stage: str = "bm25"  # bm25 | dense: the candidates re-rankers score
+    first_stage_model: str | None = "sentence-transformers/all-MiniLM-L6-v2"  # the bi-encoder of first_stage=dense
+    rerank_depth: int = 100  # re-rankers score this many first-stage results per query
     batch_size: int = 128
     chunk_size: int = 65536  # corpus rows per block of the exact top-k matrix product
     latency_queries: int = 50  # queries timed one at a time, end to end (median and p95 ms); 0 = off

@@ -1,8 +1,12 @@
 """Stage 4, evaluate: each system on the test split — TREC run, ir_measures metrics, speed.
 
-Systems: ``bm25``; ``teacher`` (dense retrieval for a bi-encoder, re-ranking of BM25's top
-``rerank_depth`` for a cross-encoder); ``student_init`` (the student before training); ``student``
-(the trained checkpoint of this experiment); and any ``evaluate.checkpoints`` (name -> folder).
+Systems: ``bm25``; ``teacher``; ``student_init`` (the student before training); ``student`` (the
+trained checkpoint of this experiment); and any ``evaluate.checkpoints`` (name -> folder). A
+bi-encoder retrieves over the whole corpus (exact dense search); every other kind (cross-encoder,
+ColBERT, monoT5, ensemble, precomputed scores) re-ranks the first stage (``evaluate.first_stage``:
+``bm25``, or ``dense`` with ``evaluate.first_stage_model``) to ``evaluate.rerank_depth``. With
+``evaluate.mode=rerank`` bi-encoders re-rank too. A re-ranker's ``passages/s`` counts pairs scored
+per second and its latency covers the first stage and the re-ranking of one query.
 Each system's results are kept in ``evaluate/<system>/`` under their own key, so a new student does
 not re-evaluate the teacher. Outputs: ``metrics.json``, ``results.md`` and one run file per system.
 
@@ -33,7 +37,7 @@ from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
 from distillrank.runtime import autocast, hardware
 from distillrank.stages import context, mine, train
-from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
+from distillrank.teachers import BiEncoderTeacher
 from distillrank.workspace import (
     Manifest,
     atomic_write_json,
@@ -72,9 +76,7 @@ def system_key(cfg: DictConfig, name: str) -> str:
     if name == "bm25":
         what = {k: cfg.mining[k] for k in ("k1", "b", "stemmer", "stopwords")}
     elif name == "teacher":
-        what = {"teacher": context.teacher_fingerprint(cfg), "rerank_depth": cfg.evaluate.rerank_depth}
-        if cfg.teacher._target_.endswith("CrossEncoderTeacher"):
-            what["bm25"] = {k: cfg.mining[k] for k in ("k1", "b", "stemmer", "stopwords")}
+        what = {"teacher": context.teacher_fingerprint(cfg)}
     elif name == "student_init":
         what = {
             "student": to_plain(cfg.student),
@@ -84,6 +86,8 @@ def system_key(cfg: DictConfig, name: str) -> str:
         what = {"train": train.stage_key(cfg)}
     else:
         what = {"checkpoint": dir_fingerprint(resolve_model(cfg.evaluate.checkpoints[name]))}
+    if reranks(cfg, name):  # a re-ranker's results depend on its candidates
+        what = {**what, "first_stage": _first_stage_key(cfg)}
     return fingerprint(
         {
             "system": what,
@@ -139,81 +143,190 @@ def _disk_mb(folder: Path | None) -> float | None:
     return sum(f.stat().st_size for f in files) / 1e6
 
 
-def _evaluate_system(cfg: DictConfig, name: str, coll, queries, device, precision, scratch: Path) -> dict:
-    """Run one system; returns its run, the encoding rate and the parameter count."""
+def _is_bi_encoder_target(target: str) -> bool:
+    return target.endswith(("students.bi_encoder", "BiEncoder.from_backbone", "BiEncoder.load", "BiEncoder"))
+
+
+def _system_folder(cfg: DictConfig, name: str) -> Path | None:
+    """The saved weights of a student system (None for the untrained student, built in memory)."""
+    if name == "student":
+        _, train_dir = require_stage(cfg, train.STAGE, train.stage_key(cfg))
+        return train_dir / train.MODEL
+    if name in ("student_init", "bm25", "teacher"):
+        return None
+    return resolve_model(cfg.evaluate.checkpoints[name])
+
+
+def reranks(cfg: DictConfig, name: str) -> bool:
+    """Whether a system re-ranks the first stage (``evaluate.first_stage``) instead of retrieving.
+
+    ``evaluate.mode=auto``: bi-encoders retrieve over the whole corpus; cross-encoders, ColBERT,
+    monoT5, ensembles and precomputed teachers re-rank. ``evaluate.mode=rerank``: every system but
+    BM25 re-ranks (bi-encoders too, to compare them as re-rankers).
+    """
+    if cfg.evaluate.mode not in ("auto", "rerank"):
+        raise ConfigError(f"evaluate.mode={cfg.evaluate.mode!r}; expected auto or rerank")
+    if name == "bm25":
+        return False
+    if cfg.evaluate.mode == "rerank":
+        return True
+    if name == "teacher":
+        return not cfg.teacher._target_.endswith("BiEncoderTeacher")
+    if name == "student_init":
+        return not _is_bi_encoder_target(cfg.student._target_)
+    if name == "student":
+        return not _is_bi_encoder_target(cfg.student._target_)
+    from distillrank.students.factory import student_kind
+
+    return student_kind(resolve_model(cfg.evaluate.checkpoints[name])) != "bi_encoder"
+
+
+def _first_stage_key(cfg: DictConfig) -> dict:
     ev = cfg.evaluate
-    if name == "bm25" or (name == "teacher" and isinstance(context.teacher(cfg), CrossEncoderTeacher)):
+    if ev.first_stage == "bm25":
+        return {"bm25": {k: cfg.mining[k] for k in ("k1", "b", "stemmer", "stopwords")}, "depth": ev.rerank_depth}
+    return {"dense": dir_fingerprint(resolve_model(ev.first_stage_model)), "depth": ev.rerank_depth}
+
+
+class _FirstStage:
+    """The candidates re-rankers score: BM25 or a bi-encoder (``evaluate.first_stage``), top
+    ``evaluate.rerank_depth``; computed once per evaluate run, and for one query at a time (latency)."""
+
+    def __init__(self, cfg: DictConfig, coll, queries) -> None:
+        self.cfg, self.coll, self.queries = cfg, coll, queries
+        self._run: dict[str, list[tuple[str, float]]] | None = None
+        ev = cfg.evaluate
+        if ev.first_stage not in ("bm25", "dense"):
+            raise ConfigError(f"evaluate.first_stage={ev.first_stage!r}; expected bm25 or dense")
+        if ev.first_stage == "dense" and not ev.first_stage_model:
+            raise ConfigError("evaluate.first_stage=dense needs evaluate.first_stage_model (a bi-encoder)")
+
+    def _dense_cfg(self) -> DictConfig:
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.create(OmegaConf.to_container(self.cfg, resolve=True))
+        cfg.mining.model = self.cfg.evaluate.first_stage_model
+        return cfg
+
+    def search(self, texts: list[str], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        depth = int(self.cfg.evaluate.rerank_depth)
+        if self.cfg.evaluate.first_stage == "bm25":
+            return mine.bm25_index(self.cfg, self.coll).search(texts, depth, progress=progress)
+        from distillrank.mining.dense import dense_search
+
+        rows, scores, _ = dense_search(self._dense_cfg(), self.coll, texts, depth, progress=progress)
+        return rows, scores
+
+    def run(self) -> dict[str, list[tuple[str, float]]]:
+        if self._run is None:
+            rows, scores = self.search([t for _, t in self.queries])
+            doc_ids = self.coll.doc_ids()
+            self._run = {
+                qid: [(doc_ids[r], float(sc)) for r, sc in zip(rows[i], scores[i], strict=True) if r >= 0]
+                for i, (qid, _) in enumerate(self.queries)
+            }
+        return self._run
+
+
+def _pair_scorer(cfg: DictConfig, name: str, device, precision):
+    """``score(queries, passages, pair_q, pair_p, qids, docids) -> scores``, the module, its folder."""
+    if name == "teacher":
+        teacher = context.teacher(cfg)
+        module = _teacher_module(teacher, device)
+
+        def score_teacher(queries, passages, pair_q, pair_p, qids, docids, progress=True):
+            return teacher.score(queries, passages, np.asarray(pair_q), np.asarray(pair_p), device, precision,
+                                 progress, qids=qids, docids=docids)
+
+        model_path = getattr(teacher, "model", None)
+        folder = resolve_model(model_path) if isinstance(model_path, str) else None
+        return score_teacher, module, folder
+    from distillrank.students.factory import as_student, load_student
+
+    folder = _system_folder(cfg, name)
+    student = as_student(instantiate(cfg.student)) if folder is None else load_student(folder)
+    student = student.to(device).eval()
+
+    def score_student(queries, passages, pair_q, pair_p, qids, docids, progress=True):
+        return student.rerank_scores(queries, passages, pair_q, pair_p, cfg.evaluate.batch_size,
+                                     lambda: autocast(device, precision))
+
+    return score_student, student, folder
+
+
+def _teacher_module(teacher, device):
+    """The teacher's torch module when it has one (for the parameter count); None otherwise."""
+    for attr in ("cross_encoder", "encoder", "colbert", "seq2seq"):
+        if hasattr(teacher, attr):
+            return getattr(teacher, attr)(device)
+    return None
+
+
+def _rerank(cfg: DictConfig, name: str, coll, queries, first: _FirstStage, device, precision) -> dict:
+    """Re-rank the first stage's top ``rerank_depth`` with one system."""
+    score_fn, module, folder = _pair_scorer(cfg, name, device, precision)
+    candidates = first.run()
+    qtext = dict(queries)
+    qids = [q for q, _ in queries]
+    docids = sorted({d for q in qids for d, _ in candidates[q]})
+    col = {d: i for i, d in enumerate(docids)}
+    pair_q = np.array([i for i, q in enumerate(qids) for _ in candidates[q]], dtype=np.int64)
+    pair_p = np.array([col[d] for q in qids for d, _ in candidates[q]], dtype=np.int64)
+    passages = coll.passage_texts([coll.doc_row(d) for d in docids])
+    start = time.perf_counter()
+    scores = score_fn([qtext[q] for q in qids], passages, pair_q, pair_p, qids, docids)
+    rate = len(pair_q) / max(time.perf_counter() - start, 1e-9)
+    run: dict[str, dict[str, float]] = {q: {} for q in qids}
+    for qi, pi, sc in zip(pair_q.tolist(), pair_p.tolist(), np.asarray(scores).tolist(), strict=True):
+        run[qids[qi]][docids[pi]] = float(sc)
+
+    doc_ids = coll.doc_ids()
+
+    def rerank_one(text: str) -> None:  # the first stage for one query, then the re-ranker over its list
+        rows, _ = first.search([text], progress=False)
+        kept = [int(r) for r in rows[0] if r >= 0]
+        score_fn([text], coll.passage_texts(kept), np.zeros(len(kept), np.int64), np.arange(len(kept)),
+                 ["latency"], [doc_ids[r] for r in kept], False)
+
+    latency = None
+    if not cfg.teacher._target_.endswith("PrecomputedTeacher") or name != "teacher":
+        latency = latency_ms(rerank_one, [t for _, t in queries], cfg.evaluate.latency_queries)
+    return {
+        "run": run,
+        "passages_per_s": rate,  # (query, passage) pairs re-ranked per second
+        "parameters": _params(module) if module is not None else None,
+        "latency": latency,
+        "disk_mb": _disk_mb(folder),
+    }
+
+
+def _evaluate_system(cfg: DictConfig, name: str, coll, queries, device, precision, scratch: Path,
+                     first: _FirstStage | None = None) -> dict:
+    """Run one system; returns its run, the encoding (or re-ranking) rate and the parameter count."""
+    ev = cfg.evaluate
+    if reranks(cfg, name):
+        return _rerank(cfg, name, coll, queries, first or _FirstStage(cfg, coll, queries), device, precision)
+    if name == "bm25":
         index = mine.bm25_index(cfg, coll)
-        depth = ev.rerank_depth if name == "teacher" else ev.top_k
-        rows, scores = index.search([t for _, t in queries], depth)
         texts = [t for _, t in queries]
+        rows, scores = index.search(texts, ev.top_k)
         doc_ids = coll.doc_ids()
         run = {
             qid: {doc_ids[r]: float(s) for r, s in zip(rows[i], scores[i], strict=True) if r >= 0}
             for i, (qid, _) in enumerate(queries)
         }
-        if name == "bm25":
-            latency = latency_ms(
-                lambda t: index.search([t], depth, progress=False), texts, ev.latency_queries
-            )
-            return {
-                "run": run,
-                "passages_per_s": None,
-                "parameters": None,
-                "latency": latency,
-                "disk_mb": None,
-            }
-        teacher = context.teacher(cfg)
-        pairs = [(qid, d) for qid in run for d in run[qid]]
-        qtext = dict(queries)
-        model = teacher.cross_encoder(device)
-        start = time.perf_counter()
-        scores = model.predict(
-            [qtext[q] for q, _ in pairs],
-            coll.passage_texts([coll.doc_row(d) for _, d in pairs]),
-            batch_size=teacher.batch_size,
-            autocast=lambda: autocast(device, precision),
-            progress=True,
-            desc="teacher: re-rank",
-        )
-        rate = len(pairs) / max(time.perf_counter() - start, 1e-9)
-        reranked: dict[str, dict[str, float]] = {}
-        for (qid, d), s in zip(pairs, scores.tolist(), strict=True):
-            reranked.setdefault(qid, {})[d] = s
-
-        def rerank_one(text: str) -> None:  # BM25 for one query, then the cross-encoder over its list
-            one_rows, _ = index.search([text], depth, progress=False)
-            kept = [int(r) for r in one_rows[0] if r >= 0]
-            model.predict(
-                [text] * len(kept),
-                coll.passage_texts(kept),
-                batch_size=teacher.batch_size,
-                autocast=lambda: autocast(device, precision),
-            )
-
-        return {
-            "run": reranked,
-            "passages_per_s": rate,
-            "parameters": _params(model),
-            "latency": latency_ms(rerank_one, texts, ev.latency_queries),
-            "disk_mb": _disk_mb(resolve_model(teacher.model)),
-        }
+        latency = latency_ms(lambda t: index.search([t], ev.top_k, progress=False), texts, ev.latency_queries)
+        return {"run": run, "passages_per_s": None, "parameters": None, "latency": latency, "disk_mb": None}
     if name == "teacher":
         teacher = context.teacher(cfg)
         if not isinstance(teacher, BiEncoderTeacher):
-            raise ConfigError(
-                f"cannot evaluate teacher {cfg.teacher._target_}: not a bi-encoder or cross-encoder"
-            )
+            raise ConfigError(f"cannot run teacher {cfg.teacher._target_} as a dense retriever")
         encoder = teacher.encoder(device)
         folder = resolve_model(teacher.model)
     elif name == "student_init":
         encoder, folder = instantiate(cfg.student), None  # truncated in memory, never saved
-    elif name == "student":
-        _, train_dir = require_stage(cfg, train.STAGE, train.stage_key(cfg))
-        folder = train_dir / train.MODEL
-        encoder = BiEncoder.load(folder)
     else:
-        folder = resolve_model(cfg.evaluate.checkpoints[name])
+        folder = _system_folder(cfg, name)
         encoder = BiEncoder.load(folder)
     run, rate, latency = dense_retrieve(
         encoder,
@@ -256,6 +369,7 @@ def run(cfg: DictConfig) -> Manifest:
     qrels = {q: docs for q, docs in coll.qrels[split].items() if any(r > 0 for r in docs.values())}
     queries = [(q, t) for q, t in coll.split_queries(split) if q in qrels]
     results: dict[str, dict] = {}
+    first = _FirstStage(cfg, coll, queries)
     with hardware(cfg.hardware) as (device, precision):
         for name in _system_names(cfg):
             sys_dir = folder / name
@@ -268,7 +382,7 @@ def run(cfg: DictConfig) -> Manifest:
                     results[name] = previous
                     continue
             log.info("evaluate: %s on %s/%s (%d queries)", name, coll.name, split, len(queries))
-            out = _evaluate_system(cfg, name, coll, queries, device, precision, folder / ".scratch")
+            out = _evaluate_system(cfg, name, coll, queries, device, precision, folder / ".scratch", first)
             aggregate, per_query = compute_metrics(qrels, out["run"], list(cfg.evaluate.measures))
             write_trec_run(sys_dir / "run.trec", out["run"], tag=f"distillrank-{name}")
             results[name] = {

@@ -184,7 +184,7 @@ def test_killed_training_leaves_no_model(make_cfg, monkeypatch):
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(train, "train_bi_encoder", killed)
+    monkeypatch.setattr(train, "train_student", killed)
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg)
     assert read_manifest(stage_dir(cfg, "train")) is None
