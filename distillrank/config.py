@@ -49,6 +49,8 @@ class MiningConfig:
     stopwords: str | None = "en"
     model: str | None = None  # dense: a bi-encoder folder / hub id, or a student checkpoint of an earlier run
     batch_size: int = 64  # dense: texts per encoding batch
+    index: str = "exact"  # dense: exact (chunked matrix product) | faiss (needs faiss-cpu / faiss-gpu)
+    faiss_factory: str = "Flat"  # dense, index=faiss: a faiss.index_factory string (Flat, HNSW32, IVF4096,PQ64, ...)
     query_max_length: int | None = None  # dense: None keeps the model's setting
     passage_max_length: int | None = None
     retrievers: list[str] = field(default_factory=lambda: ["bm25", "dense"])  # hybrid: fused by RRF
@@ -140,6 +142,9 @@ class EvaluateConfig:
     batch_size: int = 128
     chunk_size: int = 65536  # corpus rows per block of the exact top-k matrix product
     latency_queries: int = 50  # queries timed one at a time, end to end (median and p95 ms); 0 = off
+    # Extra collections evaluated beside `data` (out-of-domain), each a conf/data option name
+    # (`vaswani`) or a BEIR folder path, on its own data.test_split; a mean table follows.
+    collections: list[str] = field(default_factory=list)
 
 
 @dataclass

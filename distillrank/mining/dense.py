@@ -4,6 +4,8 @@ The model is ``mining.model``: a folder or hub id, or the student checkpoint of 
 (re-mining with a trained student, ANCE-style). The corpus embeddings are cached under
 ``<workspace>/_cache/embeddings/`` (see :func:`distillrank.evaluation.dense.cached_corpus_embeddings`),
 so a second mining run with the same model and settings does not re-encode the corpus.
+Search is exact and chunked by default; ``mining.index=faiss`` uses a FAISS index instead
+(:mod:`distillrank.mining.faiss_index`, ``mining.faiss_factory``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from omegaconf import DictConfig
 
 from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import cached_corpus_embeddings, search
+from distillrank.mining import faiss_index
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
-from distillrank.runtime import hardware
+from distillrank.runtime import autocast, hardware
 from distillrank.workspace import cache_dir, dir_fingerprint
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,15 @@ def dense_search(
             name="mine",
             progress=progress,
         )
-        scores, rows = search(encoder, matrix, query_texts, depth, m.batch_size, _CHUNK, device, precision)
-    info = {"embeddings_cached": rate is None, "passages_per_s": rate, "embeddings": str(folder)}
-    return rows.numpy().astype(np.int64), scores.numpy().astype(np.float32), info
+        backend = m.get("index", "exact")
+        if backend == "faiss":
+            index = faiss_index.load_or_build(matrix, folder, str(m.faiss_factory), seed=int(cfg.seed))
+            q_emb = encoder.to(device).eval().encode(list(query_texts), "query", m.batch_size, lambda: autocast(device, precision), progress=False)
+            rows_np, scores_np = faiss_index.search(index, q_emb.float().cpu().numpy(), depth)
+        elif backend == "exact":
+            scores, rows = search(encoder, matrix, query_texts, depth, m.batch_size, _CHUNK, device, precision)
+            rows_np, scores_np = rows.numpy().astype(np.int64), scores.numpy().astype(np.float32)
+        else:
+            raise ConfigError(f"mining.index={backend!r}; expected exact or faiss")
+    info = {"embeddings_cached": rate is None, "passages_per_s": rate, "embeddings": str(folder), "index": backend}
+    return rows_np, scores_np, info

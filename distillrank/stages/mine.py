@@ -78,6 +78,9 @@ def stage_key(cfg: DictConfig) -> str:
     if queries_stage.enabled(cfg):  # synthetic training queries: their stage's key, not the split
         what["split"] = None
         what["queries"] = queries_stage.stage_key(cfg)
+    if what["mining"].get("index", "exact") == "exact" or "dense" not in _retrievers(cfg):
+        what["mining"].pop("index", None)  # the default search: keys stay those of runs made before FAISS
+        what["mining"].pop("faiss_factory", None)
     if "dense" in _retrievers(cfg):
         # the model is identified by its folder's content, not by where it lies or how it is named
         what["mining"].pop("model", None)
@@ -108,6 +111,7 @@ def first_stage(
         else:
             rows, scores, dense_info = dense_search(cfg, coll, query_texts, depth)
             info["embeddings_cached"] = dense_info["embeddings_cached"]
+            info["index"] = dense_info["index"]
             if dense_info["passages_per_s"] is not None:
                 info["passages_per_s"] = dense_info["passages_per_s"]
         valid = rows >= 0

@@ -188,3 +188,24 @@ def test_remining_with_a_trained_student(make_cfg, tiny_bi_encoder, tmp_path) ->
     assert mine.stage_key(make_cfg(*DENSE, f"mining.model={copy}", "experiment=ance")) != mine.stage_key(
         remine
     )
+
+
+def test_faiss_flat_index_gives_the_exact_candidates(make_cfg, tiny_bi_encoder) -> None:
+    pytest.importorskip("faiss")
+    exact = make_cfg(*DENSE, f"mining.model={tiny_bi_encoder}", "mining.sampling=all")
+    flat = make_cfg(*DENSE, f"mining.model={tiny_bi_encoder}", "mining.sampling=all", "mining.index=faiss",
+                    "experiment=faiss")
+    assert mine.stage_key(flat) != mine.stage_key(exact)
+    mine.run(exact)
+    manifest = mine.run(flat)
+    assert manifest.counts["index"] == "faiss"
+    a, b = _candidates(exact), _candidates(flat)
+    assert list(a.docid) == list(b.docid) and list(a["rank"]) == list(b["rank"])
+    np.testing.assert_allclose(a.first_stage_score, b.first_stage_score, rtol=1e-5, atol=1e-5)
+    folder = next((cache_dir(flat) / "embeddings").iterdir())
+    assert (folder / "faiss-Flat.index").is_file()  # built once, reused by the next run
+    hnsw = make_cfg(*DENSE, f"mining.model={tiny_bi_encoder}", "mining.index=faiss", "mining.faiss_factory=HNSW8",
+                    "experiment=hnsw")
+    assert mine.run(hnsw).counts["rows"] > 0
+    with pytest.raises(ConfigError, match="mining.index"):
+        mine.run(make_cfg(*DENSE, f"mining.model={tiny_bi_encoder}", "mining.index=annoy", "experiment=bad"))
