@@ -1,4 +1,10 @@
-"""Devices, precision and seeding from the ``hardware`` config."""
+"""Devices, precision and seeding from the ``hardware`` config.
+
+Precisions (``hardware.precision``): ``fp32`` (none), ``bf16`` / ``fp16`` (autocast), and ``int8``:
+dynamic int8 quantization of a frozen teacher's linear layers for CPU inference
+(:mod:`distillrank.models.quantize`); under int8 no autocast applies, training refuses it
+(:func:`check_training_precision`) and a CUDA device refuses it (:func:`check_inference_precision`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,68 @@ import torch
 
 from distillrank.errors import ConfigError
 
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
+PRECISIONS = tuple(sorted(_DTYPES))
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` when it is one of :data:`PRECISIONS`.
+
+    Raises:
+        ConfigError: an unknown precision.
+    """
+    if precision not in _DTYPES:
+        raise ConfigError(f"hardware.precision={precision!r}; expected one of {list(PRECISIONS)}")
+    return precision
+
+
+def check_training_precision(precision: str) -> str:
+    """``precision`` when a model may be trained in it (int8 is inference-only).
+
+    Raises:
+        ConfigError: int8, or an unknown precision.
+    """
+    if check_precision(precision) == "int8":
+        raise ConfigError(
+            "hardware.precision=int8 is for teacher scoring and retrieval on the CPU only (dynamic "
+            "quantization has no gradients); train with hardware.precision=fp32 (or bf16)"
+        )
+    return precision
+
+
+def check_inference_precision(precision: str, device: torch.device) -> str:
+    """``precision`` when a frozen model can run in it on ``device``.
+
+    Raises:
+        ConfigError: int8 on a device other than the CPU (PyTorch's dynamic int8 kernels are
+            CPU-only), or an unknown precision.
+    """
+    if check_precision(precision) == "int8" and device.type != "cpu":
+        raise ConfigError(
+            f"hardware.precision=int8 runs on the CPU only, but hardware.device is {device}; "
+            "use hardware.precision=bf16 on a GPU, or hardware=cpu"
+        )
+    return precision
+
+
+def teacher_fingerprint(teacher, precision: str) -> str:
+    """The fingerprint that keys ``teacher``'s scores under ``precision``.
+
+    Teachers that quantize (``supports_int8 = True``: bi-encoder, cross-encoder) take the precision
+    into their fingerprint when it is int8 (int8 scores differ from fp32 ones); every other
+    precision leaves the fingerprint unchanged, so caches written before int8 existed stay valid.
+
+    Raises:
+        ConfigError: int8 with a teacher that cannot be quantized.
+    """
+    if check_precision(precision) != "int8":
+        return teacher.fingerprint()
+    if not getattr(teacher, "supports_int8", False):
+        raise ConfigError(
+            f"hardware.precision=int8 is supported by the bi_encoder and cross_encoder teachers, "
+            f"not by {getattr(teacher, 'kind', type(teacher).__name__)}; use hardware.precision=fp32"
+        )
+    return teacher.fingerprint(precision=precision)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,10 +92,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """A mixed-precision context for ``precision`` (fp32 means none)."""
-    if precision not in _DTYPES:
-        raise ConfigError(f"hardware.precision={precision!r}; expected one of {sorted(_DTYPES)}")
-    dtype = _DTYPES[precision]
+    """A mixed-precision context for ``precision`` (fp32 and int8 mean none)."""
+    dtype = _DTYPES[check_precision(precision)]
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

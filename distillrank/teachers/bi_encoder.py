@@ -9,7 +9,8 @@ import torch
 
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
-from distillrank.runtime import autocast
+from distillrank.models.quantize import quantize_int8
+from distillrank.runtime import autocast, check_inference_precision
 from distillrank.workspace import dir_fingerprint, fingerprint
 
 
@@ -21,9 +22,14 @@ class BiEncoderTeacher:
         query_max_length / passage_max_length: truncation lengths in tokens.
         batch_size: texts per encoding batch.
         pooling / similarity: override what the model folder says (None keeps it).
+
+    With ``precision="int8"`` (CPU only) the frozen encoder's linear layers are quantized to int8
+    once, when it is loaded (:func:`distillrank.models.quantize.quantize_int8`); the fingerprint
+    then includes the precision (``fingerprint(precision="int8")``), so int8 scores are cached apart.
     """
 
     kind = "bi_encoder"
+    supports_int8 = True
 
     def __init__(
         self,
@@ -41,8 +47,11 @@ class BiEncoderTeacher:
         self.pooling = pooling
         self.similarity = similarity
         self._encoder: BiEncoder | None = None
+        self._int8 = False
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, precision: str = "fp32") -> str:
+        """Weights and settings; ``"precision": "int8"`` is added for int8 only (others score alike)."""
+        extra = {"precision": "int8"} if precision == "int8" else {}
         return fingerprint(
             {
                 "kind": self.kind,
@@ -51,11 +60,19 @@ class BiEncoderTeacher:
                 "passage_max_length": self.passage_max_length,
                 "pooling": self.pooling,
                 "similarity": self.similarity,
+                **extra,
             }
         )
 
-    def encoder(self, device: torch.device) -> BiEncoder:
-        """The loaded bi-encoder, frozen, on ``device`` (loaded once)."""
+    def encoder(self, device: torch.device, precision: str = "fp32") -> BiEncoder:
+        """The loaded bi-encoder, frozen, on ``device`` (loaded once; quantized once for int8).
+
+        Raises:
+            ConfigError: int8 on a device other than the CPU.
+        """
+        int8 = check_inference_precision(precision, device) == "int8"
+        if self._encoder is not None and self._int8 != int8:
+            self._encoder = None  # asked for the other precision: reload the float weights
         if self._encoder is None:
             self._encoder = BiEncoder.load(
                 self.model,
@@ -65,6 +82,9 @@ class BiEncoderTeacher:
                 passage_max_length=self.passage_max_length,
             ).eval()
             self._encoder.requires_grad_(False)
+            if int8:
+                quantize_int8(self._encoder)
+            self._int8 = int8
         return self._encoder.to(device)
 
     def score(
@@ -80,7 +100,7 @@ class BiEncoderTeacher:
         qids: Sequence[str] | None = None,
         docids: Sequence[str] | None = None,
     ) -> np.ndarray:
-        encoder = self.encoder(device)
+        encoder = self.encoder(device, precision)
         amp = lambda: autocast(device, precision)  # noqa: E731
         q_emb = encoder.encode(queries, "query", self.batch_size, amp, progress, "teacher: queries")
         p_emb = encoder.encode(passages, "passage", self.batch_size, amp, progress, "teacher: passages")

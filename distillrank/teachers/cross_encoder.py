@@ -9,7 +9,8 @@ import torch
 
 from distillrank.models.cross_encoder import CrossEncoderModel
 from distillrank.models.hub import resolve_model
-from distillrank.runtime import autocast
+from distillrank.models.quantize import quantize_int8
+from distillrank.runtime import autocast, check_inference_precision
 from distillrank.workspace import dir_fingerprint, fingerprint
 
 
@@ -21,26 +22,49 @@ class CrossEncoderTeacher:
             (e.g. ``cross-encoder/ms-marco-MiniLM-L6-v2``).
         max_length: truncation length of the joined pair, in tokens.
         batch_size: pairs per batch (batches are formed from length-sorted pairs).
+
+    With ``precision="int8"`` (CPU only) the frozen model's linear layers are quantized to int8 once,
+    when it is loaded (:func:`distillrank.models.quantize.quantize_int8`); the fingerprint then
+    includes the precision (``fingerprint(precision="int8")``), so int8 scores are cached apart.
     """
 
     kind = "cross_encoder"
+    supports_int8 = True
 
     def __init__(self, model: str, max_length: int = 512, batch_size: int = 32) -> None:
         self.model = model
         self.max_length = max_length
         self.batch_size = batch_size
         self._model: CrossEncoderModel | None = None
+        self._int8 = False
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, precision: str = "fp32") -> str:
+        """Weights and settings; ``"precision": "int8"`` is added for int8 only (others score alike)."""
+        extra = {"precision": "int8"} if precision == "int8" else {}
         return fingerprint(
-            {"kind": self.kind, "weights": dir_fingerprint(resolve_model(self.model)), "max_length": self.max_length}
+            {
+                "kind": self.kind,
+                "weights": dir_fingerprint(resolve_model(self.model)),
+                "max_length": self.max_length,
+                **extra,
+            }
         )
 
-    def cross_encoder(self, device: torch.device) -> CrossEncoderModel:
-        """The loaded model, frozen, on ``device`` (loaded once)."""
+    def cross_encoder(self, device: torch.device, precision: str = "fp32") -> CrossEncoderModel:
+        """The loaded model, frozen, on ``device`` (loaded once; quantized once for int8).
+
+        Raises:
+            ConfigError: int8 on a device other than the CPU.
+        """
+        int8 = check_inference_precision(precision, device) == "int8"
+        if self._model is not None and self._int8 != int8:
+            self._model = None  # asked for the other precision: reload the float weights
         if self._model is None:
             self._model = CrossEncoderModel.load(self.model, self.max_length).eval()
             self._model.requires_grad_(False)
+            if int8:
+                quantize_int8(self._model)
+            self._int8 = int8
         return self._model.to(device)
 
     def score(
@@ -56,7 +80,7 @@ class CrossEncoderTeacher:
         qids: Sequence[str] | None = None,
         docids: Sequence[str] | None = None,
     ) -> np.ndarray:
-        model = self.cross_encoder(device)
+        model = self.cross_encoder(device, precision)
         return model.predict(
             [queries[i] for i in pair_q],
             [passages[i] for i in pair_p],

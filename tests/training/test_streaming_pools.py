@@ -1,0 +1,73 @@
+"""query_pools streamed from scores.parquet row group by row group equals the in-memory grouping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from distillrank.errors import DataError
+from distillrank.training.batching import query_pools
+
+
+def _scores(n_queries: int, per_query: int, seed: int = 0, dropped: bool = True) -> pa.Table:
+    """A score table with interleaved queries (a query's rows span row groups), shared docids,
+    queries without positives or without negatives, and de-noised rows."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for q in range(n_queries):
+        for j in range(per_query):
+            label = int(j == 0 and q % 7 != 3)  # every 7th query has no positive
+            if q % 11 == 5:
+                label = 1  # ... and every 11th has no negative
+            rows.append((f"q{q}", f"d{rng.integers(0, 3 * per_query)}", label, float(rng.normal())))
+    order = rng.permutation(len(rows))
+    rows = [rows[i] for i in order]
+    cols = {
+        "qid": pa.array([r[0] for r in rows], pa.string()),
+        "docid": pa.array([r[1] for r in rows], pa.string()),
+        "label": pa.array([r[2] for r in rows], pa.int32()),
+        "teacher": pa.array([r[3] for r in rows], pa.float32()),
+    }
+    if dropped:
+        cols["dropped"] = pa.array(rng.random(len(rows)) < 0.1)
+    return pa.table(cols)
+
+
+@pytest.mark.parametrize("dropped", [True, False])
+def test_streamed_pools_equal_the_whole_table_ones(tmp_path: Path, dropped: bool) -> None:
+    table = _scores(60, 9, dropped=dropped)
+    path = tmp_path / "scores.parquet"
+    pq.write_table(table, path, row_group_size=50)
+    assert pq.ParquetFile(path).num_row_groups > 5
+    whole, whole_dropped = query_pools(table)
+    for batch_rows in (7, 50, 10_000):
+        streamed, streamed_dropped = query_pools(path, batch_rows=batch_rows)
+        assert streamed == whole and streamed_dropped == whole_dropped
+    assert whole_dropped > 0 and len(whole) > 30
+    if dropped:  # the de-noised rows really were skipped
+        kept = sum(len(p.positives) + len(p.negatives) for p in whole)
+        assert kept < table.num_rows
+
+
+def test_streamed_pools_share_docid_strings(tmp_path: Path) -> None:
+    path = tmp_path / "scores.parquet"
+    pq.write_table(_scores(40, 9, dropped=False), path, row_group_size=30)
+    pools, _ = query_pools(path)
+    by_text: dict[str, int] = {}
+    for pool in pools:
+        for docid, _ in pool.positives + pool.negatives:
+            assert by_text.setdefault(docid, id(docid)) == id(docid)
+
+
+def test_a_bad_score_file_is_a_data_error(tmp_path: Path) -> None:
+    bad = tmp_path / "scores.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(DataError, match="scores.parquet"):
+        query_pools(bad)
+    pq.write_table(pa.table({"qid": ["q"], "docid": ["d"]}), bad)
+    with pytest.raises(DataError, match=r"\['label', 'teacher'\]"):
+        query_pools(bad)
