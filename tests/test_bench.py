@@ -38,7 +38,10 @@ def test_every_benchmark_writes_json_and_the_summary(smoke: Path) -> None:
 
 
 def test_comparison_cases_hold_medians_ratio_and_goal(smoke: Path) -> None:
-    expected = {"scoring": {"cross_encoder", "bi_encoder"}, "training": {"margin_mse_1q_1p_7n"}, "mining": {"dense_mining"}}
+    scoring = {"cross_encoder", "cross_encoder_int8", "bi_encoder", "bi_encoder_int8"} | {
+        f"mined_bi_encoder{p}_vs_st_{way}" for p in ("", "_int8") for way in ("naive", "dedup")
+    }
+    expected = {"scoring": scoring, "training": {"margin_mse_1q_1p_7n"}, "mining": {"dense_mining"}}
     for name, cases in expected.items():
         result = json.loads((smoke / f"{name}.json").read_text())
         assert {c["case"] for c in result["cases"]} == cases
@@ -59,6 +62,27 @@ def test_both_tools_score_the_same_pairs(smoke: Path) -> None:
     assert bi["spearman"] > 0.99 and bi["max_abs_diff"] < 1e-4
     ce = next(c for c in scoring["cases"] if c["case"] == "cross_encoder")
     assert ce["spearman"] > 0.99
+    for case in ("mined_bi_encoder_vs_st_naive", "mined_bi_encoder_vs_st_dedup"):  # naive and by-hand dedup agree with ours
+        mined = next(c for c in scoring["cases"] if c["case"] == case)
+        assert mined["spearman"] > 0.99 and mined["max_abs_diff"] < 1e-4
+    settings = scoring["settings"]
+    assert settings["mined_distinct_queries"] < settings["mined_pairs"] <= settings["mined_distinct_queries"] * 9
+    for case in scoring["cases"]:
+        assert ("int8" in case["case"]) == ("int8" in case["precision"])
+
+
+def test_precision_speed_and_fidelity(smoke: Path) -> None:
+    result = json.loads((smoke / "precision.json").read_text())
+    cases = {c["case"]: c["values"] for c in result["cases"]}
+    assert set(cases) == {"forward", "train_step", "fidelity"}
+    assert all(_number(cases["forward"][f"{p}_texts_per_s"]) for p in ("fp32", "bf16", "int8"))
+    assert all(_number(cases["train_step"][f"{p}_texts_per_s"]) for p in ("fp32", "bf16"))
+    fidelity = cases["fidelity"]
+    assert set(fidelity["ndcg_at_10"]) == {"bm25", "fp32", "int8", "bf16"}
+    assert all(0.0 <= v <= 1.0 for v in fidelity["ndcg_at_10"].values())
+    for precision in ("int8", "bf16"):
+        agreement = fidelity["agreement_with_fp32"][precision]
+        assert -1.0 <= agreement["kendall_mean"] <= 1.0 and 0.0 <= agreement["top1_unchanged"] <= 1.0
 
 
 def test_scale_and_ceiling_measurements(smoke: Path) -> None:

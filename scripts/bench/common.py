@@ -56,6 +56,11 @@ class Sizes:
         scale_queries / scale_dim: synthetic queries and embedding dimension.
         score_rows / row_group: rows of the synthetic score table and rows per Parquet row group.
         matmul_n: side of the square fp32 matmul of the ceiling benchmark.
+        mined_queries: training queries of the mined-candidates scoring case (1 positive + 8 BM25
+            negatives each, 9 pairs per query).
+        precision_texts: passages per forward pass of the precision benchmark (fp32 / bf16 / int8).
+        quality_queries / quality_depth: SciFact test queries and BM25 depth re-ranked to measure
+            nDCG@10 and rank agreement of int8 and bf16 against fp32.
         memory_in_child: measure peak memory in a fresh child process per tool (clean baseline).
     """
 
@@ -79,6 +84,10 @@ class Sizes:
     row_group: int
     matmul_n: int
     memory_in_child: bool
+    mined_queries: int = 4
+    precision_texts: int = 8
+    quality_queries: int = 4
+    quality_depth: int = 5
 
 
 SIZES = {
@@ -89,18 +98,18 @@ SIZES = {
         scale_dim=32, score_rows=20_000, row_group=5_000, matmul_n=128, memory_in_child=False,
     ),
     "quick": Sizes(
-        repeats=2, score_queries=4, score_depth=16, ce_max_length=256, query_max_length=64,
-        passage_max_length=256, batch_size=32, train_batch=4, train_steps=2, mine_queries=30,
+        repeats=2, score_queries=32, score_depth=16, ce_max_length=128, query_max_length=64,
+        passage_max_length=128, batch_size=32, train_batch=16, train_steps=4, mine_queries=30,
         mine_corpus=100, mine_depth=50, mine_negatives=7, scale_corpora=(10_000, 100_000),
         scale_queries=300, scale_dim=384, score_rows=40_000_000, row_group=1_000_000, matmul_n=2048,
-        memory_in_child=True,
+        memory_in_child=True, mined_queries=57, precision_texts=64, quality_queries=100, quality_depth=10,
     ),
     "full": Sizes(
         repeats=5, score_queries=100, score_depth=30, ce_max_length=256, query_max_length=64,
         passage_max_length=256, batch_size=32, train_batch=16, train_steps=10, mine_queries=300,
         mine_corpus=5183, mine_depth=100, mine_negatives=7, scale_corpora=(10_000, 100_000, 1_000_000),
         scale_queries=1000, scale_dim=384, score_rows=40_000_000, row_group=1_000_000, matmul_n=4096,
-        memory_in_child=True,
+        memory_in_child=True, mined_queries=300, precision_texts=128, quality_queries=300, quality_depth=30,
     ),
 }
 
@@ -162,16 +171,20 @@ def comparison(
     }
 
 
-def alternate(runs: dict[str, Callable[[], float]], repeats: int, warmup: bool = True) -> dict[str, list[float]]:
+def alternate(
+    runs: dict[str, Callable[[], float]], repeats: int, warmup: bool | dict[str, Callable[[], object]] = True
+) -> dict[str, list[float]]:
     """Call each tool's ``run()`` (which returns its measurement) ``repeats`` times, alternating.
 
     The order flips every round (A B, B A, …) so a load change on the shared machine hits both
-    tools alike. One untimed warm-up call per tool first (lazy imports, allocator, thread pools).
+    tools alike. One untimed warm-up call per tool first (lazy imports, allocator, thread pools):
+    ``run()`` itself when ``warmup`` is True, or ``warmup[name]()`` (a smaller call of the same
+    code) when a dict is given.
     """
     names = list(runs)
     if warmup:
         for name in names:
-            runs[name]()
+            (warmup[name] if isinstance(warmup, dict) else runs[name])()
     out: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names if r % 2 == 0 else reversed(names):
@@ -287,7 +300,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "device": "cpu",
-        "precision": "fp32",
+        "precision": "fp32 (cases named int8 / bf16 say otherwise)",
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 

@@ -9,13 +9,15 @@ Usage::
 
 Writes ``<out>/<mode>/<benchmark>.json`` (one per benchmark, layout in :mod:`bench.common`) and
 ``<out>/<mode>/summary.json`` (machine, command, load averages, every result). ``--out`` defaults
-to ``docs/bench``.
+to ``docs/bench``. With ``--only``, the other benchmarks' results of the previous summary are kept
+in the new one and listed under ``carried_over`` (with the command and load they were taken at).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import tempfile
@@ -29,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 from bench.common import REPO_ROOT, check_mode, load_average, machine, quiet  # noqa: E402
 from distillrank.workspace import atomic_write_json  # noqa: E402
 
-BENCHMARKS = ("scoring", "training", "mining", "scale", "ceiling")
+BENCHMARKS = ("scoring", "training", "mining", "scale", "ceiling", "precision")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,6 +44,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="benchmarks to run")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     return parser.parse_args(argv)
+
+
+def _carry_over(previous_path: Path, summary: dict) -> None:
+    """With ``--only``, keep the other benchmarks' results of the previous summary of this mode,
+    each marked in ``summary["carried_over"]`` with the command, machine load and date it came from."""
+    if not previous_path.is_file():
+        return
+    previous = json.loads(previous_path.read_text(encoding="utf-8"))
+    carried = dict(previous.get("carried_over", {}))
+    for name, result in previous.get("results", {}).items():
+        if name in summary["results"]:
+            continue
+        summary["results"][name] = result
+        summary["seconds"][name] = previous.get("seconds", {}).get(name)
+        carried.setdefault(
+            name,
+            {
+                "command": previous.get("command"),
+                "load_average_start": previous.get("machine", {}).get("load_average"),
+                "load_average_end": previous.get("load_average_end"),
+                "finished": previous.get("finished"),
+            },
+        )
+    summary["carried_over"] = {k: v for k, v in carried.items() if k not in set(summary.get("ran", []))}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -70,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine(),
         "results": {},
         "seconds": {},
+        "ran": list(args.only),
     }
     started = time.perf_counter()
     with quiet(), tempfile.TemporaryDirectory(prefix="distillrank-bench-") as scratch:
@@ -88,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
                     log(f"bench: {name}/{case['case']}: ratio {case['ratio']:.2f} (goal {case['goal']}, met {case['met']})")
     summary["seconds"]["total"] = time.perf_counter() - started
     summary["load_average_end"] = load_average()
+    summary["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    _carry_over(out / "summary.json", summary)
     atomic_write_json(out / "summary.json", summary)
     log(f"bench: {mode} done in {summary['seconds']['total']:.0f}s; results in {out}")
     return summary

@@ -1,14 +1,31 @@
 """Benchmark 1: teacher scoring throughput (pairs/s) on SciFact BM25 candidates.
 
-* cross-encoder: :class:`distillrank.teachers.CrossEncoderTeacher.score` vs
-  ``sentence_transformers.CrossEncoder.predict``, same folder, batch size, pair truncation, fp32.
-* bi-encoder: :class:`distillrank.teachers.BiEncoderTeacher.score` vs ``SentenceTransformer.encode``
-  of the distinct queries (max length ``query_max_length``) and distinct passages (``passage_max_length``)
-  followed by the dot products of the pairs: the same work, each text encoded once.
+Cases (every one scores the same pairs with both tools; the ratio is distillrank / ST):
 
-Both tools score the same pairs; the Spearman correlation of their scores is reported as a check
-that they computed the same thing (sentence-transformers' cross-encoder applies its activation,
-a monotone map, so the ranking is what must agree).
+* ``cross_encoder``: :class:`distillrank.teachers.CrossEncoderTeacher.score` vs
+  ``sentence_transformers.CrossEncoder.predict``, same folder, batch size, pair truncation, fp32.
+  ``cross_encoder_int8``: the same teacher under ``hardware.precision=int8`` (dynamic int8
+  quantization, :mod:`distillrank.models.quantize`) against the same ST fp32 runs.
+* ``bi_encoder``: :class:`distillrank.teachers.BiEncoderTeacher.score` vs ``SentenceTransformer.encode``
+  of the distinct queries (max length ``query_max_length``) and distinct passages
+  (``passage_max_length``) followed by the dot products of the pairs: the same work, each text
+  encoded once. ``bi_encoder_int8``: our teacher in int8 against the same ST fp32 runs.
+* mined candidates (``mined_*``): training queries × their first judged positive + 8 BM25 negatives
+  (9 pairs per query, as the score stage sees them after mining). Our teacher receives the pairs as
+  indices into the distinct texts (what the score stage passes) and encodes each text once. ST is
+  run two ways: ``naive`` is the plain loop over pairs, ``encode(pair_queries)`` and
+  ``encode(pair_passages)`` (every query encoded 9 times, a recurring passage every time it
+  recurs); ``dedup`` is ST with the de-duplication written by hand (distinct texts encoded once,
+  then indexed), which is the same work as ours.
+
+int8 rows compare distillrank int8 with ST fp32: the user-facing comparison of what each tool does
+out of the box. ST also offers ONNX / OpenVINO backends with int8 quantization
+(``SentenceTransformer(..., backend="onnx")``, needs ``optimum`` and ``onnxruntime``, not installed
+here): **the int8 rows are not a like-for-like comparison with ST's own int8 path**, which was not
+measured.
+
+Both tools' scores are compared by Spearman correlation (sentence-transformers' cross-encoder
+applies its activation, a monotone map, so the ranking is what must agree).
 """
 
 from __future__ import annotations
@@ -21,12 +38,44 @@ from bench.assets import bm25_pairs
 from bench.common import Context, alternate, comparison, load_average, timed
 
 GOAL = 1.5
+MINED_NEGATIVES = 8
+WARMUP_PAIRS = 32
 
 
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 3:
         return 1.0
     return float(spearmanr(a, b).statistic)
+
+
+def mined_pairs(ctx: Context, n_queries: int) -> tuple[list[str], list[str], list[tuple[int, int]]]:
+    """Training queries × (first judged positive + ``MINED_NEGATIVES`` BM25 negatives): distinct
+    query texts, distinct passage texts, and (query index, passage index) pairs."""
+    from distillrank.mining.bm25 import BM25Index
+
+    coll = ctx.collection
+    queries = coll.split_queries(coll_train_split(ctx))[:n_queries]
+    index = BM25Index.build_or_load(coll, ctx.cache, progress=False)
+    rows, _ = index.search([t for _, t in queries], MINED_NEGATIVES + 8, progress=False)
+    doc_ids = coll.doc_ids()
+    qrels = coll.qrels.get(coll_train_split(ctx), {})
+    slot: dict[int, int] = {}
+    pairs: list[tuple[int, int]] = []
+    kept: list[str] = []
+    for (qid, text), ranked in zip(queries, rows, strict=True):
+        positives = [d for d, rel in qrels.get(qid, {}).items() if rel > 0]
+        if not positives:
+            continue
+        qi = len(kept)
+        kept.append(text)
+        negatives = [int(r) for r in ranked if r >= 0 and doc_ids[int(r)] not in positives][:MINED_NEGATIVES]
+        for r in [coll.doc_row(positives[0])] + negatives:
+            pairs.append((qi, slot.setdefault(int(r), len(slot))))
+    return kept, coll.passage_texts(list(slot)), pairs
+
+
+def coll_train_split(ctx: Context) -> str:
+    return "train" if "train" in ctx.collection.splits() else ctx.collection.splits()[0]
 
 
 def run(ctx: Context) -> dict:
@@ -40,66 +89,123 @@ def run(ctx: Context) -> dict:
     pair_q = np.array([q for q, _ in pairs], dtype=np.int64)
     pair_p = np.array([p for _, p in pairs], dtype=np.int64)
     n = len(pairs)
+    w = min(WARMUP_PAIRS, n)
     cases = []
-
-    # ------------------------------------------------------------------ cross-encoder
-    ours_ce = CrossEncoderTeacher(str(ctx.cross_encoder), max_length=s.ce_max_length, batch_size=s.batch_size)
-    ours_ce.cross_encoder(device)
-    theirs_ce = CrossEncoder(str(ctx.cross_encoder), max_length=s.ce_max_length, device="cpu")
-    text_pairs = [(queries[q], passages[p]) for q, p in pairs]
     out: dict[str, np.ndarray] = {}
 
-    def ce_ours() -> float:
-        t = timed(lambda: out.__setitem__("ours", ours_ce.score(queries, passages, pair_q, pair_p, device, "fp32", progress=False)))
-        return n / t
+    # ------------------------------------------------------------------ cross-encoder
+    def ce_teacher() -> CrossEncoderTeacher:
+        return CrossEncoderTeacher(str(ctx.cross_encoder), max_length=s.ce_max_length, batch_size=s.batch_size)
 
-    def ce_theirs() -> float:
-        t = timed(lambda: out.__setitem__("theirs", np.asarray(theirs_ce.predict(text_pairs, batch_size=s.batch_size, show_progress_bar=False))))
-        return n / t
+    ours_ce, ours_ce8 = ce_teacher(), ce_teacher()
+    ours_ce.cross_encoder(device, "fp32")
+    ours_ce8.cross_encoder(device, "int8")
+    theirs_ce = CrossEncoder(str(ctx.cross_encoder), max_length=s.ce_max_length, device="cpu")
+    text_pairs = [(queries[q], passages[p]) for q, p in pairs]
+
+    def ce_ours(teacher, precision: str, key: str, m: int = n) -> float:
+        t = timed(lambda: out.__setitem__(key, teacher.score(queries, passages, pair_q[:m], pair_p[:m], device, precision, progress=False)))
+        return m / t
+
+    def ce_theirs(m: int = n) -> float:
+        t = timed(lambda: out.__setitem__("st", np.asarray(theirs_ce.predict(text_pairs[:m], batch_size=s.batch_size, show_progress_bar=False))))
+        return m / t
 
     load_before = load_average()
-    rates = alternate({"distillrank": ce_ours, "sentence_transformers": ce_theirs}, s.repeats)
+    rates = alternate(
+        {
+            "distillrank": lambda: ce_ours(ours_ce, "fp32", "fp32"),
+            "distillrank_int8": lambda: ce_ours(ours_ce8, "int8", "int8"),
+            "sentence_transformers": ce_theirs,
+        },
+        s.repeats,
+        warmup={
+            "distillrank": lambda: ce_ours(ours_ce, "fp32", "fp32", w),
+            "distillrank_int8": lambda: ce_ours(ours_ce8, "int8", "int8", w),
+            "sentence_transformers": lambda: ce_theirs(w),
+        },
+    )
+    load = [load_before, load_average()]
+    st = rates["sentence_transformers"]
+    cases.append(comparison("cross_encoder", "pairs/s", rates["distillrank"], st, GOAL, precision="fp32", spearman=_agreement(out["fp32"], out["st"]), load_average=load))
     cases.append(
         comparison(
-            "cross_encoder", "pairs/s", rates["distillrank"], rates["sentence_transformers"], GOAL,
-            spearman=_agreement(out["ours"], out["theirs"]), load_average=[load_before, load_average()],
+            "cross_encoder_int8", "pairs/s", rates["distillrank_int8"], st, GOAL, precision="distillrank int8, sentence-transformers fp32",
+            spearman=_agreement(out["int8"], out["st"]), spearman_vs_own_fp32=_agreement(out["int8"], out["fp32"]), load_average=load,
         )
     )
 
     # ------------------------------------------------------------------ bi-encoder
-    ours_bi = BiEncoderTeacher(
-        str(ctx.bi_encoder), query_max_length=s.query_max_length, passage_max_length=s.passage_max_length,
-        batch_size=s.batch_size,
-    )
-    ours_bi.encoder(device)
-    theirs_bi = SentenceTransformer(str(ctx.bi_encoder), device="cpu")
-    q_index, p_index = torch.as_tensor(pair_q), torch.as_tensor(pair_p)
-
-    def st_score() -> np.ndarray:
-        theirs_bi.max_seq_length = s.query_max_length
-        q = theirs_bi.encode(queries, batch_size=s.batch_size, convert_to_tensor=True, show_progress_bar=False)
-        theirs_bi.max_seq_length = s.passage_max_length
-        p = theirs_bi.encode(passages, batch_size=s.batch_size, convert_to_tensor=True, show_progress_bar=False)
-        return (q[q_index] * p[p_index]).sum(-1).numpy()
-
-    def bi_ours() -> float:
-        t = timed(lambda: out.__setitem__("ours", ours_bi.score(queries, passages, pair_q, pair_p, device, "fp32", progress=False)))
-        return n / t
-
-    def bi_theirs() -> float:
-        t = timed(lambda: out.__setitem__("theirs", st_score()))
-        return n / t
-
-    load_before = load_average()
-    rates = alternate({"distillrank": bi_ours, "sentence_transformers": bi_theirs}, s.repeats)
-    cases.append(
-        comparison(
-            "bi_encoder", "pairs/s", rates["distillrank"], rates["sentence_transformers"], GOAL,
-            spearman=_agreement(out["ours"], out["theirs"]),
-            max_abs_diff=float(np.max(np.abs(out["ours"] - out["theirs"]))) if n else 0.0,
-            load_average=[load_before, load_average()],
+    def bi_teacher() -> BiEncoderTeacher:
+        return BiEncoderTeacher(
+            str(ctx.bi_encoder), query_max_length=s.query_max_length, passage_max_length=s.passage_max_length,
+            batch_size=s.batch_size,
         )
-    )
+
+    ours_bi, ours_bi8 = bi_teacher(), bi_teacher()
+    ours_bi.encoder(device, "fp32")
+    ours_bi8.encoder(device, "int8")
+    theirs_bi = SentenceTransformer(str(ctx.bi_encoder), device="cpu")
+
+    def st_encode(texts: list[str], max_length: int) -> torch.Tensor:
+        theirs_bi.max_seq_length = max_length
+        return theirs_bi.encode(texts, batch_size=s.batch_size, convert_to_tensor=True, show_progress_bar=False)
+
+    def st_dedup(qs: list[str], ps: list[str], pq: np.ndarray, pp: np.ndarray) -> np.ndarray:
+        """ST with de-duplication by hand: each distinct text once, then the pairs' dot products."""
+        q, p = st_encode(qs, s.query_max_length), st_encode(ps, s.passage_max_length)
+        return (q[torch.as_tensor(pq)] * p[torch.as_tensor(pp)]).sum(-1).numpy()
+
+    def st_naive(qs: list[str], ps: list[str], pq: np.ndarray, pp: np.ndarray) -> np.ndarray:
+        """ST's plain loop over pairs: the pair lists' texts encoded as they come."""
+        q = st_encode([qs[i] for i in pq], s.query_max_length)
+        p = st_encode([ps[i] for i in pp], s.passage_max_length)
+        return (q * p).sum(-1).numpy()
+
+    def bi_case(name: str, qs: list[str], ps: list[str], pq: np.ndarray, pp: np.ndarray, st_ways: dict) -> None:
+        m = len(pq)
+        wq, wp = pq[: min(WARMUP_PAIRS, m)], pp[: min(WARMUP_PAIRS, m)]
+
+        def ours(teacher, precision: str, key: str, a: np.ndarray = pq, b: np.ndarray = pp) -> float:
+            t = timed(lambda: out.__setitem__(key, teacher.score(qs, ps, a, b, device, precision, progress=False)))
+            return len(a) / t
+
+        def theirs(fn, key: str, a: np.ndarray = pq, b: np.ndarray = pp) -> float:
+            t = timed(lambda: out.__setitem__(key, fn(qs, ps, a, b)))
+            return len(a) / t
+
+        runs = {"distillrank": lambda: ours(ours_bi, "fp32", "fp32"), "distillrank_int8": lambda: ours(ours_bi8, "int8", "int8")}
+        warm = {
+            "distillrank": lambda: ours(ours_bi, "fp32", "fp32", wq, wp),
+            "distillrank_int8": lambda: ours(ours_bi8, "int8", "int8", wq, wp),
+        }
+        for way, fn in st_ways.items():
+            runs[way] = lambda fn=fn, way=way: theirs(fn, way)
+            warm[way] = lambda fn=fn, way=way: theirs(fn, way, wq, wp)
+        load_before = load_average()
+        rates = alternate(runs, s.repeats, warmup=warm)
+        load = [load_before, load_average()]
+        for way in st_ways:
+            suffix = "" if len(st_ways) == 1 else f"_vs_st_{way.removeprefix('st_')}"
+            for ours_key, label, prec in (("distillrank", "", "fp32"), ("distillrank_int8", "_int8", "distillrank int8, sentence-transformers fp32")):
+                out_key = "fp32" if ours_key == "distillrank" else "int8"
+                cases.append(
+                    comparison(
+                        f"{name}{label}{suffix}", "pairs/s", rates[ours_key], rates[way], GOAL, precision=prec,
+                        spearman=_agreement(out[out_key], out[way]),
+                        max_abs_diff=float(np.max(np.abs(out[out_key] - out[way]))) if m else 0.0,
+                        load_average=load,
+                        **({"st_way": way} if len(st_ways) > 1 else {}),
+                    )
+                )
+
+    bi_case("bi_encoder", queries, passages, pair_q, pair_p, {"sentence_transformers": st_dedup})
+
+    mq, mp, mpairs = mined_pairs(ctx, s.mined_queries)
+    m_q = np.array([q for q, _ in mpairs], dtype=np.int64)
+    m_p = np.array([p for _, p in mpairs], dtype=np.int64)
+    bi_case("mined_bi_encoder", mq, mp, m_q, m_p, {"st_naive": st_naive, "st_dedup": st_dedup})
+
     return {
         "benchmark": "scoring",
         "settings": {
@@ -107,19 +213,28 @@ def run(ctx: Context) -> dict:
             "distinct_queries": len(queries),
             "distinct_passages": len(passages),
             "bm25_depth": s.score_depth,
+            "mined_pairs": len(mpairs),
+            "mined_distinct_queries": len(mq),
+            "mined_distinct_passages": len(mp),
+            "mined_negatives_per_query": MINED_NEGATIVES,
             "batch_size": s.batch_size,
             "cross_encoder_max_length": s.ce_max_length,
             "query_max_length": s.query_max_length,
             "passage_max_length": s.passage_max_length,
-            "precision": "fp32",
+            "precision": "fp32 unless the case says int8",
             "cross_encoder": str(ctx.cross_encoder),
             "bi_encoder": str(ctx.bi_encoder),
             "repeats": s.repeats,
+            "warmup_pairs": WARMUP_PAIRS,
         },
         "cases": cases,
         "notes": [
             "cross-encoder: MiniLM-L6 backbone with a random 1-logit head (architecture and cost of "
             "cross-encoder/ms-marco-MiniLM-L6-v2, which has no offline copy)",
-            "bi-encoder pairs/s counts (query, passage) pairs scored; both tools encode each distinct text once",
+            "bi_encoder*: both tools encode each distinct text once (ST's de-duplication done by hand)",
+            "mined_*: 1 positive + 8 BM25 negatives per training query; st_naive encodes every pair's texts, "
+            "st_dedup is ST with the de-duplication written by hand",
+            "int8 rows: distillrank int8 (torch dynamic quantization) vs sentence-transformers fp32; ST's own "
+            "ONNX/OpenVINO int8 backends (backend='onnx', needs optimum + onnxruntime) were not measured",
         ],
     }
