@@ -107,3 +107,11 @@ def test_alternate_flips_the_order_and_comparison_ratio_direction() -> None:
     assert rate["ratio"] == 2.0 and rate["met"] is True
     time = comparison("x", "s", [3.0], [1.5], goal=1.2, higher_is_better=False)
     assert time["ratio"] == 0.5 and time["met"] is False
+
+
+def test_report_renders_every_table(smoke: Path) -> None:
+    from bench import report
+
+    text = report.render(json.loads((smoke / "summary.json").read_text()))
+    for needle in ("| scoring | mined_bi_encoder_int8_vs_st_naive | int8 vs ST fp32 |", "| int8 |", "matmul_fp32"):
+        assert needle in text

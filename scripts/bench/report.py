@@ -22,8 +22,8 @@ def _f(x, digits: int = 2) -> str:
 
 def comparisons(summary: dict) -> list[str]:
     lines = [
-        "| benchmark | case | unit | distillrank (median) | sentence-transformers (median) | ratio | goal | met |",
-        "|---|---|---|---|---|---|---|---|",
+        "| benchmark | case | precision | unit | distillrank (median) | sentence-transformers (median) | ratio | goal | met |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, result in summary["results"].items():
         for c in result["cases"]:
@@ -32,8 +32,9 @@ def comparisons(summary: dict) -> list[str]:
             goal = f"≥ {c['goal']}×"
             if "memory_fraction" in c:
                 goal += f", memory ≤ {c['memory_goal']}× (measured {_f(c['memory_fraction'])}×)"
+            precision = c.get("precision", "fp32").replace("distillrank int8, sentence-transformers fp32", "int8 vs ST fp32")
             lines.append(
-                f"| {name} | {c['case']} | {c['unit']} | {_f(c['distillrank']['median'])} | "
+                f"| {name} | {c['case']} | {precision} | {c['unit']} | {_f(c['distillrank']['median'])} | "
                 f"{_f(c['sentence_transformers']['median'])} | **{_f(c['ratio'])}×** | {goal} | {_f(c['met'])} |"
             )
     return lines
@@ -90,6 +91,45 @@ def ceiling(summary: dict) -> list[str]:
     return lines
 
 
+def precision(summary: dict) -> list[str]:
+    result = summary["results"].get("precision")
+    if not result:
+        return []
+    cases = {c["case"]: c["values"] for c in result["cases"]}
+    fw, tr, fid = cases["forward"], cases["train_step"], cases["fidelity"]
+    lines = [
+        "| measurement | texts | fp32 (texts/s) | bf16 (texts/s) | int8 (texts/s) | bf16 speed-up | int8 speed-up |",
+        "|---|---|---|---|---|---|---|",
+        f"| bi-encoder forward (encode) | {fw['texts']} | {_f(fw['fp32_texts_per_s'])} | {_f(fw['bf16_texts_per_s'])} | "
+        f"{_f(fw['int8_texts_per_s'])} | {_f(fw['bf16_speedup'])}× | {_f(fw['int8_speedup'])}× |",
+        f"| student forward + backward | {tr['texts']} | {_f(tr['fp32_texts_per_s'])} | {_f(tr['bf16_texts_per_s'])} | – | "
+        f"{_f(tr['bf16_speedup'])}× | – |",
+        "",
+        f"Fidelity: {fid['queries']} SciFact test queries, BM25 top {fid['depth']} ({fid['pairs']} pairs) re-ranked by the MiniLM teacher.",
+        "",
+        "| precision | nDCG@10 | Spearman vs fp32 (mean / min) | Kendall vs fp32 (mean) | top-1 unchanged | max abs score diff |",
+        "|---|---|---|---|---|---|",
+        f"| BM25 (first stage) | {_f(fid['ndcg_at_10']['bm25'], 4)} | – | – | – | – |",
+        f"| fp32 | {_f(fid['ndcg_at_10']['fp32'], 4)} | 1 | 1 | 1 | 0 |",
+    ]
+    for p in ("int8", "bf16"):
+        a = fid["agreement_with_fp32"][p]
+        lines.append(
+            f"| {p} | {_f(fid['ndcg_at_10'][p], 4)} | {_f(a['spearman_mean'], 4)} / {_f(a['spearman_min'], 4)} | "
+            f"{_f(a['kendall_mean'], 4)} | {_f(a['top1_unchanged'], 3)} | {_f(a['max_abs_diff'], 4)} |"
+        )
+    return lines
+
+
+def carried(summary: dict) -> list[str]:
+    if not summary.get("carried_over"):
+        return []
+    lines = ["Results carried over from an earlier run (not re-measured by this command):", ""]
+    for name, c in summary["carried_over"].items():
+        lines.append(f"* {name}: `{c['command']}`, load average {c['load_average_start']} → {c['load_average_end']}")
+    return lines
+
+
 def render(summary: dict) -> str:
     m = summary["machine"]
     head = [
@@ -98,7 +138,7 @@ def render(summary: dict) -> str:
         f"transformers {m['transformers']}, sentence-transformers {m['sentence_transformers']}, GPU: {m['gpu'] or 'none'}; "
         f"load average at start {m['load_average']}, at end {summary.get('load_average_end')}.",
     ]
-    parts = [head, comparisons(summary), mining_memory(summary), scale(summary), ceiling(summary)]
+    parts = [head, carried(summary), comparisons(summary), mining_memory(summary), scale(summary), ceiling(summary), precision(summary)]
     return "\n\n".join("\n".join(p) for p in parts if p) + "\n"
 
 
