@@ -72,3 +72,43 @@ def results_table(
             f"({TEST_NAME}, {CORRECTION_NAME}, α = {alpha:g}).\n"
         )
     return table
+
+
+def student_card_table(
+    rows: list[tuple[str, str, int, Mapping, Mapping | None]],
+    measures: list[str],
+    mean: Mapping | None = None,
+    *,
+    baseline: str | None = None,
+    alpha: float = 0.05,
+) -> str:
+    """A model card's table: one row per collection with one system's measures.
+
+    Args:
+        rows: ``(collection, split, queries, result, significance)``, ``result`` with ``"metrics"``
+            and ``significance`` that system's ``{measure: test}`` against the baseline (or None).
+        measures: the measure columns, in order.
+        mean: the macro average row (``{"metrics": {measure: value}}``), written as
+            ``mean (N collections)``; None for none.
+        baseline: named in the legend that follows when any row has significance results.
+        alpha: the family-wise level, for the legend.
+    """
+    header = ["collection", "split", "queries", *measures]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
+    for name, split, queries, result, marks in rows:
+        cells = [name, split, str(queries)]
+        cells += [_fmt(result["metrics"].get(m)) + _mark((marks or {}).get(m)) for m in measures]
+        lines.append("| " + " | ".join(cells) + " |")
+    if mean is not None:
+        cells = [f"mean ({len(rows)} collections)", "", ""]
+        cells += [_fmt(mean["metrics"].get(m)) for m in measures]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    if baseline is not None and any(marks for *_, marks in rows):
+        table += (
+            f"\n{BETTER} / {WORSE}: significantly better / worse than {baseline} on that collection "
+            f"({TEST_NAME}, {CORRECTION_NAME}, α = {alpha:g})"
+            + ("; the mean is the macro average over the collections, untested" if mean is not None else "")
+            + ".\n"
+        )
+    return table

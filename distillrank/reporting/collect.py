@@ -150,11 +150,13 @@ def read_train_log(path: Path) -> list[dict[str, Any]]:
 
 @dataclass
 class Evaluation:
-    """What ``evaluate`` wrote: the aggregate results per system and their settings.
+    """What ``evaluate`` wrote for one collection (or the mean over several): results per system.
 
     ``results`` is ``{system: {"metrics": {measure: value}, "passages_per_s", "latency",
     "parameters", "disk_mb", "significance"?}}`` as in ``evaluate/metrics.json``;
-    ``per_query`` is ``{system: {qid: {measure: value}}}`` from ``evaluate/<system>/metrics.json``.
+    ``per_query`` is ``{system: {qid: {measure: value}}}`` from ``evaluate/<system>/metrics.json``
+    (``evaluate/<collection>/<system>/metrics.json`` for an extra collection). ``mean`` marks the
+    macro average over several collections, which has no per-query values and no significance.
     """
 
     folder: Path
@@ -164,9 +166,12 @@ class Evaluation:
     alpha: float
     header: str | None = None
     per_query: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    mean: bool = False
 
     def significance(self) -> dict[str, dict[str, Any]] | None:
         """``{system: {measure: test result}}`` for the systems compared with the baseline, or None."""
+        if self.mean:
+            return None
         marks = {n: r["significance"] for n, r in self.results.items() if r.get("significance")}
         return marks if (marks or self.baseline) else None
 
@@ -179,24 +184,52 @@ def _is_results(obj: Any) -> bool:
     )
 
 
-def read_evaluation(folder: Path, manifest: Manifest | None) -> list[tuple[str | None, Evaluation]]:
-    """The evaluations in an ``evaluate`` folder: one per collection.
+def _groups(data: Any, folder: Path) -> list[tuple[str | None, dict, Path | None, str | None, bool]]:
+    """``(title, results, folder of the per-system results, header, is_mean)`` per table of a
+    ``metrics.json``: ``{system: result}`` (one collection), or ``{"collections": {name: {"split",
+    "queries", "passages", "folder", "systems"}}, "mean": {"over", "systems"}}`` (several)."""
+    if _is_results(data):
+        return [(None, data, folder, None, False)]
+    if not isinstance(data, dict) or not isinstance(data.get("collections"), dict):
+        return []
+    groups: list[tuple[str | None, dict, Path | None, str | None, bool]] = []
+    for name, entry in data["collections"].items():
+        if not isinstance(entry, dict) or not _is_results(entry.get("systems")):
+            log.warning("report: %s: collection %r has no systems, skipped", folder / "metrics.json", name)
+            continue
+        split = entry.get("split", "?")
+        header = f"{name} / {split}: {entry.get('queries', '?')} queries"
+        if isinstance(entry.get("passages"), int):
+            header += f", {entry['passages']:,} passages"
+        groups.append((f"{name} / {split}", entry["systems"], folder / str(entry.get("folder", name)), header, False))
+    mean = data.get("mean")
+    if isinstance(mean, dict) and _is_results(mean.get("systems")):
+        over = [str(c) for c in mean.get("over") or []]
+        header = (
+            f"Macro average over {len(over)} collections ({', '.join(over)}): each collection weighs the "
+            "same; significance is tested within each collection only."
+        )
+        groups.append((f"mean over {len(over)} collections", mean["systems"], None, header, True))
+    return groups
 
-    A ``metrics.json`` of ``{system: result}`` gives one evaluation (title None); one of
-    ``{collection: {system: result}}`` gives one per collection (per-query values then read from
-    ``evaluate/<collection>/<system>/metrics.json``). An unreadable file gives an empty list.
+
+def read_evaluation(folder: Path, manifest: Manifest | None) -> list[tuple[str | None, Evaluation]]:
+    """The evaluations in an ``evaluate`` folder: one per collection, then the mean over them.
+
+    A ``metrics.json`` of ``{system: result}`` (one collection) gives one evaluation (title None,
+    header from the first line of ``results.md``). With ``evaluate.collections`` it is
+    ``{"collections": {name: {..., "folder", "systems"}}, "mean": {...}}`` and gives one evaluation
+    per collection (titled ``name / split``, per-query values from ``evaluate/<folder>/<system>/``)
+    and a last one for the macro mean (``mean=True``). An unreadable file gives an empty list.
     """
     data = read_json(folder / "metrics.json")
     if data is None:
         return []
-    if _is_results(data):
-        groups: list[tuple[str | None, dict, Path]] = [(None, data, folder)]
-    else:
-        groups = [(str(k), v, folder / str(k)) for k, v in data.items() if _is_results(v)]
+    groups = _groups(data, folder)
     config = (manifest.config.get("evaluate") if manifest else None) or {}
     counts = manifest.counts if manifest else {}
     out = []
-    for title, results, sys_root in groups:
+    for title, results, sys_root, header, is_mean in groups:
         measures = [str(m) for m in config.get("measures") or []]
         for res in results.values():
             measures += [m for m in res["metrics"] if m not in measures]
@@ -208,12 +241,14 @@ def read_evaluation(folder: Path, manifest: Manifest | None) -> list[tuple[str |
             measures=measures,
             baseline=baseline if baseline in results else None,
             alpha=float(config.get("alpha", 0.05)),
+            header=header,
+            mean=is_mean,
         )
         results_md = folder / "results.md"
         if title is None and results_md.is_file():
             first = results_md.read_text(encoding="utf-8").splitlines()[:1]
             evaluation.header = first[0].strip() if first and not first[0].startswith("|") else None
-        for system in results:
+        for system in results if sys_root is not None else ():
             saved = read_json(sys_root / system / "metrics.json")
             if isinstance(saved, dict) and isinstance(saved.get("per_query"), dict):
                 evaluation.per_query[system] = saved["per_query"]

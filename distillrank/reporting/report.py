@@ -11,6 +11,9 @@ Written to ``<workspace>/report/`` (or ``--output``) as a whole, atomically: ``r
 - per-query nDCG@10 of the student minus the baseline (``evaluate.baseline``), sorted, with wins,
   losses and ties.
 
+With several collections (``evaluate.collections``) the metrics and the per-query figure come once
+per collection, followed by the mean table (macro average over the collections, unmarked).
+
 A cross-experiment summary (one row per experiment's student) comes first. A missing stage or
 artifact turns its section into a sentence saying what is missing.
 """
@@ -232,15 +235,35 @@ class _Builder:
 
     def _texts(self, exp: Experiment):
         """Training query texts ``{qid: text}`` and a ``docids -> texts`` lookup, from the data config
-        recorded in the ``mine`` manifest (the collection is read from the workspace cache)."""
+        recorded in the ``mine`` manifest (the collection is read from the workspace cache); with a
+        ``queries`` stage, its synthetic queries and rewritten passages (the kept rows)."""
+        import pyarrow.parquet as pq
+
         from distillrank.stages import context
+        from distillrank.stages import queries as queries_stage
 
         mine = exp.manifest("mine")
         data = (mine.config.get("data") if mine else None) or None
         if data is None:
             raise StudentUnavailable("the mine manifest does not record the collection, so texts are unknown")
-        cfg = OmegaConf.create({"workspace": str(self.workspace), "data": data})
-        return dict(context.train_queries(cfg)), context.passage_lookup(cfg)
+        cfg = OmegaConf.create(
+            {"workspace": str(self.workspace), "data": data, "queries": {"method": "none"}}
+        )
+        folder = exp.folder("queries")
+        if folder is None:
+            return dict(context.train_queries(cfg)), context.passage_lookup(cfg)
+        table = pq.read_table(folder / queries_stage.OUTPUT, columns=["qid", "text", "kept"])
+        table = table.filter(table["kept"])
+        passages = pq.read_table(folder / queries_stage.PASSAGES)
+        extra = dict(zip(passages["docid"].to_pylist(), passages["text"].to_pylist(), strict=True))
+        corpus = context.passage_lookup(cfg)
+
+        def lookup(docids) -> list[str]:
+            docids = list(docids)
+            found = dict(zip(plain := [d for d in docids if d not in extra], corpus(plain), strict=True))
+            return [extra[d] if d in extra else found[d] for d in docids]
+
+        return dict(zip(table["qid"].to_pylist(), table["text"].to_pylist(), strict=True)), lookup
 
     def deltas(self, exp: Experiment, groups: list[tuple[str | None, Evaluation]]) -> None:
         self.add(Heading(3, f"Per-query {DELTA_MEASURE}: student vs baseline"))
@@ -248,6 +271,8 @@ class _Builder:
             self.add(Text("No evaluation to compare."))
             return
         for title, ev in groups:
+            if ev.mean:  # a macro average has no per-query values; each collection has its figure
+                continue
             label = "" if title is None else f" ({title})"
             if STUDENT not in ev.results:
                 self.add(Text(f"No `{STUDENT}` system was evaluated{label}."))
