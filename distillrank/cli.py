@@ -29,6 +29,7 @@ app = typer.Typer(
 )
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["--help"]}
 STAGE_ENV = "DISTILLRANK_STAGE"
+SWEPT_ENV = "DISTILLRANK_SWEPT"  # the swept keys, ';'-separated, for jobs run in other processes
 
 register_configs()
 
@@ -45,10 +46,13 @@ def _prepare(cfg: DictConfig) -> DictConfig:
     the sweep does not change are found in the parent experiment by their key.
     """
     hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN or not _SWEPT:
+    # a launcher's worker process (joblib, submitit) has not run _invoke: the keys come through
+    # hydra.job.env_set, which Hydra applies in every job
+    swept = _SWEPT or [k for k in os.environ.get(SWEPT_ENV, "").split(";") if k]
+    if hc.mode != RunMode.MULTIRUN or not swept:
         return cfg
     values = dict(o.split("=", 1) for o in hc.overrides.task if "=" in o)
-    suffix = ",".join(f"{k.lstrip('+~')}={values[k]}".replace("/", "_") for k in _SWEPT if k in values)
+    suffix = ",".join(f"{k.lstrip('+~')}={values[k]}".replace("/", "_") for k in swept if k in values)
     if suffix:
         OmegaConf.set_struct(cfg, False)
         cfg.experiment = f"{cfg.experiment}/{suffix}"
@@ -85,6 +89,8 @@ def _invoke(ctx: typer.Context, stage: str, run: Callable[[DictConfig], object])
         raise typer.Exit(2) from None
     argv, previous_stage = sys.argv, os.environ.get(STAGE_ENV)
     sys.argv = [f"distillrank {stage}", *ctx.args]
+    if _SWEPT:
+        sys.argv.append(f"+hydra.job.env_set.{SWEPT_ENV}='{';'.join(_SWEPT)}'")
     os.environ[STAGE_ENV] = stage  # names Hydra's job (conf/config.yaml: hydra.job.name)
     try:
         _hydra_stage(stage, run)()
