@@ -14,35 +14,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distillrank.models.colbert import DENSE_DIR, ColBERTModel
-from distillrank.models.hub import resolve_model
 from distillrank.teachers import ColBERTTeacher
 from distillrank.teachers.base import Teacher
 from distillrank.validation import check_targets, compose
 
-CPU = torch.device("cpu")
-QUERIES = [
-    "What does the protein do?",
-    "how does the glacier move",
-    "coral reef",
-    "Why does insulin affect glucose in urban patients during the winter?",
-]
-PASSAGES = [
-    "The glacier moves slowly across the northern valley while the river carries sediment.",
-    "protein",
-    "A coral reef near the lagoon protects the coastal village from storms.",
-    "Researchers found that insulin affects glucose.",
-    "The enzyme changes the membrane of the mitochondria in chronic cases of the rare fever.",
-]
-PAIR_Q = np.array([0, 0, 1, 2, 3, 3, 1, 2, 0, 3])
-PAIR_P = np.array([1, 4, 0, 2, 3, 4, 1, 1, 0, 2])
-ATOL = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def _fresh_resolve_cache():
-    resolve_model.cache_clear()
-    yield
-    resolve_model.cache_clear()
+from .pairs import ATOL, CPU, PAIR_P, PAIR_Q, PASSAGES, QUERIES
 
 
 def _direct(model: ColBERTModel, queries: list[str], passages: list[str]) -> np.ndarray:

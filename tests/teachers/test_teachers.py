@@ -13,34 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.cross_encoder import CrossEncoderModel
-from distillrank.models.hub import resolve_model
 from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
 
-CPU = torch.device("cpu")
-QUERIES = [
-    "What does the protein do?",
-    "how does the glacier move",
-    "coral reef",
-    "Why does insulin affect glucose in urban patients during the winter?",
-]
-PASSAGES = [
-    "The glacier moves slowly across the northern valley while the river carries sediment.",
-    "protein",
-    "A coral reef near the lagoon protects the coastal village from storms.",
-    "Researchers found that insulin affects glucose.",
-    "The enzyme changes the membrane of the mitochondria in chronic cases of the rare fever.",
-]
-# Pairs as indices into QUERIES and PASSAGES (repeats on both sides, not in length order).
-PAIR_Q = np.array([0, 0, 1, 2, 3, 3, 1, 2, 0, 3])
-PAIR_P = np.array([1, 4, 0, 2, 3, 4, 1, 1, 0, 2])
-ATOL = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def _fresh_resolve_cache():
-    resolve_model.cache_clear()
-    yield
-    resolve_model.cache_clear()
+from .pairs import ATOL, CPU, PAIR_P, PAIR_Q, PASSAGES, QUERIES
 
 
 @pytest.fixture(scope="module")
