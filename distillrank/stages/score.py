@@ -152,7 +152,10 @@ def _fill_cache(
     cached = cache.load()
     if hasattr(teacher, "check_pairs"):  # every pair the file lacks, named at once
         teacher.check_pairs([p for p in pairs if p not in cached])
-    todo = sorted({pair for pair in pairs if pair not in cached})
+    # by passage, then query: a shard holds a contiguous range of passages, so a teacher that encodes
+    # each distinct text once per call (bi-encoder, ColBERT) encodes a passage in one shard only;
+    # queries, short, repeat across shards instead
+    todo = sorted({pair for pair in pairs if pair not in cached}, key=lambda p: (p[1], p[0]))
     start = time.perf_counter()
     with hardware(cfg.hardware) as (device, precision):
         shard = int(cfg.score.shard_size)
