@@ -105,34 +105,41 @@ def run(ctx: Context) -> dict:
     scratch = Path(tempfile.mkdtemp(dir=ctx.scratch, prefix="train-"))
     device = torch.device("cpu")
 
-    def ours() -> float:
+    warm_cfg = OmegaConf.merge(cfg, {"max_steps": 1})
+
+    def ours(run_cfg=cfg, run_pools=pools) -> float:
         student = BiEncoder.load(
             ctx.student, query_max_length=s.query_max_length, passage_max_length=s.passage_max_length
         )
         t = timed(
             lambda: train(
-                student, MarginMSELoss(), pools, query_text, passage_text, cfg, device, "fp32", 0,
+                student, MarginMSELoss(), run_pools, query_text, passage_text, run_cfg, device, "fp32", 0,
                 scratch / "train_log.jsonl",
             )
         )
-        return n_examples / t
+        return len(run_pools) / t
 
-    def theirs() -> float:
+    def theirs(max_steps: int = steps, data=dataset) -> float:
         model = SentenceTransformer(str(ctx.student), device="cpu")
         model.max_seq_length = s.passage_max_length
         args = SentenceTransformerTrainingArguments(
-            output_dir=str(scratch / "st"), per_device_train_batch_size=s.train_batch, max_steps=steps,
+            output_dir=str(scratch / "st"), per_device_train_batch_size=s.train_batch, max_steps=max_steps,
             learning_rate=lr, warmup_steps=warmup, weight_decay=decay, lr_scheduler_type="linear",
             max_grad_norm=1.0, logging_steps=10**9, save_strategy="no", report_to="none", use_cpu=True,
             dataloader_num_workers=0, disable_tqdm=True, seed=0,
         )
-        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=STMarginMSE(model))
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=STMarginMSE(model))
         trainer.remove_callback(PrinterCallback)  # its end-of-training print; ours prints nothing either
         t = timed(trainer.train)
-        return n_examples / t
+        return len(data) / t
 
+    # warm-up: one optimizer step of each tool on one batch (imports, allocator, thread pools)
+    warm = {
+        "distillrank": lambda: ours(warm_cfg, pools[: s.train_batch]),
+        "sentence_transformers": lambda: theirs(1, dataset.select(range(min(s.train_batch, len(dataset))))),
+    }
     load_before = load_average()
-    rates = alternate({"distillrank": ours, "sentence_transformers": theirs}, s.repeats)
+    rates = alternate({"distillrank": ours, "sentence_transformers": theirs}, s.repeats, warmup=warm)
     return {
         "benchmark": "training",
         "settings": {
