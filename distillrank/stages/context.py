@@ -38,12 +38,15 @@ def teacher(cfg: DictConfig) -> Teacher:
 
 
 @functools.lru_cache(maxsize=8)
-def _teacher_fp(teacher_yaml: str) -> str:
-    return _teacher(teacher_yaml).fingerprint()
+def _teacher_fp(teacher_yaml: str, precision: str) -> str:
+    from distillrank.runtime import teacher_fingerprint as fingerprint_under
+
+    return fingerprint_under(_teacher(teacher_yaml), precision)
 
 
 def teacher_fingerprint(cfg: DictConfig) -> str:
-    return _teacher_fp(OmegaConf.to_yaml(cfg.teacher, resolve=True))
+    """The teacher's fingerprint under ``hardware.precision`` (int8 scores are cached apart)."""
+    return _teacher_fp(OmegaConf.to_yaml(cfg.teacher, resolve=True), str(cfg.hardware.precision))
 
 
 def split_or_fail(cfg: DictConfig, coll: Collection, key: str) -> str:

@@ -515,7 +515,7 @@ def _evaluate_system(cfg: DictConfig, name: str, coll, queries, device, precisio
         teacher = context.teacher(cfg)
         if not isinstance(teacher, BiEncoderTeacher):
             raise ConfigError(f"cannot run teacher {cfg.teacher._target_} as a dense retriever")
-        encoder = teacher.encoder(device)
+        encoder = teacher.encoder(device, precision)
         folder = resolve_model(teacher.model)
     elif name == "student_init":
         encoder, folder = instantiate(cfg.student), None  # truncated in memory, never saved

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from distillrank import runtime
 from distillrank.errors import DistillrankError
 from distillrank.mining import denoise
 from distillrank.runtime import hardware
@@ -191,7 +192,7 @@ def teacher_scores(
     scored = 0
     score_time = 0.0
     for i, member in enumerate(members):
-        member_fp = teacher_fp if member is teacher else member.fingerprint()
+        member_fp = teacher_fp if member is teacher else runtime.teacher_fingerprint(member, cfg.hardware.precision)
         name = "pairs" if member is teacher else f"member {i + 1}/{len(members)} ({getattr(member, 'kind', type(member).__name__)})"
         cached, n, seconds = _fill_cache(cfg, member, member_fp, coll, pairs, query_text, passage_text, name)
         member_scores.append(np.array([cached[p] for p in pairs], dtype=np.float32))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -138,7 +139,7 @@ def _candidates(table: pa.Table) -> dict[str, list[str]]:
 
 
 def dev_set(
-    cfg: DictConfig, pools: list[QueryPool], table: pa.Table, query_text: dict[str, str]
+    cfg: DictConfig, pools: list[QueryPool], scores: pa.Table | Path, query_text: dict[str, str]
 ) -> tuple[list[QueryPool], DevSet | None]:
     """The training pools left after setting dev queries aside, and the dev set (None without one).
 
@@ -162,7 +163,8 @@ def dev_set(
         if n >= len(pools):
             raise ConfigError(f"train.dev_queries={n} but only {len(pools)} training queries are usable")
         train_pools, dev_pools = carve_dev_pools(pools, n, cfg.seed)
-        qrels = coll.qrels.get(cfg.data.train_split, {})
+        table = scores if isinstance(scores, pa.Table) else pq.read_table(scores, columns=["qid", "docid"])
+        qrels = context.train_qrels(cfg)
         return train_pools, dev_from_pools(dev_pools, query_text, _candidates(table), qrels)
     if split not in coll.splits():
         raise ConfigError(f"train.dev_split={split!r} but '{coll.name}' has the qrels splits {coll.splits()}")
@@ -191,10 +193,11 @@ def run(cfg: DictConfig) -> Manifest:
     score_manifest, score_dir = require_stage(cfg, score.STAGE, score.stage_key(cfg))
     start = time.perf_counter()
     seed_everything(cfg.seed)
-    table = pq.read_table(score_dir / score.OUTPUT)
-    pools, dropped = query_pools(table)
+    if cfg.hardware.precision == "int8":  # an inference precision (teachers); the student trains in fp32
+        log.info("train: hardware.precision=int8 quantizes teachers only; the student trains in fp32")
+    pools, dropped = query_pools(score_dir / score.OUTPUT)  # streamed by row groups
     query_text = dict(context.train_queries(cfg))
-    pools, dev = dev_set(cfg, pools, table, query_text)
+    pools, dev = dev_set(cfg, pools, score_dir / score.OUTPUT, query_text)
     student = build_student(cfg)
     loss_fn = instantiate(cfg.loss)
 

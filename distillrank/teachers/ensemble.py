@@ -56,11 +56,18 @@ class EnsembleTeacher:
         self.normalize = normalize
         self.scope = scope
 
-    def fingerprint(self) -> str:
+    @property
+    def supports_int8(self) -> bool:
+        """int8 (CPU) when every member can be quantized."""
+        return all(getattr(m, "supports_int8", False) for m in self.members)
+
+    def fingerprint(self, precision: str = "fp32") -> str:
+        from distillrank.runtime import teacher_fingerprint
+
         return fingerprint(
             {
                 "kind": self.kind,
-                "members": [m.fingerprint() for m in self.members],
+                "members": [teacher_fingerprint(m, precision) for m in self.members],
                 "weights": self.weights.round(12).tolist(),
                 "normalize": self.normalize,
                 "scope": self.scope,
