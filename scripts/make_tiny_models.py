@@ -610,6 +610,19 @@ def build_word_tokenizer(
     return tokenizer
 
 
+def _generative_folder(
+    out_dir: Path, texts: Iterable[str] | None, hidden: int, heads: int, append_eos: bool, max_length: int
+) -> tuple[Path, PreTrainedTokenizerFast]:
+    """The output folder of a tiny generative model, with its word-level tokenizer saved in it."""
+    if hidden % heads:
+        raise ValueError(f"the hidden size ({hidden}) must be divisible by heads ({heads})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_word_tokenizer(DEFAULT_TEXTS if texts is None else texts, out_dir, append_eos=append_eos)
+    _set_model_max_length(out_dir, max_length)
+    return out_dir, tokenizer
+
+
 def make_tiny_t5(
     out_dir: Path,
     texts: Iterable[str] | None = None,
@@ -638,12 +651,7 @@ def make_tiny_t5(
     """
     from transformers import T5Config, T5ForConditionalGeneration
 
-    if d_model % heads:
-        raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_word_tokenizer(DEFAULT_TEXTS if texts is None else texts, out_dir, append_eos=True)
-    _set_model_max_length(out_dir, max_length)
+    out_dir, tokenizer = _generative_folder(out_dir, texts, d_model, heads, append_eos=True, max_length=max_length)
     config = T5Config(
         vocab_size=len(tokenizer),
         d_model=d_model,
@@ -697,12 +705,7 @@ def make_tiny_causal_lm(
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    if hidden % heads:
-        raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_word_tokenizer(DEFAULT_TEXTS if texts is None else texts, out_dir, append_eos=False)
-    _set_model_max_length(out_dir, max_length)
+    out_dir, tokenizer = _generative_folder(out_dir, texts, hidden, heads, append_eos=False, max_length=max_length)
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=max_length,
