@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,12 +11,13 @@ import bm25s
 import numpy as np
 from tqdm.auto import tqdm
 
-from distillrank.workspace import atomic_dir, fingerprint
+from distillrank.workspace import atomic_dir, atomic_write_json, fingerprint
 
 log = logging.getLogger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # its DEBUG lines drown the stage logs
 
 _CHUNK = 50_000
+_STATS = "distillrank_stats.json"  # beside bm25s' files: corpus statistics bm25s does not save
 
 
 class BM25Index:
@@ -24,11 +26,16 @@ class BM25Index:
     Args:
         retriever: the bm25s index.
         tokenizer: the bm25s tokenizer whose vocabulary the index uses.
+        avg_doc_len: the corpus' mean passage length in index tokens (needed only to score passages
+            that are not in the index, :meth:`score_texts`).
     """
 
-    def __init__(self, retriever: bm25s.BM25, tokenizer: bm25s.tokenization.Tokenizer) -> None:
+    def __init__(
+        self, retriever: bm25s.BM25, tokenizer: bm25s.tokenization.Tokenizer, avg_doc_len: float | None = None
+    ) -> None:
         self.retriever = retriever
         self.tokenizer = tokenizer
+        self.avg_doc_len = avg_doc_len
 
     @staticmethod
     def _tokenizer(stemmer: str | None, stopwords: str | None) -> bm25s.tokenization.Tokenizer:
@@ -57,15 +64,13 @@ class BM25Index:
         if (folder / "params.index.json").is_file():
             tokenizer.load_vocab(str(folder))
             tokenizer.load_stopwords(str(folder))
-            return cls(bm25s.BM25.load(str(folder), mmap=True), tokenizer)
-        n_docs = len(collection.corpus)
-        ids: list[list[int]] = []
-        bar = tqdm(total=n_docs, desc="bm25: tokenize corpus", unit="doc", disable=not progress)
-        for start in range(0, n_docs, _CHUNK):
-            texts = collection.passage_texts(range(start, min(start + _CHUNK, n_docs)))
-            ids.extend(tokenizer.tokenize(texts, update_vocab=True, return_as="ids", show_progress=False))
-            bar.update(len(texts))
-        bar.close()
+            stats = folder / _STATS
+            if not stats.is_file():  # an index cached before the statistics were kept
+                lengths = [len(x) for x in cls._tokenize_corpus(collection, tokenizer, False, progress)]
+                atomic_write_json(stats, {"avg_doc_len": float(np.mean(lengths)) if lengths else 0.0})
+            avg = float(json.loads(stats.read_text())["avg_doc_len"])
+            return cls(bm25s.BM25.load(str(folder), mmap=True), tokenizer, avg)
+        ids = cls._tokenize_corpus(collection, tokenizer, True, progress)
         retriever = bm25s.BM25(k1=k1, b=b)
         retriever.index(
             bm25s.tokenization.Tokenized(ids=ids, vocab=tokenizer.get_vocab_dict()), show_progress=progress
@@ -74,8 +79,69 @@ class BM25Index:
             retriever.save(str(tmp), show_progress=False)
             tokenizer.save_vocab(str(tmp))
             tokenizer.save_stopwords(str(tmp))
-        log.info("bm25 index of %d docs cached in %s", n_docs, folder)
-        return cls(retriever, tokenizer)
+            avg = float(np.mean([len(x) for x in ids])) if ids else 0.0
+            atomic_write_json(Path(tmp) / _STATS, {"avg_doc_len": avg})
+        log.info("bm25 index of %d docs cached in %s", len(ids), folder)
+        return cls(retriever, tokenizer, avg)
+
+    @staticmethod
+    def _tokenize_corpus(collection, tokenizer, update_vocab: bool, progress: bool) -> list[list[int]]:
+        n_docs = len(collection.corpus)
+        ids: list[list[int]] = []
+        bar = tqdm(total=n_docs, desc="bm25: tokenize corpus", unit="doc", disable=not progress)
+        for start in range(0, n_docs, _CHUNK):
+            texts = collection.passage_texts(range(start, min(start + _CHUNK, n_docs)))
+            ids.extend(tokenizer.tokenize(texts, update_vocab=update_vocab, return_as="ids", show_progress=False))
+            bar.update(len(texts))
+        bar.close()
+        return ids
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.retriever.scores["num_docs"])
+
+    def query_ids(self, queries: Sequence[str]) -> list[list[int]]:
+        """Each query's index token ids (words the corpus lacks are dropped: they score nothing)."""
+        return self.tokenizer.tokenize(list(queries), update_vocab=False, return_as="ids", show_progress=False)
+
+    def scores_of_rows(self, query_ids: list[int], rows: np.ndarray) -> np.ndarray:
+        """BM25 scores [len(rows)] of one tokenised query against corpus rows (exactly :meth:`search`'s)."""
+        if not query_ids:
+            return np.zeros(len(rows), dtype=np.float32)
+        return np.asarray(self.retriever.get_scores_from_ids(query_ids), dtype=np.float32)[rows]
+
+    def score_texts(self, query_ids: list[int], texts: Sequence[str]) -> np.ndarray:
+        """BM25 scores [len(texts)] of one tokenised query against passages that are not in the index.
+
+        The index's statistics (document frequencies, corpus size, mean length) with the text's own
+        term counts and length, in the Lucene variant bm25s indexes with (Kamphuis et al. 2020), so a
+        passage that is in the index scores the same either way. Its words the corpus lacks count in
+        its length only.
+        """
+        params = self.retriever
+        if params.method != "lucene":
+            raise ValueError(f"scoring texts outside the index supports bm25s method 'lucene', not {params.method!r}")
+        indptr = np.asarray(self.retriever.scores["indptr"])
+        n = self.num_docs
+        out = np.zeros(len(texts), dtype=np.float32)
+        if not query_ids or not texts:
+            return out
+        stop = set(self.tokenizer.stopwords or ())
+        for i, text in enumerate(texts):
+            words = list(self.tokenizer.splitter(text.lower() if self.tokenizer.lower else text))
+            length = sum(1 for w in words if w not in stop) or 1
+            counts: dict[int, int] = {}
+            for tid in self.tokenizer.tokenize([text], update_vocab=False, return_as="ids", show_progress=False)[0]:
+                counts[tid] = counts.get(tid, 0) + 1
+            norm = params.k1 * (1 - params.b + params.b * length / max(self.avg_doc_len or 1.0, 1e-9))
+            total = 0.0
+            for tid in query_ids:
+                tf = counts.get(tid, 0)
+                if tf:
+                    df = int(indptr[tid + 1] - indptr[tid])
+                    total += np.log(1 + (n - df + 0.5) / (df + 0.5)) * tf / (tf + norm)
+            out[i] = total
+        return out
 
     def search(self, queries: Sequence[str], k: int, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Top-k corpus rows and scores per query, [Q, k] each, best first.

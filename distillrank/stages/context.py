@@ -33,8 +33,21 @@ def _teacher(teacher_yaml: str) -> Teacher:
 
 
 def teacher(cfg: DictConfig) -> Teacher:
-    """The teacher named by ``cfg.teacher`` (built once; weights load on first use)."""
-    return _teacher(OmegaConf.to_yaml(cfg.teacher, resolve=True))
+    """The teacher named by ``cfg.teacher`` (built once; weights load on first use).
+
+    Teachers that score over corpus statistics (BM25, also as an ensemble member) are bound to the
+    collection of ``cfg.data`` first.
+    """
+    built = _teacher(OmegaConf.to_yaml(cfg.teacher, resolve=True))
+    return bind_collection(built, collection(cfg), cache_dir(cfg))
+
+
+def bind_collection(teacher: Teacher, coll: Collection, cache_root) -> Teacher:
+    """Bind ``coll`` to the teacher (and to its ensemble members) where it scores over corpus statistics."""
+    for member in [teacher, *getattr(teacher, "members", [])]:
+        if hasattr(member, "bind_collection"):
+            member.bind_collection(coll, cache_root)
+    return teacher
 
 
 @functools.lru_cache(maxsize=8)

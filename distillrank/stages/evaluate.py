@@ -61,6 +61,7 @@ from distillrank.workspace import (
     Manifest,
     atomic_write_json,
     atomic_write_text,
+    cache_dir,
     current_manifest,
     dir_fingerprint,
     fingerprint,
@@ -422,10 +423,13 @@ class _FirstStage:
         return self._run
 
 
-def _pair_scorer(cfg: DictConfig, name: str, device, precision):
-    """``score(queries, passages, pair_q, pair_p, qids, docids) -> scores``, the module, its folder."""
+def _pair_scorer(cfg: DictConfig, name: str, device, precision, coll):
+    """``score(queries, passages, pair_q, pair_p, qids, docids) -> scores``, the module, its folder.
+
+    ``coll``: the collection evaluated, bound to teachers that score over corpus statistics (BM25).
+    """
     if name == "teacher":
-        teacher = context.teacher(cfg)
+        teacher = context.bind_collection(context.teacher(cfg), coll, cache_dir(cfg))
         module = _teacher_module(teacher, device)
 
         def score_teacher(queries, passages, pair_q, pair_p, qids, docids, progress=True):
@@ -458,7 +462,7 @@ def _teacher_module(teacher, device):
 
 def _rerank(cfg: DictConfig, name: str, coll, queries, first: _FirstStage, device, precision) -> dict:
     """Re-rank the first stage's top ``rerank_depth`` with one system."""
-    score_fn, module, folder = _pair_scorer(cfg, name, device, precision)
+    score_fn, module, folder = _pair_scorer(cfg, name, device, precision, coll)
     candidates = first.run()
     qtext = dict(queries)
     qids = [q for q, _ in queries]
