@@ -64,6 +64,10 @@ class HardwareConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
     num_threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
+    # texts (or pairs) per inference forward (encoding, cross-encoder scoring); a larger batch runs
+    # as several forwards with the same result. None = the whole batch (GPUs). Training batches are
+    # not cut (use train.grad_accum_steps to bound training memory).
+    max_forward_texts: int | None = None
 
 
 @dataclass

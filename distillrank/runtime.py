@@ -112,8 +112,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_FORWARD_TEXTS: int | None = None  # hardware.max_forward_texts of the active hardware() block
+
+
+def forward_texts(batch_size: int) -> int:
+    """How many texts (or pairs) one forward pass holds: ``batch_size``, capped by the active
+    ``hardware.max_forward_texts``. A batch larger than the cap runs as several forwards with the
+    same result: on a CPU, forwards of about 16 texts are faster and far smaller in memory than one
+    forward of the whole batch (docs/BENCHMARKS.md, "Where the speed comes from")."""
+    return max(1, min(batch_size, _FORWARD_TEXTS)) if _FORWARD_TEXTS else max(1, batch_size)
+
+
+def check_forward_texts(value) -> int | None:
+    """``hardware.max_forward_texts`` checked: null / 0 (no cap) or a positive integer."""
+    if value in (None, 0):
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"hardware.max_forward_texts={value!r}; expected null or a positive integer")
+    return value
+
+
 @contextlib.contextmanager
 def hardware(cfg) -> Iterator[tuple[torch.device, str]]:
-    """Apply a ``hardware`` config node; yields (device, precision)."""
+    """Apply a ``hardware`` config node (threads, forward cap); yields (device, precision)."""
+    global _FORWARD_TEXTS
     apply_threads(cfg.num_threads)
-    yield resolve_device(cfg.device), cfg.precision
+    previous = _FORWARD_TEXTS
+    _FORWARD_TEXTS = check_forward_texts(getattr(cfg, "max_forward_texts", None))
+    try:
+        yield resolve_device(cfg.device), cfg.precision
+    finally:
+        _FORWARD_TEXTS = previous

@@ -18,6 +18,7 @@ from transformers import AutoModel, AutoTokenizer
 from distillrank.errors import ConfigError
 from distillrank.models.hub import resolve_model
 from distillrank.models.layers import keep_layers
+from distillrank.runtime import forward_texts
 from distillrank.workspace import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -175,8 +176,9 @@ class BiEncoder(nn.Module):
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = torch.empty((len(texts), self.dim), dtype=torch.float32)
         bar = tqdm(total=len(texts), desc=desc or f"encode {kind}s", unit=kind[0], disable=not progress)
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
+        step = forward_texts(batch_size)  # hardware.max_forward_texts caps one forward
+        for start in range(0, len(texts), step):
+            idx = order[start : start + step]
             ctx = autocast() if autocast else contextlib.nullcontext()
             with ctx:
                 emb = self([texts[i] for i in idx], kind)

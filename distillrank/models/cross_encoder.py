@@ -15,6 +15,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distillrank.models.hub import resolve_model
 from distillrank.models.layers import keep_layers
+from distillrank.runtime import forward_texts
 from distillrank.workspace import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,9 @@ class CrossEncoderModel(nn.Module):
         order = np.argsort([-(len(q) + len(p)) for q, p in zip(queries, passages, strict=True)], kind="stable")
         out = np.empty(len(queries), dtype=np.float32)
         bar = tqdm(total=len(order), desc=desc, unit="pair", disable=not progress)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        step = forward_texts(batch_size)  # hardware.max_forward_texts caps one forward
+        for start in range(0, len(order), step):
+            idx = order[start : start + step]
             with autocast() if autocast else contextlib.nullcontext():
                 scores = self([queries[i] for i in idx], [passages[i] for i in idx])
             out[idx] = scores.float().cpu().numpy()

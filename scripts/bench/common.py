@@ -254,6 +254,19 @@ class PeakMemory:
         return {"peak_anon_rss_mib": round(self.peak_anon_mib, 1), "peak_tracemalloc_mib": round(self.peak_traced_mib, 1)}
 
 
+@contextlib.contextmanager
+def distillrank_hardware() -> Iterator[None]:
+    """distillrank's settings of ``hardware=cpu`` (conf/hardware/cpu.yaml), as the CLI applies them:
+    what a user gets by default (its forward cap included). sentence-transformers is not affected."""
+    from omegaconf import OmegaConf
+
+    from distillrank.config import conf_dir
+    from distillrank.runtime import hardware
+
+    with hardware(OmegaConf.load(conf_dir() / "hardware" / "cpu.yaml")):
+        yield
+
+
 def child_call(module: str, function: str, kwargs: dict[str, Any], timeout_s: float = 600) -> dict[str, Any]:
     """Run ``bench.<module>.<function>(**kwargs)`` in a fresh Python process; its JSON result.
 
@@ -265,7 +278,8 @@ def child_call(module: str, function: str, kwargs: dict[str, Any], timeout_s: fl
     """
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); import importlib; "
-        "m = importlib.import_module('bench.' + sys.argv[2]); "
+        "m = importlib.import_module('bench.' + sys.argv[2]); from bench.common import distillrank_hardware; "
+        "ctx = distillrank_hardware(); ctx.__enter__(); "
         "print('BENCH-RESULT ' + json.dumps(getattr(m, sys.argv[3])(**json.loads(sys.argv[4]))))"
     )
     proc = subprocess.run(
