@@ -43,6 +43,7 @@ from distillrank.reporting.collect import (
 from distillrank.reporting.deltas import query_deltas
 from distillrank.reporting.document import Block, Figure, Heading, Table, Text, to_html, to_markdown
 from distillrank.reporting.scorers import StudentUnavailable, load_pair_scorer, sample_pairs
+from distillrank.teachers.base import describe as describe_teacher
 from distillrank.workspace import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class _Builder:
         self.add(Text("Completed stages: " + ", ".join(parts) + "."))
         score = exp.manifest("score")
         if score is not None:
-            teacher = (score.config.get("teacher") or {}).get("model")
+            teacher = describe_teacher(score.config.get("teacher"))
             self.add(Text(f"Teacher: `{teacher}`; {score.counts.get('pairs', '?')} scored pairs."))
 
     def metrics(self, exp: Experiment, groups: list[tuple[str | None, Evaluation]]) -> None:

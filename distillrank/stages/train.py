@@ -36,6 +36,7 @@ from distillrank.errors import ConfigError
 from distillrank.runtime import hardware, seed_everything
 from distillrank.stages import context, mine, score
 from distillrank.students import Student, as_student
+from distillrank.teachers.base import describe as describe_teacher
 from distillrank.training.batching import QueryPool, query_pools
 from distillrank.training.dev import DevSet, carve_dev_pools, dev_from_pools
 from distillrank.training.distributed import init_from_env
@@ -123,7 +124,7 @@ def model_card(cfg: DictConfig, counts: dict, kind: str = "bi_encoder") -> str:
     return (
         f"---\nlibrary_name: {library}\ntags: [{library}, distillrank, knowledge-distillation]\n---\n"
         f"# {cfg.experiment}: {title}\n\n"
-        f"Trained with [distillrank](https://pypi.org/project/distillrank/) from the teacher `{cfg.teacher.model}` "
+        f"Trained with [distillrank](https://pypi.org/project/distillrank/) from the teacher `{describe_teacher(to_plain(cfg.teacher))}` "
         f"on the `{cfg.data.train_split}` queries of `{cfg.data.name}`, loss `{cfg.loss._target_}`.\n\n"
         f"```python\n{usage}\n```\n\n"
         f"## Training\n\n{counts}\n\n## Config\n\n```yaml\n{yaml.safe_dump(config, sort_keys=False)}```\n"

@@ -41,3 +41,24 @@ class Teacher(Protocol):
         ignore them; a teacher that looks scores up (``PrecomputedTeacher``) needs them.
         """
         ...
+
+
+def describe(config) -> str:
+    """One line naming the teacher of a ``teacher`` config (a mapping, ``_target_`` included), for
+    model cards and reports: its model, BM25's parameters, a score file, or an ensemble's members."""
+    config = dict(config or {})
+    target = str(config.get("_target_", "")).rsplit(".", 1)[-1]
+    if config.get("members"):
+        members = " + ".join(describe(m) for m in config["members"])
+        weights = config.get("weights")
+        scope = "per query" if config.get("scope", "query") == "query" else "global"
+        return f"ensemble of {members} ({config.get('normalize', 'zscore')} {scope}" + (
+            f", weights {list(weights)})" if weights else ")"
+        )
+    if target == "BM25Teacher":
+        return f"BM25 (k1={config.get('k1', 0.9)}, b={config.get('b', 0.4)})"
+    if config.get("model"):
+        return str(config["model"])
+    if config.get("path"):
+        return f"scores from {config['path']}"
+    return target or "unknown teacher"

@@ -12,7 +12,7 @@ import torch
 
 from distillrank.errors import ConfigError
 from distillrank.mining.bm25 import BM25Index
-from distillrank.stages import context, evaluate, mine, score
+from distillrank.stages import context, evaluate, mine, score, train
 from distillrank.teachers.lexical import BM25Teacher
 from distillrank.validation import compose
 from distillrank.workspace import cache_dir, stage_dir
@@ -90,12 +90,12 @@ def test_fingerprint_follows_parameters_not_precision():
     assert BM25Teacher(k1=1.2).fingerprint() != BM25Teacher().fingerprint()
 
 
-def test_ensemble_with_a_bm25_member_scores_through_the_stage(with_teacher):
+def test_ensemble_with_a_bm25_member_scores_and_trains_through_the_stages(with_teacher):
     members = (
         "teacher.members=[{_target_: distillrank.teachers.BiEncoderTeacher, model: ${student.model}, "
         "passage_max_length: 64}, {_target_: distillrank.teachers.BM25Teacher}]"
     )
-    cfg = with_teacher("teacher=ensemble", members)
+    cfg = with_teacher("teacher=ensemble", members, "train.max_steps=2")
     mine.run(cfg)
     manifest = score.run(cfg)
     table = pq.read_table(stage_dir(cfg, "score") / score.OUTPUT).to_pandas()
@@ -105,6 +105,9 @@ def test_ensemble_with_a_bm25_member_scores_through_the_stage(with_teacher):
     bm25 = BM25Teacher()
     bm25_cache = score.ScoreCache.for_teacher(cfg, bm25.fingerprint(), context.collection(cfg).fingerprint).load()
     assert len(bm25_cache) == len(table)
+    train.run(cfg)  # the model card names the ensemble (an ensemble config has no teacher.model)
+    card = (stage_dir(cfg, "train") / train.MODEL / "README.md").read_text()
+    assert "from the teacher `ensemble of " in card and "BM25 (k1=0.9, b=0.4)" in card
 
 
 def test_bm25_teacher_evaluated_as_a_reranker_equals_bm25(with_teacher):

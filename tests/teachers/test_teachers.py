@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.cross_encoder import CrossEncoderModel
 from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
+from distillrank.teachers.base import describe
 
 from .pairs import ATOL, CPU, PAIR_P, PAIR_Q, PASSAGES, QUERIES
 
@@ -162,3 +163,21 @@ def test_bi_encoder_teacher_fingerprint(
         CrossEncoderTeacher(str(tiny_cross_encoder)).fingerprint()
         != BiEncoderTeacher(str(tiny_cross_encoder)).fingerprint()
     )
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ({"_target_": "distillrank.teachers.BiEncoderTeacher", "model": "org/model"}, "org/model"),
+        ({"_target_": "distillrank.teachers.BM25Teacher", "k1": 1.2, "b": 0.75}, "BM25 (k1=1.2, b=0.75)"),
+        ({"_target_": "distillrank.teachers.PrecomputedTeacher", "path": "scores.tsv"}, "scores from scores.tsv"),
+        (
+            {"_target_": "distillrank.teachers.EnsembleTeacher", "members": [{"model": "a"}, {"model": "b"}],
+             "weights": [2, 1], "normalize": "minmax", "scope": "global"},
+            "ensemble of a + b (minmax global, weights [2, 1])",
+        ),
+        (None, "unknown teacher"),
+    ],
+)
+def test_describe_names_every_kind_of_teacher(config, expected):
+    assert describe(config) == expected
