@@ -26,6 +26,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
@@ -131,6 +132,36 @@ def model_card(cfg: DictConfig, counts: dict, kind: str = "bi_encoder") -> str:
     )
 
 
+COSINE_MARGIN = 2.0  # the largest score margin a cosine student can produce
+
+
+def warn_unreachable_margins(cfg: DictConfig, pools: list[QueryPool]) -> float | None:
+    """Warn when Margin-MSE asks a cosine student for teacher margins it cannot produce.
+
+    Margin-MSE regresses the student's margin s(q, p) - s(q, n) onto the teacher's. A cosine
+    student's margins lie in [-2, 2]; teacher scores on another scale (a cross-encoder's logits, a
+    z-scored ensemble) set targets it cannot reach. Returns the share of |margins| above 2 (None
+    when the check does not apply).
+    """
+    if not str(cfg.loss.get("_target_", "")).endswith("MarginMSELoss") or cfg.student.get("similarity") != "cos":
+        return None
+    margins = np.array(
+        [abs(p - n) for pool in pools for _, p in pool.positives[:1] for _, n in pool.negatives], dtype=np.float64
+    )
+    if not margins.size:
+        return None
+    share = float(np.mean(margins > COSINE_MARGIN))
+    if share > 0.1:
+        log.warning(
+            "train: %.0f%% of the teacher's margins exceed %.0f, the largest margin a cosine student can "
+            "produce (median |margin| %.2f): Margin-MSE cannot fit them. Put the teacher on the student's "
+            "scale (score.normalize=minmax, teacher.normalize=minmax for an ensemble) or train a dot-product "
+            "student (student.similarity=dot)",
+            100 * share, COSINE_MARGIN, float(np.median(margins)),
+        )
+    return share
+
+
 def _candidates(table: pa.Table) -> dict[str, list[str]]:
     """Every scored candidate (de-noised ones included) per query, in table order."""
     out: dict[str, list[str]] = {}
@@ -201,6 +232,7 @@ def run(cfg: DictConfig) -> Manifest:
     pools, dev = dev_set(cfg, pools, score_dir / score.OUTPUT, query_text)
     student = build_student(cfg)
     loss_fn = instantiate(cfg.loss)
+    warn_unreachable_margins(cfg, pools)
 
     passage_text = context.passage_lookup(cfg)
 
