@@ -18,6 +18,7 @@ from transformers import AutoModel, AutoTokenizer
 from distillrank.errors import ConfigError
 from distillrank.models.hub import resolve_model
 from distillrank.models.layers import keep_layers
+from distillrank.models.masking import backbone_inputs
 from distillrank.runtime import forward_texts
 from distillrank.workspace import atomic_dir
 
@@ -143,7 +144,7 @@ class BiEncoder(nn.Module):
     def forward(self, texts: Sequence[str], kind: str) -> torch.Tensor:
         """Embeddings [len(texts), dim] (with gradients when training)."""
         batch = self.tokenize(texts, kind)
-        hidden = self.backbone(**batch).last_hidden_state
+        hidden = self.backbone(**backbone_inputs(batch)).last_hidden_state
         if self.pooling == "cls":
             emb = hidden[:, 0]
         else:

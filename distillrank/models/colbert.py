@@ -68,6 +68,7 @@ from transformers.utils import logging as hf_logging
 from distillrank.errors import ConfigError
 from distillrank.models.hub import resolve_model
 from distillrank.models.layers import keep_layers
+from distillrank.models.masking import backbone_inputs
 from distillrank.workspace import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -313,7 +314,7 @@ class ColBERTModel(nn.Module):
             ``query_max_length`` for expanded queries, else the batch's longest.
         """
         batch, mask = self.tokenize(texts, kind)
-        hidden = self.backbone(**batch).last_hidden_state
+        hidden = self.backbone(**backbone_inputs(batch)).last_hidden_state
         emb = nn.functional.normalize(self.projection(hidden).float(), dim=-1)
         return emb * mask.unsqueeze(-1), mask
 

@@ -15,6 +15,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distillrank.models.hub import resolve_model
 from distillrank.models.layers import keep_layers
+from distillrank.models.masking import backbone_inputs
 from distillrank.runtime import forward_texts
 from distillrank.workspace import atomic_dir
 
@@ -85,7 +86,7 @@ class CrossEncoderModel(nn.Module):
             max_length=self.max_length,
             return_tensors="pt",
         ).to(self.device)
-        logits = self.model(**batch).logits
+        logits = self.model(**backbone_inputs(batch)).logits
         if logits.shape[-1] == 1:
             return logits[:, 0]
         return torch.log_softmax(logits.float(), dim=-1)[:, -1]
