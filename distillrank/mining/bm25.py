@@ -150,7 +150,7 @@ class BM25Index:
         """
         n_docs = int(self.retriever.scores["num_docs"])
         k = min(k, n_docs)
-        tokens = self.tokenizer.tokenize(list(queries), update_vocab=False, return_as="ids", show_progress=False)
+        tokens = self.query_ids(queries)
         rows, scores = self.retriever.retrieve(tokens, k=k, show_progress=progress, n_threads=0)
         rows = np.asarray(rows, dtype=np.int64)
         scores = np.asarray(scores, dtype=np.float32)
