@@ -17,7 +17,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from distillrank.errors import ConfigError
 from distillrank.models.hub import resolve_model
-from distillrank.models.layers import keep_layers
+from distillrank.models.layers import keep_layers, set_dropout
 from distillrank.models.masking import backbone_inputs
 from distillrank.runtime import forward_texts
 from distillrank.workspace import atomic_dir
@@ -93,6 +93,7 @@ class BiEncoder(nn.Module):
         passage_max_length: int | None = None,
         query_prefix: str | None = None,
         passage_prefix: str | None = None,
+        dropout: float | None = None,
     ) -> BiEncoder:
         """A student initialised from a backbone, optionally keeping only some of its layers.
 
@@ -101,6 +102,8 @@ class BiEncoder(nn.Module):
             num_layers: keep only this many transformer layers (None keeps all), chosen by
                 ``layer_selection``: ``first`` (DistilBERT / TinyBERT-style), ``every_other`` or ``uniform``.
             pooling / similarity / lengths / prefixes: as in the class; None keeps the folder's values.
+            dropout: every dropout probability of the backbone (hidden and attention) for training;
+                None keeps the model's own (:func:`distillrank.models.layers.set_dropout`).
         """
         encoder = cls.load(
             model,
@@ -114,6 +117,8 @@ class BiEncoder(nn.Module):
         if num_layers is not None:
             kept = keep_layers(encoder.backbone, num_layers, layer_selection)
             log.info("student keeps layers %s of %s", kept, model)
+        if dropout is not None:
+            set_dropout(encoder.backbone, dropout)
         return encoder
 
     # ------------------------------------------------------------------ forward

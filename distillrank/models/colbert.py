@@ -67,7 +67,7 @@ from transformers.utils import logging as hf_logging
 
 from distillrank.errors import ConfigError
 from distillrank.models.hub import resolve_model
-from distillrank.models.layers import keep_layers
+from distillrank.models.layers import keep_layers, set_dropout
 from distillrank.models.masking import backbone_inputs
 from distillrank.workspace import atomic_dir
 
@@ -176,6 +176,7 @@ class ColBERTModel(nn.Module):
         attend_to_expansion_tokens: bool | None = None,
         skiplist_words: Sequence[str] | None = None,
         seed: int | None = None,
+        dropout: float | None = None,
     ) -> ColBERTModel:
         """A new ColBERT on top of a Hugging Face encoder (a fresh random projection).
 
@@ -188,6 +189,8 @@ class ColBERTModel(nn.Module):
             keep_layers: keep only this many transformer layers, chosen by ``layer_selection``
                 (``first``, ``every_other`` or ``uniform``); None keeps all.
             seed: seeds the projection's initialisation (None: the global RNG).
+            dropout: every dropout probability of the backbone for training; None keeps the
+                model's own (:func:`distillrank.models.layers.set_dropout`).
             others: as in the class; None keeps the folder's value (a ColBERT folder) or the
                 class default (32 / 180 tokens, expansion on, not attended, punctuation skipped).
         """
@@ -216,6 +219,8 @@ class ColBERTModel(nn.Module):
         if keep_layers is not None:
             kept = _keep_layers(encoder.backbone, keep_layers, layer_selection)
             log.info("ColBERT keeps layers %s of %s", kept, model)
+        if dropout is not None:
+            set_dropout(encoder.backbone, dropout)
         return encoder
 
     @classmethod

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distillrank.models.hub import resolve_model
-from distillrank.models.layers import keep_layers
+from distillrank.models.layers import keep_layers, set_dropout
 from distillrank.models.masking import backbone_inputs
 from distillrank.runtime import forward_texts
 from distillrank.workspace import atomic_dir
@@ -51,6 +51,7 @@ class CrossEncoderModel(nn.Module):
         num_layers: int | None = None,
         layer_selection: str = "first",
         max_length: int = 256,
+        dropout: float | None = None,
     ) -> CrossEncoderModel:
         """A cross-encoder student: a sequence-classification head with one output over ``model``.
 
@@ -62,6 +63,8 @@ class CrossEncoderModel(nn.Module):
                 ``layer_selection``: ``first``, ``every_other`` or ``uniform``
                 (:func:`distillrank.models.layers.select_layers`).
             max_length: truncation length of the [query; passage] pair in tokens.
+            dropout: every dropout probability of the model (hidden, attention, classifier head)
+                for training; None keeps the model's own (:func:`distillrank.models.layers.set_dropout`).
         """
         path = resolve_model(str(model))
         classifier = AutoModelForSequenceClassification.from_pretrained(
@@ -70,6 +73,8 @@ class CrossEncoderModel(nn.Module):
         if num_layers is not None:
             kept = keep_layers(classifier.base_model, num_layers, layer_selection)
             log.info("cross-encoder student keeps layers %s of %s", kept, model)
+        if dropout is not None:
+            set_dropout(classifier, dropout)
         return cls(classifier, AutoTokenizer.from_pretrained(path), max_length)
 
     @property

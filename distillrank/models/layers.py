@@ -1,4 +1,5 @@
-"""Keep a subset of a transformer's layers (DistilBERT-style initialisation of a smaller student)."""
+"""How a student is cut from a backbone: keep a subset of its layers (DistilBERT-style
+initialisation of a smaller student) and set its dropout."""
 
 from __future__ import annotations
 
@@ -21,6 +22,37 @@ def _find_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
         if isinstance(layers, nn.ModuleList):
             return parent, last, layers
     raise ConfigError(f"cannot find the layer list of {type(model).__name__} (looked at {_LAYER_PATHS})")
+
+
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Set every dropout probability of ``model`` to ``p`` in place; returns how many were set.
+
+    Covers the three places transformers models keep one: ``nn.Dropout`` modules, float attributes
+    of a module whose name contains ``dropout`` (read at call time, e.g. the attention dropout that
+    BERT's SDPA path or ModernBERT pass to the attention kernel) and the ``*dropout*`` keys of the
+    model's config, so an exported student records the dropout it was trained with.
+
+    Raises:
+        ConfigError: for ``p`` outside [0, 1).
+    """
+    if not 0.0 <= float(p) < 1.0:
+        raise ConfigError(f"student.dropout={p}; expected a probability in [0, 1), or null to keep the model's own")
+    p = float(p)
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+            changed += 1
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, p)
+                changed += 1
+    config = getattr(model, "config", None)
+    if config is not None:
+        for name, value in list(vars(config).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(config, name, p)
+    return changed
 
 
 def select_layers(num_total: int, num_layers: int, selection: str) -> list[int]:

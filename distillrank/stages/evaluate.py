@@ -99,7 +99,7 @@ def system_key(cfg: DictConfig, name: str, coll: Collection | None = None, split
         what = {"teacher": context.teacher_fingerprint(cfg)}
     elif name == "student_init":
         what = {
-            "student": to_plain(cfg.student),
+            "student": train.student_identity(cfg, training=False),
             "weights": dir_fingerprint(resolve_model(cfg.student.model)),
         }
     elif name == "student":

@@ -72,6 +72,19 @@ KEY_IF_SET = {
     "dev_batch_size": 64,
     "early_stopping_patience": 0,
 }
+# student.* keys that act only while training (eval mode ignores them), added after the first
+# release: in the train key only when set
+STUDENT_TRAINING_KEYS = {"dropout": None}
+
+
+def student_identity(cfg: DictConfig, training: bool = True) -> dict:
+    """``cfg.student`` as it decides a model: the training-only keys (``dropout``) are left out
+    when unset or, with ``training=False`` (an untrained student in eval mode), always."""
+    student = dict(to_plain(cfg.student))
+    for key, default in STUDENT_TRAINING_KEYS.items():
+        if key in student and (not training or student[key] == default):
+            del student[key]
+    return student
 
 
 def stage_key(cfg: DictConfig) -> str:
@@ -89,7 +102,7 @@ def stage_key(cfg: DictConfig) -> str:
         {
             "stage": STAGE,
             "score": score.stage_key(cfg),
-            "student": to_plain(cfg.student),
+            "student": student_identity(cfg),
             "loss": to_plain(cfg.loss),
             "train": train,
             "precision": cfg.hardware.precision,
