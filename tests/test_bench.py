@@ -41,7 +41,9 @@ def test_comparison_cases_hold_medians_ratio_and_goal(smoke: Path) -> None:
     scoring = {"cross_encoder", "cross_encoder_int8", "bi_encoder", "bi_encoder_int8"} | {
         f"mined_bi_encoder{p}_vs_st_{way}" for p in ("", "_int8") for way in ("naive", "dedup")
     }
-    expected = {"scoring": scoring, "training": {"margin_mse_1q_1p_7n"}, "mining": {"dense_mining"}}
+    expected = {"scoring": scoring, "training": {
+        "margin_mse_1q_1p_7n", "margin_mse_dropout0_vs_st_default", "margin_mse_dropout0_vs_st_dropout0"
+    }, "mining": {"dense_mining"}}
     for name, cases in expected.items():
         result = json.loads((smoke / f"{name}.json").read_text())
         assert {c["case"] for c in result["cases"]} == cases
@@ -115,3 +117,43 @@ def test_report_renders_every_table(smoke: Path) -> None:
     text = report.render(json.loads((smoke / "summary.json").read_text()))
     for needle in ("| scoring | mined_bi_encoder_int8_vs_st_naive | int8 vs ST fp32 |", "| int8 |", "matmul_fp32"):
         assert needle in text
+
+
+def test_ablation_switches_each_technique(smoke: Path) -> None:
+    result = json.loads((smoke / "ablation.json").read_text())
+    cases = {c["case"]: c["values"] for c in result["cases"]}
+    assert set(cases) == {"length_sorting", "mask_skip", "forward_cap", "dropout", "tokenization"}  # compile: full only
+    for name, v in cases.items():
+        if name == "tokenization":
+            assert 0 < v["share"] and _number(v["tokenize_s"]) and _number(v["encode_s"])
+            continue
+        assert set(v["median_s"]) >= {v["on"], v["off"]} and _number(v["speedup"])
+        assert all(len(runs) == result["settings"]["repeats"] for runs in v["runs_s"].values())
+    sorting = cases["length_sorting"]
+    assert 0 <= sorting["padding_sorted"] < sorting["padding_unsorted"] < 1  # sorting removes padding
+    assert set(cases["dropout"]["median_s"]) == {"default", "no_attention_dropout", "off"}
+
+
+@pytest.mark.parametrize("negatives", [1, 3])
+def test_st_quality_gives_sentence_transformers_the_loops_examples(make_cfg, negatives) -> None:
+    import numpy as np
+    from bench.st_quality import st_columns
+
+    from distillrank.training.batching import QueryPool, epoch_examples
+
+    pools = [
+        QueryPool(f"q{i}", [(f"p{i}", 5.0 + i)], [(f"n{i}_{j}", float(j)) for j in range(4)]) for i in range(6)
+    ]
+    cfg = make_cfg(f"train.negatives_per_example={negatives}", "train.batch_size=4", "train.max_steps=2", "seed=7")
+    columns = st_columns(cfg, pools, {p.qid: f"text of {p.qid}" for p in pools}, lambda ids: [f"text of {d}" for d in ids])
+    per_epoch = len(epoch_examples(pools, negatives, np.random.default_rng(0)))
+    assert len(columns["query"]) == min(8, per_epoch * int(cfg.train.epochs))  # max_steps x batch_size caps them
+    rng = np.random.default_rng(7)  # one rng, drawn epoch after epoch, as train_student does
+    drawn = epoch_examples(pools, negatives, rng) + epoch_examples(pools, negatives, rng)
+    for row, ex in enumerate(drawn[: len(columns["query"])]):
+        assert columns["query"][row] == f"text of {ex.qid}"
+        assert columns["positive"][row] == f"text of {ex.docids[0]}"
+        margins = [ex.teacher[0] - t for t in ex.teacher[1:]]
+        assert columns["label"][row] == (margins[0] if negatives == 1 else margins)
+        keys = ["negative"] if negatives == 1 else [f"negative_{k + 1}" for k in range(negatives)]
+        assert [columns[k][row] for k in keys] == [f"text of {d}" for d in ex.docids[1:]]

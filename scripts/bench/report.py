@@ -121,6 +121,52 @@ def precision(summary: dict) -> list[str]:
     return lines
 
 
+ABLATION_LABELS = {
+    "length_sorting": "length sorting (queries and passages mixed)",
+    "mask_skip": "no attention mask when it masks nothing",
+    "forward_cap": "hardware.max_forward_texts=16",
+    "dropout": "student.dropout=0 (training step)",
+    "torch_compile_encode": "torch.compile, encoder forward",
+    "torch_compile_train_step": "torch.compile, student step",
+}
+
+
+def ablation(summary: dict) -> list[str]:
+    result = summary["results"].get("ablation")
+    if not result:
+        return []
+    lines = [
+        "| technique | texts | on (s) | off (s) | speed-up | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in result["cases"]:
+        v = c["values"]
+        if c["case"] == "tokenization":
+            continue
+        med = v["median_s"]
+        notes = []
+        if "padding_sorted" in v:
+            notes.append(f"padded tokens {_f(100 * v['padding_sorted'], 1)}% sorted, {_f(100 * v['padding_unsorted'], 1)}% unsorted")
+        if "speedup_no_attention_dropout" in v:
+            notes.append(f"attention dropout off only: {_f(v['speedup_no_attention_dropout'])}×")
+        if "speedup_cap_8" in v:
+            notes.append(f"a cap of 8: {_f(v['speedup_cap_8'])}×")
+        if "first_call_s" in v:
+            notes.append(f"first call (compiling) {_f(v['first_call_s'], 1)} s")
+        lines.append(
+            f"| {ABLATION_LABELS.get(c['case'], c['case'])} | {v['texts']} | {_f(med[v['on']], 3)} | "
+            f"{_f(med[v['off']], 3)} | **{_f(v['speedup'])}×** | {'; '.join(notes)} |"
+        )
+    tok = next((c["values"] for c in result["cases"] if c["case"] == "tokenization"), None)
+    if tok:
+        lines += [
+            "",
+            f"Tokenization: {_f(tok['tokenize_s'], 3)} s of a {_f(tok['encode_s'], 3)} s encode of {tok['texts']} passages "
+            f"({_f(100 * tok['share'], 1)}%): the most a pre-tokenised cache could save.",
+        ]
+    return lines
+
+
 def carried(summary: dict) -> list[str]:
     if not summary.get("carried_over"):
         return []
@@ -138,7 +184,7 @@ def render(summary: dict) -> str:
         f"transformers {m['transformers']}, sentence-transformers {m['sentence_transformers']}, GPU: {m['gpu'] or 'none'}; "
         f"load average at start {m['load_average']}, at end {summary.get('load_average_end')}.",
     ]
-    parts = [head, carried(summary), comparisons(summary), mining_memory(summary), scale(summary), ceiling(summary), precision(summary)]
+    parts = [head, carried(summary), comparisons(summary), mining_memory(summary), scale(summary), ceiling(summary), precision(summary), ablation(summary)]
     return "\n\n".join("\n".join(p) for p in parts if p) + "\n"
 
 

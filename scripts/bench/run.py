@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 from bench.common import REPO_ROOT, check_mode, distillrank_hardware, load_average, machine, quiet  # noqa: E402
 from distillrank.workspace import atomic_write_json  # noqa: E402
 
-BENCHMARKS = ("scoring", "training", "mining", "scale", "ceiling", "precision")
+BENCHMARKS = ("scoring", "training", "mining", "scale", "ceiling", "precision", "ablation")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -13,6 +13,12 @@ Max lengths: distillrank truncates queries at ``query_max_length`` and passages 
 ``passage_max_length``. SciFact queries are far shorter than ``query_max_length``, so neither tool
 truncates a query and the work is the same.
 
+A second pair of arms trains both tools with every dropout of the student off (distillrank's
+``student.dropout=0``; sentence-transformers' ``config_kwargs`` setting the model's dropout keys
+to 0): a recipe choice, not the same work as the default arms. It is reported twice, against
+sentence-transformers with its default dropout (what a user of each tool's defaults gets) and
+against sentence-transformers with dropout off as well (the same work again).
+
 Teacher scores are the BM25 scores of the candidates (throughput does not depend on their values);
 dev nDCG@10 is not measured by this benchmark.
 """
@@ -30,6 +36,8 @@ from bench.common import Context, alternate, comparison, load_average, timed
 
 GOAL = 1.3
 NEGATIVES = 7
+# the dropout keys of the BERT config of the student (what student.dropout=0 sets on our side)
+ST_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
 def _pools(ctx: Context, n_examples: int):
@@ -68,6 +76,7 @@ def run(ctx: Context) -> dict:
 
     from distillrank.losses.margin_mse import MarginMSELoss
     from distillrank.models.bi_encoder import BiEncoder
+    from distillrank.models.layers import set_dropout
     from distillrank.training import loop
 
     # the loop's entry point (train_student; train_bi_encoder before students other than bi-encoders)
@@ -107,10 +116,12 @@ def run(ctx: Context) -> dict:
 
     warm_cfg = OmegaConf.merge(cfg, {"max_steps": 1})
 
-    def ours(run_cfg=cfg, run_pools=pools) -> float:
+    def ours(run_cfg=cfg, run_pools=pools, dropout: float | None = None) -> float:
         student = BiEncoder.load(
             ctx.student, query_max_length=s.query_max_length, passage_max_length=s.passage_max_length
         )
+        if dropout is not None:  # what student.dropout does in BiEncoder.from_backbone
+            set_dropout(student.backbone, dropout)
         t = timed(
             lambda: train(
                 student, MarginMSELoss(), run_pools, query_text, passage_text, run_cfg, device, "fp32", 0,
@@ -119,8 +130,9 @@ def run(ctx: Context) -> dict:
         )
         return len(run_pools) / t
 
-    def theirs(max_steps: int = steps, data=dataset) -> float:
-        model = SentenceTransformer(str(ctx.student), device="cpu")
+    def theirs(max_steps: int = steps, data=dataset, dropout: float | None = None) -> float:
+        config = {} if dropout is None else {k: dropout for k in ST_DROPOUT_KEYS}
+        model = SentenceTransformer(str(ctx.student), device="cpu", config_kwargs=config)
         model.max_seq_length = s.passage_max_length
         args = SentenceTransformerTrainingArguments(
             output_dir=str(scratch / "st"), per_device_train_batch_size=s.train_batch, max_steps=max_steps,
@@ -134,12 +146,22 @@ def run(ctx: Context) -> dict:
         return len(data) / t
 
     # warm-up: one optimizer step of each tool on one batch (imports, allocator, thread pools)
+    # (the dropout-off arms run the same code: no warm-up of their own)
     warm = {
         "distillrank": lambda: ours(warm_cfg, pools[: s.train_batch]),
         "sentence_transformers": lambda: theirs(1, dataset.select(range(min(s.train_batch, len(dataset))))),
+        "distillrank_dropout0": lambda: None,
+        "sentence_transformers_dropout0": lambda: None,
+    }
+    arms = {
+        "distillrank": ours,
+        "sentence_transformers": theirs,
+        "distillrank_dropout0": lambda: ours(dropout=0.0),
+        "sentence_transformers_dropout0": lambda: theirs(dropout=0.0),
     }
     load_before = load_average()
-    rates = alternate({"distillrank": ours, "sentence_transformers": theirs}, s.repeats, warmup=warm)
+    rates = alternate(arms, s.repeats, warmup=warm)
+    load_after = load_average()
     return {
         "benchmark": "training",
         "settings": {
@@ -153,12 +175,24 @@ def run(ctx: Context) -> dict:
             "lr": lr,
             "precision": "fp32",
             "repeats": s.repeats,
+            "st_dropout_keys": list(ST_DROPOUT_KEYS),
         },
         "cases": [
             comparison(
                 "margin_mse_1q_1p_7n", "examples/s", rates["distillrank"], rates["sentence_transformers"], GOAL,
-                load_average=[load_before, load_average()],
-            )
+                load_average=[load_before, load_after],
+            ),
+            comparison(
+                "margin_mse_dropout0_vs_st_default", "examples/s", rates["distillrank_dropout0"],
+                rates["sentence_transformers"], GOAL, load_average=[load_before, load_after],
+                precision="fp32; dropout off vs ST's default",
+                note="recipe, not the same work: distillrank with student.dropout=0 against ST's default dropout",
+            ),
+            comparison(
+                "margin_mse_dropout0_vs_st_dropout0", "examples/s", rates["distillrank_dropout0"],
+                rates["sentence_transformers_dropout0"], GOAL, load_average=[load_before, load_after],
+                precision="fp32; dropout off in both", note="both tools with dropout off",
+            ),
         ],
         "dev_ndcg_at_10": None,
         "notes": [
