@@ -276,6 +276,8 @@ def read_settings(path: Path) -> dict:
         if pooling_dir and (path / pooling_dir / "config.json").is_file():
             pool = json.loads((path / pooling_dir / "config.json").read_text())
             modes = [k.removeprefix("pooling_mode_") for k, v in pool.items() if k.startswith("pooling_mode_") and v]
+            if isinstance(pool.get("pooling_mode"), str):  # sentence-transformers >= 6: one string
+                modes = [{"mean": "mean_tokens", "cls": "cls_token"}.get(pool["pooling_mode"], pool["pooling_mode"])]
             if modes == ["cls_token"]:
                 settings["pooling"] = "cls"
             elif modes == ["mean_tokens"]:
@@ -293,10 +295,13 @@ def read_settings(path: Path) -> dict:
         settings["query_prefix"] = prompts.get("query", "")
         settings["passage_prefix"] = prompts.get("document", prompts.get("passage", ""))
         sbert = path / "sentence_bert_config.json"
-        if sbert.is_file():
-            max_len = json.loads(sbert.read_text()).get("max_seq_length")
-            if max_len:
-                settings["passage_max_length"] = int(max_len)
+        max_len = json.loads(sbert.read_text()).get("max_seq_length") if sbert.is_file() else None
+        tok_conf = path / "tokenizer_config.json"
+        if not max_len and tok_conf.is_file():  # sentence-transformers >= 6 keeps it in the tokenizer
+            max_len = json.loads(tok_conf.read_text()).get("model_max_length")
+            max_len = max_len if isinstance(max_len, int) and max_len < 1_000_000 else None  # HF's "unset" is 1e30
+        if max_len:
+            settings["passage_max_length"] = int(max_len)
     return settings
 
 

@@ -292,6 +292,27 @@ def test_cls_pooling_save_matches_sentence_transformers(tiny_bi_encoder: Path, t
     assert read_settings(out)["pooling"] == "cls"
 
 
+def test_a_folder_saved_by_sentence_transformers_6_loads_with_its_settings(tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    """sentence-transformers >= 6 writes ``pooling_mode: "mean"`` and keeps the maximum length in the
+    tokenizer config, not in sentence_bert_config.json."""
+    st = SentenceTransformer(str(tiny_bi_encoder), device="cpu")
+    st.max_seq_length = 24
+    st.save(str(tmp_path / "st6"))
+    settings = read_settings(tmp_path / "st6")
+    assert settings["pooling"] == "mean" and settings["passage_max_length"] == 24
+    ours = BiEncoder.load(tmp_path / "st6", query_max_length=24)
+    torch.testing.assert_close(ours.encode(TEXTS, "passage"), _st_encode(st, TEXTS), atol=ATOL, rtol=0)
+
+    pooling = tmp_path / "st6" / "1_Pooling" / "config.json"
+    pool = json.loads(pooling.read_text())
+    if "pooling_mode" in pool:  # the string form: cls is read too, an unknown mode refused
+        pooling.write_text(json.dumps({**pool, "pooling_mode": "cls"}))
+        assert read_settings(tmp_path / "st6")["pooling"] == "cls"
+        pooling.write_text(json.dumps({**pool, "pooling_mode": "max"}))
+        with pytest.raises(ConfigError, match="pooling"):
+            read_settings(tmp_path / "st6")
+
+
 # ----------------------------------------------------------------------------- loading edge cases
 def test_unsupported_pooling_is_refused(tiny_texts: list[str], tmp_path: Path) -> None:
     """A max-pooling model must not silently load as mean pooling (its embeddings would differ)."""
