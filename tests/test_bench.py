@@ -38,9 +38,13 @@ def test_every_benchmark_writes_json_and_the_summary(smoke: Path) -> None:
 
 
 def test_comparison_cases_hold_medians_ratio_and_goal(smoke: Path) -> None:
+    from bench.scoring import onnx_available
+
     scoring = {"cross_encoder", "cross_encoder_int8", "bi_encoder", "bi_encoder_int8"} | {
         f"mined_bi_encoder{p}_vs_st_{way}" for p in ("", "_int8") for way in ("naive", "dedup")
     }
+    if onnx_available():  # sentence-transformers' ONNX backend installed (the bench-onnx extra)
+        scoring |= {f"{kind}{p}_vs_st_onnx" for kind in ("cross_encoder", "bi_encoder") for p in ("", "_int8")}
     expected = {"scoring": scoring, "training": {
         "margin_mse_1q_1p_7n", "margin_mse_dropout0_vs_st_default", "margin_mse_dropout0_vs_st_dropout0"
     }, "mining": {"dense_mining"}}

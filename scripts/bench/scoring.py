@@ -19,16 +19,20 @@ Cases (every one scores the same pairs with both tools; the ratio is distillrank
   then indexed), which is the same work as ours.
 
 int8 rows compare distillrank int8 with ST fp32: the user-facing comparison of what each tool does
-out of the box. ST also offers ONNX / OpenVINO backends with int8 quantization
-(``SentenceTransformer(..., backend="onnx")``, needs ``optimum`` and ``onnxruntime``, not installed
-here): **the int8 rows are not a like-for-like comparison with ST's own int8 path**, which was not
-measured.
+out of the box. ST also offers an ONNX Runtime backend with int8 quantization
+(``backend="onnx"`` and ``export_dynamic_quantized_onnx_model``; it needs ``optimum`` and
+``onnxruntime``, the ``bench-onnx`` extra). When both are importable, the ``*_vs_st_onnx`` cases
+compare against it, like for like: distillrank fp32 against ST ONNX fp32, and distillrank int8
+against ST ONNX int8 (dynamic quantization for the CPU's instruction set, ``avx512_vnni`` or
+``avx2``). Without them those cases are left out and the result says so.
 
 Both tools' scores are compared by Spearman correlation (sentence-transformers' cross-encoder
 applies its activation, a monotone map, so the ranking is what must agree).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,6 +78,45 @@ def mined_pairs(ctx: Context, n_queries: int) -> tuple[list[str], list[str], lis
     return kept, coll.passage_texts(list(slot)), pairs
 
 
+def onnx_available() -> bool:
+    """Whether sentence-transformers' ONNX backend can run here (``optimum`` and ``onnxruntime``)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "optimum"))
+
+
+def _quantization_config() -> str:
+    """ST's dynamic int8 preset for this CPU: ``avx512_vnni`` where the CPU has it, else ``avx2``."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        flags = ""
+    return "avx512_vnni" if "avx512_vnni" in flags else "avx2"
+
+
+def st_onnx_models(ctx: Context, scratch: Path) -> dict:
+    """sentence-transformers' ONNX models, fp32 and int8, of the bench's cross-encoder and bi-encoder
+    (exported into copies under ``scratch``, so the cached model folders stay as they are)."""
+    import shutil
+
+    from sentence_transformers import CrossEncoder, SentenceTransformer, export_dynamic_quantized_onnx_model
+
+    config = _quantization_config()
+    int8_file = f"onnx/model_qint8_{config}.onnx"
+    models = {"quantization_config": config}
+    for kind, source, cls in (("cross_encoder", ctx.cross_encoder, CrossEncoder), ("bi_encoder", ctx.bi_encoder, SentenceTransformer)):
+        folder = scratch / f"onnx-{kind}"
+        if not folder.exists():
+            shutil.copytree(source, folder)
+        kwargs = {"max_length": ctx.sizes.ce_max_length} if kind == "cross_encoder" else {}
+        fp32 = cls(str(folder), backend="onnx", device="cpu", **kwargs)
+        fp32.save(str(folder))  # writes onnx/model.onnx beside the weights
+        export_dynamic_quantized_onnx_model(fp32, config, str(folder), push_to_hub=False, create_pr=False)
+        int8 = cls(str(folder), backend="onnx", device="cpu", model_kwargs={"file_name": int8_file}, **kwargs)
+        models[kind] = {"fp32": fp32, "int8": int8}
+    return models
+
+
 def coll_train_split(ctx: Context) -> str:
     return "train" if "train" in ctx.collection.splits() else ctx.collection.splits()[0]
 
@@ -107,24 +150,28 @@ def run(ctx: Context) -> dict:
         t = timed(lambda: out.__setitem__(key, teacher.score(queries, passages, pair_q[:m], pair_p[:m], device, precision, progress=False)))
         return m / t
 
-    def ce_theirs(m: int = n) -> float:
-        t = timed(lambda: out.__setitem__("st", np.asarray(theirs_ce.predict(text_pairs[:m], batch_size=s.batch_size, show_progress_bar=False))))
+    def ce_theirs(m: int = n, model=theirs_ce, key: str = "st") -> float:
+        t = timed(lambda: out.__setitem__(key, np.asarray(model.predict(text_pairs[:m], batch_size=s.batch_size, show_progress_bar=False))))
         return m / t
 
+    onnx = st_onnx_models(ctx, ctx.scratch) if onnx_available() else None
+    ce_runs = {
+        "distillrank": lambda: ce_ours(ours_ce, "fp32", "fp32"),
+        "distillrank_int8": lambda: ce_ours(ours_ce8, "int8", "int8"),
+        "sentence_transformers": ce_theirs,
+    }
+    ce_warm = {
+        "distillrank": lambda: ce_ours(ours_ce, "fp32", "fp32", w),
+        "distillrank_int8": lambda: ce_ours(ours_ce8, "int8", "int8", w),
+        "sentence_transformers": lambda: ce_theirs(w),
+    }
+    if onnx:
+        for p in ("fp32", "int8"):
+            model = onnx["cross_encoder"][p]
+            ce_runs[f"st_onnx_{p}"] = lambda model=model, p=p: ce_theirs(n, model, f"st_onnx_{p}")
+            ce_warm[f"st_onnx_{p}"] = lambda model=model, p=p: ce_theirs(w, model, f"st_onnx_{p}")
     load_before = load_average()
-    rates = alternate(
-        {
-            "distillrank": lambda: ce_ours(ours_ce, "fp32", "fp32"),
-            "distillrank_int8": lambda: ce_ours(ours_ce8, "int8", "int8"),
-            "sentence_transformers": ce_theirs,
-        },
-        s.repeats,
-        warmup={
-            "distillrank": lambda: ce_ours(ours_ce, "fp32", "fp32", w),
-            "distillrank_int8": lambda: ce_ours(ours_ce8, "int8", "int8", w),
-            "sentence_transformers": lambda: ce_theirs(w),
-        },
-    )
+    rates = alternate(ce_runs, s.repeats, warmup=ce_warm)
     load = [load_before, load_average()]
     st = rates["sentence_transformers"]
     cases.append(comparison("cross_encoder", "pairs/s", rates["distillrank"], st, GOAL, precision="fp32", spearman=_agreement(out["fp32"], out["st"]), load_average=load))
@@ -134,6 +181,14 @@ def run(ctx: Context) -> dict:
             spearman=_agreement(out["int8"], out["st"]), spearman_vs_own_fp32=_agreement(out["int8"], out["fp32"]), load_average=load,
         )
     )
+    if onnx:
+        for p, ours_key in (("fp32", "distillrank"), ("int8", "distillrank_int8")):
+            cases.append(
+                comparison(
+                    f"cross_encoder{'_int8' if p == 'int8' else ''}_vs_st_onnx", "pairs/s", rates[ours_key], rates[f"st_onnx_{p}"], GOAL,
+                    precision=f"{p} vs ST ONNX {p}", spearman=_agreement(out[p], out[f"st_onnx_{p}"]), load_average=load,
+                )
+            )
 
     # ------------------------------------------------------------------ bi-encoder
     def bi_teacher() -> BiEncoderTeacher:
@@ -147,13 +202,13 @@ def run(ctx: Context) -> dict:
     ours_bi8.encoder(device, "int8")
     theirs_bi = SentenceTransformer(str(ctx.bi_encoder), device="cpu")
 
-    def st_encode(texts: list[str], max_length: int) -> torch.Tensor:
-        theirs_bi.max_seq_length = max_length
-        return theirs_bi.encode(texts, batch_size=s.batch_size, convert_to_tensor=True, show_progress_bar=False)
+    def st_encode(texts: list[str], max_length: int, model=theirs_bi) -> torch.Tensor:
+        model.max_seq_length = max_length
+        return model.encode(texts, batch_size=s.batch_size, convert_to_tensor=True, show_progress_bar=False)
 
-    def st_dedup(qs: list[str], ps: list[str], pq: np.ndarray, pp: np.ndarray) -> np.ndarray:
+    def st_dedup(qs: list[str], ps: list[str], pq: np.ndarray, pp: np.ndarray, model=theirs_bi) -> np.ndarray:
         """ST with de-duplication by hand: each distinct text once, then the pairs' dot products."""
-        q, p = st_encode(qs, s.query_max_length), st_encode(ps, s.passage_max_length)
+        q, p = st_encode(qs, s.query_max_length, model), st_encode(ps, s.passage_max_length, model)
         return (q[torch.as_tensor(pq)] * p[torch.as_tensor(pp)]).sum(-1).numpy()
 
     def st_naive(qs: list[str], ps: list[str], pq: np.ndarray, pp: np.ndarray) -> np.ndarray:
@@ -186,7 +241,17 @@ def run(ctx: Context) -> dict:
         rates = alternate(runs, s.repeats, warmup=warm)
         load = [load_before, load_average()]
         for way in st_ways:
-            suffix = "" if len(st_ways) == 1 else f"_vs_st_{way.removeprefix('st_')}"
+            if way.startswith("st_onnx_"):  # like for like: our fp32 / int8 against ST ONNX fp32 / int8
+                p = way.removeprefix("st_onnx_")
+                ours_key = "distillrank" if p == "fp32" else "distillrank_int8"
+                cases.append(
+                    comparison(
+                        f"{name}{'_int8' if p == 'int8' else ''}_vs_st_onnx", "pairs/s", rates[ours_key], rates[way], GOAL,
+                        precision=f"{p} vs ST ONNX {p}", spearman=_agreement(out[p], out[way]), load_average=load,
+                    )
+                )
+                continue
+            suffix = "" if len([k for k in st_ways if not k.startswith("st_onnx_")]) == 1 else f"_vs_st_{way.removeprefix('st_')}"
             for ours_key, label, prec in (("distillrank", "", "fp32"), ("distillrank_int8", "_int8", "distillrank int8, sentence-transformers fp32")):
                 out_key = "fp32" if ours_key == "distillrank" else "int8"
                 cases.append(
@@ -199,7 +264,11 @@ def run(ctx: Context) -> dict:
                     )
                 )
 
-    bi_case("bi_encoder", queries, passages, pair_q, pair_p, {"sentence_transformers": st_dedup})
+    bi_ways = {"sentence_transformers": st_dedup}
+    if onnx:
+        for p in ("fp32", "int8"):
+            bi_ways[f"st_onnx_{p}"] = lambda qs, ps, pq, pp, model=onnx["bi_encoder"][p]: st_dedup(qs, ps, pq, pp, model)
+    bi_case("bi_encoder", queries, passages, pair_q, pair_p, bi_ways)
 
     mq, mp, mpairs = mined_pairs(ctx, s.mined_queries)
     m_q = np.array([q for q, _ in mpairs], dtype=np.int64)
@@ -226,6 +295,7 @@ def run(ctx: Context) -> dict:
             "bi_encoder": str(ctx.bi_encoder),
             "repeats": s.repeats,
             "warmup_pairs": WARMUP_PAIRS,
+            "st_onnx": None if onnx is None else {"quantization_config": onnx["quantization_config"]},
         },
         "cases": cases,
         "notes": [
@@ -234,7 +304,9 @@ def run(ctx: Context) -> dict:
             "bi_encoder*: both tools encode each distinct text once (ST's de-duplication done by hand)",
             "mined_*: 1 positive + 8 BM25 negatives per training query; st_naive encodes every pair's texts, "
             "st_dedup is ST with the de-duplication written by hand",
-            "int8 rows: distillrank int8 (torch dynamic quantization) vs sentence-transformers fp32; ST's own "
-            "ONNX/OpenVINO int8 backends (backend='onnx', needs optimum + onnxruntime) were not measured",
+            "int8 rows: distillrank int8 (torch dynamic quantization) vs sentence-transformers fp32",
+            "*_vs_st_onnx: against sentence-transformers' ONNX Runtime backend in the same precision"
+            if onnx
+            else "ST's ONNX backend not measured: optimum and onnxruntime are not installed (pip install -e .[bench-onnx])",
         ],
     }
