@@ -61,24 +61,62 @@ def check_inference_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def teacher_fingerprint(teacher, precision: str) -> str:
-    """The fingerprint that keys ``teacher``'s scores under ``precision``.
+def teacher_fingerprint(teacher, precision: str, backend: str = "torch") -> str:
+    """The fingerprint that keys ``teacher``'s scores under ``precision`` and ``backend``.
 
     Teachers that quantize (``supports_int8 = True``: bi-encoder, cross-encoder) take the precision
     into their fingerprint when it is int8 (int8 scores differ from fp32 ones); every other
     precision leaves the fingerprint unchanged, so caches written before int8 existed stay valid.
+    ``backend="onnx"`` (teachers with ``supports_onnx = True``) wraps the fingerprint with the
+    backend, so ONNX Runtime scores are cached apart from PyTorch ones; ``torch`` leaves it unchanged.
 
     Raises:
-        ConfigError: int8 with a teacher that cannot be quantized.
+        ConfigError: int8 with a teacher that cannot be quantized, or onnx with a teacher that
+            cannot run in ONNX Runtime.
     """
+    name = getattr(teacher, "kind", type(teacher).__name__)
     if check_precision(precision) != "int8":
-        return teacher.fingerprint()
-    if not getattr(teacher, "supports_int8", False):
+        base = teacher.fingerprint()
+    elif not getattr(teacher, "supports_int8", False):
         raise ConfigError(
             f"hardware.precision=int8 is supported by the bi_encoder and cross_encoder teachers, "
-            f"not by {getattr(teacher, 'kind', type(teacher).__name__)}; use hardware.precision=fp32"
+            f"not by {name}; use hardware.precision=fp32"
         )
-    return teacher.fingerprint(precision=precision)
+    else:
+        base = teacher.fingerprint(precision=precision)
+    if check_backend(backend) == "torch":
+        return base
+    if not getattr(teacher, "supports_onnx", False):
+        raise ConfigError(
+            f"hardware.backend=onnx is supported by the bi_encoder and cross_encoder teachers (and "
+            f"ensembles of them), not by {name}; use hardware.backend=torch"
+        )
+    from distillrank.workspace import fingerprint
+
+    return fingerprint({"teacher": base, "backend": backend})
+
+
+BACKENDS = ("torch", "onnx")
+
+
+def check_backend(backend: str, device: torch.device | None = None) -> str:
+    """``hardware.backend`` checked: ``torch``, or ``onnx`` on the CPU with its packages installed.
+
+    Raises:
+        ConfigError: an unknown backend, onnx on a GPU, or onnx without onnxruntime / onnx / onnxscript.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"hardware.backend={backend!r}; expected one of {list(BACKENDS)}")
+    if backend == "onnx":
+        if device is not None and device.type != "cpu":
+            raise ConfigError(
+                f"hardware.backend=onnx runs on the CPU only, but hardware.device is {device}; use "
+                "hardware.backend=torch (with bf16) on a GPU"
+            )
+        from distillrank.models.onnx_runtime import require
+
+        require()
+    return backend
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,6 +151,26 @@ def seed_everything(seed: int) -> None:
 
 
 _FORWARD_TEXTS: int | None = None  # hardware.max_forward_texts of the active hardware() block
+_BACKEND: str = "torch"  # hardware.backend of the active hardware() block
+
+
+def inference_backend() -> str:
+    """``hardware.backend`` of the active :func:`hardware` block (``torch`` outside one): what
+    frozen teachers load into."""
+    return _BACKEND
+
+
+@contextlib.contextmanager
+def use_backend(backend: str) -> Iterator[None]:
+    """Frozen teachers load into ``backend`` inside the block (what ``hardware.backend`` does in
+    :func:`hardware`), for library use outside the stages."""
+    global _BACKEND
+    previous = _BACKEND
+    _BACKEND = check_backend(backend, torch.device("cpu"))
+    try:
+        yield
+    finally:
+        _BACKEND = previous
 
 
 def forward_texts(batch_size: int) -> int:
@@ -135,11 +193,13 @@ def check_forward_texts(value) -> int | None:
 @contextlib.contextmanager
 def hardware(cfg) -> Iterator[tuple[torch.device, str]]:
     """Apply a ``hardware`` config node (threads, forward cap); yields (device, precision)."""
-    global _FORWARD_TEXTS
+    global _FORWARD_TEXTS, _BACKEND
     apply_threads(cfg.num_threads)
-    previous = _FORWARD_TEXTS
+    device = resolve_device(cfg.device)
+    previous = _FORWARD_TEXTS, _BACKEND
     _FORWARD_TEXTS = check_forward_texts(getattr(cfg, "max_forward_texts", None))
+    _BACKEND = check_backend(getattr(cfg, "backend", None) or "torch", device)
     try:
-        yield resolve_device(cfg.device), cfg.precision
+        yield device, cfg.precision
     finally:
-        _FORWARD_TEXTS = previous
+        _FORWARD_TEXTS, _BACKEND = previous

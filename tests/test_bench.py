@@ -43,8 +43,15 @@ def test_comparison_cases_hold_medians_ratio_and_goal(smoke: Path) -> None:
     scoring = {"cross_encoder", "cross_encoder_int8", "bi_encoder", "bi_encoder_int8"} | {
         f"mined_bi_encoder{p}_vs_st_{way}" for p in ("", "_int8") for way in ("naive", "dedup")
     }
+    from distillrank.models.onnx_runtime import missing_packages
+
+    ours_onnx = not missing_packages()  # distillrank's ONNX Runtime backend (the onnx extra, in dev)
+    if ours_onnx:
+        scoring |= {"cross_encoder_onnx", "bi_encoder_onnx"}
     if onnx_available():  # sentence-transformers' ONNX backend installed (the bench-onnx extra)
         scoring |= {f"{kind}{p}_vs_st_onnx" for kind in ("cross_encoder", "bi_encoder") for p in ("", "_int8")}
+        if ours_onnx:
+            scoring |= {"cross_encoder_onnx_vs_st_onnx", "bi_encoder_onnx_vs_st_onnx"}
     expected = {"scoring": scoring, "training": {
         "margin_mse_1q_1p_7n", "margin_mse_dropout0_vs_st_default", "margin_mse_dropout0_vs_st_dropout0"
     }, "mining": {"dense_mining"}}
@@ -75,6 +82,8 @@ def test_both_tools_score_the_same_pairs(smoke: Path) -> None:
     assert settings["mined_distinct_queries"] < settings["mined_pairs"] <= settings["mined_distinct_queries"] * 9
     for case in scoring["cases"]:
         assert ("int8" in case["case"]) == ("int8" in case["precision"])
+        if case["case"] in ("cross_encoder_onnx", "bi_encoder_onnx"):  # ONNX Runtime scores as PyTorch does
+            assert case["spearman"] > 0.99
 
 
 def test_precision_speed_and_fidelity(smoke: Path) -> None:

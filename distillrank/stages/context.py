@@ -51,15 +51,21 @@ def bind_collection(teacher: Teacher, coll: Collection, cache_root) -> Teacher:
 
 
 @functools.lru_cache(maxsize=8)
-def _teacher_fp(teacher_yaml: str, precision: str) -> str:
+def _teacher_fp(teacher_yaml: str, precision: str, backend: str = "torch") -> str:
     from distillrank.runtime import teacher_fingerprint as fingerprint_under
 
-    return fingerprint_under(_teacher(teacher_yaml), precision)
+    return fingerprint_under(_teacher(teacher_yaml), precision, backend)
+
+
+def backend(cfg: DictConfig) -> str:
+    """``hardware.backend`` (``torch`` for configs written before it existed)."""
+    return str(cfg.hardware.get("backend", None) or "torch")
 
 
 def teacher_fingerprint(cfg: DictConfig) -> str:
-    """The teacher's fingerprint under ``hardware.precision`` (int8 scores are cached apart)."""
-    return _teacher_fp(OmegaConf.to_yaml(cfg.teacher, resolve=True), str(cfg.hardware.precision))
+    """The teacher's fingerprint under ``hardware.precision`` and ``hardware.backend`` (int8 and
+    ONNX Runtime scores are cached apart)."""
+    return _teacher_fp(OmegaConf.to_yaml(cfg.teacher, resolve=True), str(cfg.hardware.precision), backend(cfg))
 
 
 def split_or_fail(cfg: DictConfig, coll: Collection, key: str) -> str:

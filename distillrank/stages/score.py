@@ -192,7 +192,7 @@ def teacher_scores(
     scored = 0
     score_time = 0.0
     for i, member in enumerate(members):
-        member_fp = teacher_fp if member is teacher else runtime.teacher_fingerprint(member, cfg.hardware.precision)
+        member_fp = teacher_fp if member is teacher else runtime.teacher_fingerprint(member, cfg.hardware.precision, context.backend(cfg))
         name = "pairs" if member is teacher else f"member {i + 1}/{len(members)} ({getattr(member, 'kind', type(member).__name__)})"
         cached, n, seconds = _fill_cache(cfg, member, member_fp, coll, pairs, query_text, passage_text, name)
         member_scores.append(np.array([cached[p] for p in pairs], dtype=np.float32))

@@ -9,8 +9,9 @@ import torch
 
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
+from distillrank.models.onnx_runtime import OnnxBackbone
 from distillrank.models.quantize import quantize_int8
-from distillrank.runtime import autocast, check_inference_precision
+from distillrank.runtime import autocast, check_inference_precision, inference_backend
 from distillrank.workspace import dir_fingerprint, fingerprint
 
 
@@ -30,6 +31,7 @@ class BiEncoderTeacher:
 
     kind = "bi_encoder"
     supports_int8 = True
+    supports_onnx = True
 
     def __init__(
         self,
@@ -47,7 +49,7 @@ class BiEncoderTeacher:
         self.pooling = pooling
         self.similarity = similarity
         self._encoder: BiEncoder | None = None
-        self._int8 = False
+        self._mode: tuple[bool, str] = (False, "torch")  # (int8, backend) of the loaded encoder
 
     def fingerprint(self, precision: str = "fp32") -> str:
         """Weights and settings; ``"precision": "int8"`` is added for int8 only (others score alike)."""
@@ -71,8 +73,9 @@ class BiEncoderTeacher:
             ConfigError: int8 on a device other than the CPU.
         """
         int8 = check_inference_precision(precision, device) == "int8"
-        if self._encoder is not None and self._int8 != int8:
-            self._encoder = None  # asked for the other precision: reload the float weights
+        mode = (int8, inference_backend())
+        if self._encoder is not None and self._mode != mode:
+            self._encoder = None  # asked for another precision or backend: reload the float weights
         if self._encoder is None:
             self._encoder = BiEncoder.load(
                 self.model,
@@ -82,9 +85,11 @@ class BiEncoderTeacher:
                 passage_max_length=self.passage_max_length,
             ).eval()
             self._encoder.requires_grad_(False)
-            if int8:
+            if mode[1] == "onnx":  # ONNX Runtime (int8: its own dynamic quantization)
+                self._encoder.backbone = OnnxBackbone.build(self._encoder.backbone, "last_hidden_state", int8)
+            elif int8:
                 quantize_int8(self._encoder)
-            self._int8 = int8
+            self._mode = mode
         return self._encoder.to(device)
 
     def score(

@@ -9,8 +9,9 @@ import torch
 
 from distillrank.models.cross_encoder import CrossEncoderModel
 from distillrank.models.hub import resolve_model
+from distillrank.models.onnx_runtime import OnnxBackbone
 from distillrank.models.quantize import quantize_int8
-from distillrank.runtime import autocast, check_inference_precision
+from distillrank.runtime import autocast, check_inference_precision, inference_backend
 from distillrank.workspace import dir_fingerprint, fingerprint
 
 
@@ -30,13 +31,14 @@ class CrossEncoderTeacher:
 
     kind = "cross_encoder"
     supports_int8 = True
+    supports_onnx = True
 
     def __init__(self, model: str, max_length: int = 512, batch_size: int = 32) -> None:
         self.model = model
         self.max_length = max_length
         self.batch_size = batch_size
         self._model: CrossEncoderModel | None = None
-        self._int8 = False
+        self._mode: tuple[bool, str] = (False, "torch")  # (int8, backend) of the loaded model
 
     def fingerprint(self, precision: str = "fp32") -> str:
         """Weights and settings; ``"precision": "int8"`` is added for int8 only (others score alike)."""
@@ -57,14 +59,17 @@ class CrossEncoderTeacher:
             ConfigError: int8 on a device other than the CPU.
         """
         int8 = check_inference_precision(precision, device) == "int8"
-        if self._model is not None and self._int8 != int8:
-            self._model = None  # asked for the other precision: reload the float weights
+        mode = (int8, inference_backend())
+        if self._model is not None and self._mode != mode:
+            self._model = None  # asked for another precision or backend: reload the float weights
         if self._model is None:
             self._model = CrossEncoderModel.load(self.model, self.max_length).eval()
             self._model.requires_grad_(False)
-            if int8:
+            if mode[1] == "onnx":  # ONNX Runtime (int8: its own dynamic quantization)
+                self._model.model = OnnxBackbone.build(self._model.model, "logits", int8)
+            elif int8:
                 quantize_int8(self._model)
-            self._int8 = int8
+            self._mode = mode
         return self._model.to(device)
 
     def score(

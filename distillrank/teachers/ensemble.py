@@ -61,6 +61,11 @@ class EnsembleTeacher:
         """int8 (CPU) when every member can be quantized."""
         return all(getattr(m, "supports_int8", False) for m in self.members)
 
+    @property
+    def supports_onnx(self) -> bool:
+        """``hardware.backend=onnx`` when every member can run in ONNX Runtime."""
+        return all(getattr(m, "supports_onnx", False) for m in self.members)
+
     def fingerprint(self, precision: str = "fp32") -> str:
         from distillrank.runtime import teacher_fingerprint
 

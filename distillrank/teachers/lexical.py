@@ -37,6 +37,7 @@ class BM25Teacher:
 
     kind = "bm25"
     supports_int8 = True  # no weights: every precision gives the same scores (and shares a cache)
+    supports_onnx = True  # no weights: the backend does not apply (an onnx run caches apart)
 
     def __init__(self, k1: float = 0.9, b: float = 0.4, stemmer: str | None = "english", stopwords: str | None = "en") -> None:
         self.k1, self.b, self.stemmer, self.stopwords = float(k1), float(b), stemmer, stopwords

@@ -26,6 +26,11 @@ compare against it, like for like: distillrank fp32 against ST ONNX fp32, and di
 against ST ONNX int8 (dynamic quantization for the CPU's instruction set, ``avx512_vnni`` or
 ``avx2``). Without them those cases are left out and the result says so.
 
+distillrank's own ONNX Runtime backend (``hardware.backend=onnx``, :mod:`distillrank.models.onnx_runtime`)
+adds the ``*_onnx`` cases when its packages are installed (the ``onnx`` extra, part of ``dev``):
+distillrank ONNX fp32 against ST fp32 (PyTorch), and against ST ONNX fp32 when that is installed
+too. Exported graphs are cached under ``<cache>/onnx``.
+
 Both tools' scores are compared by Spearman correlation (sentence-transformers' cross-encoder
 applies its activation, a monotone map, so the ranking is what must agree).
 """
@@ -122,9 +127,26 @@ def coll_train_split(ctx: Context) -> str:
 
 
 def run(ctx: Context) -> dict:
+    import os
+
+    from distillrank.models import onnx_runtime
+
+    ours_onnx = not onnx_runtime.missing_packages()
+    previous = os.environ.get(onnx_runtime.CACHE_ENV)
+    os.environ.setdefault(onnx_runtime.CACHE_ENV, str(ctx.cache / "onnx"))  # exports kept with the bench's models
+    try:
+        return _run(ctx, ours_onnx)
+    finally:
+        if previous is None:
+            os.environ.pop(onnx_runtime.CACHE_ENV, None)
+
+
+def _run(ctx: Context, ours_onnx: bool) -> dict:
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
+    from distillrank.runtime import use_backend
     from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
+
 
     s = ctx.sizes
     device = torch.device("cpu")
@@ -146,8 +168,9 @@ def run(ctx: Context) -> dict:
     theirs_ce = CrossEncoder(str(ctx.cross_encoder), max_length=s.ce_max_length, device="cpu")
     text_pairs = [(queries[q], passages[p]) for q, p in pairs]
 
-    def ce_ours(teacher, precision: str, key: str, m: int = n) -> float:
-        t = timed(lambda: out.__setitem__(key, teacher.score(queries, passages, pair_q[:m], pair_p[:m], device, precision, progress=False)))
+    def ce_ours(teacher, precision: str, key: str, m: int = n, backend: str = "torch") -> float:
+        with use_backend(backend):
+            t = timed(lambda: out.__setitem__(key, teacher.score(queries, passages, pair_q[:m], pair_p[:m], device, precision, progress=False)))
         return m / t
 
     def ce_theirs(m: int = n, model=theirs_ce, key: str = "st") -> float:
@@ -165,6 +188,10 @@ def run(ctx: Context) -> dict:
         "distillrank_int8": lambda: ce_ours(ours_ce8, "int8", "int8", w),
         "sentence_transformers": lambda: ce_theirs(w),
     }
+    if ours_onnx:
+        ours_ce_onnx = ce_teacher()
+        ce_runs["distillrank_onnx"] = lambda: ce_ours(ours_ce_onnx, "fp32", "onnx", n, "onnx")
+        ce_warm["distillrank_onnx"] = lambda: ce_ours(ours_ce_onnx, "fp32", "onnx", w, "onnx")  # exports once
     if onnx:
         for p in ("fp32", "int8"):
             model = onnx["cross_encoder"][p]
@@ -181,6 +208,21 @@ def run(ctx: Context) -> dict:
             spearman=_agreement(out["int8"], out["st"]), spearman_vs_own_fp32=_agreement(out["int8"], out["fp32"]), load_average=load,
         )
     )
+    if ours_onnx:
+        cases.append(
+            comparison(
+                "cross_encoder_onnx", "pairs/s", rates["distillrank_onnx"], st, GOAL, precision="fp32, distillrank ONNX Runtime",
+                spearman=_agreement(out["onnx"], out["st"]), max_abs_diff_vs_own_torch=float(np.max(np.abs(out["onnx"] - out["fp32"]))),
+                load_average=load,
+            )
+        )
+        if onnx:
+            cases.append(
+                comparison(
+                    "cross_encoder_onnx_vs_st_onnx", "pairs/s", rates["distillrank_onnx"], rates["st_onnx_fp32"], GOAL,
+                    precision="fp32, both ONNX Runtime", spearman=_agreement(out["onnx"], out["st_onnx_fp32"]), load_average=load,
+                )
+            )
     if onnx:
         for p, ours_key in (("fp32", "distillrank"), ("int8", "distillrank_int8")):
             cases.append(
@@ -217,12 +259,15 @@ def run(ctx: Context) -> dict:
         p = st_encode([ps[i] for i in pp], s.passage_max_length)
         return (q * p).sum(-1).numpy()
 
-    def bi_case(name: str, qs: list[str], ps: list[str], pq: np.ndarray, pp: np.ndarray, st_ways: dict) -> None:
+    ours_bi_onnx = bi_teacher()
+
+    def bi_case(name: str, qs: list[str], ps: list[str], pq: np.ndarray, pp: np.ndarray, st_ways: dict, with_onnx: bool = False) -> None:
         m = len(pq)
         wq, wp = pq[: min(WARMUP_PAIRS, m)], pp[: min(WARMUP_PAIRS, m)]
 
-        def ours(teacher, precision: str, key: str, a: np.ndarray = pq, b: np.ndarray = pp) -> float:
-            t = timed(lambda: out.__setitem__(key, teacher.score(qs, ps, a, b, device, precision, progress=False)))
+        def ours(teacher, precision: str, key: str, a: np.ndarray = pq, b: np.ndarray = pp, backend: str = "torch") -> float:
+            with use_backend(backend):
+                t = timed(lambda: out.__setitem__(key, teacher.score(qs, ps, a, b, device, precision, progress=False)))
             return len(a) / t
 
         def theirs(fn, key: str, a: np.ndarray = pq, b: np.ndarray = pp) -> float:
@@ -234,12 +279,26 @@ def run(ctx: Context) -> dict:
             "distillrank": lambda: ours(ours_bi, "fp32", "fp32", wq, wp),
             "distillrank_int8": lambda: ours(ours_bi8, "int8", "int8", wq, wp),
         }
+        if with_onnx:
+            runs["distillrank_onnx"] = lambda: ours(ours_bi_onnx, "fp32", "onnx", backend="onnx")
+            warm["distillrank_onnx"] = lambda: ours(ours_bi_onnx, "fp32", "onnx", wq, wp, backend="onnx")
         for way, fn in st_ways.items():
             runs[way] = lambda fn=fn, way=way: theirs(fn, way)
             warm[way] = lambda fn=fn, way=way: theirs(fn, way, wq, wp)
         load_before = load_average()
         rates = alternate(runs, s.repeats, warmup=warm)
         load = [load_before, load_average()]
+        if with_onnx:
+            for way in [k for k in st_ways if k in ("sentence_transformers", "st_onnx_fp32")]:
+                cases.append(
+                    comparison(
+                        f"{name}_onnx" + ("_vs_st_onnx" if way == "st_onnx_fp32" else ""), "pairs/s", rates["distillrank_onnx"], rates[way], GOAL,
+                        precision="fp32, both ONNX Runtime" if way == "st_onnx_fp32" else "fp32, distillrank ONNX Runtime",
+                        spearman=_agreement(out["onnx"], out[way]),
+                        max_abs_diff=float(np.max(np.abs(out["onnx"] - out[way]))) if m else 0.0,
+                        load_average=load,
+                    )
+                )
         for way in st_ways:
             if way.startswith("st_onnx_"):  # like for like: our fp32 / int8 against ST ONNX fp32 / int8
                 p = way.removeprefix("st_onnx_")
@@ -268,7 +327,7 @@ def run(ctx: Context) -> dict:
     if onnx:
         for p in ("fp32", "int8"):
             bi_ways[f"st_onnx_{p}"] = lambda qs, ps, pq, pp, model=onnx["bi_encoder"][p]: st_dedup(qs, ps, pq, pp, model)
-    bi_case("bi_encoder", queries, passages, pair_q, pair_p, bi_ways)
+    bi_case("bi_encoder", queries, passages, pair_q, pair_p, bi_ways, with_onnx=ours_onnx)
 
     mq, mp, mpairs = mined_pairs(ctx, s.mined_queries)
     m_q = np.array([q for q, _ in mpairs], dtype=np.int64)
@@ -296,6 +355,7 @@ def run(ctx: Context) -> dict:
             "repeats": s.repeats,
             "warmup_pairs": WARMUP_PAIRS,
             "st_onnx": None if onnx is None else {"quantization_config": onnx["quantization_config"]},
+            "distillrank_onnx": ours_onnx,
         },
         "cases": cases,
         "notes": [

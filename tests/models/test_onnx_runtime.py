@@ -1,0 +1,105 @@
+"""hardware.backend=onnx: teachers run by ONNX Runtime score as PyTorch does, export once, and are
+keyed and checked apart from PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from distillrank import runtime
+from distillrank.errors import ConfigError
+from distillrank.models import onnx_runtime
+from distillrank.models.onnx_runtime import CACHE_ENV, OnnxBackbone
+from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
+
+pytestmark = pytest.mark.skipif(bool(onnx_runtime.missing_packages()), reason="the onnx extra is not installed")
+
+CPU = torch.device("cpu")
+QUERIES = ["cells and proteins", "what is a membrane", "a"]
+PASSAGES = [
+    "the membrane of a cell is a lipid bilayer with many proteins in it",
+    "proteins",
+    "blood cells of mice and men, and the proteins they carry in the blood stream",
+    "a short one",
+]
+PAIR_Q = np.array([0, 0, 1, 1, 2, 2, 0], dtype=np.int64)
+PAIR_P = np.array([0, 1, 2, 3, 0, 2, 3], dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("onnx")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(folder))
+        yield folder
+
+
+def _scores(teacher, backend: str, precision: str = "fp32") -> np.ndarray:
+    with runtime.use_backend(backend):
+        return teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, CPU, precision, progress=False)
+
+
+def test_bi_encoder_teacher_scores_as_in_pytorch(tiny_bi_encoder: Path, onnx_cache: Path) -> None:
+    teacher = BiEncoderTeacher(str(tiny_bi_encoder), query_max_length=16, passage_max_length=12, batch_size=2)
+    reference = _scores(teacher, "torch")
+    scores = _scores(teacher, "onnx")
+    assert isinstance(teacher._encoder.backbone, OnnxBackbone)
+    np.testing.assert_allclose(scores, reference, atol=1e-5)  # padded and unpadded batches alike
+    files = sorted(onnx_cache.glob("*.onnx"))
+    assert len(files) == 1 and not list(onnx_cache.glob(".export-*"))  # complete graphs only
+    stamp = files[0].stat().st_mtime_ns
+    fresh = BiEncoderTeacher(str(tiny_bi_encoder), query_max_length=16, passage_max_length=12, batch_size=2)
+    np.testing.assert_allclose(_scores(fresh, "onnx"), reference, atol=1e-5)
+    assert files[0].stat().st_mtime_ns == stamp  # exported once, then read from the cache
+    assert isinstance(_scores(teacher, "torch"), np.ndarray) and not isinstance(teacher._encoder.backbone, OnnxBackbone)
+
+
+def test_cross_encoder_teacher_scores_as_in_pytorch_and_int8_ranks_alike(tiny_cross_encoder: Path, onnx_cache: Path) -> None:
+    teacher = CrossEncoderTeacher(str(tiny_cross_encoder), max_length=24, batch_size=3)
+    reference = _scores(teacher, "torch")
+    np.testing.assert_allclose(_scores(teacher, "onnx"), reference, atol=1e-5)
+    int8 = _scores(teacher, "onnx", "int8")
+    assert int8.shape == reference.shape and not np.allclose(int8, reference, atol=1e-7)  # quantized
+    assert spearmanr(int8, reference).statistic > 0.8
+
+
+def test_the_backend_is_checked_and_keys_the_scores(tiny_bi_encoder: Path) -> None:
+    with pytest.raises(ConfigError, match="expected one of"):
+        runtime.check_backend("tensorrt")
+    with pytest.raises(ConfigError, match="CPU only"):
+        runtime.check_backend("onnx", torch.device("cuda"))
+    teacher = BiEncoderTeacher(str(tiny_bi_encoder))
+    torch_fp = runtime.teacher_fingerprint(teacher, "fp32", "torch")
+    assert torch_fp == runtime.teacher_fingerprint(teacher, "fp32") == teacher.fingerprint()  # old caches stay valid
+    onnx_fp = runtime.teacher_fingerprint(teacher, "fp32", "onnx")
+    assert len({torch_fp, onnx_fp, runtime.teacher_fingerprint(teacher, "int8", "onnx")}) == 3
+
+    class Generative:
+        kind = "llm"
+
+        def fingerprint(self, precision: str = "fp32") -> str:
+            return "x"
+
+    with pytest.raises(ConfigError, match="hardware.backend=onnx is supported by"):
+        runtime.teacher_fingerprint(Generative(), "fp32", "onnx")
+
+
+def test_missing_packages_are_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_runtime, "missing_packages", lambda: ["onnxruntime"])
+    with pytest.raises(ConfigError, match=r"pip install 'distillrank\[onnx\]'"):
+        runtime.check_backend("onnx")
+
+
+def test_the_score_stage_caches_onnx_scores_apart(make_cfg, onnx_cache: Path) -> None:
+    from distillrank.stages import context, mine, score
+
+    cfg_torch = make_cfg()
+    cfg_onnx = make_cfg("hardware=cpu_onnx")
+    assert context.teacher_fingerprint(cfg_onnx) != context.teacher_fingerprint(cfg_torch)
+    mine.run(cfg_onnx)
+    manifest = score.run(cfg_onnx)
+    assert manifest.counts["pairs_scored"] > 0
