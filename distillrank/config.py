@@ -68,8 +68,9 @@ class HardwareConfig:
     # as several forwards with the same result. None = the whole batch (GPUs). Training batches are
     # not cut (use train.grad_accum_steps to bound training memory).
     max_forward_texts: int | None = None
-    # what runs frozen teachers (bi-encoder, cross-encoder) at inference: torch, or onnx (ONNX
-    # Runtime, CPU only; pip install 'distillrank[onnx]'). Students always train and evaluate in torch.
+    # what runs frozen encoders at inference (bi-encoder / cross-encoder teachers, the dense mining
+    # encoder): torch, or onnx (ONNX Runtime, CPU only; pip install 'distillrank[onnx]'). Students
+    # always train and evaluate in torch.
     backend: str = "torch"
 
 

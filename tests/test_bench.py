@@ -52,9 +52,10 @@ def test_comparison_cases_hold_medians_ratio_and_goal(smoke: Path) -> None:
         scoring |= {f"{kind}{p}_vs_st_onnx" for kind in ("cross_encoder", "bi_encoder") for p in ("", "_int8")}
         if ours_onnx:
             scoring |= {"cross_encoder_onnx_vs_st_onnx", "bi_encoder_onnx_vs_st_onnx"}
+    mining = {"dense_mining", "dense_mining_onnx"} if ours_onnx else {"dense_mining"}
     expected = {"scoring": scoring, "training": {
         "margin_mse_1q_1p_7n", "margin_mse_dropout0_vs_st_default", "margin_mse_dropout0_vs_st_dropout0"
-    }, "mining": {"dense_mining"}}
+    }, "mining": mining}
     for name, cases in expected.items():
         result = json.loads((smoke / f"{name}.json").read_text())
         assert {c["case"] for c in result["cases"]} == cases

@@ -22,8 +22,9 @@ from distillrank.evaluation.dense import cached_corpus_embeddings, search
 from distillrank.mining import faiss_index
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
-from distillrank.runtime import autocast, hardware
-from distillrank.workspace import cache_dir, dir_fingerprint
+from distillrank.models.onnx_runtime import OnnxBackbone
+from distillrank.runtime import autocast, hardware, inference_backend
+from distillrank.workspace import cache_dir, dir_fingerprint, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,23 @@ def mining_model_fingerprint(cfg: DictConfig) -> str:
     return dir_fingerprint(mining_model_path(cfg))
 
 
+def _backend(cfg: DictConfig) -> str:
+    return str(cfg.hardware.get("backend", None) or "torch")
+
+
 def dense_key(cfg: DictConfig) -> dict:
-    """What, besides the mining config itself, decides the dense candidates: weights and precision."""
-    return {"weights": mining_model_fingerprint(cfg), "precision": cfg.hardware.precision}
+    """What, besides the mining config itself, decides the dense candidates: weights, precision and,
+    when not PyTorch, the backend (``hardware.backend=onnx`` encodes with ONNX Runtime)."""
+    key = {"weights": mining_model_fingerprint(cfg), "precision": cfg.hardware.precision}
+    if _backend(cfg) != "torch":
+        key["backend"] = _backend(cfg)
+    return key
+
+
+def _embeddings_model_key(cfg: DictConfig) -> str:
+    """The model part of the corpus-embedding cache key: the weights, and the backend when not PyTorch."""
+    weights = mining_model_fingerprint(cfg)
+    return weights if _backend(cfg) == "torch" else fingerprint({"weights": weights, "backend": _backend(cfg)})
 
 
 def load_mining_encoder(cfg: DictConfig) -> BiEncoder:
@@ -70,11 +85,13 @@ def dense_search(
     encoder = load_mining_encoder(cfg)
     m = cfg.mining
     with hardware(cfg.hardware) as (device, precision):
+        if inference_backend() == "onnx":  # the frozen mining encoder, run by ONNX Runtime (fp32)
+            encoder.backbone = OnnxBackbone.build(encoder.backbone, "last_hidden_state")
         matrix, rate, folder = cached_corpus_embeddings(
             encoder,
             coll,
             cache_dir(cfg),
-            mining_model_fingerprint(cfg),
+            _embeddings_model_key(cfg),
             m.batch_size,
             _CHUNK,
             device,

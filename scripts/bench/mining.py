@@ -8,6 +8,10 @@ distillrank: what ``mining.method=dense`` does on an embedding-cache miss
 ``output_format='n-tuple'``). Same model, batch size, corpus, queries, depth (``range_max``) and
 number of negatives.
 
+With the ``onnx`` extra installed, a third arm, ``distillrank_onnx``, mines the same way with the
+encoder run by ONNX Runtime (what ``hardware=cpu_onnx`` does; fp32, the same candidates); its case
+is ``dense_mining_onnx`` against the same sentence-transformers runs.
+
 Peak memory is measured per tool in a fresh child process (quick/full) so that neither inherits
 the other's allocator state: anonymous RSS above the level after the model is loaded, and
 tracemalloc's peak (Python and numpy allocations).
@@ -29,6 +33,7 @@ from distillrank.workspace import atomic_write_json
 GOAL_SPEED = 1.2
 GOAL_MEMORY = 0.5  # at most this fraction of sentence-transformers' peak
 TOOLS = ("distillrank", "sentence_transformers")
+ONNX_TOOL = "distillrank_onnx"
 
 
 class ListCollection:
@@ -66,13 +71,16 @@ def miner(tool: str, model_dir: str, work: dict, batch_size: int, depth: int, ne
     """A no-argument function that mines with ``tool``; returns (query, positive, negatives…) tuples."""
     queries, corpus = work["queries"], work["corpus"]
     positives = [corpus[r] for r in work["positive_rows"]]
-    if tool == "distillrank":
+    if tool in ("distillrank", ONNX_TOOL):
         from distillrank.evaluation.dense import encode_corpus, search
         from distillrank.mining.dense import _CHUNK
         from distillrank.mining.sampling import sample_negatives
         from distillrank.models.bi_encoder import BiEncoder
+        from distillrank.models.onnx_runtime import OnnxBackbone
 
         encoder = BiEncoder.load(model_dir)
+        if tool == ONNX_TOOL:  # what dense_search does under hardware.backend=onnx
+            encoder.backbone = OnnxBackbone.build(encoder.backbone, "last_hidden_state")  # $DISTILLRANK_ONNX_CACHE
         coll = ListCollection(corpus)
         rng = np.random.default_rng(0)
 
@@ -116,13 +124,30 @@ def peak_memory(tool: str, model_dir: str, workload_path: str, batch_size: int, 
 
 
 def run(ctx: Context) -> dict:
+    import os
+
+    from distillrank.models.onnx_runtime import CACHE_ENV
+
+    previous = os.environ.get(CACHE_ENV)
+    os.environ.setdefault(CACHE_ENV, str(ctx.cache / "onnx"))  # exports kept with the bench's models (children too)
+    try:
+        return _run(ctx)
+    finally:
+        if previous is None:
+            os.environ.pop(CACHE_ENV, None)
+
+
+def _run(ctx: Context) -> dict:
     s = ctx.sizes
     scratch = Path(tempfile.mkdtemp(dir=ctx.scratch, prefix="mine-"))
     workload_path = scratch / "workload.json"
     work = write_workload(ctx, workload_path)
     args = {"model_dir": str(ctx.bi_encoder), "batch_size": s.batch_size, "depth": s.mine_depth,
             "negatives": s.mine_negatives, "scratch": str(scratch)}
-    miners = {tool: miner(tool, work=work, **args) for tool in TOOLS}
+    from distillrank.models.onnx_runtime import missing_packages
+
+    tools = (*TOOLS, ONNX_TOOL) if not missing_packages() else TOOLS
+    miners = {tool: miner(tool, work=work, **args) for tool in tools}
     counts: dict[str, int] = {}
 
     def timing(tool: str) -> Callable[[], float]:
@@ -135,10 +160,10 @@ def run(ctx: Context) -> dict:
         return once
 
     load_before = load_average()
-    times = alternate({tool: timing(tool) for tool in TOOLS}, s.repeats)
+    times = alternate({tool: timing(tool) for tool in tools}, s.repeats)
     load_after = load_average()
     memory = {}
-    for tool in TOOLS:
+    for tool in tools:
         kwargs = {"tool": tool, "workload_path": str(workload_path), **args}
         memory[tool] = child_call("mining", "peak_memory", kwargs) if s.memory_in_child else peak_memory(**kwargs)
     ours_mem, theirs_mem = memory["distillrank"]["peak_anon_rss_mib"], memory["sentence_transformers"]["peak_anon_rss_mib"]
@@ -147,11 +172,24 @@ def run(ctx: Context) -> dict:
         "dense_mining", "s", times["distillrank"], times["sentence_transformers"], GOAL_SPEED,
         higher_is_better=False, load_average=[load_before, load_after],
     )
-    case["peak_memory"] = memory
+    case["peak_memory"] = {tool: memory[tool] for tool in TOOLS}
     case["memory_fraction"] = mem_fraction
     case["memory_goal"] = GOAL_MEMORY
     case["memory_met"] = None if mem_fraction is None else bool(mem_fraction <= GOAL_MEMORY)
     case["met"] = bool(case["met"] and case["memory_met"])
+    cases = [case]
+    if ONNX_TOOL in tools:
+        onnx_mem = memory[ONNX_TOOL]["peak_anon_rss_mib"]
+        onnx_case = comparison(
+            "dense_mining_onnx", "s", times[ONNX_TOOL], times["sentence_transformers"], GOAL_SPEED,
+            higher_is_better=False, load_average=[load_before, load_after], precision="fp32, distillrank ONNX Runtime",
+        )
+        onnx_case["peak_memory"] = {"distillrank": memory[ONNX_TOOL], "sentence_transformers": memory["sentence_transformers"]}
+        onnx_case["memory_fraction"] = onnx_mem / theirs_mem if theirs_mem > 0 else None
+        onnx_case["memory_goal"] = GOAL_MEMORY
+        onnx_case["memory_met"] = None if onnx_case["memory_fraction"] is None else bool(onnx_case["memory_fraction"] <= GOAL_MEMORY)
+        onnx_case["met"] = bool(onnx_case["met"] and onnx_case["memory_met"])
+        cases.append(onnx_case)
     return {
         "benchmark": "mining",
         "settings": {
@@ -160,7 +198,7 @@ def run(ctx: Context) -> dict:
             "precision": "fp32", "repeats": s.repeats, "memory_in_child_process": s.memory_in_child,
             "tuples": counts,
         },
-        "cases": [case],
+        "cases": cases,
         "notes": [
             "ratio = sentence-transformers time / distillrank time; met needs the speed goal and the memory goal",
             "both tools encode the corpus and the queries on every run (no embedding cache)",

@@ -103,3 +103,20 @@ def test_the_score_stage_caches_onnx_scores_apart(make_cfg, onnx_cache: Path) ->
     mine.run(cfg_onnx)
     manifest = score.run(cfg_onnx)
     assert manifest.counts["pairs_scored"] > 0
+
+
+def test_dense_mining_with_onnx_finds_the_same_candidates(make_cfg, tiny_bi_encoder: Path, onnx_cache: Path) -> None:
+    from distillrank.mining.dense import dense_key, dense_search
+    from distillrank.stages import context
+
+    overrides = ("mining=dense", f"mining.model={tiny_bi_encoder}")
+    cfg_torch, cfg_onnx = make_cfg(*overrides), make_cfg(*overrides, "hardware=cpu_onnx")
+    assert "backend" not in dense_key(cfg_torch)  # keys of PyTorch runs stay as they were
+    assert dense_key(cfg_onnx)["backend"] == "onnx"
+    coll = context.collection(cfg_torch)
+    queries = [text for _, text in context.train_queries(cfg_torch)]
+    rows_t, scores_t, info_t = dense_search(cfg_torch, coll, queries, 5, progress=False)
+    rows_o, scores_o, info_o = dense_search(cfg_onnx, coll, queries, 5, progress=False)
+    assert info_o["embeddings"] != info_t["embeddings"]  # corpus embeddings cached apart
+    np.testing.assert_allclose(scores_o, scores_t, atol=1e-5)
+    assert (rows_o[:, 0] == rows_t[:, 0]).mean() == 1.0
