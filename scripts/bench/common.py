@@ -255,15 +255,16 @@ class PeakMemory:
 
 
 @contextlib.contextmanager
-def distillrank_hardware() -> Iterator[None]:
-    """distillrank's settings of ``hardware=cpu`` (conf/hardware/cpu.yaml), as the CLI applies them:
-    what a user gets by default (its forward cap included). sentence-transformers is not affected."""
+def distillrank_hardware(option: str = "cpu") -> Iterator[None]:
+    """distillrank's settings of ``hardware=<option>`` (conf/hardware/<option>.yaml), as the CLI
+    applies them: ``cpu`` is what a user gets by default (its forward cap included); the ONNX arms
+    run under ``cpu_onnx``. sentence-transformers is not affected."""
     from omegaconf import OmegaConf
 
     from distillrank.config import conf_dir
     from distillrank.runtime import hardware
 
-    with hardware(OmegaConf.load(conf_dir() / "hardware" / "cpu.yaml")):
+    with hardware(OmegaConf.load(conf_dir() / "hardware" / f"{option}.yaml")):
         yield
 
 

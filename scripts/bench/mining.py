@@ -8,9 +8,9 @@ distillrank: what ``mining.method=dense`` does on an embedding-cache miss
 ``output_format='n-tuple'``). Same model, batch size, corpus, queries, depth (``range_max``) and
 number of negatives.
 
-With the ``onnx`` extra installed, a third arm, ``distillrank_onnx``, mines the same way with the
-encoder run by ONNX Runtime (what ``hardware=cpu_onnx`` does; fp32, the same candidates); its case
-is ``dense_mining_onnx`` against the same sentence-transformers runs.
+With the ``onnx`` extra installed, a third arm, ``distillrank_onnx``, mines the same way under
+``hardware=cpu_onnx``: the encoder run by ONNX Runtime, with that option's forward cap (fp32, the
+same candidates); its case is ``dense_mining_onnx`` against the same sentence-transformers runs.
 
 Peak memory is measured per tool in a fresh child process (quick/full) so that neither inherits
 the other's allocator state: anonymous RSS above the level after the model is loaded, and
@@ -19,6 +19,7 @@ tracemalloc's peak (Python and numpy allocations).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from collections.abc import Callable
@@ -85,7 +86,10 @@ def miner(tool: str, model_dir: str, work: dict, batch_size: int, depth: int, ne
         rng = np.random.default_rng(0)
 
         def mine() -> list:
-            with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+            from bench.common import distillrank_hardware
+
+            settings = distillrank_hardware("cpu_onnx") if tool == ONNX_TOOL else contextlib.nullcontext()
+            with settings, tempfile.TemporaryDirectory(dir=scratch) as tmp:
                 matrix, _ = encode_corpus(encoder, coll, Path(tmp) / "corpus.npy", batch_size, _CHUNK,
                                           torch.device("cpu"), "fp32", progress=False)
                 _, rows = search(encoder, matrix, queries, depth, batch_size, _CHUNK, torch.device("cpu"), "fp32")

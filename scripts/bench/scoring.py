@@ -141,10 +141,18 @@ def run(ctx: Context) -> dict:
             os.environ.pop(onnx_runtime.CACHE_ENV, None)
 
 
+def _settings(backend: str):
+    """The hardware settings of an arm: ``cpu`` (already active) for PyTorch, ``cpu_onnx`` for ONNX."""
+    import contextlib
+
+    from bench.common import distillrank_hardware
+
+    return distillrank_hardware("cpu_onnx") if backend == "onnx" else contextlib.nullcontext()
+
+
 def _run(ctx: Context, ours_onnx: bool) -> dict:
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
-    from distillrank.runtime import use_backend
     from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
 
 
@@ -169,7 +177,7 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
     text_pairs = [(queries[q], passages[p]) for q, p in pairs]
 
     def ce_ours(teacher, precision: str, key: str, m: int = n, backend: str = "torch") -> float:
-        with use_backend(backend):
+        with _settings(backend):
             t = timed(lambda: out.__setitem__(key, teacher.score(queries, passages, pair_q[:m], pair_p[:m], device, precision, progress=False)))
         return m / t
 
@@ -266,7 +274,7 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
         wq, wp = pq[: min(WARMUP_PAIRS, m)], pp[: min(WARMUP_PAIRS, m)]
 
         def ours(teacher, precision: str, key: str, a: np.ndarray = pq, b: np.ndarray = pp, backend: str = "torch") -> float:
-            with use_backend(backend):
+            with _settings(backend):
                 t = timed(lambda: out.__setitem__(key, teacher.score(qs, ps, a, b, device, precision, progress=False)))
             return len(a) / t
 
