@@ -1,6 +1,6 @@
 """A frozen Hugging Face model run by ONNX Runtime on the CPU (``hardware.backend=onnx``).
 
-On a CPU, ONNX Runtime runs the same fp32 encoder about 1.5× faster than PyTorch eager end to end
+On a CPU, ONNX Runtime runs the same fp32 encoder up to 1.5× faster than PyTorch eager end to end
 (fused attention, LayerNorm and GELU kernels; docs/BENCHMARKS.md), with the same outputs to ~1e-5.
 Teachers (bi-encoder, cross-encoder) and the dense mining encoder swap their backbone for an
 :class:`OnnxBackbone` when they load under ``hardware.backend=onnx``; the rest of their code — tokenisation, length sorting, pooling, the
