@@ -173,8 +173,8 @@ class OnnxBackbone(nn.Module):
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
         # no memory pattern: with it ONNX Runtime plans every intermediate of the graph at once
-        # (mining: 423 MiB peak against PyTorch's 168); without it 305 MiB, and 147 MiB with
-        # hardware=cpu_onnx's forward cap of 8 (docs/BENCHMARKS.md)
+        # (mining: 423 MiB peak against PyTorch's 168); without it 305 MiB, and 143-147 MiB with a
+        # forward cap of 8; scoring speed is the same either way (docs/BENCHMARKS.md)
         options.enable_mem_pattern = False
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path, self.names, self.output, self.config = path, names, output, config
