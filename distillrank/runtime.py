@@ -99,6 +99,11 @@ def teacher_fingerprint(teacher, precision: str, backend: str = "torch") -> str:
 BACKENDS = ("torch", "onnx")
 
 
+def configured_backend(hardware_cfg) -> str:
+    """``hardware.backend`` of a hardware config node (``torch`` for configs written before it existed)."""
+    return str(getattr(hardware_cfg, "backend", None) or "torch")
+
+
 def check_backend(backend: str, device: torch.device | None = None) -> str:
     """``hardware.backend`` checked: ``torch``, or ``onnx`` on the CPU with its packages installed.
 
@@ -198,7 +203,7 @@ def hardware(cfg) -> Iterator[tuple[torch.device, str]]:
     device = resolve_device(cfg.device)
     previous = _FORWARD_TEXTS, _BACKEND
     _FORWARD_TEXTS = check_forward_texts(getattr(cfg, "max_forward_texts", None))
-    _BACKEND = check_backend(getattr(cfg, "backend", None) or "torch", device)
+    _BACKEND = check_backend(configured_backend(cfg), device)
     try:
         yield device, cfg.precision
     finally:

@@ -23,7 +23,7 @@ from distillrank.mining import faiss_index
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
 from distillrank.models.onnx_runtime import OnnxBackbone
-from distillrank.runtime import autocast, hardware, inference_backend
+from distillrank.runtime import autocast, configured_backend, hardware, inference_backend
 from distillrank.workspace import cache_dir, dir_fingerprint, fingerprint
 
 log = logging.getLogger(__name__)
@@ -46,23 +46,19 @@ def mining_model_fingerprint(cfg: DictConfig) -> str:
     return dir_fingerprint(mining_model_path(cfg))
 
 
-def _backend(cfg: DictConfig) -> str:
-    return str(cfg.hardware.get("backend", None) or "torch")
-
-
 def dense_key(cfg: DictConfig) -> dict:
     """What, besides the mining config itself, decides the dense candidates: weights, precision and,
     when not PyTorch, the backend (``hardware.backend=onnx`` encodes with ONNX Runtime)."""
     key = {"weights": mining_model_fingerprint(cfg), "precision": cfg.hardware.precision}
-    if _backend(cfg) != "torch":
-        key["backend"] = _backend(cfg)
+    if (backend := configured_backend(cfg.hardware)) != "torch":
+        key["backend"] = backend
     return key
 
 
 def _embeddings_model_key(cfg: DictConfig) -> str:
     """The model part of the corpus-embedding cache key: the weights, and the backend when not PyTorch."""
-    weights = mining_model_fingerprint(cfg)
-    return weights if _backend(cfg) == "torch" else fingerprint({"weights": weights, "backend": _backend(cfg)})
+    weights, backend = mining_model_fingerprint(cfg), configured_backend(cfg.hardware)
+    return weights if backend == "torch" else fingerprint({"weights": weights, "backend": backend})
 
 
 def load_mining_encoder(cfg: DictConfig) -> BiEncoder:

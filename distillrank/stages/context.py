@@ -59,7 +59,9 @@ def _teacher_fp(teacher_yaml: str, precision: str, backend: str = "torch") -> st
 
 def backend(cfg: DictConfig) -> str:
     """``hardware.backend`` (``torch`` for configs written before it existed)."""
-    return str(cfg.hardware.get("backend", None) or "torch")
+    from distillrank.runtime import configured_backend
+
+    return configured_backend(cfg.hardware)
 
 
 def teacher_fingerprint(cfg: DictConfig) -> str:
