@@ -99,6 +99,12 @@ class TrainConfig:
     dev_batch_size: int = 64
     early_stopping_patience: int = 0  # stop after this many evaluations without improvement; 0 = never
     logger: str = "none"  # none | tensorboard | wandb (not in the stage key)
+    # Feature distillation (a loss with a feature term, e.g. loss=feature or loss=margin_mse_feature):
+    # the student's embeddings of the collection's texts regress the teacher's (distillrank/training/features.py)
+    feature_batch_size: int | None = None  # texts per micro-batch; None = batch_size
+    feature_passages: bool = True  # every passage of the collection (teacher embeddings cached once)
+    feature_queries: bool = True  # the training queries (data.train_split, or the synthetic ones), where there are
+    feature_max_passages: int | None = None  # a seeded sample of this many passages; None = all
 
 
 @dataclass

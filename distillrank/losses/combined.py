@@ -66,21 +66,56 @@ class WeightedSum(nn.Module):
         """True when a term asks for in-batch scores (e.g. InfoNCE with in-batch negatives)."""
         return any(getattr(loss, "uses_in_batch", False) for loss in self.terms.values())
 
+    @property
+    def uses_features(self) -> bool:
+        """True when a term learns from embeddings (:class:`~distillrank.losses.feature.Features`)."""
+        return any(getattr(loss, "uses_features", False) for loss in self.terms.values())
+
+    @property
+    def uses_scores(self) -> bool:
+        """True when a term learns from teacher scores (a ranking loss): only then does training
+        need mined and scored candidates."""
+        return any(uses_scores(loss) for loss in self.terms.values())
+
+    def setup(self, student_dim: int, teacher_dim: int) -> None:
+        """Pass the embedding widths to every feature term (their projections are created here)."""
+        for loss in self.terms.values():
+            if hasattr(loss, "setup"):
+                loss.setup(student_dim, teacher_dim)
+
     def forward(
         self,
-        student: torch.Tensor,
-        teacher: torch.Tensor,
+        student: torch.Tensor | None,
+        teacher: torch.Tensor | None,
         labels: torch.Tensor | None = None,
         in_batch: Any = None,
+        features: Any = None,
     ) -> torch.Tensor:
         """The weighted sum; ``in_batch`` (see :class:`distillrank.losses.infonce.InBatch`) goes
-        only to the terms whose ``uses_in_batch`` is true."""
+        only to the terms whose ``uses_in_batch`` is true, ``features`` (see
+        :class:`distillrank.losses.feature.Features`) only to those whose ``uses_features`` is true.
+        With ``student`` None (a step with embeddings only: label-free training), the score terms
+        are skipped."""
         total = None
         for name, loss in self.terms.items():
-            if in_batch is not None and getattr(loss, "uses_in_batch", False):
+            if getattr(loss, "uses_features", False):
+                if features is None:
+                    continue
+                value = self.weights[name] * loss(student, teacher, labels, features=features)
+            elif student is None:
+                continue
+            elif in_batch is not None and getattr(loss, "uses_in_batch", False):
                 value = self.weights[name] * loss(student, teacher, labels, in_batch=in_batch)
             else:
                 value = self.weights[name] * loss(student, teacher, labels)
             total = value if total is None else total + value
-        assert total is not None  # at least one term, checked in __init__
+        if total is None:
+            raise ValueError("WeightedSum got neither scores for its ranking terms nor features for its feature terms")
         return total
+
+
+def uses_scores(loss: nn.Module) -> bool:
+    """Whether ``loss`` learns from teacher scores (every loss but a pure feature loss does)."""
+    if isinstance(loss, WeightedSum):
+        return loss.uses_scores
+    return not getattr(loss, "uses_features", False)

@@ -34,18 +34,23 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from distillrank.errors import ConfigError
+from distillrank.evaluation.dense import cached_corpus_embeddings
+from distillrank.losses import uses_scores
 from distillrank.runtime import hardware, seed_everything
 from distillrank.stages import context, mine, score
 from distillrank.students import Student, as_student
 from distillrank.teachers.base import describe as describe_teacher
+from distillrank.teachers.base import embedding_source
 from distillrank.training.batching import QueryPool, query_pools
 from distillrank.training.dev import DevSet, carve_dev_pools, dev_from_pools
 from distillrank.training.distributed import init_from_env
+from distillrank.training.features import FeatureSet, cached_text_embeddings
 from distillrank.training.loop import train_student
 from distillrank.training.trackers import Tracker, check_logger, make_tracker
 from distillrank.validation import check_targets
 from distillrank.workspace import (
     Manifest,
+    cache_dir,
     current_manifest,
     fingerprint,
     require_stage,
@@ -71,6 +76,10 @@ KEY_IF_SET = {
     "dev_measure": "nDCG@10",
     "dev_batch_size": 64,
     "early_stopping_patience": 0,
+    "feature_batch_size": None,
+    "feature_passages": True,
+    "feature_queries": True,
+    "feature_max_passages": None,
 }
 # student.* keys that act only while training (eval mode ignores them), added after the first
 # release: in the train key only when set
@@ -87,6 +96,29 @@ def student_identity(cfg: DictConfig, training: bool = True) -> dict:
     return student
 
 
+def needs_scores(cfg: DictConfig) -> bool:
+    """Whether the loss learns from teacher scores, so training needs the mine and score stages.
+    A loss of feature terms only (``loss=feature``) trains on the collection's texts alone."""
+    return uses_scores(instantiate(cfg.loss))
+
+
+def uses_features(cfg: DictConfig) -> bool:
+    """Whether the loss has a feature (embedding) term."""
+    return bool(getattr(instantiate(cfg.loss), "uses_features", False))
+
+
+def _inputs_key(cfg: DictConfig) -> str | dict:
+    """What the training data comes from: the score stage's key, or, for a feature-only loss, the
+    collection, the synthetic queries' settings and the teacher (its embeddings are the targets)."""
+    if needs_scores(cfg):
+        return score.stage_key(cfg)
+    return {
+        "data": to_plain(cfg.data),
+        "queries": to_plain(cfg.queries),
+        "teacher": context.teacher_fingerprint(cfg),
+    }
+
+
 def stage_key(cfg: DictConfig) -> str:
     """The scores, the student, the loss, the optimisation settings, the precision and the seed.
 
@@ -101,7 +133,7 @@ def stage_key(cfg: DictConfig) -> str:
     return fingerprint(
         {
             "stage": STAGE,
-            "score": score.stage_key(cfg),
+            "score": _inputs_key(cfg),
             "student": student_identity(cfg),
             "loss": to_plain(cfg.loss),
             "train": train,
@@ -222,6 +254,54 @@ def dev_set(
     return pools, DevSet(dict(queries), candidates, qrels)
 
 
+def _feature_queries(cfg: DictConfig) -> list[tuple[str, str]]:
+    """The queries feature distillation embeds: the training queries where there are (synthetic
+    ones, or ``data.train_split`` when the collection has it), else none."""
+    if not cfg.train.feature_queries:
+        return []
+    coll = context.collection(cfg)
+    if cfg.queries.method == "none" and cfg.data.get("train_split") not in coll.splits():
+        return []  # a collection without training queries: passages alone
+    return context.train_queries(cfg)
+
+
+def feature_set(cfg: DictConfig, device, precision: str) -> FeatureSet:
+    """The texts of feature distillation with the teacher's embeddings of them (cached per teacher,
+    collection and settings in ``_cache/embeddings``: computed once, shared by every experiment)."""
+    coll = context.collection(cfg)
+    teacher = embedding_source(context.teacher(cfg))
+    encoder = teacher.encoder(device, precision)
+    model_fp = context.teacher_fingerprint(cfg) if teacher is context.teacher(cfg) else teacher.fingerprint(precision)
+    t = cfg.train
+    if t.feature_passages:
+        targets, _, _ = cached_corpus_embeddings(
+            encoder, coll, cache_dir(cfg), model_fp, teacher.batch_size, 65536, device, precision,
+            name="teacher embeddings",
+        )
+        rows = None
+        if t.feature_max_passages is not None and t.feature_max_passages < len(targets):
+            if t.feature_max_passages <= 0:
+                raise ConfigError(f"train.feature_max_passages={t.feature_max_passages}; expected a positive count or null")
+            rows = np.sort(np.random.default_rng(cfg.seed).choice(len(targets), t.feature_max_passages, replace=False))
+    else:
+        targets, rows = np.empty((0, encoder.dim), np.float32), None
+    queries = [text for _, text in _feature_queries(cfg)]
+    q_targets = (
+        cached_text_embeddings(
+            encoder, queries, "query", cache_dir(cfg), model_fp, teacher.batch_size, device, precision,
+            name="teacher embeddings",
+        )
+        if queries
+        else np.empty((0, encoder.dim), np.float32)
+    )
+    if not queries and not len(targets):
+        raise ConfigError(
+            "feature distillation has no text: train.feature_passages=false and no training queries "
+            f"(collection '{coll.name}', queries.method={cfg.queries.method})"
+        )
+    return FeatureSet(queries, q_targets, coll.passage_texts, targets, rows)
+
+
 def build_student(cfg: DictConfig) -> Student:
     """The student of ``cfg.student`` behind the training protocol."""
     return as_student(instantiate(cfg.student))
@@ -235,14 +315,22 @@ def run(cfg: DictConfig) -> Manifest:
         return done
     check_targets(cfg)
     check_logger(str(cfg.train.get("logger", "none")))
-    score_manifest, score_dir = require_stage(cfg, score.STAGE, score.stage_key(cfg))
+    ranking = needs_scores(cfg)
+    inputs: dict[str, str] = {}
+    if ranking:
+        score_manifest, score_dir = require_stage(cfg, score.STAGE, score.stage_key(cfg))
+        inputs["score"] = score_manifest.key
     start = time.perf_counter()
     seed_everything(cfg.seed)
     if cfg.hardware.precision == "int8":  # an inference precision (teachers); the student trains in fp32
         log.info("train: hardware.precision=int8 quantizes teachers only; the student trains in fp32")
-    pools, dropped = query_pools(score_dir / score.OUTPUT)  # streamed by row groups
-    query_text = dict(context.train_queries(cfg))
-    pools, dev = dev_set(cfg, pools, score_dir / score.OUTPUT, query_text)
+    if ranking:
+        pools, dropped = query_pools(score_dir / score.OUTPUT)  # streamed by row groups
+        query_text = dict(context.train_queries(cfg))
+        pools, dev = dev_set(cfg, pools, score_dir / score.OUTPUT, query_text)
+    else:  # feature terms only: the collection's texts, no query pools
+        pools, dropped, query_text = [], 0, {}
+        pools, dev = dev_set(cfg, pools, pa.table({"qid": [], "docid": []}), query_text)
     student = build_student(cfg)
     loss_fn = instantiate(cfg.loss)
     warn_unreachable_margins(cfg, pools)
@@ -252,6 +340,7 @@ def run(cfg: DictConfig) -> Manifest:
     checkpoint_dir = folder / CHECKPOINTS if cfg.train.get("checkpoint_every", 0) else None
     with hardware(cfg.hardware) as (device, precision):
         dist, device = init_from_env(device)
+        features = feature_set(cfg, device, precision) if getattr(loss_fn, "uses_features", False) else None
         tracker: Tracker = Tracker()
         if dist.is_main:
             tracker = make_tracker(
@@ -277,6 +366,7 @@ def run(cfg: DictConfig) -> Manifest:
                 dev=dev,
                 tracker=tracker,
                 dist=dist,
+                features=features,
             )
         finally:
             tracker.close()
@@ -290,6 +380,8 @@ def run(cfg: DictConfig) -> Manifest:
     }
     if result.in_batch:
         counts["in_batch_negatives"] = True
+    if features is not None:
+        counts["feature_texts"] = {"queries": features.n_queries, "passages": len(features) - features.n_queries}
     if dev is not None:
         counts.update(
             dev_queries=len(dev),
@@ -304,7 +396,7 @@ def run(cfg: DictConfig) -> Manifest:
         stage=STAGE,
         key=key,
         config={k: to_plain(cfg[k]) for k in ("student", "loss", "train", "hardware", "seed")},
-        inputs={"score": score_manifest.key},
+        inputs=inputs,
         counts=counts,
         outputs=outputs,
         wall_time_s=time.perf_counter() - start,

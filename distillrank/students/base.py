@@ -49,6 +49,7 @@ class Student(nn.Module):
 
     kind: str = ""  # bi_encoder | cross_encoder | colbert: the folder format of ``save``
     supports_in_batch: bool = False
+    supports_features: bool = False  # has one embedding per text (feature distillation)
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -61,6 +62,17 @@ class Student(nn.Module):
     def forward(
         self, queries: Sequence[str], passages: Sequence[str], index: torch.Tensor, in_batch: bool = False
     ) -> BatchScores:
+        raise NotImplementedError
+
+    @property
+    def embedding_dim(self) -> int:
+        """The width of :meth:`embed`'s vectors."""
+        raise NotImplementedError
+
+    def embed(self, texts: Sequence[str], kind: str) -> torch.Tensor:
+        """One differentiable embedding [len(texts), embedding_dim] per text (``kind``: ``query`` or
+        ``passage``), the vector feature distillation regresses onto the teacher's. Only students with
+        ``supports_features``."""
         raise NotImplementedError
 
     def rerank_scores(

@@ -18,6 +18,7 @@ class BiEncoderStudent(Student):
 
     kind = "bi_encoder"
     supports_in_batch = True
+    supports_features = True
 
     def __init__(self, model: BiEncoder) -> None:
         super().__init__(model)
@@ -30,6 +31,14 @@ class BiEncoderStudent(Student):
         index = index.to(p_emb.device)
         groups = torch.einsum("bd,bld->bl", q_emb, p_emb[index])  # [B, L]
         return BatchScores(groups, q_emb @ p_emb.T if in_batch else None)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model.dim
+
+    def embed(self, texts: Sequence[str], kind: str) -> torch.Tensor:
+        """The retrieval embedding itself (normalised for a cosine student)."""
+        return self.model(list(texts), kind).float()
 
     def rerank_scores(
         self,

@@ -28,6 +28,7 @@ class ColBERTStudent(Student):
 
     kind = "colbert"
     supports_in_batch = True
+    supports_features = True
 
     def __init__(self, model: ColBERTModel) -> None:
         super().__init__(model)
@@ -50,6 +51,16 @@ class ColBERTStudent(Student):
             p_mask[flat],
         )
         return BatchScores(groups.float().view(b, n))
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model.dim
+
+    def embed(self, texts: Sequence[str], kind: str) -> torch.Tensor:
+        """The mean of the text's scoring token embeddings [N, dim]: one vector per text for feature
+        distillation (the loss projects it to the teacher's width)."""
+        emb, mask = self.model.encode(list(texts), kind)
+        return emb.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).to(emb.dtype)
 
     def rerank_scores(
         self,

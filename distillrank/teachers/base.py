@@ -62,3 +62,21 @@ def describe(config) -> str:
     if config.get("path"):
         return f"scores from {config['path']}"
     return target or "unknown teacher"
+
+
+def embedding_source(teacher):
+    """The part of ``teacher`` that embeds texts, for feature distillation: the teacher itself when
+    it is a bi-encoder, else the first bi-encoder member of an ensemble.
+
+    Raises:
+        ConfigError: no member embeds texts (a cross-encoder, BM25, a score file, ...).
+    """
+    from distillrank.errors import ConfigError
+
+    for member in [teacher, *getattr(teacher, "members", [])]:
+        if getattr(member, "kind", None) == "bi_encoder" and hasattr(member, "encoder"):
+            return member
+    raise ConfigError(
+        f"feature distillation regresses the teacher's embeddings, and a {getattr(teacher, 'kind', type(teacher).__name__)} "
+        "teacher has none: use teacher=bi_encoder, or an ensemble with a bi-encoder member"
+    )

@@ -6,6 +6,12 @@ ColBERT): each batch's distinct passages are scored once through the student's `
 ([B, 1 + n] group scores, plus the [B, P] in-batch matrix when the loss's ``uses_in_batch`` is true
 and the student can give it), and the loss compares them with the teacher's scores.
 
+With a feature loss (:mod:`distillrank.losses.feature`) and a :class:`FeatureSet`, every micro-batch
+also embeds ``train.feature_batch_size`` of the collection's texts and regresses them onto the
+teacher's embeddings. An epoch is as long as the longer of the two streams (ranking examples,
+feature texts); the shorter one starts over within it. A loss made of feature terms only trains on
+the texts alone: no query, no label, no mined candidate.
+
 With ``train.checkpoint_every > 0`` and a ``checkpoint_dir``, the loop saves a resumable checkpoint
 every N optimizer steps into ``checkpoint_dir/last/`` (written to a temporary folder, a ``COMPLETE``
 marker last, then renamed into place). A later call with the same arguments loads it and continues
@@ -41,6 +47,8 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from distillrank.errors import ConfigError, DistillrankError
+from distillrank.losses.combined import uses_scores
+from distillrank.losses.feature import Features
 from distillrank.losses.infonce import InBatch
 from distillrank.runtime import autocast
 from distillrank.students.base import Student
@@ -48,6 +56,7 @@ from distillrank.students.factory import as_student
 from distillrank.training.batching import Example, QueryPool, epoch_examples
 from distillrank.training.dev import DevSet, evaluate_dev
 from distillrank.training.distributed import Dist
+from distillrank.training.features import FeatureSet, iter_texts
 from distillrank.training.trackers import Tracker
 from distillrank.workspace import atomic_dir, fingerprint, to_plain
 
@@ -104,6 +113,23 @@ def student_scores(
                 exclude[b, slot[d]] = True
     device = out.matrix.device
     return out.groups.float(), InBatch(out.matrix.float(), index.to(device), exclude.to(device))
+
+
+def _cycled(examples: list[Example], j: int, batch_size: int) -> list[Example]:
+    """Ranking micro-batch ``j`` of the epoch, starting over when the examples run out (an epoch
+    can be longer than the ranking stream when feature texts are more); [] without examples."""
+    if not examples:
+        return []
+    n = math.ceil(len(examples) / batch_size)
+    start = (j % n) * batch_size
+    return examples[start : start + batch_size]
+
+
+def _features(student: Student, features: FeatureSet, ids) -> Features:
+    """The student's embeddings of feature texts ``ids`` and the teacher's targets."""
+    batch = features.batch(ids)
+    emb = torch.cat([student.embed(texts, kind) for kind, texts in iter_texts(batch)])
+    return Features(emb, batch.targets.to(emb.device))
 
 
 @dataclass
@@ -179,6 +205,7 @@ def _save_checkpoint(
     checkpoint_dir: Path,
     identity: str,
     student: nn.Module,
+    loss_fn: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     position: _Position,
@@ -193,6 +220,7 @@ def _save_checkpoint(
         state = {
             "identity": identity,
             "model": _cpu_state(student),
+            "loss": _cpu_state(loss_fn) if loss_fn is not None else {},
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "position": position.__dict__,
@@ -226,10 +254,13 @@ def _load_checkpoint(checkpoint_dir: Path | None, identity: str) -> dict[str, An
     return state
 
 
-def _optimizer(student: nn.Module, cfg) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and normalisation weights."""
+def _optimizer(student: nn.Module, cfg, loss_fn: nn.Module | None = None) -> torch.optim.Optimizer:
+    """AdamW over the student's and the loss's own parameters (a feature projection); no weight
+    decay on biases and normalisation weights."""
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    if loss_fn is not None:
+        named += [(f"loss.{n}", p) for n, p in loss_fn.named_parameters() if p.requires_grad]
     params = [
         {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
         {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
@@ -253,6 +284,7 @@ def train_student(
     dev: DevSet | None = None,
     tracker: Tracker | None = None,
     dist: Dist | None = None,
+    features: FeatureSet | None = None,
 ) -> TrainResult:
     """Train ``student`` in place with ``loss_fn`` on the teacher-scored pools.
 
@@ -275,6 +307,9 @@ def train_student(
         dev: the dev set re-ranked every ``eval_every`` steps (None: no dev evaluation).
         tracker: TensorBoard / W&B sink for the same scalars (rank 0's; None: none).
         dist: the data-parallel group (None: a single process).
+        features: the texts and teacher embeddings of a feature loss (``loss_fn.uses_features``);
+            ``train.feature_batch_size`` of them join every micro-batch. Required by a feature
+            loss, ignored by any other.
     """
     dist = dist or Dist()
     tracker = tracker or Tracker()
@@ -285,14 +320,35 @@ def train_student(
     if cfg.scheduler not in SCHEDULES:
         raise ConfigError(f"train.scheduler={cfg.scheduler!r}; expected one of {sorted(SCHEDULES)}")
     accum = max(int(cfg.grad_accum_steps), 1)
+    wants_features = bool(getattr(loss_fn, "uses_features", False))
+    if wants_features:
+        if features is None:
+            raise ConfigError("the loss distils embeddings (a feature term) but no feature texts were given")
+        if not student.supports_features:
+            raise ConfigError(
+                f"the loss distils embeddings, which a {student.kind} student does not have (one vector per "
+                "text); use a ranking loss for it, or a bi_encoder / colbert student"
+            )
+        if hasattr(loss_fn, "setup"):
+            loss_fn.setup(student.embedding_dim, features.dim)
+        loss_fn.to(device)
+    else:
+        features = None
+    ranking = uses_scores(loss_fn)
+    if not ranking:
+        pools = []
+    feature_batch_size = int(cfg.get("feature_batch_size") or cfg.batch_size)
     n_per_epoch = len(epoch_examples(pools, cfg.negatives_per_example, np.random.default_rng(0)))
-    steps_per_epoch = math.ceil(math.ceil(n_per_epoch / cfg.batch_size) / accum)
+    rank_batches = math.ceil(n_per_epoch / cfg.batch_size)
+    feat_batches = features.n_batches(feature_batch_size) if features is not None else 0
+    micro_per_epoch = max(rank_batches, feat_batches)
+    steps_per_epoch = math.ceil(micro_per_epoch / accum)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, int(cfg.max_steps))
     if total_steps == 0:
         raise DistillrankError("no training examples: every query lacks a positive or a negative")
-    optimizer = _optimizer(student, cfg)
+    optimizer = _optimizer(student, cfg, loss_fn)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     scheduler = SCHEDULES[cfg.scheduler](optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
@@ -324,6 +380,8 @@ def train_student(
     state = _load_checkpoint(checkpoint_dir, identity) if checkpoint_every > 0 else None
     if state is not None:
         student.load_state_dict(state["model"])
+        if state.get("loss"):
+            loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         pos = _Position(**state["position"])
@@ -364,38 +422,52 @@ def train_student(
                 epoch_rng_override = None
             epoch_rng = copy.deepcopy(rng.bit_generator.state)
             examples = epoch_examples(pools, cfg.negatives_per_example, rng)
+            feature_ids = features.batches(feature_batch_size, rng) if features is not None else []
             step_size = cfg.batch_size * accum
             offset = first_offset if epoch == first_epoch else 0
-            for b in range(offset, len(examples), step_size):
+            # micro-batch j: ranking examples batch j and feature batch j, the shorter stream cycling
+            for b in range(offset, micro_per_epoch * cfg.batch_size, step_size):
                 if step >= total_steps:
                     break
                 optimizer.zero_grad(set_to_none=True)
+                first = b // cfg.batch_size
+                micro = range(first, min(first + accum, micro_per_epoch))
                 micro_batches = [
-                    examples[m : m + cfg.batch_size]
-                    for m in range(b, min(b + step_size, len(examples)), cfg.batch_size)
+                    (_cycled(examples, j, cfg.batch_size), feature_ids[j % len(feature_ids)] if feature_ids else None)
+                    for j in micro
                 ]
-                n_step = sum(len(mb) for mb in micro_batches)
+                # each micro-batch's share of the step: by ranking examples, else by feature texts
+                n_step = sum(len(mb) if ranking else len(fb) for mb, fb in micro_batches)
                 local_loss = 0.0
-                for batch in micro_batches:
+                for batch, feature_batch in micro_batches:
                     shard = dist.shard(batch)
-                    if not shard:
+                    feature_shard = dist.shard(list(feature_batch)) if feature_batch is not None else []
+                    if not shard and not feature_shard:
                         continue
                     with autocast(device, precision):
-                        scores, extra = student_scores(
-                            student, shard, query_text, passage_text, in_batch, positives
+                        scores, extra = (
+                            student_scores(student, shard, query_text, passage_text, in_batch, positives)
+                            if shard
+                            else (None, None)
                         )
-                    teacher = torch.tensor([ex.teacher for ex in shard], device=scores.device)
-                    if extra is None:
-                        loss = loss_fn(scores, teacher)
-                    else:
-                        loss = loss_fn(scores, teacher, in_batch=extra)
-                    (loss * (len(shard) / n_step)).backward()
-                    local_loss += loss.item() * len(shard) / n_step
+                        feats = _features(student, features, feature_shard) if feature_shard else None
+                    kwargs: dict[str, Any] = {}
+                    if extra is not None:
+                        kwargs["in_batch"] = extra
+                    if wants_features:
+                        kwargs["features"] = feats
+                    teacher = (
+                        torch.tensor([ex.teacher for ex in shard], device=scores.device) if scores is not None else None
+                    )
+                    loss = loss_fn(scores, teacher, **kwargs)
+                    share = (len(shard) if ranking else len(feature_shard)) / n_step
+                    (loss * share).backward()
+                    local_loss += loss.item() * share
                 loss_value = dist.sum(local_loss, device)
                 if not math.isfinite(loss_value):
                     raise DistillrankError(
                         f"loss is {loss_value} at step {step + 1} (epoch {epoch + 1}, batch of queries "
-                        f"{[ex.qid for ex in micro_batches[0][:5]]}…); lower train.lr or check the teacher "
+                        f"{[ex.qid for ex in micro_batches[0][0][:5]]}…); lower train.lr or check the teacher "
                         "scores; the last checkpoint (if any) is kept"
                     )
                 dist.all_reduce_grads(params)
@@ -449,6 +521,7 @@ def train_student(
                         checkpoint_dir,
                         identity,
                         student,
+                        loss_fn,
                         optimizer,
                         scheduler,
                         position,

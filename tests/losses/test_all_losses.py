@@ -14,6 +14,7 @@ from torch import nn
 from distillrank.config import conf_dir
 from distillrank.losses import (
     ApproxNDCGLoss,
+    Features,
     InfoNCELoss,
     KLDivergenceLoss,
     LambdaLoss,
@@ -118,6 +119,13 @@ def test_config_instantiates_to_a_finite_scalar(path: Path) -> None:
     gen = torch.Generator().manual_seed(16)
     student = torch.randn(4, 8, generator=gen, requires_grad=True)
     teacher = torch.randn(4, 8, generator=gen)
+    if getattr(loss, "uses_features", False):  # a feature term: embeddings too (conf/loss/feature.yaml, ...)
+        loss.setup(8, 6)
+        embeddings = torch.randn(5, 8, generator=gen, requires_grad=True)
+        value = loss(student, teacher, features=Features(embeddings, torch.randn(5, 6, generator=gen)))
+        value.backward()
+        assert torch.isfinite(embeddings.grad).all() and embeddings.grad.abs().sum() > 0
+        return
     value = loss(student, teacher)
     assert value.dim() == 0
     assert torch.isfinite(value)
