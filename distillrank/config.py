@@ -159,6 +159,15 @@ class EvaluateConfig:
     # Extra collections evaluated beside `data` (out-of-domain), each a conf/data option name
     # (`vaswani`) or a BEIR folder path, on its own data.test_split; a mean table follows.
     collections: list[str] = field(default_factory=list)
+    # Hybrid systems (docs/EVALUATION.md): the trained bi-encoder student fused with BM25, as
+    # `hybrid_rrf` (reciprocal-rank fusion) and `hybrid` (α·minmax(student) + (1−α)·minmax(bm25)).
+    # Evaluated when `systems` has bm25 and student and the student retrieves (a bi-encoder);
+    # ignored otherwise.
+    hybrid: bool = True
+    hybrid_alpha: float | None = None  # null: chosen on dev queries (grid 0..1 step 0.05); a number in [0, 1]: fixed
+    hybrid_dev_queries: int | None = 200  # judged dev- (else train-) split queries sampled with `seed` to choose α; null = all
+    hybrid_measure: str = "nDCG@10"  # what the chosen α maximises on them
+    hybrid_rrf_k: int = 60  # the RRF constant of hybrid_rrf
 
 
 @dataclass

@@ -98,7 +98,7 @@ def test_stage_commands_and_multirun(tmp_path, tiny_beir, tiny_bi_encoder):
     assert result.exit_code == 0, result.output
     assert "| student |" in result.output
     metrics = json.loads((exp_dir / "evaluate" / "metrics.json").read_text())
-    assert set(metrics) == {"bm25", "student"}
+    assert set(metrics) == {"bm25", "student", "hybrid_rrf", "hybrid"}  # + the student fused with BM25
 
 
 def test_conf_is_found_inside_the_package_layout():

@@ -7,17 +7,18 @@ Two pieces, shared by evaluation and mining:
   weights, the collection and the encoding settings, so it is encoded once.
 * :func:`search` encodes queries and runs the exact chunked top-k over a (memory-mapped) matrix.
 
-:func:`dense_retrieve` combines them over a scratch matrix that is removed afterwards (evaluation).
+:func:`scratch_index` holds such a matrix in a scratch folder, removed afterwards, while it is searched
+(evaluation); :func:`dense_retrieve` is one query set retrieved over it.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,88 @@ def latency_ms(answer_one, texts: Sequence[str], n: int) -> dict[str, float] | N
     }
 
 
+class ScratchIndex:
+    """A bi-encoder's corpus matrix in a scratch folder, searched exactly, while it is open.
+
+    Made by :func:`scratch_index`; lets one corpus encoding serve several query sets (the test
+    queries, dev queries, single-query latency) before the matrix is removed.
+    """
+
+    def __init__(
+        self,
+        encoder: BiEncoder,
+        collection,
+        matrix: np.ndarray,
+        rate: float,
+        batch_size: int,
+        chunk_size: int,
+        device: torch.device,
+        precision: str,
+    ) -> None:
+        self.encoder, self.collection, self.matrix, self.rate = encoder, collection, matrix, rate
+        self.batch_size, self.chunk_size = batch_size, chunk_size
+        self.device, self.precision = device, precision
+
+    def search(
+        self, texts: Sequence[str], top_k: int, batch_size: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores [Q, k] and corpus rows [Q, k] of the exact top-k of ``texts`` (see :func:`search`)."""
+        return search(
+            self.encoder,
+            self.matrix,
+            texts,
+            top_k,
+            batch_size or self.batch_size,
+            self.chunk_size,
+            self.device,
+            self.precision,
+        )
+
+    def retrieve(self, queries: Sequence[tuple[str, str]], top_k: int) -> dict[str, dict[str, float]]:
+        """The run ``{qid: {docid: score}}`` of ``(qid, text)`` queries, top ``top_k`` each."""
+        scores, rows = self.search([t for _, t in queries], top_k)
+        doc_ids = self.collection.doc_ids()
+        return {
+            qid: {doc_ids[r]: float(s) for s, r in zip(scores[i].tolist(), rows[i].tolist(), strict=True)}
+            for i, (qid, _) in enumerate(queries)
+        }
+
+    def search_one(self, text: str, top_k: int) -> dict[str, float]:
+        """One query encoded and searched alone (what a search service does): ``{docid: score}``."""
+        scores, rows = self.search([text], top_k, batch_size=1)
+        doc_ids = self.collection.doc_ids()
+        return {doc_ids[r]: float(s) for s, r in zip(scores[0].tolist(), rows[0].tolist(), strict=True)}
+
+
+@contextlib.contextmanager
+def scratch_index(
+    encoder: BiEncoder,
+    collection,
+    batch_size: int,
+    chunk_size: int,
+    device: torch.device,
+    precision: str,
+    scratch: Path,
+    name: str = "dense",
+) -> Iterator[ScratchIndex]:
+    """Encode the corpus block by block into a memory-mapped matrix in ``scratch``, removed on exit.
+
+    Peak memory is one block of texts and embeddings, not the corpus. The index's ``rate`` is the
+    corpus encoding rate in passages per second.
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        matrix, rate = encode_corpus(
+            encoder, collection, Path(tmp) / EMBEDDINGS_FILE, batch_size, chunk_size, device, precision, name
+        )
+        index = ScratchIndex(encoder, collection, matrix, rate, batch_size, chunk_size, device, precision)
+        try:
+            yield index
+        finally:
+            index.matrix = None
+            del matrix  # close the memmap before its folder is removed
+
+
 def dense_retrieve(
     encoder: BiEncoder,
     collection,
@@ -210,30 +293,14 @@ def dense_retrieve(
     """Encode the corpus block by block into a memory-mapped matrix, then exact top-k by blocks.
 
     Peak memory is one block of texts and embeddings, not the corpus: the matrix lives on disk in
-    ``scratch`` (removed afterwards).
+    ``scratch`` (removed afterwards; :func:`scratch_index`).
 
     Returns:
         the run (qid -> docid -> score), the corpus encoding rate in passages per second, and the
         single-query latency (encode + exact search) over ``latency_queries`` queries, or None.
     """
-    scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-        matrix, rate = encode_corpus(
-            encoder, collection, Path(tmp) / EMBEDDINGS_FILE, batch_size, chunk_size, device, precision, name
-        )
-        scores, rows = search(
-            encoder, matrix, [t for _, t in queries], top_k, batch_size, chunk_size, device, precision
-        )
-        search_corpus = functools.partial(search, encoder, matrix)
-        latency = latency_ms(
-            lambda text: search_corpus([text], top_k, 1, chunk_size, device, precision),
-            [t for _, t in queries],
-            latency_queries,
-        )
-        del matrix
-    doc_ids = collection.doc_ids()
-    run = {
-        qid: {doc_ids[r]: float(s) for s, r in zip(scores[i].tolist(), rows[i].tolist(), strict=True)}
-        for i, (qid, _) in enumerate(queries)
-    }
-    return run, rate, latency
+    with scratch_index(encoder, collection, batch_size, chunk_size, device, precision, scratch, name) as index:
+        run = index.retrieve(queries, top_k)
+        texts = [t for _, t in queries]
+        latency = latency_ms(lambda text: index.search([text], top_k, 1), texts, latency_queries)
+        return run, index.rate, latency

@@ -8,6 +8,8 @@ from distillrank.evaluation.significance import CORRECTION_NAME, TEST_NAME
 
 BETTER = "†"
 WORSE = "‡"
+BM25_BETTER = "▲"  # a hybrid system against bm25, when the baseline is another system
+BM25_WORSE = "▼"
 
 
 def _fmt(value) -> str:
@@ -18,12 +20,12 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def _mark(entry: Mapping | None) -> str:
+def _mark(entry: Mapping | None, better: str = BETTER, worse: str = WORSE) -> str:
     """``†`` for significantly better than the baseline, ``‡`` for significantly worse, else nothing."""
     if not entry or not entry.get("significant"):
         return ""
     delta = entry.get("delta") or 0.0
-    return BETTER if delta > 0 else WORSE if delta < 0 else ""
+    return better if delta > 0 else worse if delta < 0 else ""
 
 
 def results_table(
@@ -33,6 +35,7 @@ def results_table(
     *,
     baseline: str | None = None,
     alpha: float = 0.05,
+    bm25_significance: Mapping[str, Mapping[str, Mapping]] | None = None,
 ) -> str:
     """A Markdown table: one row per system, the measures, then speed and size.
 
@@ -46,15 +49,24 @@ def results_table(
         baseline: the baseline's name for the legend; inferred when exactly one system of
             ``results`` has no significance entry.
         alpha: the family-wise level, for the legend.
+        bm25_significance: the hybrid systems tested against ``bm25`` when the baseline is another
+            system (``significance_bm25`` in ``metrics.json``): ``▲`` / ``▼`` after the baseline's
+            mark, and a second legend line.
     """
     header = ["system", *measures, "passages/s", "latency ms (p50 / p95)", "params (M)", "disk (MB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for name, res in results.items():
         params = res.get("parameters")
         marks = (significance or {}).get(name) or {}
+        bm25_marks = (bm25_significance or {}).get(name) or {}
         cells = [
             name,
-            *[_fmt(res["metrics"].get(m)) + _mark(marks.get(m)) for m in measures],
+            *[
+                _fmt(res["metrics"].get(m))
+                + _mark(marks.get(m))
+                + _mark(bm25_marks.get(m), BM25_BETTER, BM25_WORSE)
+                for m in measures
+            ],
             _fmt(res.get("passages_per_s")),
         ]
         latency = res.get("latency")
@@ -71,7 +83,40 @@ def results_table(
             f"\n{BETTER} / {WORSE}: significantly better / worse than {baseline} "
             f"({TEST_NAME}, {CORRECTION_NAME}, α = {alpha:g}).\n"
         )
+    if bm25_significance:
+        table += (
+            f"\n{BM25_BETTER} / {BM25_WORSE}: a hybrid system significantly better / worse than bm25 "
+            f"({TEST_NAME}, Holm–Bonferroni correction across the hybrid systems, per measure, α = {alpha:g}).\n"
+        )
     return table
+
+
+def hybrid_note(results: Mapping[str, Mapping]) -> str | None:
+    """One sentence on how each hybrid system of ``results`` fused its runs (its ``"hybrid"``
+    record): RRF's k, or the convex α and how it was set; None when there is no hybrid system."""
+    parts = []
+    for name, res in results.items():
+        info = res.get("hybrid")
+        if not isinstance(info, Mapping):
+            continue
+        if info.get("method") == "rrf":
+            parts.append(
+                f"`{name}` = reciprocal-rank fusion of student and bm25, Σ 1 / (k + rank), k = {info.get('k')}"
+            )
+            continue
+        source = info.get("alpha_from")
+        if source == "dev":
+            how = (
+                f"chosen on {info.get('dev_queries')} {info.get('dev_split')} queries by {info.get('measure')} "
+                f"({info.get('dev_value', float('nan')):.3f} there; grid 0–1, step 0.05)"
+            )
+        elif source == "fixed":
+            how = "fixed (evaluate.hybrid_alpha)"
+        else:
+            how = f"the default ({info.get('why', 'no dev queries')})"
+        alpha = info.get("alpha", float("nan"))
+        parts.append(f"`{name}` = α · minmax(student) + (1 − α) · minmax(bm25) per query, α = {alpha:g}, {how}")
+    return ("Hybrid systems: " + "; ".join(parts) + ".") if parts else None
 
 
 def student_card_table(

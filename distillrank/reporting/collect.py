@@ -175,6 +175,14 @@ class Evaluation:
         marks = {n: r["significance"] for n, r in self.results.items() if r.get("significance")}
         return marks if (marks or self.baseline) else None
 
+    def bm25_significance(self) -> dict[str, dict[str, Any]] | None:
+        """``{system: {measure: test result}}`` of the hybrid systems against ``bm25`` (kept when the
+        baseline is another system, as ``significance_bm25``), or None."""
+        if self.mean:
+            return None
+        marks = {n: r["significance_bm25"] for n, r in self.results.items() if r.get("significance_bm25")}
+        return marks or None
+
 
 def _is_results(obj: Any) -> bool:
     return (

@@ -122,3 +122,69 @@ def query_deltas(deltas: QueryDeltas, path: Path, title: str, system: str, basel
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+# Marker and colour of each kind of system in the quality–speed figure.
+SPEED_STYLES: dict[str, tuple[str, str, str]] = {  # kind -> (marker, colour, legend label)
+    "bm25": ("*", "tab:gray", "BM25"),
+    "teacher": ("s", "tab:purple", "teacher"),
+    "student": ("o", "tab:blue", "trained student"),
+    "hybrid": ("^", "tab:green", "student + BM25 (hybrid)"),
+    "student_init": ("o", "tab:cyan", "untrained student"),
+    "other": ("D", "tab:orange", "other checkpoint"),
+}
+
+
+def quality_speed(panels: dict[str, list[dict[str, Any]]], path: Path, measure: str = "nDCG@10") -> Path:
+    """Quality against speed, one row per collection: ``measure`` (y) against corpus throughput
+    (passages/s, x, log scale) on the left and against single-query latency (median ms, x, log
+    scale) on the right.
+
+    BM25 encodes no passages: on the left it is a dashed horizontal line at its quality (labelled),
+    on the right a point like the others. A point missing its x value (no latency measured, say)
+    is left out of that panel.
+
+    Args:
+        panels: ``{collection title: [point]}``, a point ``{"label", "kind", "quality",
+            "passages_per_s", "latency_ms"}`` with ``kind`` a key of :data:`SPEED_STYLES`
+            (unknown kinds are drawn as ``other``) and the speeds None when unknown.
+        path: the PNG to write.
+        measure: the y axis label.
+    """
+    rows = max(len(panels), 1)
+    fig, axes = plt.subplots(rows, 2, figsize=(12, 4.2 * rows), squeeze=False)
+    for row, (title, points) in enumerate(panels.items()):
+        throughput, latency = axes[row, 0], axes[row, 1]
+        seen: set[str] = set()
+        for p in points:
+            marker, colour, legend = SPEED_STYLES.get(p["kind"], SPEED_STYLES["other"])
+            label = legend if legend not in seen else None
+            if p["kind"] == "bm25":
+                throughput.axhline(p["quality"], color=colour, linestyle="--", linewidth=1, label=label)
+                throughput.annotate(
+                    f"{p['label']} (no encoding)", (0.01, p["quality"]), xycoords=("axes fraction", "data"),
+                    fontsize=6, color=colour, va="bottom",
+                )
+            elif p.get("passages_per_s"):
+                throughput.scatter([p["passages_per_s"]], [p["quality"]], marker=marker, color=colour, s=40,
+                                   label=label, zorder=3)
+                throughput.annotate(p["label"], (p["passages_per_s"], p["quality"]), fontsize=6,
+                                    xytext=(4, 3), textcoords="offset points")
+            if p.get("latency_ms"):
+                latency.scatter([p["latency_ms"]], [p["quality"]], marker=marker, color=colour, s=40,
+                                label=label, zorder=3)
+                latency.annotate(p["label"], (p["latency_ms"], p["quality"]), fontsize=6,
+                                 xytext=(4, 3), textcoords="offset points")
+            seen.add(legend)
+        for ax, xlabel in ((throughput, "passages/s (corpus encoding; log scale)"),
+                           (latency, "query latency, median ms (log scale)")):
+            if any(c for c in ax.collections):  # a log axis needs positive data
+                ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(measure)
+            ax.set_title(title, fontsize=9)
+            ax.grid(alpha=0.3, which="both")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{measure} against speed", fontsize=10)
+    return _save(fig, path)

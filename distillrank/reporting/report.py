@@ -14,8 +14,10 @@ Written to ``<workspace>/report/`` (or ``--output``) as a whole, atomically: ``r
 With several collections (``evaluate.collections``) the metrics and the per-query figure come once
 per collection, followed by the mean table (macro average over the collections, unmarked).
 
-A cross-experiment summary (one row per experiment's student) comes first. A missing stage or
-artifact turns its section into a sentence saying what is missing.
+A cross-experiment summary (one row per experiment's student) comes first, then a quality–speed
+figure (``figures/quality-speed.png``): nDCG@10 against passages/s and against query latency for
+BM25, the teachers, every experiment's students and hybrid systems, one row per collection. A
+missing stage or artifact turns its section into a sentence saying what is missing.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from distillrank.errors import DistillrankError
-from distillrank.evaluation.tables import results_table
+from distillrank.evaluation.tables import hybrid_note, results_table
 from distillrank.reporting import plots
 from distillrank.reporting.collect import (
     STAGES,
@@ -52,6 +54,14 @@ REPORT_DIR = "report"
 FIGURES = "figures"
 STUDENT = "student"
 DELTA_MEASURE = "nDCG@10"
+SPEED_MEASURE = "nDCG@10"  # the quality axis of the quality–speed figure
+
+
+def _speed_kind(system: str) -> str:
+    """The quality–speed figure's kind of a system (its marker): see ``plots.SPEED_STYLES``."""
+    if system in ("bm25", "teacher", "student", "student_init"):
+        return system
+    return "hybrid" if system.startswith("hybrid") else "other"
 
 
 @dataclass
@@ -115,6 +125,61 @@ class _Builder:
             Table(table),
         )
 
+    def quality_speed(self, evaluations: dict[str, list[tuple[str | None, Evaluation]]]) -> None:
+        """nDCG@10 against speed for every system of every experiment, one figure row per collection."""
+        self.add(Heading(2, "Quality and speed"))
+        panels: dict[str, list[dict]] = {}
+        shared: dict[tuple[str, str], dict] = {}  # (collection, system key) -> its point
+        for exp_name, groups in evaluations.items():
+            for title, ev in groups:
+                if ev.mean or SPEED_MEASURE not in ev.measures:
+                    continue
+                collection = title or (ev.header.split(":", 1)[0] if ev.header else "test")
+                for system, res in ev.results.items():
+                    quality = res.get("metrics", {}).get(SPEED_MEASURE)
+                    if not isinstance(quality, int | float) or not np.isfinite(quality):
+                        continue
+                    key = (collection, str(res.get("key") or f"{exp_name}/{system}"))
+                    if key in shared:  # the same results in another experiment (BM25, a teacher): drawn once
+                        shared[key]["experiments"] += 1
+                        continue
+                    latency = res.get("latency") or {}
+                    point = {
+                        "system": system,
+                        "experiment": exp_name,
+                        "experiments": 1,
+                        "kind": _speed_kind(system),
+                        "quality": float(quality),
+                        "passages_per_s": res.get("passages_per_s"),
+                        "latency_ms": latency.get("median_ms"),
+                    }
+                    shared[key] = point
+                    panels.setdefault(collection, []).append(point)
+        if not panels:
+            self.add(Text(f"No evaluated system has {SPEED_MEASURE} yet (`distillrank evaluate`)."))
+            return
+        for points in panels.values():
+            for p in points:
+                p["label"] = p["system"] if p["kind"] == "bm25" or p["experiments"] > 1 else (
+                    f"{p['experiment']}" if p["system"] == STUDENT else f"{p['experiment']}: {p['system']}"
+                )
+        path, rel = self.figure("quality-speed")
+        self.figures.append(plots.quality_speed(panels, path, SPEED_MEASURE))
+        self.add(
+            Figure(rel, f"{SPEED_MEASURE} against passages/s (left) and query latency (right), per collection"),
+            Text(
+                f"Each point is one system on one collection ({SPEED_MEASURE} on its test queries): the trained "
+                "student of each experiment (labelled with the experiment), its hybrid systems with BM25, the "
+                "untrained student and the teacher; results shared by experiments (BM25, a common teacher) are "
+                "drawn once. Left: passages/s is the corpus encoding throughput (log scale); for a re-ranker it is "
+                "(query, passage) pairs scored per second, and a hybrid system shares its student's. BM25 encodes "
+                "nothing, so it is the dashed horizontal line at its "
+                f"{SPEED_MEASURE} there. Right: median single-query latency, end to end (log scale), BM25 "
+                "included; systems evaluated with `evaluate.latency_queries=0` are missing there. Speeds are "
+                "those of the machine that ran each evaluation."
+            ),
+        )
+
     def stages(self, exp: Experiment) -> None:
         parts = []
         for stage, (manifest, folder) in sorted(exp.stages.items(), key=lambda kv: STAGES.index(kv[0])):
@@ -144,9 +209,13 @@ class _Builder:
             if ev.header:
                 self.add(Text(ev.header))
             table = results_table(
-                ev.results, ev.measures, ev.significance(), baseline=ev.baseline, alpha=ev.alpha
+                ev.results, ev.measures, ev.significance(), baseline=ev.baseline, alpha=ev.alpha,
+                bm25_significance=ev.bm25_significance(),
             )
             self.add(Table(table))
+            note = hybrid_note(ev.results)
+            if note:
+                self.add(Text(note))
 
     def training(self, exp: Experiment) -> None:
         self.add(Heading(3, "Training"))
@@ -325,6 +394,7 @@ def build(
         for e in found
     }
     b.summary(evaluations)
+    b.quality_speed(evaluations)
     for exp in found:
         b.add(Heading(2, exp.name))
         b.stages(exp)

@@ -25,6 +25,18 @@ each measure over the collections (each collection weighs the same, whatever its
 "systems": {system: result}}}, "mean": {"over": [names], "systems": {system: {"metrics"}}}}``;
 without extra collections it stays ``{system: result}``.
 
+Hybrid systems: with ``evaluate.hybrid`` (default on), when ``bm25`` and a retrieving bi-encoder
+``student`` are both evaluated, their run files are fused query by query into ``hybrid_rrf``
+(reciprocal-rank fusion, ``evaluate.hybrid_rrf_k``) and ``hybrid`` (α·minmax(student) +
+(1−α)·minmax(bm25), :mod:`distillrank.evaluation.hybrid`), top ``evaluate.top_k`` of the union.
+α is ``evaluate.hybrid_alpha``, or, when that is null, chosen by a grid on up to
+``evaluate.hybrid_dev_queries`` judged queries (sampled with ``seed``) of the collection's dev split,
+else its train split, which both retrievers then run; without either split it is
+:data:`~distillrank.evaluation.hybrid.DEFAULT_ALPHA`. How α was set is kept under the system's
+``"hybrid"``. With a baseline other than ``bm25`` the hybrid systems are also tested against ``bm25``
+(``"significance_bm25"``, marked ▲ / ▼). Their latency times BM25, the student's query encoding and
+search, and the fusion, one query at a time; passages/s, parameters and disk are the student's.
+
 Model card: when ``student`` is evaluated, the ``## Evaluation`` section of the trained model's
 ``README.md`` (``train/model/README.md``) is written (or replaced): the student's measures per
 collection and split, and the command that produced them.
@@ -37,6 +49,7 @@ import logging
 import re
 import shlex
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,11 +60,20 @@ from omegaconf import DictConfig, OmegaConf
 from distillrank.config import DataConfig, conf_dir
 from distillrank.data.collection import Collection
 from distillrank.errors import ConfigError
-from distillrank.evaluation.dense import dense_retrieve, latency_ms
+from distillrank.evaluation.dense import ScratchIndex, latency_ms, scratch_index
+from distillrank.evaluation.hybrid import (
+    ALPHA_GRID,
+    DEFAULT_ALPHA,
+    choose_alpha,
+    convex_runs,
+    ranking,
+    rrf_runs,
+)
 from distillrank.evaluation.metrics import compute_metrics, parse_measures
-from distillrank.evaluation.runs import write_trec_run
+from distillrank.evaluation.runs import read_trec_run, write_trec_run
 from distillrank.evaluation.significance import compare_to_baseline
-from distillrank.evaluation.tables import results_table, student_card_table
+from distillrank.evaluation.tables import hybrid_note, results_table, student_card_table
+from distillrank.mining.fusion import convex_fuse, rrf_fuse
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
 from distillrank.runtime import autocast, hardware
@@ -74,26 +96,118 @@ log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
 BUILTIN = ("bm25", "teacher", "student_init", "student")
+HYBRID = ("hybrid_rrf", "hybrid")  # the student fused with BM25: reciprocal ranks, convex scores
 
 
 def _split(cfg: DictConfig) -> str:
     return cfg.evaluate.split or cfg.data.test_split
 
 
+def hybrid_enabled(cfg: DictConfig) -> bool:
+    """Whether the hybrid systems are evaluated: ``evaluate.hybrid`` on, ``bm25`` and ``student``
+    among ``evaluate.systems``, and the student a bi-encoder that retrieves (not re-ranks)."""
+    ev = cfg.evaluate
+    systems = list(ev.systems)
+    if not ev.get("hybrid", False) or "bm25" not in systems or "student" not in systems:
+        return False
+    return not reranks(cfg, "student")
+
+
 def _system_names(cfg: DictConfig) -> list[str]:
-    names = list(cfg.evaluate.systems) + list(cfg.evaluate.checkpoints)
     unknown = [s for s in cfg.evaluate.systems if s not in BUILTIN]
     if unknown:
         raise ConfigError(
             f"evaluate.systems has unknown {unknown}; built-in systems are {list(BUILTIN)} "
             "and extra bi-encoders go in evaluate.checkpoints (name: path)"
         )
-    return names
+    hybrid = list(HYBRID) if hybrid_enabled(cfg) else []
+    clash = [n for n in cfg.evaluate.checkpoints if n in hybrid]
+    if clash:
+        raise ConfigError(
+            f"evaluate.checkpoints {clash} clash with the hybrid systems {list(HYBRID)}; "
+            "rename them or set evaluate.hybrid=false"
+        )
+    return list(cfg.evaluate.systems) + hybrid + list(cfg.evaluate.checkpoints)
 
 
-def system_key(cfg: DictConfig, name: str, coll: Collection | None = None, split: str | None = None) -> str:
-    """What decides one system's results on a collection's test split (default: ``data``'s)."""
-    if name == "bm25":
+def _check_hybrid(cfg: DictConfig) -> None:
+    """The hybrid settings, checked before any work (only when the hybrid systems are evaluated)."""
+    if not hybrid_enabled(cfg):
+        return
+    ev = cfg.evaluate
+    if ev.hybrid_alpha is not None and not 0.0 <= float(ev.hybrid_alpha) <= 1.0:
+        raise ConfigError(
+            f"evaluate.hybrid_alpha must be in [0, 1] or null (chosen on dev queries), got {ev.hybrid_alpha}"
+        )
+    if ev.hybrid_dev_queries is not None and int(ev.hybrid_dev_queries) < 1:
+        raise ConfigError(
+            f"evaluate.hybrid_dev_queries must be a positive number or null (all), got {ev.hybrid_dev_queries}"
+        )
+    if int(ev.hybrid_rrf_k) < 0:
+        raise ConfigError(f"evaluate.hybrid_rrf_k must be >= 0, got {ev.hybrid_rrf_k}")
+    try:
+        parse_measures([str(ev.hybrid_measure)])
+    except ConfigError:
+        raise ConfigError(
+            f"evaluate.hybrid_measure: {ev.hybrid_measure!r} is not an ir_measures measure (e.g. nDCG@10, RR@10)"
+        ) from None
+
+
+def dev_split(data: DictConfig, coll: Collection, test_split: str) -> str | None:
+    """The split α is chosen on: the collection's ``dev_split``, else its ``train_split``, the first
+    that is loaded, has a judged query with a relevant document and is not the test split; None
+    when there is none (then α is the default, 0.5)."""
+    for split in (data.get("dev_split"), data.get("train_split")):
+        if not split or split == test_split or split not in coll.splits():
+            continue
+        if any(any(r > 0 for r in docs.values()) for docs in coll.qrels[split].values()):
+            return str(split)
+    return None
+
+
+def _hybrid_what(cfg: DictConfig, name: str, coll: Collection, split: str, data: DictConfig) -> dict:
+    """What decides a hybrid system's run: its parts' keys and the fusion (α, or how it is chosen)."""
+    ev = cfg.evaluate
+    what: dict = {
+        "hybrid": name,
+        "bm25": system_key(cfg, "bm25", coll, split, data),
+        "student": system_key(cfg, "student", coll, split, data),
+    }
+    if name == "hybrid_rrf":
+        return {**what, "k": int(ev.hybrid_rrf_k)}
+    if ev.hybrid_alpha is not None:
+        return {**what, "alpha": float(ev.hybrid_alpha)}
+    dev = dev_split(data, coll, split)
+    if dev is None:
+        return {**what, "alpha": "default", "default": DEFAULT_ALPHA}
+    return {
+        **what,
+        "alpha": "dev",
+        "dev_split": dev,
+        "dev_queries": ev.hybrid_dev_queries,
+        "seed": cfg.seed,
+        "measure": str(ev.hybrid_measure),
+        "grid": list(ALPHA_GRID),
+        "default": DEFAULT_ALPHA,
+    }
+
+
+def system_key(
+    cfg: DictConfig,
+    name: str,
+    coll: Collection | None = None,
+    split: str | None = None,
+    data: DictConfig | None = None,
+) -> str:
+    """What decides one system's results on a collection's test split (default: ``data``'s).
+
+    ``data``: that collection's data config (default ``cfg.data``), for the hybrid systems' dev split.
+    """
+    coll = coll if coll is not None else context.collection(cfg)
+    split = split or _split(cfg)
+    if name in HYBRID:
+        what = _hybrid_what(cfg, name, coll, split, data if data is not None else cfg.data)
+    elif name == "bm25":
         what = {k: cfg.mining[k] for k in ("k1", "b", "stemmer", "stopwords")}
     elif name == "teacher":
         what = {"teacher": context.teacher_fingerprint(cfg)}
@@ -111,8 +225,8 @@ def system_key(cfg: DictConfig, name: str, coll: Collection | None = None, split
     return fingerprint(
         {
             "system": what,
-            "collection": (coll or context.collection(cfg)).fingerprint,
-            "split": split or _split(cfg),
+            "collection": coll.fingerprint,
+            "split": split,
             "measures": list(cfg.evaluate.measures),
             "top_k": cfg.evaluate.top_k,
             "precision": cfg.hardware.precision,
@@ -149,7 +263,7 @@ def stage_key(cfg: DictConfig) -> str:
         what["collections"] = {}
         for name, data in extras:
             coll, split = _extra_split(cfg, name, data)
-            what["collections"][name] = {n: system_key(cfg, n, coll, split) for n in _system_names(cfg)}
+            what["collections"][name] = {n: system_key(cfg, n, coll, split, data) for n in _system_names(cfg)}
     return fingerprint(what)
 
 
@@ -260,18 +374,27 @@ class Target:
     qrels: dict[str, dict[str, int]]
     folder: Path  # evaluate/ for the main collection, evaluate/<name>/ for an extra one
     rel: str  # folder relative to evaluate/ ("." or the name)
+    data: DictConfig | None = None  # the collection's data config (the hybrid systems' dev split)
+    dev_split: str | None = None  # the split the hybrid α is chosen on (None: the default α)
 
     @property
     def header(self) -> str:
         return f"{self.name} / {self.split}: {len(self.queries)} queries, {len(self.coll.corpus):,} passages"
 
 
-def _target(name: str, coll: Collection, split: str, folder: Path, rel: str) -> Target:
+def _judged(coll: Collection, split: str) -> tuple[list[tuple[str, str]], dict[str, dict[str, int]]]:
+    """The (qid, text) of a split's queries with at least one relevant document, and their qrels."""
+    qrels = {q: docs for q, docs in coll.qrels[split].items() if any(r > 0 for r in docs.values())}
+    queries = [(q, t) for q, t in coll.split_queries(split) if q in qrels]
+    return queries, {q: qrels[q] for q, _ in queries}
+
+
+def _target(name: str, coll: Collection, split: str, folder: Path, rel: str, data: DictConfig) -> Target:
     qrels = {q: docs for q, docs in coll.qrels[split].items() if any(r > 0 for r in docs.values())}
     queries = [(q, t) for q, t in coll.split_queries(split) if q in qrels]
     if not queries:
         raise ConfigError(f"collection {name!r} has no {split!r} query with a relevant document to evaluate")
-    return Target(name, coll, split, queries, qrels, folder, rel)
+    return Target(name, coll, split, queries, qrels, folder, rel, data, dev_split(data, coll, split))
 
 
 def targets(cfg: DictConfig) -> list[Target]:
@@ -283,10 +406,10 @@ def targets(cfg: DictConfig) -> list[Target]:
         raise ConfigError(
             f"evaluate split {split!r} is not among the qrels splits {coll.splits()} of '{coll.name}'"
         )
-    out = [_target(str(cfg.data.name), coll, split, folder, ".")]
+    out = [_target(str(cfg.data.name), coll, split, folder, ".", cfg.data)]
     for name, data in extra_collections(cfg):
         extra, extra_split = _extra_split(cfg, name, data)
-        out.append(_target(name, extra, extra_split, folder / name, name))
+        out.append(_target(name, extra, extra_split, folder / name, name, data))
     return out
 
 
@@ -361,7 +484,7 @@ def reranks(cfg: DictConfig, name: str) -> bool:
     """
     if cfg.evaluate.mode not in ("auto", "rerank"):
         raise ConfigError(f"evaluate.mode={cfg.evaluate.mode!r}; expected auto or rerank")
-    if name == "bm25":
+    if name == "bm25" or name in HYBRID:  # the hybrid systems fuse two retrievers' runs
         return False
     if cfg.evaluate.mode == "rerank":
         return True
@@ -515,6 +638,17 @@ def _evaluate_system(cfg: DictConfig, name: str, coll, queries, device, precisio
         }
         latency = latency_ms(lambda t: index.search([t], ev.top_k, progress=False), texts, ev.latency_queries)
         return {"run": run, "passages_per_s": None, "parameters": None, "latency": latency, "disk_mb": None}
+    with ExitStack() as stack:
+        index, folder = _open_dense(cfg, name, coll, device, precision, scratch, stack)
+        return _dense_result(cfg, index, folder, queries)
+
+
+def _open_dense(
+    cfg: DictConfig, name: str, coll, device, precision, scratch: Path, stack: ExitStack
+) -> tuple[ScratchIndex, Path | None]:
+    """A bi-encoder system's corpus encoded into a scratch index that lives as long as ``stack``;
+    also the model's folder (None for a model built in memory)."""
+    ev = cfg.evaluate
     if name == "teacher":
         teacher = context.teacher(cfg)
         if not isinstance(teacher, BiEncoderTeacher):
@@ -526,70 +660,227 @@ def _evaluate_system(cfg: DictConfig, name: str, coll, queries, device, precisio
     else:
         folder = _system_folder(cfg, name)
         encoder = BiEncoder.load(folder)
-    run, rate, latency = dense_retrieve(
-        encoder,
-        coll,
-        queries,
-        ev.top_k,
-        ev.batch_size,
-        ev.chunk_size,
-        device,
-        precision,
-        scratch,
-        name,
-        latency_queries=ev.latency_queries,
+    index = stack.enter_context(
+        scratch_index(encoder, coll, ev.batch_size, ev.chunk_size, device, precision, scratch, name)
     )
+    return index, folder
+
+
+def _dense_result(cfg: DictConfig, index: ScratchIndex, folder: Path | None, queries) -> dict:
+    """A bi-encoder's run over its index, encoding rate, single-query latency (encode + exact search)."""
+    ev = cfg.evaluate
+    run = index.retrieve(queries, ev.top_k)
+    texts = [t for _, t in queries]
+    latency = latency_ms(lambda text: index.search([text], ev.top_k, 1), texts, ev.latency_queries)
     return {
         "run": run,
-        "passages_per_s": rate,
-        "parameters": _params(encoder),
+        "passages_per_s": index.rate,
+        "parameters": _params(index.encoder),
         "latency": latency,
         "disk_mb": _disk_mb(folder),
     }
 
 
+# --------------------------------------------------------------------------- hybrid systems
+def _dev_set(cfg: DictConfig, target: Target) -> tuple[list[tuple[str, str]], dict[str, dict[str, int]]]:
+    """The judged queries α is chosen on: ``evaluate.hybrid_dev_queries`` of ``target.dev_split``,
+    sampled with ``seed`` (kept in the split's order), and their qrels."""
+    queries, qrels = _judged(target.coll, target.dev_split)
+    n = cfg.evaluate.hybrid_dev_queries
+    if n is not None and int(n) < len(queries):
+        keep = sorted(np.random.default_rng(cfg.seed).permutation(len(queries))[: int(n)].tolist())
+        queries = [queries[i] for i in keep]
+    return queries, {q: qrels[q] for q, _ in queries}
+
+
+def _chooses_alpha(cfg: DictConfig, target: Target, names: list[str]) -> bool:
+    return "hybrid" in names and cfg.evaluate.hybrid_alpha is None and target.dev_split is not None
+
+
+def _bm25_run(index, queries: list[tuple[str, str]], depth: int, doc_ids: list[str]) -> dict[str, dict]:
+    """BM25's run ``{qid: {docid: score}}`` of ``(qid, text)`` queries, top ``depth`` each."""
+    rows, scores = index.search([t for _, t in queries], depth, progress=False)
+    return {
+        qid: {doc_ids[r]: float(s) for r, s in zip(rows[i], scores[i], strict=True) if r >= 0}
+        for i, (qid, _) in enumerate(queries)
+    }
+
+
+def _alpha(cfg: DictConfig, target: Target, student: ScratchIndex | None, bm25) -> tuple[float, dict]:
+    """The convex system's α and how it was set: fixed, chosen on dev queries, or the default."""
+    ev = cfg.evaluate
+    if ev.hybrid_alpha is not None:
+        return float(ev.hybrid_alpha), {"alpha": float(ev.hybrid_alpha), "alpha_from": "fixed"}
+    if target.dev_split is None:
+        return DEFAULT_ALPHA, {
+            "alpha": DEFAULT_ALPHA,
+            "alpha_from": "default",
+            "why": f"{target.name} has no judged dev or train split besides {target.split!r}",
+        }
+    queries, qrels = _dev_set(cfg, target)
+    log.info("evaluate: hybrid α on %d %s queries of %s", len(queries), target.dev_split, target.name)
+    dense_dev = student.retrieve(queries, ev.top_k)
+    bm25_dev = _bm25_run(bm25, queries, ev.top_k, target.coll.doc_ids())
+    choice = choose_alpha(dense_dev, bm25_dev, qrels, str(ev.hybrid_measure), depth=ev.top_k)
+    record = choice.to_dict()
+    return choice.alpha, {
+        "alpha": choice.alpha,
+        "alpha_from": "dev",
+        "dev_split": target.dev_split,
+        "dev_queries": record.pop("queries"),
+        "measure": record.pop("measure"),
+        "dev_value": record.pop("value"),
+        "curve": record.pop("curve"),
+    }
+
+
+def _evaluate_hybrid(
+    cfg: DictConfig, target: Target, names: list[str], results: dict[str, dict], student: ScratchIndex | None
+) -> dict[str, dict]:
+    """The hybrid systems ``names`` from the ``student`` and ``bm25`` run files of ``target``.
+
+    ``student``: the student's corpus index, needed to choose α on dev queries and to time queries
+    (None when neither is to be done).
+    """
+    ev = cfg.evaluate
+    depth = int(ev.top_k)
+    dense_run = read_trec_run(target.folder / "student" / "run.trec")
+    bm25_run = read_trec_run(target.folder / "bm25" / "run.trec")
+    bm25 = mine.bm25_index(cfg, target.coll)
+    doc_ids = target.coll.doc_ids()
+    texts = [t for _, t in target.queries]
+    parts = results["student"]
+    out: dict[str, dict] = {}
+    for name in names:
+        if name == "hybrid_rrf":
+            k = int(ev.hybrid_rrf_k)
+            run = rrf_runs(dense_run, bm25_run, k, depth)
+            info = {"method": "rrf", "k": k}
+
+            def fuse(dense: dict, lexical: dict, k: int = k) -> list:
+                return rrf_fuse([ranking(dense), ranking(lexical)], k, depth)
+        else:
+            alpha, info = _alpha(cfg, target, student, bm25)
+            run = convex_runs(dense_run, bm25_run, alpha, depth)
+            info = {"method": "convex", **info}
+
+            def fuse(dense: dict, lexical: dict, alpha: float = alpha) -> list:
+                return convex_fuse(dense, lexical, alpha, depth)
+
+        latency = None
+        if student is not None and ev.latency_queries:
+            def answer(text: str, fuse=fuse) -> list:  # BM25, the student (encode + search), fusion
+                lexical = _bm25_run(bm25, [("q", text)], depth, doc_ids)["q"]
+                return fuse(student.search_one(text, depth), lexical)
+
+            latency = latency_ms(answer, texts, ev.latency_queries)
+        out[name] = {
+            "run": run,
+            "passages_per_s": parts.get("passages_per_s"),  # the student's corpus encoding
+            "parameters": parts.get("parameters"),
+            "latency": latency,
+            "disk_mb": parts.get("disk_mb"),
+            "hybrid": {**info, "fused": ["student", "bm25"], "depth": depth},
+        }
+    return out
+
+
+def _cached(cfg: DictConfig, sys_dir: Path, key: str) -> dict | None:
+    """A system's saved results when they carry ``key`` (and ``force`` is off), else None."""
+    saved = sys_dir / "metrics.json"
+    if not cfg.force and saved.is_file() and (sys_dir / "run.trec").is_file():
+        previous = json.loads(saved.read_text())
+        if previous.get("key") == key:
+            return previous
+    return None
+
+
+def _record(cfg: DictConfig, target: Target, name: str, key: str, out: dict) -> dict:
+    """Measure a system's run, write ``<system>/run.trec`` and ``<system>/metrics.json``; the result."""
+    sys_dir = target.folder / name
+    aggregate, per_query = compute_metrics(target.qrels, out["run"], list(cfg.evaluate.measures))
+    write_trec_run(sys_dir / "run.trec", out["run"], tag=f"distillrank-{name}")
+    result = {
+        "key": key,
+        "metrics": aggregate,
+        "per_query": per_query,
+        "passages_per_s": out["passages_per_s"],
+        "parameters": out["parameters"],
+        "latency": out["latency"],
+        "disk_mb": out["disk_mb"],
+        "queries": len(target.queries),
+    }
+    if "hybrid" in out:
+        result["hybrid"] = out["hybrid"]
+    atomic_write_json(sys_dir / "metrics.json", result)
+    return result
+
+
 def _evaluate_target(cfg: DictConfig, target: Target, device, precision, scratch: Path) -> dict[str, dict]:
     """Every system on one collection; a system whose saved results carry its current key is reused.
 
+    The hybrid systems come after the others, from their ``student`` and ``bm25`` run files; when one
+    of them is to be computed, the student's corpus matrix (encoded once, for its own run) is kept
+    for the dev queries and the latency, or encoded when the student's results were reused.
+
     Returns ``{system: {"key", "metrics", "per_query", "passages_per_s", "parameters", "latency",
-    "disk_mb", "queries"}}``, also saved as ``<target.folder>/<system>/metrics.json`` with the run file.
+    "disk_mb", "queries"}}`` (and ``"hybrid"`` for the hybrid systems), also saved as
+    ``<target.folder>/<system>/metrics.json`` with the run file.
     """
+    names = _system_names(cfg)
+    keys = {n: system_key(cfg, n, target.coll, target.split, target.data) for n in names}
+    cached = {n: _cached(cfg, target.folder / n, keys[n]) for n in names}
+    pending = [n for n in names if n in HYBRID and cached[n] is None]
     results: dict[str, dict] = {}
     first = _FirstStage(cfg, target.coll, target.queries)
-    for name in _system_names(cfg):
-        sys_dir = target.folder / name
-        sys_key = system_key(cfg, name, target.coll, target.split)
-        saved = sys_dir / "metrics.json"
-        if not cfg.force and saved.is_file() and (sys_dir / "run.trec").is_file():
-            previous = json.loads(saved.read_text())
-            if previous.get("key") == sys_key:
+    with ExitStack() as stack:
+        student: ScratchIndex | None = None
+        for name in names:
+            if cached[name] is not None:
                 log.info("evaluate: %s on %s up to date, reused", name, target.name)
-                results[name] = previous
+                results[name] = cached[name]
                 continue
-        log.info("evaluate: %s on %s/%s (%d queries)", name, target.name, target.split, len(target.queries))
-        out = _evaluate_system(cfg, name, target.coll, target.queries, device, precision, scratch, first)
-        aggregate, per_query = compute_metrics(target.qrels, out["run"], list(cfg.evaluate.measures))
-        write_trec_run(sys_dir / "run.trec", out["run"], tag=f"distillrank-{name}")
-        results[name] = {
-            "key": sys_key,
-            "metrics": aggregate,
-            "per_query": per_query,
-            "passages_per_s": out["passages_per_s"],
-            "parameters": out["parameters"],
-            "latency": out["latency"],
-            "disk_mb": out["disk_mb"],
-            "queries": len(target.queries),
-        }
-        atomic_write_json(saved, results[name])
-    return results
+            if name in HYBRID:
+                continue
+            log.info("evaluate: %s on %s/%s (%d queries)", name, target.name, target.split, len(target.queries))
+            if name == "student" and pending:  # keep the student's corpus matrix for the hybrid systems
+                student, folder = _open_dense(cfg, name, target.coll, device, precision, scratch, stack)
+                out = _dense_result(cfg, student, folder, target.queries)
+            else:
+                out = _evaluate_system(cfg, name, target.coll, target.queries, device, precision, scratch, first)
+            results[name] = _record(cfg, target, name, keys[name], out)
+        if pending:
+            if student is None and (cfg.evaluate.latency_queries or _chooses_alpha(cfg, target, pending)):
+                student, _ = _open_dense(cfg, "student", target.coll, device, precision, scratch, stack)
+            log.info("evaluate: %s on %s/%s", " and ".join(pending), target.name, target.split)
+            for name, out in _evaluate_hybrid(cfg, target, pending, results, student).items():
+                results[name] = _record(cfg, target, name, keys[name], out)
+    return {n: results[n] for n in names}
 
 
-def _summary(results: dict[str, dict], significance: dict | None) -> dict[str, dict]:
-    """What ``metrics.json`` keeps of each system: all but the per-query values, plus its tests."""
+def hybrid_against_bm25(
+    results: dict[str, dict], baseline: str | None, measures: list[str], alpha: float
+) -> dict[str, dict] | None:
+    """The hybrid systems tested against ``bm25`` when the baseline is another system (with the
+    baseline ``bm25`` the main tests already are; with none, nothing is tested): Student's paired
+    t-test, Holm across the hybrid systems. None when there is nothing to add."""
+    fused = [n for n in HYBRID if n in results]
+    if baseline is None or baseline == "bm25" or not fused or "bm25" not in results:
+        return None
+    per_query = {n: results[n].get("per_query", {}) for n in ("bm25", *fused)}
+    return compare_to_baseline(per_query, "bm25", measures, alpha)
+
+
+def _summary(
+    results: dict[str, dict], significance: dict | None, against_bm25: dict | None = None
+) -> dict[str, dict]:
+    """What ``metrics.json`` keeps of each system: all but the per-query values, plus its tests
+    (``significance`` against the baseline; ``significance_bm25`` for the hybrid systems)."""
     return {
         n: {
             **{k: v for k, v in r.items() if k != "per_query"},
             **({"significance": significance[n]} if significance and n in significance else {}),
+            **({"significance_bm25": against_bm25[n]} if against_bm25 and n in against_bm25 else {}),
         }
         for n, r in results.items()
     }
@@ -598,6 +889,7 @@ def _summary(results: dict[str, dict], significance: dict | None) -> dict[str, d
 def run(cfg: DictConfig) -> Manifest:
     """Evaluate every configured system on every collection; results that are current are reused."""
     baseline = _baseline(cfg)
+    _check_hybrid(cfg)
     folder = stage_dir(cfg, STAGE)
     key = stage_key(cfg)
     if (done := current_manifest(cfg, STAGE, key)) is not None:
@@ -609,6 +901,7 @@ def run(cfg: DictConfig) -> Manifest:
     evaluated = targets(cfg)
     per_collection: dict[str, dict[str, dict]] = {}
     significance: dict[str, dict | None] = {}
+    against_bm25: dict[str, dict | None] = {}
     with hardware(cfg.hardware) as (device, precision):
         for target in evaluated:
             results = _evaluate_target(cfg, target, device, precision, folder / ".scratch")
@@ -620,17 +913,21 @@ def run(cfg: DictConfig) -> Manifest:
                 if baseline is not None
                 else None
             )
+            against_bm25[target.name] = hybrid_against_bm25(results, baseline, measures, cfg.evaluate.alpha)
 
     def table(name: str) -> str:
-        return results_table(
-            per_collection[name], measures, significance[name], baseline=baseline, alpha=cfg.evaluate.alpha
+        text = results_table(
+            per_collection[name], measures, significance[name], baseline=baseline, alpha=cfg.evaluate.alpha,
+            bm25_significance=against_bm25[name],
         )
+        note = hybrid_note(per_collection[name])
+        return text + (f"\n{note}\n" if note else "")
 
     main = evaluated[0]
     mean = macro_average(per_collection, measures) if len(evaluated) > 1 else None
     if mean is None:
         text = f"{main.header}\n\n{table(main.name)}"
-        metrics = _summary(per_collection[main.name], significance[main.name])
+        metrics = _summary(per_collection[main.name], significance[main.name], against_bm25[main.name])
     else:
         sections = [f"## {t.header}\n\n{table(t.name)}" for t in evaluated]
         sections.append(
@@ -647,7 +944,7 @@ def run(cfg: DictConfig) -> Manifest:
                     "queries": len(t.queries),
                     "passages": len(t.coll.corpus),
                     "folder": t.rel,
-                    "systems": _summary(per_collection[t.name], significance[t.name]),
+                    "systems": _summary(per_collection[t.name], significance[t.name], against_bm25[t.name]),
                 }
                 for t in evaluated
             },
@@ -667,6 +964,13 @@ def run(cfg: DictConfig) -> Manifest:
               "baseline": baseline}
     if mean is not None:
         counts["collections"] = {t.name: len(t.queries) for t in evaluated}
+    alphas = {  # the convex hybrid's α per collection
+        t.name: info["alpha"]
+        for t in evaluated
+        if "alpha" in (info := per_collection[t.name].get("hybrid", {}).get("hybrid", {}))
+    }
+    if alphas:
+        counts["hybrid_alpha"] = alphas
     manifest = Manifest(
         stage=STAGE,
         key=key,

@@ -45,10 +45,11 @@ def test_read_evaluation_gives_each_collection_then_the_mean(workspace):
     assert [t for t, _ in groups] == ["tiny / test", "tiny2 / test", "mean over 2 collections"]
     tiny, tiny2, mean = (ev for _, ev in groups)
     assert tiny.header == "tiny / test: 8 queries, 60 passages" and tiny.baseline == "bm25"
-    assert set(tiny.per_query) == set(tiny2.per_query) == {"bm25", "student"}
+    assert set(tiny.per_query) == set(tiny2.per_query) == {"bm25", "student", "hybrid_rrf", "hybrid"}
     on_disk = json.loads((exp.folder("evaluate") / "tiny2" / "student" / "metrics.json").read_text())
     assert tiny2.per_query["student"] == on_disk["per_query"]
-    assert set(tiny.significance()) == {"student"}
+    assert set(tiny.significance()) == {"student", "hybrid_rrf", "hybrid"}
+    assert tiny.bm25_significance() is None  # the baseline is bm25: the main tests are against it
     assert mean.mean and mean.per_query == {} and mean.significance() is None
     assert mean.measures == ["nDCG@10", "RR@10", "R@100"]
 

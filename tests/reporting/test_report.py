@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from distillrank.cli import app
 from distillrank.errors import DistillrankError
-from distillrank.reporting import report
-from distillrank.reporting.collect import discover
+from distillrank.reporting import plots, report
+from distillrank.reporting.collect import Evaluation, discover
 from distillrank.reporting.deltas import query_deltas
 from distillrank.reporting.document import table_html
 from distillrank.reporting.scorers import StudentUnavailable, load_pair_scorer, sample_pairs
@@ -81,7 +81,7 @@ def test_report_tables_match_metrics_json(workspace, written):
 
 def test_report_figures_are_pngs_and_linked(written):
     names = sorted(p.name for p in written.figures)
-    assert names == ["demo-deltas.png", "demo-scores.png", "demo-training.png"]
+    assert names == ["demo-deltas.png", "demo-scores.png", "demo-training.png", "quality-speed.png"]
     text = written.markdown.read_text()
     for path in written.figures:
         assert path.read_bytes()[:8] == PNG and path.stat().st_size > 1000
@@ -93,7 +93,7 @@ def test_report_figures_are_pngs_and_linked(written):
 
 def test_html_is_self_contained(written):
     page = written.html.read_text()
-    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 3
+    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 4
     assert "<td" in page and "<h2>demo</h2>" in page and "](figures/" not in page
 
 
@@ -229,3 +229,86 @@ def test_cli_report(workspace, tmp_path):
     assert str(tmp_path / "r" / "report.md") in result.output
     missing = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "is not a folder" in missing.output
+
+
+# --------------------------------------------------------------------------- quality and speed
+def test_quality_speed_figure_draws_every_system_with_its_numbers(workspace, tmp_path, monkeypatch):
+    drawn: dict = {}
+    real = plots.quality_speed
+
+    def record(panels, path, measure="nDCG@10"):
+        drawn.update(panels)
+        return real(panels, path, measure)
+
+    monkeypatch.setattr(report.plots, "quality_speed", record)
+    out = report.run(workspace, output=tmp_path / "r", pairs=10)
+    metrics = json.loads((workspace / "demo" / "evaluate" / "metrics.json").read_text())
+    assert list(drawn) == ["tiny / test"]
+    points = {p["system"]: p for p in drawn["tiny / test"]}
+    assert set(points) == {"bm25", "teacher", "student_init", "student", "hybrid_rrf", "hybrid"}
+    for system, point in points.items():
+        assert point["quality"] == metrics[system]["metrics"]["nDCG@10"]
+        assert point["passages_per_s"] == metrics[system]["passages_per_s"]
+        assert point["latency_ms"] == metrics[system]["latency"]["median_ms"]
+    assert points["bm25"]["passages_per_s"] is None and points["bm25"]["kind"] == "bm25"
+    assert points["hybrid"]["kind"] == points["hybrid_rrf"]["kind"] == "hybrid"
+    assert points["student"]["label"] == "demo" and points["hybrid"]["label"] == "demo: hybrid"
+    figure = out.folder / "figures" / "quality-speed.png"
+    assert figure in out.figures and figure.read_bytes()[:8] == PNG
+    text = out.markdown.read_text()
+    assert text.index("## Summary") < text.index("## Quality and speed") < text.index("## demo")
+    assert "](figures/quality-speed.png)" in text and "dashed horizontal line" in text
+    # the metrics section says how the hybrid systems fused their runs
+    assert "Hybrid systems: `hybrid_rrf` = reciprocal-rank fusion" in text.split("## demo", 1)[1]
+
+
+def _evaluation(results: dict, measures=("nDCG@10",), mean: bool = False) -> Evaluation:
+    return Evaluation(folder=Path("."), results=results, measures=list(measures), baseline="bm25", alpha=0.05,
+                      header="c / test: 3 queries, 9 passages", mean=mean)
+
+
+def _result(key: str, ndcg: float, rate: float | None, latency: float | None) -> dict:
+    return {"key": key, "metrics": {"nDCG@10": ndcg}, "passages_per_s": rate,
+            "latency": {"median_ms": latency, "p95_ms": latency, "queries": 2} if latency else None}
+
+
+def test_quality_speed_points_are_shared_once_and_skip_means(tmp_path, monkeypatch):
+    drawn: dict = {}
+    monkeypatch.setattr(report.plots, "quality_speed", lambda panels, path, measure: drawn.update(panels) or path)
+    bm25 = _result("k-bm25", 0.5, None, 1.0)
+    teacher = _result("k-teacher", 0.7, 50.0, 80.0)
+    evaluations = {
+        "a": [(None, _evaluation({"bm25": bm25, "teacher": teacher, "student": _result("k-a", 0.6, 400.0, 9.0)})),
+              ("mean over 2 collections", _evaluation({"student": _result("x", 0.1, 1.0, 1.0)}, mean=True))],
+        "b": [(None, _evaluation({"bm25": bm25, "teacher": teacher, "student": _result("k-b", 0.4, 800.0, None),
+                                   "hybrid": _result("k-bh", 0.65, 800.0, 10.0)}))],
+        "c": [(None, _evaluation({"student": _result("k-c", 0.9, 1.0, 1.0)}, measures=("RR@10",)))],
+    }
+    builder = report._Builder(tmp_path, tmp_path, 10, 0)
+    builder.quality_speed(evaluations)
+    (points,) = drawn.values()
+    assert list(drawn) == ["c / test"]  # the collection, from the header
+    labels = {p["label"]: (p["quality"], p["passages_per_s"], p["latency_ms"]) for p in points}
+    assert labels == {
+        "bm25": (0.5, None, 1.0),  # shared by a and b: once, unlabelled by experiment
+        "teacher": (0.7, 50.0, 80.0),
+        "a": (0.6, 400.0, 9.0),
+        "b": (0.4, 800.0, None),
+        "b: hybrid": (0.65, 800.0, 10.0),
+    }  # no point from the mean, nor from c (no nDCG@10)
+
+
+def test_quality_speed_plot_hand_points(tmp_path):
+    panels = {
+        "scifact / test": [
+            {"label": "bm25", "kind": "bm25", "quality": 0.66, "passages_per_s": None, "latency_ms": 2.0},
+            {"label": "teacher", "kind": "teacher", "quality": 0.70, "passages_per_s": 300.0, "latency_ms": 20.0},
+            {"label": "exp", "kind": "student", "quality": 0.62, "passages_per_s": 2000.0, "latency_ms": None},
+            {"label": "exp: hybrid", "kind": "hybrid", "quality": 0.72, "passages_per_s": 2000.0, "latency_ms": 9.0},
+        ],
+        "vaswani / test": [
+            {"label": "bm25", "kind": "bm25", "quality": 0.45, "passages_per_s": None, "latency_ms": None},
+        ],
+    }
+    path = plots.quality_speed(panels, tmp_path / "qs.png")
+    assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5000

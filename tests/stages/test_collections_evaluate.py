@@ -56,8 +56,8 @@ def test_two_collections_each_cached_in_its_folder_with_a_mean(two, tiny_beir, s
         entry = metrics["collections"][name]
         assert entry["split"] == "test" and entry["folder"] == ("." if name == "tiny" else "tiny2")
         assert entry["queries"] == len(_test_qids(beir)) and entry["passages"] == 60
-        assert list(entry["systems"]) == ["bm25", "teacher", "student"]
-        for system in ("teacher", "student"):  # significance against bm25, per collection
+        assert list(entry["systems"]) == ["bm25", "teacher", "student", "hybrid_rrf", "hybrid"]
+        for system in ("teacher", "student", "hybrid"):  # significance against bm25, per collection
             assert set(entry["systems"][system]["significance"]) == set(MEASURES)
         for system in entry["systems"]:
             run_qids = {line.split()[0] for line in (sub / system / "run.trec").read_text().splitlines()}

@@ -45,7 +45,8 @@ def test_run_writes_every_artifact(make_cfg):
 
     ev = stage_dir(cfg, "evaluate")
     metrics = json.loads((ev / "metrics.json").read_text())
-    assert set(metrics) == {"bm25", "teacher", "student_init", "student"}
+    # the trained bi-encoder is also fused with BM25 (evaluate.hybrid, on by default)
+    assert list(metrics) == ["bm25", "teacher", "student_init", "student", "hybrid_rrf", "hybrid"]
     for name, result in metrics.items():
         assert set(result["metrics"]) == {"nDCG@10", "RR@10", "R@100"}
         lines = (ev / name / "run.trec").read_text().splitlines()
