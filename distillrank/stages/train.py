@@ -33,6 +33,7 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from distillrank import runtime
 from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import cached_corpus_embeddings
 from distillrank.losses import uses_scores
@@ -64,6 +65,7 @@ STAGE = "train"
 MODEL = "model"
 LOG = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
+CORPUS_CHUNK = 65536  # passages per block when the teacher's corpus embeddings are first encoded
 TENSORBOARD = "tensorboard"
 # train.* keys that do not change the trained model: never in the stage key
 NOT_IN_KEY = ("checkpoint_every", "logger")
@@ -269,13 +271,19 @@ def feature_set(cfg: DictConfig, device, precision: str) -> FeatureSet:
     """The texts of feature distillation with the teacher's embeddings of them (cached per teacher,
     collection and settings in ``_cache/embeddings``: computed once, shared by every experiment)."""
     coll = context.collection(cfg)
-    teacher = embedding_source(context.teacher(cfg))
+    full = context.teacher(cfg)
+    teacher = embedding_source(full)
     encoder = teacher.encoder(device, precision)
-    model_fp = context.teacher_fingerprint(cfg) if teacher is context.teacher(cfg) else teacher.fingerprint(precision)
+    # an ensemble member is keyed as the score stage keys it (precision and backend included)
+    model_fp = (
+        context.teacher_fingerprint(cfg)
+        if teacher is full
+        else runtime.teacher_fingerprint(teacher, cfg.hardware.precision, context.backend(cfg))
+    )
     t = cfg.train
     if t.feature_passages:
         targets, _, _ = cached_corpus_embeddings(
-            encoder, coll, cache_dir(cfg), model_fp, teacher.batch_size, 65536, device, precision,
+            encoder, coll, cache_dir(cfg), model_fp, teacher.batch_size, CORPUS_CHUNK, device, precision,
             name="teacher embeddings",
         )
         rows = None
