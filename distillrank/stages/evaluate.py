@@ -60,7 +60,13 @@ from omegaconf import DictConfig, OmegaConf
 from distillrank.config import DataConfig, conf_dir
 from distillrank.data.collection import Collection
 from distillrank.errors import ConfigError
-from distillrank.evaluation.dense import ScratchIndex, latency_ms, scratch_index
+from distillrank.evaluation.dense import (
+    ScratchIndex,
+    cached_corpus_embeddings,
+    encoding_rate,
+    latency_ms,
+    scratch_index,
+)
 from distillrank.evaluation.hybrid import (
     ALPHA_GRID,
     DEFAULT_ALPHA,
@@ -654,8 +660,17 @@ def _open_dense(
         if not isinstance(teacher, BiEncoderTeacher):
             raise ConfigError(f"cannot run teacher {cfg.teacher._target_} as a dense retriever")
         encoder = teacher.encoder(device, precision)
-        folder = resolve_model(teacher.model)
-    elif name == "student_init":
+        # the frozen teacher's corpus embeddings are shared through the workspace cache with the
+        # score stage and feature distillation: encoded once; the rate is then timed on a sample
+        matrix, rate, _ = cached_corpus_embeddings(
+            encoder, coll, cache_dir(cfg), context.teacher_fingerprint(cfg), ev.batch_size, ev.chunk_size,
+            device, precision, name=name,
+        )
+        if rate is None:
+            rate = encoding_rate(encoder, coll, ev.batch_size, device, precision, seed=cfg.seed)
+        index = ScratchIndex(encoder, coll, matrix, rate, ev.batch_size, ev.chunk_size, device, precision)
+        return index, resolve_model(teacher.model)
+    if name == "student_init":
         encoder, folder = instantiate(cfg.student), None  # truncated in memory, never saved
     else:
         folder = _system_folder(cfg, name)

@@ -26,15 +26,24 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from distillrank import runtime
 from distillrank.errors import DistillrankError
+from distillrank.evaluation.dense import (
+    CORPUS_CHUNK,
+    EMBEDDINGS_META,
+    cached_corpus_embeddings,
+    embedding_settings,
+    embeddings_dir,
+)
 from distillrank.mining import denoise
-from distillrank.runtime import hardware
+from distillrank.runtime import autocast, hardware
 from distillrank.stages import context, mine
 from distillrank.teachers import normalize
+from distillrank.teachers.bi_encoder import BiEncoderTeacher
 from distillrank.teachers.ensemble import EnsembleTeacher
 from distillrank.workspace import (
     Manifest,
@@ -51,6 +60,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "score"
 OUTPUT = "scores.parquet"
+COVER = 0.5  # a bi-encoder teacher encodes the whole corpus once when the pairs cover this much of it
 
 
 class ScoreCache:
@@ -121,6 +131,11 @@ def _score_shard(teacher, passage_text, query_text: dict[str, str], qids: list[s
         [query_text[q] for q in uq], passages, pair_q, pair_p, device, precision, progress,
         qids=list(uq), docids=list(ud),
     )
+    return _checked(scores.astype(np.float32), qids, docids)
+
+
+def _checked(scores: np.ndarray, qids: list[str], docids: list[str]) -> np.ndarray:
+    """``scores``, unless one is not finite: then an error naming the first such pair."""
     bad = np.flatnonzero(~np.isfinite(scores))
     if len(bad):
         i = int(bad[0])
@@ -128,7 +143,45 @@ def _score_shard(teacher, passage_text, query_text: dict[str, str], qids: list[s
             f"the teacher returned {scores[i]} for (qid={qids[i]}, docid={docids[i]}) "
             f"and {len(bad) - 1} other pairs; nothing from this shard was kept"
         )
-    return scores.astype(np.float32)
+    return scores
+
+
+def _corpus_embeddings(cfg: DictConfig, teacher, teacher_fp: str, coll, todo, query_text, device, precision):
+    """For a bi-encoder teacher, a scorer of (qids, docids) through its corpus embeddings in the
+    workspace cache (those feature distillation and the teacher's evaluation read), when every
+    passage is a corpus row and the embeddings are cached already or the pairs to score cover at
+    least ``COVER`` of the corpus (encoding the whole corpus then costs at most twice the candidates,
+    and is shared); else None (score pair by pair).
+    """
+    if not todo or not isinstance(teacher, BiEncoderTeacher):
+        return None
+    corpus_ids = set(coll.doc_ids())
+    if any(d not in corpus_ids for _, d in todo):  # passages made by the queries stage (ICT) are not rows
+        return None
+    encoder = teacher.encoder(device, precision)
+    folder = embeddings_dir(cache_dir(cfg), teacher_fp, coll.fingerprint, embedding_settings(encoder, precision))
+    n_docs = len(coll.corpus)
+    if not (folder / EMBEDDINGS_META).is_file() and len({d for _, d in todo}) < COVER * n_docs:
+        return None
+    matrix, _, _ = cached_corpus_embeddings(
+        encoder, coll, cache_dir(cfg), teacher_fp, teacher.batch_size, CORPUS_CHUNK, device, precision,
+        name="teacher", progress=bool(cfg.score.progress),
+    )
+    qids = list(dict.fromkeys(q for q, _ in todo))
+    q_emb = encoder.encode(
+        [query_text[q] for q in qids], "query", teacher.batch_size, lambda: autocast(device, precision),
+        bool(cfg.score.progress), "teacher: queries",
+    )
+    q_row = {q: i for i, q in enumerate(qids)}
+
+    def scores(pair_qids: list[str], pair_docids: list[str]) -> np.ndarray:
+        rows = np.fromiter((coll.doc_row(d) for d in pair_docids), np.int64, len(pair_docids))
+        q = q_emb[torch.as_tensor([q_row[x] for x in pair_qids], dtype=torch.long)]
+        out = encoder.score(q, torch.from_numpy(np.asarray(matrix[rows], dtype=np.float32))).numpy()
+        return _checked(out.astype(np.float32), pair_qids, pair_docids)
+
+    log.info("score: the bi-encoder teacher scores through its cached corpus embeddings (%s)", folder)
+    return scores
 
 
 def _normalize_settings(cfg: DictConfig) -> tuple[str, str]:
@@ -159,6 +212,7 @@ def _fill_cache(
     todo = sorted({pair for pair in pairs if pair not in cached}, key=lambda p: (p[1], p[0]))
     start = time.perf_counter()
     with hardware(cfg.hardware) as (device, precision):
+        via = _corpus_embeddings(cfg, teacher, teacher_fp, coll, todo, query_text, device, precision)
         shard = int(cfg.score.shard_size)
         n_shards = math.ceil(len(todo) / shard) if todo else 0
         # one bar over every pair of the run (pairs/s, ETA); the teacher's own bars show within a shard
@@ -167,7 +221,11 @@ def _fill_cache(
             for s in range(n_shards):
                 part = todo[s * shard : (s + 1) * shard]
                 pq_ids, pd_ids = [q for q, _ in part], [d for _, d in part]
-                scores = _score_shard(teacher, passage_text, query_text, pq_ids, pd_ids, device, precision, cfg.score.progress)
+                scores = (
+                    via(pq_ids, pd_ids)
+                    if via is not None
+                    else _score_shard(teacher, passage_text, query_text, pq_ids, pd_ids, device, precision, cfg.score.progress)
+                )
                 cache.add(pq_ids, pd_ids, scores)
                 cached.update(zip(part, scores.tolist(), strict=True))
                 bar.update(len(part))

@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 
 from distillrank import runtime
 from distillrank.errors import ConfigError
-from distillrank.evaluation.dense import cached_corpus_embeddings
+from distillrank.evaluation.dense import CORPUS_CHUNK, cached_corpus_embeddings
 from distillrank.losses import uses_scores
 from distillrank.runtime import hardware, seed_everything
 from distillrank.stages import context, mine, score
@@ -65,7 +65,6 @@ STAGE = "train"
 MODEL = "model"
 LOG = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
-CORPUS_CHUNK = 65536  # passages per block when the teacher's corpus embeddings are first encoded
 TENSORBOARD = "tensorboard"
 # train.* keys that do not change the trained model: never in the stage key
 NOT_IN_KEY = ("checkpoint_every", "logger")

@@ -130,6 +130,7 @@ def test_a_stage_needs_its_upstream_artifacts(make_cfg):
 def test_killed_scoring_keeps_nothing_partial_and_resumes(make_cfg, monkeypatch):
     cfg = make_cfg("score.shard_size=16")
     mine.run(cfg)
+    monkeypatch.setattr(score, "COVER", 2.0)  # pair by pair, through Teacher.score (not the corpus embeddings)
     teacher_cls = type(score.context.teacher(cfg))
     original = teacher_cls.score
     calls = {"n": 0}
@@ -164,6 +165,7 @@ def test_killed_scoring_keeps_nothing_partial_and_resumes(make_cfg, monkeypatch)
 def test_a_teacher_returning_nan_fails_naming_the_pair(make_cfg, monkeypatch):
     cfg = make_cfg()
     mine.run(cfg)
+    monkeypatch.setattr(score, "COVER", 2.0)  # pair by pair, through Teacher.score
     teacher_cls = type(score.context.teacher(cfg))
 
     def nan_scores(self, queries, passages, pair_q, pair_p, *args, **kwargs):
@@ -175,6 +177,34 @@ def test_a_teacher_returning_nan_fails_naming_the_pair(make_cfg, monkeypatch):
     with pytest.raises(DistillrankError, match=r"returned nan for \(qid=\S+, docid=\S+\)"):
         score.run(cfg)
     assert read_manifest(stage_dir(cfg, "score")) is None
+
+
+def test_bi_encoder_teacher_scores_through_the_shared_corpus_embeddings(make_cfg, monkeypatch, tmp_path):
+    """Candidates covering most of the corpus: the teacher encodes the whole corpus once, into the
+    cache feature distillation and evaluation read, and its scores equal pair-by-pair scoring."""
+    cfg = make_cfg()
+    mine.run(cfg)
+    score.run(cfg)
+    embeddings = list((Path(cfg.workspace) / "_cache" / "embeddings").glob("*/corpus.npy"))
+    assert len(embeddings) == 1
+    via_corpus = pq.read_table(stage_dir(cfg, "score") / score.OUTPUT).to_pandas()
+
+    monkeypatch.setattr(score, "COVER", 2.0)
+    pairs = make_cfg("experiment=pairs", "workspace=" + str(tmp_path / "pairs"))
+    mine.run(pairs)
+    score.run(pairs)
+    assert not (tmp_path / "pairs" / "_cache" / "embeddings").exists()
+    by_pair = pq.read_table(stage_dir(pairs, "score") / score.OUTPUT).to_pandas()
+    assert list(by_pair.docid) == list(via_corpus.docid)
+    np.testing.assert_allclose(via_corpus["teacher"], by_pair["teacher"], rtol=0, atol=1e-5)
+
+    # the teacher's evaluation reuses the matrix (one folder still) and still reports a rate
+    monkeypatch.setattr(score, "COVER", 0.5)
+    train.run(cfg)
+    evaluate.run(make_cfg("evaluate.systems=[teacher]", "evaluate.baseline=null"))
+    assert len(list((Path(cfg.workspace) / "_cache" / "embeddings").glob("*/corpus.npy"))) == 1
+    report = json.loads((stage_dir(cfg, "evaluate") / "metrics.json").read_text())
+    assert report["teacher"]["passages_per_s"] > 0
 
 
 def test_killed_training_leaves_no_model(make_cfg, monkeypatch):
