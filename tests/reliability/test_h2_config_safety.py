@@ -248,3 +248,26 @@ def test_ids_with_whitespace_from_ir_datasets_name_the_item():
         from distillrank.data.beir import _qrel_from_columns
 
         _qrel_from_columns(["q 1", "d1", "1"], Path("qrels.tsv"), 2)
+
+
+def test_every_numeric_setting_of_the_schema_has_a_range():
+    import dataclasses
+
+    from distillrank import config
+    from distillrank.validation import RANGES
+
+    numeric = [
+        f"{section}.{f.name}"
+        for section, cls in {
+            "data": config.DataConfig,
+            "mining": config.MiningConfig,
+            "hardware": config.HardwareConfig,
+            "train": config.TrainConfig,
+            "queries": config.QueriesConfig,
+            "score": config.ScoreConfig,
+            "evaluate": config.EvaluateConfig,
+        }.items()
+        for f in dataclasses.fields(cls)
+        if any(t in str(f.type) for t in ("int", "float")) and not str(f.type).startswith(("list", "dict"))
+    ]
+    assert len(numeric) >= 50 and sorted(numeric) == sorted(RANGES)
