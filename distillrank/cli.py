@@ -7,9 +7,10 @@ users expect works: ``distillrank train +exp=margin_mse train.lr=3e-5``, ``--cfg
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import hydra
 import typer
@@ -35,7 +36,31 @@ register_configs()
 
 
 _SWEPT: list[str] = []  # keys swept by the current multirun command (set by _invoke)
-_NOT_IN_NAME = {"exp", "experiment", "workspace", "force"}
+_NOT_IN_NAME = {"exp", "experiment", "workspace", "force", "allow_external_targets"}
+FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
+
+
+@contextlib.contextmanager
+def _reported(exit_with: Callable[[int], BaseException]) -> Iterator[None]:
+    """Errors of the block as one line on stderr, no traceback: a user error (:class:`DistillrankError`)
+    exits with 2, any other exception with 1 and a hint; ``HYDRA_FULL_ERROR=1`` re-raises the latter
+    (Hydra then prints the whole traceback)."""
+    try:
+        yield
+    except DistillrankError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise exit_with(2) from None
+    except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
+        if os.environ.get(FULL_ERROR_ENV) == "1":
+            raise
+        lines = str(err).strip().splitlines()
+        detail = f": {lines[0]}" if lines else ""
+        typer.secho(
+            f"error: {type(err).__name__}{detail} (set {FULL_ERROR_ENV}=1 for the traceback)",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise exit_with(1) from None
 
 
 def _prepare(cfg: DictConfig) -> DictConfig:
@@ -63,30 +88,24 @@ def _prepare(cfg: DictConfig) -> DictConfig:
 def _hydra_stage(name: str, run: Callable[[DictConfig], object]) -> Callable[[], None]:
     @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
     def task(cfg: DictConfig) -> None:
-        from distillrank.validation import check_targets
+        from distillrank.validation import check_config
 
-        try:
-            check_targets(cfg)
-            run(_prepare(cfg))
-        except DistillrankError as err:  # Hydra would print a traceback; users get the message
-            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-            raise SystemExit(2) from None
+        with _reported(SystemExit):  # Hydra would print a traceback; users get the message
+            prepared = _prepare(cfg)
+            check_config(prepared)  # before the first stage runs and before anything is built
+            run(prepared)
 
     task.__name__ = name
     return task
 
 
 def _invoke(ctx: typer.Context, stage: str, run: Callable[[DictConfig], object]) -> None:
-    from distillrank.validation import compose, dry_overrides, swept_keys
+    from distillrank.validation import check_config, compose, dry_variants, swept_keys
 
-    try:  # fail early, naming the valid keys and options, before Hydra starts a job
+    with _reported(typer.Exit):  # fail early, naming the valid keys and options, before Hydra starts a job
         _SWEPT[:] = [k for k in swept_keys(list(ctx.args)) if k.lstrip("+~") not in _NOT_IN_NAME]
-        dry = dry_overrides(list(ctx.args))
-        if dry is not None:
-            compose(dry)
-    except DistillrankError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        for dry in dry_variants(list(ctx.args)) or []:  # every swept value, before the first job
+            check_config(compose(dry))
     argv, previous_stage = sys.argv, os.environ.get(STAGE_ENV)
     sys.argv = [f"distillrank {stage}", *ctx.args]
     if _SWEPT:
@@ -170,15 +189,15 @@ def run_all(ctx: typer.Context) -> None:
 @app.command(context_settings=HYDRA_ARGS)
 def validate(ctx: typer.Context) -> None:
     """Compose a config and check it (keys, options, every _target_'s signature) without running."""
-    from distillrank.validation import check_targets, compose
+    from distillrank.validation import check_config, compose
 
-    try:
+    with _reported(typer.Exit):
         cfg = compose(list(ctx.args))
-        check_targets(cfg)
-    except DistillrankError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"ok: experiment '{cfg.experiment}' composes and every _target_ fits its signature")
+        check_config(cfg)
+    typer.echo(
+        f"ok: experiment '{cfg.experiment}' composes, its names, targets and numeric settings are valid "
+        "and every _target_ fits its signature"
+    )
 
 
 @app.command()
@@ -197,11 +216,8 @@ def report(
     """Write a Markdown (and --html) report of a workspace: tables, curves, score scales, per-query deltas."""
     from distillrank.reporting.report import run as write_report
 
-    try:
+    with _reported(typer.Exit):
         paths = write_report(workspace, experiment or None, html=html, output=output, pairs=pairs, seed=seed)
-    except DistillrankError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
     html_note = f" and {paths.html}" if paths.html else ""
     typer.echo(f"report: {paths.markdown}{html_note} ({len(paths.figures)} figures)")
 

@@ -178,6 +178,7 @@ class Config:
     workspace: str = "runs"
     seed: int = 42
     force: bool = False
+    allow_external_targets: bool = False  # true: `_target_`s outside distillrank.* may be built (they run code)
     data: DataConfig = field(default_factory=DataConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     queries: QueriesConfig = field(default_factory=QueriesConfig)

@@ -208,11 +208,25 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield lineno, record
 
 
+def id_problem(value: str, what: str) -> str | None:
+    """Why ``value`` cannot be an id (``what``: ``'_id'``, ``query id``, ...), or None.
+
+    An id holds no whitespace: TREC run and qrels files, which distillrank writes and reads,
+    separate their columns by whitespace, so such an id would shift every column after it.
+    """
+    if any(c.isspace() for c in value):
+        return (
+            f"{what} {value!r} contains whitespace; ids must not (TREC run and qrels files separate "
+            "columns by whitespace): rename it, e.g. with '_'"
+        )
+    return None
+
+
 def record_id(record: Mapping[str, Any], path: Path | str, lineno: int) -> str:
     """Return the ``_id`` of a record as a non-empty string (integers are converted).
 
     Raises:
-        DataError: If the key is missing, empty or neither a string nor an integer.
+        DataError: If the key is missing, empty, neither a string nor an integer, or holds whitespace.
     """
     if "_id" not in record:
         raise DataError(f'{path}, line {lineno}: missing key \'_id\' (each line needs "_id" and "text")')
@@ -223,6 +237,8 @@ def record_id(record: Mapping[str, Any], path: Path | str, lineno: int) -> str:
         raise DataError(f"{path}, line {lineno}: expected '_id' to be a string, found {type(value).__name__}")
     if not value.strip():
         raise DataError(f"{path}, line {lineno}: '_id' is empty")
+    if problem := id_problem(value, "'_id'"):
+        raise DataError(f"{path}, line {lineno}: {problem}")
     return value
 
 
@@ -273,7 +289,7 @@ def _qrel_from_columns(cols: list[str], path: Path, lineno: int) -> tuple[str, s
     """Turn the columns of one qrels line into (query id, doc id, relevance).
 
     Raises:
-        DataError: For a wrong number of columns or a non-integer score.
+        DataError: For a wrong number of columns, a non-integer score or an id with whitespace.
     """
     if len(cols) == 3:
         qid, docid, score = cols
@@ -289,6 +305,8 @@ def _qrel_from_columns(cols: list[str], path: Path, lineno: int) -> tuple[str, s
         raise DataError(f"{path}, line {lineno}: expected an integer score, found {score!r}")
     if not qid or not docid:
         raise DataError(f"{path}, line {lineno}: empty query id or doc id")
+    if problem := id_problem(qid, "query id") or id_problem(docid, "doc id"):
+        raise DataError(f"{path}, line {lineno}: {problem}")
     return qid, docid, relevance
 
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from distillrank.data.beir import Qrels
+from distillrank.data.beir import Qrels, id_problem
 from distillrank.errors import DataError
 
 logger = logging.getLogger("distillrank.data")
@@ -172,6 +172,8 @@ class IrdsSource:
             docid = _as_str(doc.doc_id)
             if not docid.strip():
                 raise DataError(f"{self.corpus_label}, item {position}: empty doc_id")
+            if problem := id_problem(docid, "doc_id"):
+                raise DataError(f"{self.corpus_label}, item {position}: {problem}")
             text = _as_str(doc.text) if hasattr(doc, "text") else _as_str(doc.default_text())
             yield docid, _as_str(getattr(doc, "title", "")), text
 
@@ -189,6 +191,8 @@ class IrdsSource:
                 qid = _as_str(query.query_id)
                 if not qid.strip():
                     raise DataError(f"{label}, item {position}: empty query_id")
+                if problem := id_problem(qid, "query_id"):
+                    raise DataError(f"{label}, item {position}: {problem}")
                 if len(self._queries_ids) > 1:
                     if qid in seen:
                         continue
@@ -216,7 +220,10 @@ class IrdsSource:
                 raise DataError(
                     f"{label}, item {position}: relevance {qrel.relevance!r} is not an integer"
                 ) from None
-            qrels.setdefault(_as_str(qrel.query_id), {})[_as_str(qrel.doc_id)] = relevance
+            qid, docid = _as_str(qrel.query_id), _as_str(qrel.doc_id)
+            if problem := id_problem(qid, "query_id") or id_problem(docid, "doc_id"):
+                raise DataError(f"{label}, item {position}: {problem}")
+            qrels.setdefault(qid, {})[docid] = relevance
         if not qrels:
             raise DataError(f"{label} holds no judgements")
         return qrels

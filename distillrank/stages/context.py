@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 import logging
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from distillrank.data.collection import Collection, load_collection
 from distillrank.errors import ConfigError
 from distillrank.teachers.base import Teacher
+from distillrank.validation import allows_external, instantiate_checked
 from distillrank.workspace import cache_dir
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,8 @@ def collection(cfg: DictConfig) -> Collection:
 
 
 @functools.lru_cache(maxsize=8)
-def _teacher(teacher_yaml: str) -> Teacher:
-    return instantiate(OmegaConf.create(teacher_yaml))
+def _teacher(teacher_yaml: str, allow_external: bool = False) -> Teacher:
+    return instantiate_checked(OmegaConf.create(teacher_yaml), "teacher", allow_external)
 
 
 def teacher(cfg: DictConfig) -> Teacher:
@@ -38,7 +38,7 @@ def teacher(cfg: DictConfig) -> Teacher:
     Teachers that score over corpus statistics (BM25, also as an ensemble member) are bound to the
     collection of ``cfg.data`` first.
     """
-    built = _teacher(OmegaConf.to_yaml(cfg.teacher, resolve=True))
+    built = _teacher(OmegaConf.to_yaml(cfg.teacher, resolve=True), allows_external(cfg))
     return bind_collection(built, collection(cfg), cache_dir(cfg))
 
 
@@ -51,10 +51,10 @@ def bind_collection(teacher: Teacher, coll: Collection, cache_root) -> Teacher:
 
 
 @functools.lru_cache(maxsize=8)
-def _teacher_fp(teacher_yaml: str, precision: str, backend: str = "torch") -> str:
+def _teacher_fp(teacher_yaml: str, precision: str, backend: str = "torch", allow_external: bool = False) -> str:
     from distillrank.runtime import teacher_fingerprint as fingerprint_under
 
-    return fingerprint_under(_teacher(teacher_yaml), precision, backend)
+    return fingerprint_under(_teacher(teacher_yaml, allow_external), precision, backend)
 
 
 def backend(cfg: DictConfig) -> str:
@@ -67,7 +67,9 @@ def backend(cfg: DictConfig) -> str:
 def teacher_fingerprint(cfg: DictConfig) -> str:
     """The teacher's fingerprint under ``hardware.precision`` and ``hardware.backend`` (int8 and
     ONNX Runtime scores are cached apart)."""
-    return _teacher_fp(OmegaConf.to_yaml(cfg.teacher, resolve=True), str(cfg.hardware.precision), backend(cfg))
+    return _teacher_fp(
+        OmegaConf.to_yaml(cfg.teacher, resolve=True), str(cfg.hardware.precision), backend(cfg), allows_external(cfg)
+    )
 
 
 def split_or_fail(cfg: DictConfig, coll: Collection, key: str) -> str:

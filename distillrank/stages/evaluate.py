@@ -54,7 +54,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from distillrank.config import DataConfig, conf_dir
@@ -85,6 +84,7 @@ from distillrank.models.hub import resolve_model
 from distillrank.runtime import autocast, hardware
 from distillrank.stages import context, mine, train
 from distillrank.teachers import BiEncoderTeacher
+from distillrank.validation import allows_external, instantiate_checked
 from distillrank.workspace import (
     Manifest,
     atomic_write_json,
@@ -571,7 +571,7 @@ def _pair_scorer(cfg: DictConfig, name: str, device, precision, coll):
     from distillrank.students.factory import as_student, load_student
 
     folder = _system_folder(cfg, name)
-    student = as_student(instantiate(cfg.student)) if folder is None else load_student(folder)
+    student = as_student(instantiate_checked(cfg.student, "student", allows_external(cfg))) if folder is None else load_student(folder)
     student = student.to(device).eval()
 
     def score_student(queries, passages, pair_q, pair_p, qids, docids, progress=True):
@@ -671,7 +671,8 @@ def _open_dense(
         index = ScratchIndex(encoder, coll, matrix, rate, ev.batch_size, ev.chunk_size, device, precision)
         return index, resolve_model(teacher.model)
     if name == "student_init":
-        encoder, folder = instantiate(cfg.student), None  # truncated in memory, never saved
+        encoder = instantiate_checked(cfg.student, "student", allows_external(cfg))  # truncated in memory, never saved
+        folder = None
     else:
         folder = _system_folder(cfg, name)
         encoder = BiEncoder.load(folder)

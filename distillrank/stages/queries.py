@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from distillrank.errors import ConfigError
 from distillrank.queries.synthetic import SyntheticQuery, ict_queries, make_query, title_queries
 from distillrank.runtime import hardware
 from distillrank.stages import context
+from distillrank.validation import allows_external, instantiate_checked
 from distillrank.workspace import (
     Manifest,
     atomic_path,
@@ -69,12 +69,12 @@ def _generator(cfg: DictConfig):
     node = cfg.queries.get("generator")
     if node is None or "_target_" not in node:
         raise ConfigError("queries=generator needs queries.generator with a _target_ (see conf/queries/generator.yaml)")
-    return _build_generator(OmegaConf.to_yaml(node, resolve=True))
+    return _build_generator(OmegaConf.to_yaml(node, resolve=True), allows_external(cfg))
 
 
 @functools.lru_cache(maxsize=4)
-def _build_generator(node_yaml: str):
-    return instantiate(OmegaConf.create(node_yaml))
+def _build_generator(node_yaml: str, allow_external: bool = False):
+    return instantiate_checked(OmegaConf.create(node_yaml), "queries.generator", allow_external)
 
 
 def _filtering(cfg: DictConfig) -> int | None:

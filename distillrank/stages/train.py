@@ -30,7 +30,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from distillrank import runtime
@@ -48,7 +47,7 @@ from distillrank.training.distributed import init_from_env
 from distillrank.training.features import FeatureSet, cached_text_embeddings
 from distillrank.training.loop import train_student
 from distillrank.training.trackers import Tracker, check_logger, make_tracker
-from distillrank.validation import check_targets
+from distillrank.validation import allows_external, check_targets, instantiate_checked
 from distillrank.workspace import (
     Manifest,
     cache_dir,
@@ -100,12 +99,12 @@ def student_identity(cfg: DictConfig, training: bool = True) -> dict:
 def needs_scores(cfg: DictConfig) -> bool:
     """Whether the loss learns from teacher scores, so training needs the mine and score stages.
     A loss of feature terms only (``loss=feature``) trains on the collection's texts alone."""
-    return uses_scores(instantiate(cfg.loss))
+    return uses_scores(instantiate_checked(cfg.loss, "loss", allows_external(cfg)))
 
 
 def uses_features(cfg: DictConfig) -> bool:
     """Whether the loss has a feature (embedding) term."""
-    return bool(getattr(instantiate(cfg.loss), "uses_features", False))
+    return bool(getattr(instantiate_checked(cfg.loss, "loss", allows_external(cfg)), "uses_features", False))
 
 
 def _inputs_key(cfg: DictConfig) -> str | dict:
@@ -311,7 +310,7 @@ def feature_set(cfg: DictConfig, device, precision: str) -> FeatureSet:
 
 def build_student(cfg: DictConfig) -> Student:
     """The student of ``cfg.student`` behind the training protocol."""
-    return as_student(instantiate(cfg.student))
+    return as_student(instantiate_checked(cfg.student, "student", allows_external(cfg)))
 
 
 def run(cfg: DictConfig) -> Manifest:
@@ -339,7 +338,7 @@ def run(cfg: DictConfig) -> Manifest:
         pools, dropped, query_text = [], 0, {}
         pools, dev = dev_set(cfg, pools, pa.table({"qid": [], "docid": []}), query_text)
     student = build_student(cfg)
-    loss_fn = instantiate(cfg.loss)
+    loss_fn = instantiate_checked(cfg.loss, "loss", allows_external(cfg))
     warn_unreachable_margins(cfg, pools)
 
     passage_text = context.passage_lookup(cfg)
