@@ -190,6 +190,8 @@ def warn_unreachable_margins(cfg: DictConfig, pools: list[QueryPool]) -> float |
     """
     if not str(cfg.loss.get("_target_", "")).endswith("MarginMSELoss") or cfg.student.get("similarity") != "cos":
         return None
+    if cfg.loss.get("learn_scale"):  # the learned factor reaches any margin
+        return None
     margins = np.array(
         [abs(p - n) for pool in pools for _, p in pool.positives[:1] for _, n in pool.negatives], dtype=np.float64
     )

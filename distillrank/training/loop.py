@@ -257,7 +257,7 @@ def _load_checkpoint(checkpoint_dir: Path | None, identity: str) -> dict[str, An
 def _optimizer(student: nn.Module, cfg, loss_fn: nn.Module | None = None) -> torch.optim.Optimizer:
     """AdamW over the student's and the loss's own parameters (a feature projection); no weight
     decay on biases and normalisation weights."""
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "log_scale")
     named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
     if loss_fn is not None:
         named += [(f"loss.{n}", p) for n, p in loss_fn.named_parameters() if p.requires_grad]

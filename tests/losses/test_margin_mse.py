@@ -94,3 +94,37 @@ def test_teacher_dtype_is_cast_to_student_dtype() -> None:
 def test_bad_shapes_raise(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=r"\[B, 1\+n\]"):
         MarginMSELoss()(torch.zeros(student_shape), torch.zeros(teacher_shape))
+
+
+def test_learned_scale_fits_margins_on_another_scale() -> None:
+    """A student whose margins are 10x the teacher's: plain Margin-MSE is far from zero; with
+    learn_scale the factor alone is fitted (to 0.1) and the loss goes to zero, ranking untouched."""
+    gen = torch.Generator().manual_seed(0)
+    teacher = torch.randn(16, 4, generator=gen)
+    student = 10.0 * teacher + 3.0
+    assert MarginMSELoss()(student, teacher).item() > 10.0
+    loss_fn = MarginMSELoss(learn_scale=True)
+    assert loss_fn.scale == 1.0
+    opt = torch.optim.Adam(loss_fn.parameters(), lr=0.05, betas=(0.9, 0.9))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=200, gamma=0.5)
+    for _ in range(1000):
+        opt.zero_grad()
+        loss = loss_fn(student, teacher)
+        loss.backward()
+        opt.step()
+        sched.step()
+    assert loss_fn.scale == pytest.approx(0.1, rel=1e-2)
+    assert loss_fn(student, teacher).item() < 1e-4
+
+
+def test_learned_scale_reaches_the_student_through_the_margins() -> None:
+    student = torch.tensor([[2.0, 1.0]], requires_grad=True)
+    teacher = torch.tensor([[1.0, 0.0]])
+    loss_fn = MarginMSELoss(learn_scale=True)
+    with torch.no_grad():
+        loss_fn.log_scale.fill_(torch.log(torch.tensor(0.5)))
+    loss = loss_fn(student, teacher)  # (0.5 * 1 - 1)^2
+    assert loss.item() == pytest.approx(0.25)
+    loss.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert loss_fn.log_scale.grad is not None
