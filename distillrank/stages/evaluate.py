@@ -87,6 +87,7 @@ from distillrank.workspace import (
     current_manifest,
     dir_fingerprint,
     fingerprint,
+    locked_stage,
     require_stage,
     stage_dir,
     to_plain,
@@ -886,6 +887,7 @@ def _summary(
     }
 
 
+@locked_stage(STAGE)
 def run(cfg: DictConfig) -> Manifest:
     """Evaluate every configured system on every collection; results that are current are reused."""
     baseline = _baseline(cfg)

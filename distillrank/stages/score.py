@@ -42,6 +42,7 @@ from distillrank.workspace import (
     cache_dir,
     current_manifest,
     fingerprint,
+    locked_stage,
     require_stage,
     stage_dir,
     to_plain,
@@ -207,6 +208,7 @@ def teacher_scores(
     return member_scores[0], scored, score_time, caches
 
 
+@locked_stage(STAGE)
 def run(cfg: DictConfig) -> Manifest:
     """Score the mined candidates with the teacher; skipped when the manifest matches.
 
