@@ -124,12 +124,14 @@ def checksums(path: str | Path, unchecked: tuple[str, ...] = ()) -> dict[str, An
     return {"size": path.stat().st_size, "sha256": file_fingerprint(path)}
 
 
-def verify_checksums(path: str | Path, record: dict[str, Any]) -> str | None:
+def verify_checksums(path: str | Path, record: dict[str, Any], exact: bool = True) -> str | None:
     """None when ``path`` still has the content :func:`checksums` recorded, else what differs.
 
     Every size is compared before any hash is computed, so a truncated or grown file is found at the
     cost of a ``stat``; a same-size change (a zeroed file) is found by the sha256, computed once per
-    (path, size, mtime) in a process.
+    (path, size, mtime) in a process. With ``exact``, a folder holding files it was not written with
+    does not match either (a cache folder may gain entries of its own, as a FAISS index beside the
+    embeddings it indexes: checked without ``exact``).
     """
     path = Path(path)
     if "files" in record:
@@ -140,7 +142,7 @@ def verify_checksums(path: str | Path, record: dict[str, Any]) -> str | None:
         actual = {name: p for p in _content_files(path) if (name := str(p.relative_to(path))) not in unchecked}
         if missing := sorted(set(expected) - set(actual)):
             return f"{path} lacks {missing[:3]}"
-        if extra := sorted(set(actual) - set(expected)):
+        if exact and (extra := sorted(set(actual) - set(expected))):
             return f"{path} has files it was not written with: {extra[:3]}"
         pairs = [(actual[name], want) for name, want in sorted(expected.items())]
     else:
@@ -156,7 +158,8 @@ def verify_checksums(path: str | Path, record: dict[str, Any]) -> str | None:
     return None
 
 
-def _seal_path(path: Path) -> Path:
+def seal_path(path: Path) -> Path:
+    """Where :func:`seal` keeps the checksums of the cache entry ``path``."""
     return path / SEAL if path.is_dir() else path.with_name(f".{path.name}.sha256.json")
 
 
@@ -169,7 +172,7 @@ def seal(path: str | Path) -> Path:
     rebuilt.
     """
     path = Path(path)
-    return atomic_write_json(_seal_path(path), checksums(path))
+    return atomic_write_json(seal_path(path), checksums(path))
 
 
 def verify_entry(path: str | Path, what: str = "cache entry") -> bool:
@@ -178,10 +181,10 @@ def verify_entry(path: str | Path, what: str = "cache entry") -> bool:
     path = Path(path)
     if not path.exists():
         return False
-    seal_file = _seal_path(path)
+    seal_file = seal_path(path)
     try:
         record = json.loads(seal_file.read_text(encoding="utf-8"))
-        problem = verify_checksums(path, record)
+        problem = verify_checksums(path, record, exact=False)
     except FileNotFoundError:
         problem = f"{seal_file} is missing (the entry was interrupted, or written before checksums were kept)"
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -198,7 +201,7 @@ def drop_entry(path: str | Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        _seal_path(path).unlink(missing_ok=True)
+        seal_path(path).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
 
 
@@ -209,6 +212,21 @@ def usable_entry(path: str | Path, what: str = "cache entry") -> bool:
     if Path(path).exists():
         drop_entry(path)
     return False
+
+
+@contextlib.contextmanager
+def cache_entry(path: str | Path, what: str) -> Iterator[bool]:
+    """Lock the cache entry ``path`` (exclusively, see :func:`locked`) while it is checked and,
+    when needed, built; yield True when it is there and intact (a damaged one is dropped first:
+    build it again, and :func:`seal` it)."""
+    with locked(path, what):
+        yield usable_entry(path, what)
+
+
+def drop_unreadable(path: str | Path, what: str, err: BaseException) -> None:
+    """An intact-looking cache entry could not be read: log why and drop it, to rebuild it."""
+    log.warning("%s %s cannot be read (%s); dropping it to rebuild it", what, path, err)
+    drop_entry(path)
 
 
 # --------------------------------------------------------------------------- locks
@@ -232,8 +250,8 @@ def _held() -> _Held:
 
 
 def lock_file(path: str | Path) -> Path:
-    """The lock file of a stage folder or cache entry: the hidden sibling ``.<name>.lock``, never
-    removed (removing it would let two processes lock two different files)."""
+    """The lock file of a stage folder or cache entry: the hidden sibling ``.<name>.lock``, there
+    only while a process holds (or waits for) the lock."""
     path = Path(path)
     return path.with_name(f".{path.name}.lock")
 
@@ -245,16 +263,69 @@ def _holder(fd: int) -> str:
         return "unknown"
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _acquire(file: Path, shared: bool, what: str, path: Path) -> Any:
+    """Open and flock ``file``; the open file, once it is locked and still the one at that name."""
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    waited = None
+    while True:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(file, "a+b")  # noqa: SIM115 (returned; closing it releases the lock)
+        try:
+            try:
+                fcntl.flock(fh.fileno(), mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waited is None:
+                    waited = time.monotonic()
+                    log.warning(
+                        "%s %s is locked by another distillrank process (PID %s, lock file %s); "
+                        "waiting for it to finish",
+                        what, path, _holder(fh.fileno()), file,
+                    )
+                fcntl.flock(fh.fileno(), mode)
+            if _same_file(fh.fileno(), file):  # else its holder removed it on release: lock anew
+                if waited is not None:
+                    log.info("%s %s: lock acquired after %.1f s", what, path, time.monotonic() - waited)
+                return fh
+        except BaseException:
+            fh.close()
+            raise
+        fh.close()
+
+
+def _release(fh: Any, file: Path) -> None:
+    """Remove the lock file when no other process holds or waits on it (it then holds no one's
+    PID), and unlock. Removed only under an exclusive lock, and a process that locked a removed
+    file locks anew (see :func:`_acquire`), so two processes never hold the lock at once."""
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # an exclusive holder already has it
+        if _same_file(fh.fileno(), file):
+            file.unlink()
+    except (BlockingIOError, FileNotFoundError):
+        pass  # shared by another process still: it removes it
+    finally:
+        fh.close()
+
+
 @contextlib.contextmanager
 def locked(path: str | Path, what: str, shared: bool = False) -> Iterator[None]:
-    """Hold an advisory ``fcntl.flock`` on ``path`` (a stage folder or a cache entry).
+    """Hold an advisory ``fcntl.flock`` on ``path`` (a stage folder or a cache entry), through the
+    hidden lock file :func:`lock_file`.
 
     Exclusive for a writer, shared for readers. When another process holds a conflicting lock, this
-    one logs which (``PID n``, read from the lock file) and waits: a second run of the same
-    experiment continues once the first has finished the stage, and then finds it up to date or
-    redoes it with its own config; nothing is ever written by two processes at once. Re-entrant
-    within a process: a path this process already holds is not locked again. Ranks other than 0 of a
-    ``torchrun`` job take no locks (rank 0 holds them for the job).
+    one logs a warning naming it (``PID n``, which an exclusive holder writes into the lock file)
+    and waits: a second run of the same experiment continues once the first has finished the stage,
+    and then finds it up to date or redoes it with its own config; nothing is ever written by two
+    processes at once. Re-entrant within a process: a path this process already holds is not locked
+    again. Ranks other than 0 of a ``torchrun`` job take no locks (rank 0 holds them for the job).
     """
     path = Path(path)
     held = _held()
@@ -263,20 +334,8 @@ def locked(path: str | Path, what: str, shared: bool = False) -> Iterator[None]:
         yield
         return
     file = lock_file(path)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(file, "a+b")  # noqa: SIM115 (closed below; closing releases the lock)
-    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    fh = _acquire(file, shared, what, path)
     try:
-        try:
-            fcntl.flock(fh.fileno(), mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning(
-                "%s %s is locked by another distillrank process (PID %s, from %s); waiting for it to finish",
-                what, path, _holder(fh.fileno()), file,
-            )
-            start = time.monotonic()
-            fcntl.flock(fh.fileno(), mode)
-            log.info("%s %s: lock acquired after %.1f s", what, path, time.monotonic() - start)
         if not shared:
             os.ftruncate(fh.fileno(), 0)
             os.pwrite(fh.fileno(), f"{os.getpid()}\n".encode(), 0)
@@ -286,7 +345,7 @@ def locked(path: str | Path, what: str, shared: bool = False) -> Iterator[None]:
         finally:
             del held.files[name]
     finally:
-        fh.close()
+        _release(fh, file)
 
 
 def locked_stage(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
