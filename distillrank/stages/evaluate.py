@@ -999,8 +999,8 @@ def run(cfg: DictConfig) -> Manifest:
         outputs=[
             "metrics.json",
             "results.md",
-            *[f"{n}/run.trec" if t.rel == "." else f"{t.rel}/{n}/run.trec" for t in evaluated
-              for n in per_collection[t.name]],
+            *[f"{n}/{part}" if t.rel == "." else f"{t.rel}/{n}/{part}" for t in evaluated
+              for n in per_collection[t.name] for part in ("run.trec", "metrics.json")],
         ],
         wall_time_s=time.perf_counter() - start,
     )
