@@ -87,12 +87,7 @@ def dir_fingerprint(path: str | Path) -> str:
     change without the model changing.
     """
     root = Path(path)
-    parts = [
-        (str(p.relative_to(root)), file_fingerprint(p))
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    ]
-    return fingerprint(parts)
+    return fingerprint([(str(p.relative_to(root)), file_fingerprint(p)) for p in _content_files(root)])
 
 
 def _content_files(root: Path) -> list[Path]:
