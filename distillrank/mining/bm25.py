@@ -11,7 +11,14 @@ import bm25s
 import numpy as np
 from tqdm.auto import tqdm
 
-from distillrank.workspace import atomic_dir, atomic_write_json, cache_entry, drop_unreadable, fingerprint, seal
+from distillrank.workspace import (
+    atomic_dir,
+    atomic_write_json,
+    cache_entry,
+    drop_unreadable,
+    fingerprint,
+    seal,
+)
 
 log = logging.getLogger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # its DEBUG lines drown the stage logs
