@@ -9,6 +9,9 @@ other output is written to a temporary path first and renamed into place.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -17,7 +20,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +33,10 @@ from distillrank.errors import ArtifactError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# files of a stage's output folders that later stages rewrite: the model card, to which ``evaluate``
+# adds its results (so they are not in the manifest's checksums)
+MUTABLE_OUTPUTS = ("README.md",)
+SEAL = ".checksums.json"  # a cache folder's checksums, written inside it before it is renamed into place
 _PACKAGES = ("distillrank", "torch", "transformers", "datasets", "bm25s", "ir_measures", "hydra-core")
 
 
@@ -80,12 +87,283 @@ def dir_fingerprint(path: str | Path) -> str:
     change without the model changing.
     """
     root = Path(path)
-    parts = [
-        (str(p.relative_to(root)), file_fingerprint(p))
+    return fingerprint([(str(p.relative_to(root)), file_fingerprint(p)) for p in _content_files(root)])
+
+
+def _content_files(root: Path) -> list[Path]:
+    """The files :func:`dir_fingerprint` covers: every file under ``root`` not under a hidden name."""
+    return [
+        p
         for p in sorted(root.rglob("*"))
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
-    return fingerprint(parts)
+
+
+def checksums(path: str | Path, unchecked: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Size and sha256 of a file (``{"size", "sha256"}``) or of every file of a folder
+    (``{"files": {relative name: {"size", "sha256"}}}``, hidden names left out as in
+    :func:`dir_fingerprint`, and the relative names in ``unchecked``, kept in the record under
+    that key). The hashes are memoised per (path, size, mtime)."""
+    path = Path(path)
+    if path.is_dir():
+        record: dict[str, Any] = {
+            "files": {
+                name: {"size": p.stat().st_size, "sha256": file_fingerprint(p)}
+                for p in _content_files(path)
+                if (name := str(p.relative_to(path))) not in unchecked
+            }
+        }
+        if unchecked:
+            record["unchecked"] = list(unchecked)
+        return record
+    return {"size": path.stat().st_size, "sha256": file_fingerprint(path)}
+
+
+def verify_checksums(path: str | Path, record: dict[str, Any], exact: bool = True) -> str | None:
+    """None when ``path`` still has the content :func:`checksums` recorded, else what differs.
+
+    Every size is compared before any hash is computed, so a truncated or grown file is found at the
+    cost of a ``stat``; a same-size change (a zeroed file) is found by the sha256, computed once per
+    (path, size, mtime) in a process. With ``exact``, a folder holding files it was not written with
+    does not match either (a cache folder may gain entries of its own, as a FAISS index beside the
+    embeddings it indexes: checked without ``exact``).
+    """
+    path = Path(path)
+    if "files" in record:
+        if not path.is_dir():
+            return f"{path} is not a folder"
+        expected: dict[str, dict[str, Any]] = record["files"]
+        unchecked = set(record.get("unchecked", ()))
+        actual = {name: p for p in _content_files(path) if (name := str(p.relative_to(path))) not in unchecked}
+        if missing := sorted(set(expected) - set(actual)):
+            return f"{path} lacks {missing[:3]}"
+        if exact and (extra := sorted(set(actual) - set(expected))):
+            return f"{path} has files it was not written with: {extra[:3]}"
+        pairs = [(actual[name], want) for name, want in sorted(expected.items())]
+    else:
+        if not path.is_file():
+            return f"{path} is missing"
+        pairs = [(path, record)]
+    for file, want in pairs:
+        if (size := file.stat().st_size) != want["size"]:
+            return f"{file} has {size} bytes, {want['size']} were written"
+    for file, want in pairs:
+        if file_fingerprint(file) != want["sha256"]:
+            return f"{file} does not have the content that was written (sha256 differs)"
+    return None
+
+
+def seal_path(path: Path) -> Path:
+    """Where :func:`seal` keeps the checksums of the cache entry ``path``."""
+    return path / SEAL if path.is_dir() else path.with_name(f".{path.name}.sha256.json")
+
+
+def seal(path: str | Path) -> Path:
+    """Record the size and sha256 of a cache entry (a file or a folder) beside or inside it.
+
+    A folder carries its checksums in ``<folder>/.checksums.json`` (seal the temporary folder before
+    it is renamed into place, and the two commit together); a file in a hidden sibling
+    ``.<name>.json``, written after the file: an entry killed between the two has no seal and is
+    rebuilt.
+    """
+    path = Path(path)
+    return atomic_write_json(seal_path(path), checksums(path))
+
+
+def verify_entry(path: str | Path, what: str = "cache entry") -> bool:
+    """True when the cache entry ``path`` exists and matches its seal; otherwise a warning says why
+    and False (the caller drops and rebuilds it). Absent entries are False without a warning."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    seal_file = seal_path(path)
+    try:
+        record = json.loads(seal_file.read_text(encoding="utf-8"))
+        problem = verify_checksums(path, record, exact=False)
+    except FileNotFoundError:
+        problem = f"{seal_file} is missing (the entry was interrupted, or written before checksums were kept)"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        problem = f"{seal_file} cannot be read ({err})"
+    if problem is None:
+        return True
+    log.warning("%s %s is damaged: %s; dropping it to rebuild it", what, path, problem)
+    return False
+
+
+def drop_entry(path: str | Path) -> None:
+    """Remove a cache entry (file or folder) and its seal, so it is rebuilt."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        seal_path(path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+
+
+def usable_entry(path: str | Path, what: str = "cache entry") -> bool:
+    """True when the cache entry is there and intact; a damaged one is dropped (False)."""
+    if verify_entry(path, what):
+        return True
+    if Path(path).exists():
+        drop_entry(path)
+    return False
+
+
+@contextlib.contextmanager
+def cache_entry(path: str | Path, what: str) -> Iterator[bool]:
+    """Lock the cache entry ``path`` (exclusively, see :func:`locked`) while it is checked and,
+    when needed, built; yield True when it is there and intact (a damaged one is dropped first:
+    build it again, and :func:`seal` it)."""
+    with locked(path, what):
+        yield usable_entry(path, what)
+
+
+def drop_unreadable(path: str | Path, what: str, err: BaseException) -> None:
+    """An intact-looking cache entry could not be read: log why and drop it, to rebuild it."""
+    log.warning("%s %s cannot be read (%s); dropping it to rebuild it", what, path, err)
+    drop_entry(path)
+
+
+# --------------------------------------------------------------------------- locks
+class _Held:
+    """The locks this process (context) holds: path -> open file; stage locks collect the shared
+    locks that ``require_stage`` takes on their upstream folders, released when the stage ends."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, Any] = {}
+        self.stage: contextlib.ExitStack | None = None
+
+
+_HELD: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("distillrank_locks", default=None)
+
+
+def _held() -> _Held:
+    if (held := _HELD.get()) is None:
+        held = _Held()
+        _HELD.set(held)
+    return held
+
+
+def lock_file(path: str | Path) -> Path:
+    """The lock file of a stage folder or cache entry: the hidden sibling ``.<name>.lock``, there
+    only while a process holds (or waits for) the lock."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+def _holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _acquire(file: Path, shared: bool, what: str, path: Path) -> Any:
+    """Open and flock ``file``; the open file, once it is locked and still the one at that name."""
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    waited = None
+    while True:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(file, "a+b")  # noqa: SIM115 (returned; closing it releases the lock)
+        try:
+            try:
+                fcntl.flock(fh.fileno(), mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waited is None:
+                    waited = time.monotonic()
+                    log.warning(
+                        "%s %s is locked by another distillrank process (PID %s, lock file %s); "
+                        "waiting for it to finish",
+                        what, path, _holder(fh.fileno()), file,
+                    )
+                fcntl.flock(fh.fileno(), mode)
+            if _same_file(fh.fileno(), file):  # else its holder removed it on release: lock anew
+                if waited is not None:
+                    log.info("%s %s: lock acquired after %.1f s", what, path, time.monotonic() - waited)
+                return fh
+        except BaseException:
+            fh.close()
+            raise
+        fh.close()
+
+
+def _release(fh: Any, file: Path) -> None:
+    """Remove the lock file when no other process holds or waits on it (it then holds no one's
+    PID), and unlock. Removed only under an exclusive lock, and a process that locked a removed
+    file locks anew (see :func:`_acquire`), so two processes never hold the lock at once."""
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # an exclusive holder already has it
+        if _same_file(fh.fileno(), file):
+            file.unlink()
+    except (BlockingIOError, FileNotFoundError):
+        pass  # shared by another process still: it removes it
+    finally:
+        fh.close()
+
+
+@contextlib.contextmanager
+def locked(path: str | Path, what: str, shared: bool = False) -> Iterator[None]:
+    """Hold an advisory ``fcntl.flock`` on ``path`` (a stage folder or a cache entry), through the
+    hidden lock file :func:`lock_file`.
+
+    Exclusive for a writer, shared for readers. When another process holds a conflicting lock, this
+    one logs a warning naming it (``PID n``, which an exclusive holder writes into the lock file)
+    and waits: a second run of the same experiment continues once the first has finished the stage,
+    and then finds it up to date or redoes it with its own config; nothing is ever written by two
+    processes at once. Re-entrant within a process: a path this process already holds is not locked
+    again. Ranks other than 0 of a ``torchrun`` job take no locks (rank 0 holds them for the job).
+    """
+    path = Path(path)
+    held = _held()
+    name = str(path.resolve())
+    if name in held.files or os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    file = lock_file(path)
+    fh = _acquire(file, shared, what, path)
+    try:
+        if not shared:
+            os.ftruncate(fh.fileno(), 0)
+            os.pwrite(fh.fileno(), f"{os.getpid()}\n".encode(), 0)
+        held.files[name] = fh
+        try:
+            yield
+        finally:
+            del held.files[name]
+    finally:
+        _release(fh, file)
+
+
+def locked_stage(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a stage's ``run(cfg, ...)``: the stage folder is locked exclusively while it runs,
+    and the upstream folders it reads through :func:`require_stage` stay share-locked until it ends,
+    so no other process rewrites them under it."""
+
+    def wrap(run: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(run)
+        def locked_run(cfg: DictConfig, *args: Any, **kwargs: Any) -> Any:
+            held = _held()
+            outer = held.stage
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(locked(stage_dir(cfg, stage), f"the '{stage}' stage folder"))
+                held.stage = stack
+                try:
+                    return run(cfg, *args, **kwargs)
+                finally:
+                    held.stage = outer
+
+        return locked_run
+
+    return wrap
 
 
 def package_versions() -> dict[str, str]:
@@ -169,10 +447,30 @@ class Manifest:
     wall_time_s: float = 0.0
     versions: dict[str, str] = field(default_factory=package_versions)
     finished_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    checksums: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def write(self, folder: Path) -> Path:
-        """Write ``manifest.json`` into ``folder`` (last, so the stage counts as complete only now)."""
+        """Write ``manifest.json`` into ``folder`` (last, so the stage counts as complete only now),
+        with the size and sha256 of every output (file or folder) as it is now."""
+        folder = Path(folder)
+        if missing := [name for name in self.outputs if not (folder / name).exists()]:
+            raise ArtifactError(f"the '{self.stage}' stage did not write {missing} in {folder}")
+        self.checksums = {name: checksums(folder / name, MUTABLE_OUTPUTS) for name in self.outputs}
         return atomic_write_json(folder / MANIFEST, self.__dict__)
+
+    def damaged(self, folder: str | Path) -> str | None:
+        """None when every output in ``folder`` is there with the content it was written with, else
+        what differs. Manifests written before checksums were kept are checked for presence only."""
+        folder = Path(folder)
+        for name in self.outputs:
+            record = self.checksums.get(name)
+            if record is None:
+                if not (folder / name).exists():
+                    return f"{folder / name} is missing"
+                continue
+            if (problem := verify_checksums(folder / name, record)) is not None:
+                return problem
+        return None
 
 
 def read_manifest(folder: str | Path) -> Manifest | None:
@@ -189,11 +487,15 @@ def read_manifest(folder: str | Path) -> Manifest | None:
 
 
 def is_up_to_date(folder: str | Path, key: str) -> bool:
-    """True when the stage completed in ``folder`` with this key and all its outputs still exist."""
+    """True when the stage completed in ``folder`` with this key and all its outputs are intact (the
+    sizes and hashes its manifest recorded); a damaged output is logged, and the stage reruns."""
     manifest = read_manifest(folder)
     if manifest is None or manifest.key != key:
         return False
-    return all((Path(folder) / name).exists() for name in manifest.outputs)
+    if (problem := manifest.damaged(folder)) is not None:
+        log.warning("%s: an output is damaged (%s); the stage runs again", folder, problem)
+        return False
+    return True
 
 
 def current_manifest(cfg: DictConfig, stage: str, key: str) -> Manifest | None:
@@ -222,10 +524,17 @@ def require_stage(cfg: DictConfig, stage: str, key: str) -> tuple[Manifest, Path
     for folder in candidates:
         manifest = read_manifest(folder)
         if manifest is not None and manifest.key == key:
-            missing = [name for name in manifest.outputs if not (folder / name).exists()]
-            if missing:
-                raise ArtifactError(f"the '{stage}' stage in {folder} lacks {missing}: {hint}")
-            return manifest, folder
+            # share-locked, so no process rewrites it while it is read: until the calling stage ends
+            # (see locked_stage), or just while it is verified when no stage is running
+            with contextlib.ExitStack() as here:
+                held = _held().stage
+                (held or here).enter_context(locked(folder, f"the '{stage}' stage folder", shared=True))
+                manifest = read_manifest(folder)  # again: it may have been rewritten while we waited
+                if manifest is None or manifest.key != key:
+                    continue
+                if (problem := manifest.damaged(folder)) is not None:
+                    raise ArtifactError(f"the '{stage}' stage output is damaged: {problem}: {hint}")
+                return manifest, folder
     manifest = read_manifest(own)
     if manifest is None:
         raise ArtifactError(f"the '{stage}' stage has not completed in {own}: {hint}")

@@ -238,11 +238,13 @@ def _manifest(outputs: list[str] | None = None, key: str = "k" * 64) -> Manifest
 def test_manifest_round_trip(tmp_path: Path) -> None:
     manifest = _manifest()
     assert "python" in manifest.versions and "torch" in manifest.versions
+    (tmp_path / "candidates.parquet").write_bytes(b"rows")
     path = manifest.write(tmp_path)
     assert path == tmp_path / MANIFEST
     assert json.loads(path.read_text())["stage"] == "mine"
     assert read_manifest(tmp_path) == manifest
-    assert _entries(tmp_path) == [MANIFEST]
+    assert manifest.checksums["candidates.parquet"]["size"] == 4
+    assert sorted(_entries(tmp_path)) == ["candidates.parquet", MANIFEST]
 
 
 def test_read_manifest_missing_or_unreadable(tmp_path: Path) -> None:
@@ -323,7 +325,9 @@ def test_require_stage_stale_key_names_stage_and_command(tmp_path: Path) -> None
 def test_require_stage_missing_output_names_it(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     folder = stage_dir(cfg, "train")
+    (folder / "student").mkdir(parents=True)
     _manifest(outputs=["student"], key="a" * 64).write(folder)
+    (folder / "student").rmdir()
     with pytest.raises(ArtifactError) as err:
         require_stage(cfg, "train", "a" * 64)
     message = str(err.value)

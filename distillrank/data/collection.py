@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from distillrank.data.beir import EXPECTED_LAYOUT, BeirFolder, Qrels, beir_folder_problems
 from distillrank.data.irds import load_irds
 from distillrank.errors import ConfigError, DataError
+from distillrank.workspace import cache_entry, drop_entry, drop_unreadable, seal
 
 logger = logging.getLogger("distillrank.data")
 
@@ -540,6 +541,7 @@ def build_collection(source: CollectionSource, spec: CollectionSpec, target: Pat
         logger.info("building collection %r from %s into %s", spec.name, source.description, target)
         _build_into(source, spec, tmp, fingerprint)
         (tmp / _OWNER_FILE).unlink()
+        seal(tmp)  # its checksums, committed with it by the rename
         _publish(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -697,11 +699,16 @@ def load_collection(cfg: Any, cache_dir: str | os.PathLike[str]) -> Collection:
     source = resolve_source(spec)
     fingerprint = compute_fingerprint(source, spec)
     target = Path(cache_dir).expanduser() / "collections" / f"{_safe_name(spec.name)}-{fingerprint[:16]}"
-    if target.exists() and not _is_complete(target):
-        logger.warning("%s is incomplete; rebuilding it", target)
-        shutil.rmtree(target)
-    if _is_complete(target):
-        logger.info("loading collection %r from %s", spec.name, target)
-    else:
+    # locked while checked and built: a second process waits, then loads what the first built; one
+    # that is incomplete, does not match its checksums or cannot be opened is dropped and rebuilt
+    with cache_entry(target, "stored collection") as present:
+        if present and _is_complete(target):
+            logger.info("loading collection %r from %s", spec.name, target)
+            try:
+                return Collection.from_disk(target, spec.name, fingerprint, source.description)
+            except DataError as err:
+                drop_unreadable(target, "stored collection", err)
+        elif target.exists():
+            drop_entry(target)
         build_collection(source, spec, target, fingerprint)
-    return Collection.from_disk(target, spec.name, fingerprint, source.description)
+        return Collection.from_disk(target, spec.name, fingerprint, source.description)

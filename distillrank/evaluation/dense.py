@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from distillrank.evaluation.retrieval import exact_topk
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.runtime import autocast
-from distillrank.workspace import atomic_dir, fingerprint
+from distillrank.workspace import atomic_dir, cache_entry, drop_unreadable, fingerprint, seal
 
 log = logging.getLogger(__name__)
 
@@ -145,34 +145,41 @@ def cached_corpus_embeddings(
     settings = embedding_settings(encoder, precision)
     folder = embeddings_dir(cache_root, model_fp, collection.fingerprint, settings)
     n_docs = len(collection.corpus)
-    if (folder / EMBEDDINGS_META).is_file():
-        matrix = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
-        if matrix.shape == (n_docs, encoder.dim):
-            log.info("%s: corpus embeddings reused from %s", name, folder)
-            return matrix, None, folder
-        log.warning("%s: cached embeddings in %s have shape %s, re-encoding", name, folder, matrix.shape)
-    with atomic_dir(folder) as tmp:
-        matrix, rate = encode_corpus(
-            encoder,
-            collection,
-            tmp / EMBEDDINGS_FILE,
-            batch_size,
-            chunk_size,
-            device,
-            precision,
-            name,
-            progress,
-        )
-        del matrix  # close the memmap before the folder is renamed
-        meta = {
-            "model": model_fp,
-            "collection": collection.fingerprint,
-            "settings": settings,
-            "shape": [n_docs, encoder.dim],
-        }
-        (tmp / EMBEDDINGS_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    log.info("%s: corpus embeddings of %d passages cached in %s", name, n_docs, folder)
-    return np.load(folder / EMBEDDINGS_FILE, mmap_mode="r"), rate, folder
+    # locked while checked and encoded (a second process waits, then reuses them); embeddings that do
+    # not match their checksums (truncated, zeroed) or cannot be opened are dropped and encoded again
+    with cache_entry(folder, f"{name}: cached corpus embeddings") as present:
+        if present:
+            try:
+                matrix = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
+                if matrix.shape == (n_docs, encoder.dim):
+                    log.info("%s: corpus embeddings reused from %s", name, folder)
+                    return matrix, None, folder
+                log.warning("%s: cached embeddings in %s have shape %s, re-encoding", name, folder, matrix.shape)
+            except (OSError, ValueError) as err:
+                drop_unreadable(folder, f"{name}: cached corpus embeddings", err)
+        with atomic_dir(folder) as tmp:
+            matrix, rate = encode_corpus(
+                encoder,
+                collection,
+                tmp / EMBEDDINGS_FILE,
+                batch_size,
+                chunk_size,
+                device,
+                precision,
+                name,
+                progress,
+            )
+            del matrix  # close the memmap before the folder is renamed
+            meta = {
+                "model": model_fp,
+                "collection": collection.fingerprint,
+                "settings": settings,
+                "shape": [n_docs, encoder.dim],
+            }
+            (tmp / EMBEDDINGS_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            seal(tmp)
+        log.info("%s: corpus embeddings of %d passages cached in %s", name, n_docs, folder)
+        return np.load(folder / EMBEDDINGS_FILE, mmap_mode="r"), rate, folder
 
 
 def search(

@@ -11,7 +11,14 @@ import bm25s
 import numpy as np
 from tqdm.auto import tqdm
 
-from distillrank.workspace import atomic_dir, atomic_write_json, fingerprint
+from distillrank.workspace import (
+    atomic_dir,
+    atomic_write_json,
+    cache_entry,
+    drop_unreadable,
+    fingerprint,
+    seal,
+)
 
 log = logging.getLogger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # its DEBUG lines drown the stage logs
@@ -60,29 +67,31 @@ class BM25Index:
         """Load the cached index of this collection and parameters, or build and cache it."""
         params = {"k1": k1, "b": b, "stemmer": stemmer, "stopwords": stopwords, "version": bm25s.__version__}
         folder = Path(cache_root) / "bm25" / f"{collection.name}-{collection.fingerprint[:16]}-{fingerprint(params)[:12]}"
-        tokenizer = cls._tokenizer(stemmer, stopwords)
-        if (folder / "params.index.json").is_file():
-            tokenizer.load_vocab(str(folder))
-            tokenizer.load_stopwords(str(folder))
-            stats = folder / _STATS
-            if not stats.is_file():  # an index cached before the statistics were kept
-                lengths = [len(x) for x in cls._tokenize_corpus(collection, tokenizer, False, progress)]
-                atomic_write_json(stats, {"avg_doc_len": float(np.mean(lengths)) if lengths else 0.0})
-            avg = float(json.loads(stats.read_text())["avg_doc_len"])
-            return cls(bm25s.BM25.load(str(folder), mmap=True), tokenizer, avg)
-        ids = cls._tokenize_corpus(collection, tokenizer, True, progress)
-        retriever = bm25s.BM25(k1=k1, b=b)
-        retriever.index(
-            bm25s.tokenization.Tokenized(ids=ids, vocab=tokenizer.get_vocab_dict()), show_progress=progress
-        )
-        with atomic_dir(folder) as tmp:
-            retriever.save(str(tmp), show_progress=False)
-            tokenizer.save_vocab(str(tmp))
-            tokenizer.save_stopwords(str(tmp))
-            avg = float(np.mean([len(x) for x in ids])) if ids else 0.0
-            atomic_write_json(Path(tmp) / _STATS, {"avg_doc_len": avg})
-        log.info("bm25 index of %d docs cached in %s", len(ids), folder)
-        return cls(retriever, tokenizer, avg)
+        with cache_entry(folder, "bm25 index") as present:
+            if present:
+                try:
+                    tokenizer = cls._tokenizer(stemmer, stopwords)
+                    tokenizer.load_vocab(str(folder))
+                    tokenizer.load_stopwords(str(folder))
+                    avg = float(json.loads((folder / _STATS).read_text())["avg_doc_len"])
+                    return cls(bm25s.BM25.load(str(folder), mmap=True), tokenizer, avg)
+                except (OSError, ValueError, KeyError, TypeError) as err:
+                    drop_unreadable(folder, "bm25 index", err)
+            tokenizer = cls._tokenizer(stemmer, stopwords)
+            ids = cls._tokenize_corpus(collection, tokenizer, True, progress)
+            retriever = bm25s.BM25(k1=k1, b=b)
+            retriever.index(
+                bm25s.tokenization.Tokenized(ids=ids, vocab=tokenizer.get_vocab_dict()), show_progress=progress
+            )
+            with atomic_dir(folder) as tmp:
+                retriever.save(str(tmp), show_progress=False)
+                tokenizer.save_vocab(str(tmp))
+                tokenizer.save_stopwords(str(tmp))
+                avg = float(np.mean([len(x) for x in ids])) if ids else 0.0
+                atomic_write_json(Path(tmp) / _STATS, {"avg_doc_len": avg})
+                seal(tmp)
+            log.info("bm25 index of %d docs cached in %s", len(ids), folder)
+            return cls(retriever, tokenizer, avg)
 
     @staticmethod
     def _tokenize_corpus(collection, tokenizer, update_vocab: bool, progress: bool) -> list[list[int]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from distillrank.errors import ConfigError
-from distillrank.workspace import atomic_path
+from distillrank.workspace import atomic_path, cache_entry, drop_unreadable, seal
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +40,28 @@ def load_or_build(matrix: np.ndarray, embeddings_folder: Path, factory: str, tra
     """The FAISS index of ``matrix`` [N, d] for ``factory`` (read from disk when built before)."""
     faiss = _faiss()
     path = index_path(embeddings_folder, factory)
-    if path.is_file():
-        return faiss.read_index(str(path))
-    try:
-        index = faiss.index_factory(int(matrix.shape[1]), factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as err:
-        raise ConfigError(f"mining.faiss_factory={factory!r} is not a FAISS index factory string: {err}") from err
-    if not index.is_trained:
-        rng = np.random.default_rng(seed)
-        rows = np.sort(rng.choice(len(matrix), size=min(train_sample, len(matrix)), replace=False))
-        index.train(np.ascontiguousarray(matrix[rows], dtype=np.float32))
-    block = 65536
-    for start in range(0, len(matrix), block):
-        index.add(np.ascontiguousarray(matrix[start : start + block], dtype=np.float32))
-    with atomic_path(path) as tmp:
-        faiss.write_index(index, str(tmp))
-    log.info("mine: FAISS %s index of %d vectors written to %s", factory, len(matrix), path)
-    return index
+    with cache_entry(path, "FAISS index") as present:  # locked while checked and built; damaged: rebuilt
+        if present:
+            try:
+                return faiss.read_index(str(path))
+            except RuntimeError as err:
+                drop_unreadable(path, "FAISS index", err)
+        try:
+            index = faiss.index_factory(int(matrix.shape[1]), factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as err:
+            raise ConfigError(f"mining.faiss_factory={factory!r} is not a FAISS index factory string: {err}") from err
+        if not index.is_trained:
+            rng = np.random.default_rng(seed)
+            rows = np.sort(rng.choice(len(matrix), size=min(train_sample, len(matrix)), replace=False))
+            index.train(np.ascontiguousarray(matrix[rows], dtype=np.float32))
+        block = 65536
+        for start in range(0, len(matrix), block):
+            index.add(np.ascontiguousarray(matrix[start : start + block], dtype=np.float32))
+        with atomic_path(path) as tmp:
+            faiss.write_index(index, str(tmp))
+        seal(path)
+        log.info("mine: FAISS %s index of %d vectors written to %s", factory, len(matrix), path)
+        return index
 
 
 def search(index, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from distillrank.errors import ConfigError
+from distillrank.workspace import cache_entry, seal
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +134,22 @@ def exported(model: nn.Module, output: str, int8: bool = False, cache: Path | No
     cache.mkdir(parents=True, exist_ok=True)
     key = model_fingerprint(model, output, int8)[:24]
     path = cache / f"{key}.onnx"
-    if path.is_file():
-        return path
-    names = _input_names(model)
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".export-") as tmp:
-        fp32 = Path(tmp) / "model.onnx"
-        log.info("exporting %s to ONNX (%s, %s)", type(model).__name__, output, "int8" if int8 else "fp32")
-        _export(model, names, output, fp32)
-        final = fp32
-        if int8:
-            final = Path(tmp) / "model.int8.onnx"
-            _quantize(fp32, final)
-        _inline(final)
-        os.replace(final, path)  # the cache only ever holds complete graphs
+    # locked while checked and exported; a graph that does not match its checksums is exported again
+    with cache_entry(path, "ONNX graph") as present:
+        if present:
+            return path
+        names = _input_names(model)
+        with tempfile.TemporaryDirectory(dir=cache, prefix=".export-") as tmp:
+            fp32 = Path(tmp) / "model.onnx"
+            log.info("exporting %s to ONNX (%s, %s)", type(model).__name__, output, "int8" if int8 else "fp32")
+            _export(model, names, output, fp32)
+            final = fp32
+            if int8:
+                final = Path(tmp) / "model.int8.onnx"
+                _quantize(fp32, final)
+            _inline(final)
+            os.replace(final, path)  # the cache only ever holds complete graphs
+        seal(path)
     return path
 
 

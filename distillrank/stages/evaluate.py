@@ -92,10 +92,14 @@ from distillrank.workspace import (
     cache_dir,
     current_manifest,
     dir_fingerprint,
+    drop_unreadable,
     fingerprint,
+    locked_stage,
     require_stage,
+    seal,
     stage_dir,
     to_plain,
+    usable_entry,
 )
 
 log = logging.getLogger(__name__)
@@ -802,12 +806,21 @@ def _evaluate_hybrid(
 
 
 def _cached(cfg: DictConfig, sys_dir: Path, key: str) -> dict | None:
-    """A system's saved results when they carry ``key`` (and ``force`` is off), else None."""
+    """A system's saved results when they carry ``key`` (and ``force`` is off), else None.
+
+    The system's folder (``metrics.json``, ``run.trec``) is a cache entry sealed by :func:`_record`:
+    one that does not match its checksums (a truncated run file) or cannot be read is dropped with a
+    warning and measured again. The evaluate stage's lock covers it.
+    """
     saved = sys_dir / "metrics.json"
-    if not cfg.force and saved.is_file() and (sys_dir / "run.trec").is_file():
-        previous = json.loads(saved.read_text())
-        if previous.get("key") == key:
+    if cfg.force or not usable_entry(sys_dir, "saved evaluation"):
+        return None
+    try:
+        previous = json.loads(saved.read_text(encoding="utf-8"))
+        if (sys_dir / "run.trec").is_file() and previous.get("key") == key:
             return previous
+    except (OSError, ValueError, AttributeError) as err:
+        drop_unreadable(sys_dir, "saved evaluation", err)
     return None
 
 
@@ -829,6 +842,7 @@ def _record(cfg: DictConfig, target: Target, name: str, key: str, out: dict) -> 
     if "hybrid" in out:
         result["hybrid"] = out["hybrid"]
     atomic_write_json(sys_dir / "metrics.json", result)
+    seal(sys_dir)  # last: a system killed before this has no seal and is measured again
     return result
 
 
@@ -902,6 +916,7 @@ def _summary(
     }
 
 
+@locked_stage(STAGE)
 def run(cfg: DictConfig) -> Manifest:
     """Evaluate every configured system on every collection; results that are current are reused."""
     baseline = _baseline(cfg)
@@ -1000,8 +1015,8 @@ def run(cfg: DictConfig) -> Manifest:
         outputs=[
             "metrics.json",
             "results.md",
-            *[f"{n}/run.trec" if t.rel == "." else f"{t.rel}/{n}/run.trec" for t in evaluated
-              for n in per_collection[t.name]],
+            *[f"{n}/{part}" if t.rel == "." else f"{t.rel}/{n}/{part}" for t in evaluated
+              for n in per_collection[t.name] for part in ("run.trec", "metrics.json")],
         ],
         wall_time_s=time.perf_counter() - start,
     )

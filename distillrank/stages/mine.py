@@ -34,6 +34,7 @@ from distillrank.workspace import (
     cache_dir,
     current_manifest,
     fingerprint,
+    locked_stage,
     stage_dir,
     to_plain,
 )
@@ -130,6 +131,7 @@ def first_stage(
     return fused_rows, fused_scores, info
 
 
+@locked_stage(STAGE)
 def run(cfg: DictConfig) -> Manifest:
     """Mine candidates for the training split; skipped when the manifest matches."""
     folder = stage_dir(cfg, STAGE)

@@ -44,6 +44,7 @@ from distillrank.workspace import (
     atomic_path,
     current_manifest,
     fingerprint,
+    locked_stage,
     require_stage,
     stage_dir,
     to_plain,
@@ -161,6 +162,7 @@ def _consistency_ranks(cfg: DictConfig, coll, queries: list[SyntheticQuery], k: 
     return ranks
 
 
+@locked_stage(STAGE)
 def run(cfg: DictConfig) -> Manifest:
     """Make (and filter) the synthetic training queries; skipped when the manifest matches."""
     if not enabled(cfg):

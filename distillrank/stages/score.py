@@ -50,10 +50,16 @@ from distillrank.workspace import (
     atomic_path,
     cache_dir,
     current_manifest,
+    drop_unreadable,
     fingerprint,
+    locked,
+    locked_stage,
     require_stage,
+    seal,
+    seal_path,
     stage_dir,
     to_plain,
+    usable_entry,
 )
 
 log = logging.getLogger(__name__)
@@ -74,19 +80,29 @@ class ScoreCache:
         return cls(cache_dir(cfg) / "scores" / f"{teacher_fp[:16]}-{collection_fp[:16]}")
 
     def load(self) -> dict[tuple[str, str], float]:
-        """Every cached score (complete shards only: partial ones never get their final name)."""
+        """Every cached score (complete shards only: partial ones never get their final name).
+
+        A shard that does not match its checksums (truncated, zeroed) or cannot be read is dropped
+        with a warning: its pairs are scored again.
+        """
         cached: dict[tuple[str, str], float] = {}
         if not self.folder.is_dir():
             return cached
         for shard in sorted(self.folder.glob("shard-*.parquet")):
-            table = pq.read_table(shard)
-            cached.update(
-                zip(
-                    zip(table["qid"].to_pylist(), table["docid"].to_pylist(), strict=True),
-                    table["score"].to_pylist(),
-                    strict=True,
-                )
-            )
+            # a shard without checksums (written before they were kept, or killed between its
+            # rename and its seal) is kept, and sealed, when it reads in full: scoring is costly
+            legacy = not seal_path(shard).exists()
+            if not legacy and not usable_entry(shard, "teacher score shard"):
+                continue
+            try:
+                table = pq.read_table(shard)
+                pairs = zip(table["qid"].to_pylist(), table["docid"].to_pylist(), strict=True)
+                cached.update(zip(pairs, table["score"].to_pylist(), strict=True))
+            except (OSError, ValueError, KeyError, pa.ArrowException) as err:
+                drop_unreadable(shard, "teacher score shard", err)
+                continue
+            if legacy:
+                seal(shard)
         return cached
 
     def add(self, qids: list[str], docids: list[str], scores: np.ndarray) -> Path:
@@ -98,6 +114,7 @@ class ScoreCache:
         )
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
+        seal(path)
         return path
 
 
@@ -203,33 +220,34 @@ def _fill_cache(
         known_qids = set(coll.queries.with_format("arrow")[:].column("_id").to_pylist()) | set(query_text)
         teacher.check_ids(known_qids, set(coll.doc_ids()))
     cache = ScoreCache.for_teacher(cfg, teacher_fp, coll.fingerprint)
-    cached = cache.load()
-    if hasattr(teacher, "check_pairs"):  # every pair the file lacks, named at once
-        teacher.check_pairs([p for p in pairs if p not in cached])
-    # by passage, then query: a shard holds a contiguous range of passages, so a teacher that encodes
-    # each distinct text once per call (bi-encoder, ColBERT) encodes a passage in one shard only;
-    # queries, short, repeat across shards instead
-    todo = sorted({pair for pair in pairs if pair not in cached}, key=lambda p: (p[1], p[0]))
-    start = time.perf_counter()
-    with hardware(cfg.hardware) as (device, precision):
-        via = _corpus_embeddings(cfg, teacher, teacher_fp, coll, todo, query_text, device, precision)
-        shard = int(cfg.score.shard_size)
-        n_shards = math.ceil(len(todo) / shard) if todo else 0
-        # one bar over every pair of the run (pairs/s, ETA); the teacher's own bars show within a shard
-        bar = tqdm(total=len(todo), desc=f"score: {name}", unit="pair", disable=not cfg.score.progress or not todo)
-        with bar:
-            for s in range(n_shards):
-                part = todo[s * shard : (s + 1) * shard]
-                pq_ids, pd_ids = [q for q, _ in part], [d for _, d in part]
-                scores = (
-                    via(pq_ids, pd_ids)
-                    if via is not None
-                    else _score_shard(teacher, passage_text, query_text, pq_ids, pd_ids, device, precision, cfg.score.progress)
-                )
-                cache.add(pq_ids, pd_ids, scores)
-                cached.update(zip(part, scores.tolist(), strict=True))
-                bar.update(len(part))
-    return cached, len(todo), time.perf_counter() - start
+    with locked(cache.folder, "teacher score cache"):  # one process scores a teacher at a time
+        cached = cache.load()
+        if hasattr(teacher, "check_pairs"):  # every pair the file lacks, named at once
+            teacher.check_pairs([p for p in pairs if p not in cached])
+        # by passage, then query: a shard holds a contiguous range of passages, so a teacher that encodes
+        # each distinct text once per call (bi-encoder, ColBERT) encodes a passage in one shard only;
+        # queries, short, repeat across shards instead
+        todo = sorted({pair for pair in pairs if pair not in cached}, key=lambda p: (p[1], p[0]))
+        start = time.perf_counter()
+        with hardware(cfg.hardware) as (device, precision):
+            via = _corpus_embeddings(cfg, teacher, teacher_fp, coll, todo, query_text, device, precision)
+            shard = int(cfg.score.shard_size)
+            n_shards = math.ceil(len(todo) / shard) if todo else 0
+            # one bar over every pair of the run (pairs/s, ETA); the teacher's own bars show within a shard
+            bar = tqdm(total=len(todo), desc=f"score: {name}", unit="pair", disable=not cfg.score.progress or not todo)
+            with bar:
+                for s in range(n_shards):
+                    part = todo[s * shard : (s + 1) * shard]
+                    pq_ids, pd_ids = [q for q, _ in part], [d for _, d in part]
+                    scores = (
+                        via(pq_ids, pd_ids)
+                        if via is not None
+                        else _score_shard(teacher, passage_text, query_text, pq_ids, pd_ids, device, precision, cfg.score.progress)
+                    )
+                    cache.add(pq_ids, pd_ids, scores)
+                    cached.update(zip(part, scores.tolist(), strict=True))
+                    bar.update(len(part))
+        return cached, len(todo), time.perf_counter() - start
 
 
 def teacher_scores(
@@ -265,6 +283,7 @@ def teacher_scores(
     return member_scores[0], scored, score_time, caches
 
 
+@locked_stage(STAGE)
 def run(cfg: DictConfig) -> Manifest:
     """Score the mined candidates with the teacher; skipped when the manifest matches.
 

@@ -22,6 +22,7 @@ Under ``torchrun --nproc_per_node=N distillrank train ...`` the stage trains dat
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -53,6 +54,7 @@ from distillrank.workspace import (
     cache_dir,
     current_manifest,
     fingerprint,
+    locked_stage,
     require_stage,
     stage_dir,
     to_plain,
@@ -65,6 +67,10 @@ MODEL = "model"
 LOG = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
+# the logs as they are written, renamed to LOG / TENSORBOARD when the model is committed: a log
+# under a manifest is always one whole run's (the stage lock keeps a second writer out meanwhile)
+WORK_LOG = f".{LOG}.partial"
+WORK_TENSORBOARD = f".{TENSORBOARD}.partial"
 # train.* keys that do not change the trained model: never in the stage key
 NOT_IN_KEY = ("checkpoint_every", "logger")
 # train.* keys added after the first release: in the key only when set, so older keys stay valid
@@ -310,11 +316,20 @@ def feature_set(cfg: DictConfig, device, precision: str) -> FeatureSet:
     return FeatureSet(queries, q_targets, coll.passage_texts, targets, rows)
 
 
+def commit_logs(folder: Path) -> None:
+    """Rename the logs written during training to their final names (the last step before the manifest)."""
+    os.replace(folder / WORK_LOG, folder / LOG)
+    if (folder / WORK_TENSORBOARD).is_dir():
+        shutil.rmtree(folder / TENSORBOARD, ignore_errors=True)  # an earlier run's, replaced whole
+        os.replace(folder / WORK_TENSORBOARD, folder / TENSORBOARD)
+
+
 def build_student(cfg: DictConfig) -> Student:
     """The student of ``cfg.student`` behind the training protocol."""
     return as_student(instantiate_checked(cfg.student, "student", allows_external(cfg)))
 
 
+@locked_stage(STAGE)
 def run(cfg: DictConfig) -> Manifest:
     """Train the student; skipped when the manifest matches."""
     folder = stage_dir(cfg, STAGE)
@@ -353,7 +368,7 @@ def run(cfg: DictConfig) -> Manifest:
         if dist.is_main:
             tracker = make_tracker(
                 str(cfg.train.get("logger", "none")),
-                folder / TENSORBOARD,
+                folder / WORK_TENSORBOARD,
                 name=str(cfg.experiment),
                 config={k: to_plain(cfg[k]) for k in ("student", "loss", "train")},
             )
@@ -368,7 +383,7 @@ def run(cfg: DictConfig) -> Manifest:
                 device,
                 precision,
                 cfg.seed,
-                folder / LOG,
+                folder / WORK_LOG,
                 checkpoint_dir=checkpoint_dir,
                 resume_key=key,
                 dev=dev,
@@ -413,6 +428,7 @@ def run(cfg: DictConfig) -> Manifest:
         student.cpu().save(folder / MODEL, model_card=model_card(cfg, counts, student.kind))
         log.info("train: %s", counts)
         shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)  # the model is saved: nothing left to resume
+        commit_logs(folder)
         manifest.write(folder)
     dist.barrier()
     return manifest

@@ -12,7 +12,6 @@ Each epoch visits them in a fresh seeded order, ``batch_size`` at a time (:meth:
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from distillrank.errors import DistillrankError
 from distillrank.runtime import autocast
-from distillrank.workspace import fingerprint
+from distillrank.workspace import atomic_path, cache_entry, drop_unreadable, fingerprint, seal
 
 log = logging.getLogger(__name__)
 TEXT_EMBEDDINGS_VERSION = 1  # bumped when the stored layout or the encoding changes
@@ -145,26 +144,23 @@ def cached_text_embeddings(
     settings = {**encoder.settings(), "kind": kind, "precision": precision, "version": TEXT_EMBEDDINGS_VERSION}
     key = fingerprint({"model": model_fp, "settings": settings, "texts": list(texts)})
     path = Path(cache_root) / "embeddings" / "texts" / f"{model_fp[:16]}-{key[:24]}.npy"
-    if path.is_file():
-        try:
-            matrix = np.load(path, allow_pickle=False)
-            if matrix.shape == (len(texts), encoder.dim):
-                log.info("%s: %d %s embeddings reused from %s", name, len(texts), kind, path)
-                return matrix
-            log.warning("%s: cached embeddings %s have shape %s, re-encoding", name, path, matrix.shape)
-        except (OSError, ValueError) as err:
-            log.warning("%s: unreadable cached embeddings %s (%s), re-encoding", name, path, err)
-    encoder = encoder.to(device).eval()
-    emb = encoder.encode(
-        list(texts), kind, batch_size, lambda: autocast(device, precision), progress, f"{name}: {kind}s"
-    )
-    matrix = emb.numpy().astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
+    what = f"{name}: cached {kind} embeddings"
+    with cache_entry(path, what) as present:  # locked while checked and encoded
+        if present:
+            try:
+                matrix = np.load(path, allow_pickle=False)
+                if matrix.shape == (len(texts), encoder.dim):
+                    log.info("%s: %d %s embeddings reused from %s", name, len(texts), kind, path)
+                    return matrix
+                log.warning("%s: cached embeddings %s have shape %s, re-encoding", name, path, matrix.shape)
+            except (OSError, ValueError) as err:
+                drop_unreadable(path, what, err)
+        encoder = encoder.to(device).eval()
+        emb = encoder.encode(
+            list(texts), kind, batch_size, lambda: autocast(device, precision), progress, f"{name}: {kind}s"
+        )
+        matrix = emb.numpy().astype(np.float32)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, matrix, allow_pickle=False)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return matrix
+        seal(path)
+        return matrix

@@ -120,7 +120,7 @@ def test_stored_as_memory_mapped_arrow_under_cache_dir(collection: Collection, t
     path = collection.path
     assert path is not None and path.parent == tmp_path / "cache" / "collections"
     assert path.name == f"tiny-{collection.fingerprint[:16]}"
-    assert {p.name for p in path.iterdir()} == {"corpus", "queries", "qrels.json", "meta.json"}
+    assert {p.name for p in path.iterdir()} == {"corpus", "queries", "qrels.json", "meta.json", ".checksums.json"}
     for dataset, sub in ((collection.corpus, "corpus"), (collection.queries, "queries")):
         assert dataset.cache_files and all(
             Path(f["filename"]).parent == path / sub for f in dataset.cache_files
