@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from distillrank.data.beir import EXPECTED_LAYOUT, BeirFolder, Qrels, beir_folder_problems
 from distillrank.data.irds import load_irds
 from distillrank.errors import ConfigError, DataError
+from distillrank.workspace import atomic_rename, process_gone
 
 logger = logging.getLogger("distillrank.data")
 
@@ -475,19 +476,6 @@ def _is_complete(path: Path) -> bool:
     return path.is_dir() and all((path / entry).exists() for entry in _REQUIRED_ENTRIES)
 
 
-def _pid_alive(pid: int) -> bool:
-    """Tell whether a process with this id exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
 def _is_stale(tmp: Path) -> bool:
     """Tell whether a temporary build directory was left behind by a build that died.
 
@@ -497,7 +485,7 @@ def _is_stale(tmp: Path) -> bool:
     try:
         owner = json.loads((tmp / _OWNER_FILE).read_text(encoding="utf-8"))
         if owner.get("host") == socket.gethostname():
-            return not _pid_alive(int(owner["pid"]))
+            return process_gone(int(owner["pid"]), owner.get("started"))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     try:
@@ -517,7 +505,7 @@ def _remove_stale_builds(target: Path) -> None:
 def _publish(tmp: Path, target: Path) -> None:
     """Rename a finished build into place (keeping a complete one another process published first)."""
     try:
-        os.replace(tmp, target)
+        atomic_rename(tmp, target)
     except OSError:
         if not _is_complete(target):
             raise

@@ -12,7 +12,6 @@ Each epoch visits them in a fresh seeded order, ``batch_size`` at a time (:meth:
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from distillrank.errors import DistillrankError
 from distillrank.runtime import autocast
-from distillrank.workspace import fingerprint
+from distillrank.workspace import atomic_path, fingerprint
 
 log = logging.getLogger(__name__)
 TEXT_EMBEDDINGS_VERSION = 1  # bumped when the stored layout or the encoding changes
@@ -159,12 +158,6 @@ def cached_text_embeddings(
         list(texts), kind, batch_size, lambda: autocast(device, precision), progress, f"{name}: {kind}s"
     )
     matrix = emb.numpy().astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, matrix, allow_pickle=False)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, matrix, allow_pickle=False)
     return matrix
