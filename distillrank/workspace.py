@@ -234,11 +234,27 @@ def is_stale_temp(entry: Path, pid: int | None) -> bool:
     return process_gone(pid, mtime)
 
 
-def remove_stale_temps(path: str | Path) -> list[Path]:
+_ANY_TEMP = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<tmp>\d+)\.\w+\.tmp|old-(?P<old>\d+)-\w+)$")
+
+
+def remove_stale_temps(path: str | Path, anywhere: bool = False) -> list[Path]:
     """Delete the temporary siblings of ``path`` that killed writers left (never those of a live
-    process, never anything not named as ours); the removed paths."""
+    process, never anything not named as ours); the removed paths. With ``anywhere``, ``path``
+    is a folder and the temporaries of every name in it are meant (for outputs whose names are
+    never written twice, such as score shards)."""
+    path = Path(path)
+    if anywhere:
+        try:
+            names = sorted(e.name for e in os.scandir(path) if e.name.startswith("."))
+        except FileNotFoundError:
+            names = []
+        entries = [
+            (path / name, int(m.group("tmp") or m.group("old"))) for name in names if (m := _ANY_TEMP.match(name))
+        ]
+    else:
+        entries = temp_entries(path)
     removed = []
-    for entry, pid in temp_entries(path):
+    for entry, pid in entries:
         if not is_stale_temp(entry, pid):
             continue
         if entry.is_dir() and not entry.is_symlink():
@@ -254,18 +270,22 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
-def _tmp_sibling(path: Path) -> Path:
+def _tmp_sibling(path: Path, tmp_dir: Path | None = None) -> Path:
+    """A new empty temporary file for ``path``, beside it or in ``tmp_dir`` (same file system)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    where = Path(tmp_dir) if tmp_dir is not None else path.parent
+    remove_stale_temps(where / path.name)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=where)
     os.close(fd)
     return Path(tmp)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write a text file through a temporary sibling and a rename."""
+def atomic_write_text(path: str | Path, text: str, tmp_dir: str | Path | None = None) -> Path:
+    """Write a text file through a temporary sibling and a rename. With ``tmp_dir`` (a folder on
+    the same file system) the temporary file goes there: a killed write then leaves nothing inside
+    ``path``'s folder (an exported model, say)."""
     path = Path(path)
-    tmp = _tmp_sibling(path)
+    tmp = _tmp_sibling(path, Path(tmp_dir) if tmp_dir is not None else None)
     try:
         tmp.write_text(text, encoding="utf-8")
         atomic_rename(tmp, path)
@@ -295,8 +315,9 @@ def replace_dir(src: Path, dst: Path) -> None:
     """Put folder ``src`` at ``dst``, replacing what is there: the old ``dst`` is moved aside to a
     unique ``.NAME.old-PID-RAND`` sibling, ``src`` renamed in, the old one deleted. When another
     process puts a ``dst`` back between the two renames, its folder is moved aside too (the last
-    writer wins; each was complete). Killed between the renames, ``dst`` is missing and the old
-    folder stays complete under its temporary name until a later writer removes it."""
+    writer wins; each was complete). When the second rename fails, the old folder is put back;
+    killed between the renames, ``dst`` is missing and the old folder stays complete under its
+    temporary name until a later writer removes it."""
     moved: list[Path] = []
     try:
         for attempt in range(_REPLACE_ATTEMPTS):
@@ -315,6 +336,8 @@ def replace_dir(src: Path, dst: Path) -> None:
                 return
             except OSError as err:
                 if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == _REPLACE_ATTEMPTS - 1:
+                    if moved and not os.path.lexists(dst):
+                        os.replace(moved.pop(), dst)  # put the previous folder back (a recovery, not a publish)
                     raise
     finally:
         for old in moved:

@@ -479,8 +479,9 @@ def _is_complete(path: Path) -> bool:
 def _is_stale(tmp: Path) -> bool:
     """Tell whether a temporary build directory was left behind by a build that died.
 
-    A build on this host is stale when its process is gone; one without readable owner
-    information, or from another host, when it has not been touched for a day.
+    A build on this host is stale when its process is gone (the PID from ``owner.json``, or from
+    the folder's name once the build removed ``owner.json`` just before publishing); one without
+    either, or from another host, when it has not been touched for a day.
     """
     try:
         owner = json.loads((tmp / _OWNER_FILE).read_text(encoding="utf-8"))
@@ -488,7 +489,10 @@ def _is_stale(tmp: Path) -> bool:
             return process_gone(int(owner["pid"]), owner.get("started"))
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    named = re.search(r"-(\d+)-\w+$", tmp.name)  # .tmp-NAME-PID-RANDOM
     try:
+        if named and not (tmp / _OWNER_FILE).exists():
+            return process_gone(int(named.group(1)), tmp.stat().st_mtime)
         return time.time() - tmp.stat().st_mtime > _STALE_UNOWNED_S
     except OSError:
         return False
@@ -521,7 +525,7 @@ def build_collection(source: CollectionSource, spec: CollectionSpec, target: Pat
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{target.name}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{target.name}-{os.getpid()}-", dir=target.parent))
     try:
         owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
         (tmp / _OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")

@@ -42,6 +42,7 @@ from distillrank.workspace import (
     cache_dir,
     current_manifest,
     fingerprint,
+    remove_stale_temps,
     require_stage,
     stage_dir,
     to_plain,
@@ -82,6 +83,7 @@ class ScoreCache:
     def add(self, qids: list[str], docids: list[str], scores: np.ndarray) -> Path:
         """Write one shard atomically."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.folder, anywhere=True)  # shard names are never reused: clean by folder
         path = self.folder / f"shard-{time.time_ns()}-{os.getpid()}.parquet"
         table = pa.table(
             {"qid": pa.array(qids, pa.string()), "docid": pa.array(docids, pa.string()), "score": scores}
