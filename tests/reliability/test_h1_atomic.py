@@ -3,6 +3,7 @@ removed (and only those), a concurrent writer survived, the fault-injection hook
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import subprocess
@@ -77,6 +78,7 @@ def test_a_stale_temp_inside_a_folder_of_unique_names_is_removed(tmp_path: Path)
 
 
 def _save_many(path: str, tag: str, n: int) -> None:
+    gc.disable()  # a forked child: objects of earlier tests (ONNX sessions) must not be finalized here
     for i in range(n):
         with atomic_dir(Path(path)) as tmp:
             (tmp / "who").write_text(f"{tag}{i}")

@@ -10,12 +10,11 @@ import pickle
 from pathlib import Path
 
 import pytest
+from training.test_resume import _assert_same_weights, _log, _run  # tests/ is on sys.path
 
 from distillrank.training import loop
 from distillrank.training.loop import CKPT_LOG, LAST, RUN_FILE, STATE
 from distillrank.workspace import file_fingerprint
-
-from training.test_resume import _assert_same_weights, _log, _run  # tests/ is on sys.path
 
 PAYLOAD_FLAG = "planted-pickle-ran"
 

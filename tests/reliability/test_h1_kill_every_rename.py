@@ -5,141 +5,36 @@ A kill -9 leaves the disk as it was at that instant, so one forked run copies th
 before each of its renames (what a kill there would leave), and each copy is then rerun to the
 end in a fresh forked process and compared with the uninterrupted run. The real hook
 (``DISTILLRANK_FAULT_RENAME=N:kill``, SIGKILL just before the Nth rename) kills a run at a middle
-rename, and ``N:raise`` fails one, each rerun the same way.
+rename, and ``N:raise`` fails one, each rerun the same way. The runs are forked by
+``h1_kill_driver.py`` in a fresh interpreter (see there why).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
-import shutil
-import signal
+import subprocess
+import sys
 from pathlib import Path
 
-from omegaconf import DictConfig
+import distillrank
 
-from distillrank import workspace as workspace_module
-from distillrank.stages import pipeline
-from distillrank.validation import compose
-from distillrank.workspace import FAULT_ENV, MANIFEST, reset_fault_injection
-
-# a small run that still makes every kind of artifact: collection, BM25 index, candidates, score
-# shards, checkpoints, the model and its card, runs and metrics of two systems
-FAST = [
-    "train.max_steps=3",
-    "train.checkpoint_every=1",
-    "evaluate.systems=[student]",
-    "evaluate.baseline=null",
-    "evaluate.hybrid=false",
-    "evaluate.latency_queries=0",
-]
-# outputs that hold timings (throughput, latency, wall time): compared by their deterministic parts
-TIMED = {MANIFEST, "metrics.json", "results.md", "README.md", "meta.json", "state.json"}
-SHARD_NAME = re.compile(r"shard-\d+-\d+\.parquet$")
+DRIVER = Path(__file__).with_name("h1_kill_driver.py")
 
 
-def _fork(run) -> int:
-    """Call ``run()`` in a forked child (exit 0 when it returns, 1 when it raises); its wait status."""
-    pid = os.fork()
-    if pid == 0:  # the child never returns into pytest
-        code = 1
-        try:
-            run()
-            code = 0
-        finally:
-            os._exit(code)
-    return os.waitpid(pid, 0)[1]
-
-
-def _run(cfg: DictConfig, fault: str | None = None) -> int:
-    def go() -> None:
-        if fault is None:
-            os.environ.pop(FAULT_ENV, None)
-        else:
-            os.environ[FAULT_ENV] = fault
-        reset_fault_injection()
-        pipeline.run(cfg)
-
-    return _fork(go)
-
-
-def _snapshot_run(cfg: DictConfig, workspace: Path, snapshots: Path) -> int:
-    """Run once, copying ``workspace`` to ``snapshots/N`` just before rename N."""
-
-    def go() -> None:
-        count = 0
-
-        def snapshot(src: Path, dst: Path) -> None:
-            nonlocal count
-            count += 1
-            shutil.copytree(workspace, snapshots / str(count), symlinks=True)
-
-        workspace_module._inject_fault = snapshot  # this child only
-        pipeline.run(cfg)
-
-    return _fork(go)
-
-
-def _digest(workspace: Path) -> dict[str, str]:
-    """Every file of the workspace: its sha256, or for timed files their deterministic fields."""
-    out, root = {}, str(workspace)
-    for path in sorted(workspace.rglob("*")):
-        if not path.is_file() or "collections" in path.parts and path.name in TIMED:
-            continue
-        rel = SHARD_NAME.sub("shard", str(path.relative_to(workspace)))  # named by time and PID
-        if path.name == MANIFEST:
-            data = json.loads(path.read_text())
-            out[rel] = json.dumps([data["key"], data["inputs"], data["outputs"]]).replace(root, "WS")
-        elif path.name in TIMED:
-            out[rel] = "present"
-        else:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            out[f"{rel}#{digest}" if rel.endswith("shard") else rel] = digest
-    return out
-
-
-def _temporaries(workspace: Path) -> list[str]:
-    return sorted(
-        str(p.relative_to(workspace))
-        for p in workspace.rglob(".*")
-        if p.name.endswith(".tmp") or ".old-" in p.name or p.name.startswith(".tmp-")
+def test_kill_at_every_rename_then_rerun_is_identical(tiny_args, tmp_path):
+    overrides = [a for a in tiny_args if not a.startswith("workspace=")]
+    env = {k: v for k, v in os.environ.items() if k != "DISTILLRANK_FAULT_RENAME"}
+    root = str(Path(distillrank.__file__).resolve().parents[1])  # this checkout's package first
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    result_file = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, str(DRIVER), str(result_file), str(tmp_path), *overrides],
+        env=env, capture_output=True, text=True, timeout=600,
     )
-
-
-def _killed(status: int) -> bool:
-    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-
-
-def test_kill_at_every_rename_then_rerun_is_identical(tiny_args, tmp_path, monkeypatch):
-    monkeypatch.delenv(FAULT_ENV, raising=False)
-    cfg = compose([*tiny_args, *FAST])
-    workspace = Path(cfg.workspace)
-    reference = tmp_path / "reference"
-    assert _run(compose([*tiny_args, *FAST, f"workspace={reference}"])) == 0
-    want = _digest(reference)
-    assert any(name.endswith("model.safetensors") for name in want) and not _temporaries(reference)
-
-    snapshots = tmp_path / "snapshots"
-    assert _snapshot_run(cfg, workspace, snapshots) == 0
-    assert _digest(workspace) == want
-    renames = len(list(snapshots.iterdir()))
-    assert renames >= 15
-    shutil.rmtree(workspace)
-    survived = 0
-    for n in range(1, renames + 1):
-        (snapshots / str(n)).rename(workspace)  # the disk as a kill -9 before rename n left it
-        assert _run(cfg) == 0, f"rerun after a kill before rename {n} failed"
-        assert _digest(workspace) == want, f"rerun after a kill before rename {n} differs"
-        assert _temporaries(workspace) == [], f"kill before rename {n}: temporaries left"
-        survived += 1
-        shutil.rmtree(workspace)
-    assert survived == renames
-
-    # the hook itself: SIGKILL at a middle rename, an error at another
-    for fault in (f"{renames // 2}:kill", f"{renames // 3}:raise"):
-        status = _run(cfg, fault)
-        assert _killed(status) if fault.endswith("kill") else os.WEXITSTATUS(status) == 1, fault
-        assert _run(cfg) == 0 and _digest(workspace) == want and _temporaries(workspace) == [], fault
-        shutil.rmtree(workspace)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(result_file.read_text())
+    assert result["failures"] == []
+    assert result["renames"] >= 15 and result["survived"] == result["renames"]
+    assert all(outcome == {"stopped": True, "rerun_identical": True} for outcome in result["hook"].values())
+    assert len(result["hook"]) == 2
