@@ -201,7 +201,9 @@ def _temp_pattern(name: str) -> re.Pattern[str]:
     """Temporary names of ``name``: ``.NAME.PID.RAND.tmp``, ``.NAME.old-PID-RAND``, and the older
     ``.NAME.old-PID`` / ``.NAME.RAND.tmp``."""
     esc = re.escape(name)
-    return re.compile(rf"^\.{esc}\.(?:(?P<tmp>\d+)\.\w+\.tmp|old-(?P<old>\d+)(?:-\w+)?|(?P<legacy>\w{{8}})\.tmp)$")
+    return re.compile(
+        rf"^\.{esc}\.(?:(?P<tmp>\d+)\.\w+\.tmp|old-(?P<old>\d+)(?:-\w+)?|(?P<legacy>\w{{8}})\.tmp)$"
+    )
 
 
 def temp_entries(path: str | Path) -> list[tuple[Path, int | None]]:

@@ -80,7 +80,8 @@ class BM25Index:
             tokenizer.save_vocab(str(tmp))
             tokenizer.save_stopwords(str(tmp))
             avg = float(np.mean([len(x) for x in ids])) if ids else 0.0
-            (Path(tmp) / _STATS).write_text(json.dumps({"avg_doc_len": avg}), encoding="utf-8")  # the folder is renamed whole
+            # a plain write: the folder itself is renamed into place whole
+            (Path(tmp) / _STATS).write_text(json.dumps({"avg_doc_len": avg}), encoding="utf-8")
         log.info("bm25 index of %d docs cached in %s", len(ids), folder)
         return cls(retriever, tokenizer, avg)
 

@@ -421,7 +421,9 @@ def check_output(folder: Path, workspace: Path) -> None:
     """
     target, root = folder.resolve(), workspace.resolve()
     if target == root or target in root.parents:
-        raise ConfigError(f"refusing to write the report to {folder}: it is or contains the workspace {workspace}")
+        raise ConfigError(
+            f"refusing to write the report to {folder}: it is or contains the workspace {workspace}"
+        )
     if not os.path.lexists(folder):
         return
     legacy = target == (root / REPORT_DIR).resolve() and (folder / "report.md").is_file()
@@ -463,7 +465,9 @@ def run(
     check_output(folder, workspace)
     discover(workspace, experiments)  # fail before replacing a previous report
     with atomic_dir(folder) as tmp:
-        (tmp / REPORT_MARKER).write_text("written by `distillrank report`; replaced whole by the next one\n", encoding="utf-8")
+        (tmp / REPORT_MARKER).write_text(
+            "written by `distillrank report`; replaced whole by the next one\n", encoding="utf-8"
+        )
         blocks, figures = build(workspace, tmp, experiments, pairs, seed)
         (tmp / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
         if html:

@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 SCHEDULES = {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup}
 
 LAST = "last"  # the checkpoint folder inside checkpoint_dir
-RUN_FILE = "run.json"  # written last inside a checkpoint: identity, step, files; a folder without it is ignored
+RUN_FILE = "run.json"  # written last in a checkpoint: identity, step, files; a folder without it is ignored
 STATE = "state.pt"  # everything but the log: tensors and plain containers (loaded with weights_only=True)
 CKPT_LOG = "train_log.jsonl"  # the training log as it was at the checkpoint
 CHECKPOINT_FORMAT = 2  # 2: run.json beside a weights_only state.pt (1: a COMPLETE marker, pickled numpy)
@@ -191,7 +191,8 @@ def _run_identity(
 def _rng_states() -> dict[str, Any]:
     """Every RNG state as tensors and plain containers (``torch.load(weights_only=True)`` reads them)."""
     numpy_state = np.random.get_state(legacy=False)
-    numpy_state = {**numpy_state, "state": {**numpy_state["state"], "key": numpy_state["state"]["key"].tolist()}}
+    key = numpy_state["state"]["key"].tolist()
+    numpy_state = {**numpy_state, "state": {**numpy_state["state"], "key": key}}
     return {
         "python_rng": random.getstate(),
         "numpy_global_rng": numpy_state,
@@ -257,7 +258,7 @@ def _checkpoint_step(folder: Path, identity: str) -> int | None:
     run_file = folder / RUN_FILE
     if not run_file.is_file():
         if (folder / STATE).exists():
-            log.warning("ignoring checkpoint %s: no %s (incomplete, or from an older distillrank)", folder, RUN_FILE)
+            log.warning("ignoring checkpoint %s: no %s (incomplete, or of an older version)", folder, RUN_FILE)
         return None
     try:
         run = json.loads(run_file.read_text(encoding="utf-8"))
@@ -287,11 +288,12 @@ def _load_checkpoint(checkpoint_dir: Path | None, identity: str) -> dict[str, An
     if checkpoint_dir is None:
         return None
     candidates = [checkpoint_dir / LAST] + [entry for entry, _ in temp_entries(checkpoint_dir / LAST)]
-    found = [(step, i, folder) for i, folder in enumerate(candidates) if (step := _checkpoint_step(folder, identity)) is not None]
+    steps = [_checkpoint_step(folder, identity) for folder in candidates]
+    found = [(s, i, f) for i, (s, f) in enumerate(zip(steps, candidates, strict=True)) if s is not None]
     for _, _, folder in sorted(found, key=lambda t: (-t[0], t[1])):
         try:
             state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - a refused or unreadable checkpoint means the next one, or afresh
+        except Exception as err:  # noqa: BLE001 - refused or unreadable: the next one, or afresh
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             log.warning("refusing checkpoint %s: not loadable with weights_only=True (%s)", folder, reason)
             continue
@@ -342,13 +344,15 @@ def train_student(
         loss_fn: ``loss(student [B, L], teacher [B, L])``; with ``uses_in_batch`` true and a student
             that supports it, called with ``in_batch=InBatch(...)`` too.
         cfg: the ``train`` config node (epochs, max_steps, batch_size, negatives_per_example, lr, …;
-            optionally ``checkpoint_minutes`` (minutes between checkpoints, default 10) and
-            ``checkpoint_every`` (optimizer steps between checkpoints; both 0 = off), ``eval_every``, ``dev_measure``, ``early_stopping_patience``, ``dev_batch_size``).
+            optionally ``checkpoint_minutes`` (minutes between checkpoints, default 10),
+            ``checkpoint_every`` (optimizer steps between checkpoints; both 0 = off), ``eval_every``,
+            ``dev_measure``, ``early_stopping_patience``, ``dev_batch_size``).
         passage_text: doc ids -> passage texts (one Arrow read per batch).
         log_path: JSON-lines log: step, epoch, loss, lr, gradient norm, and ``dev`` metrics at
             evaluation steps.
         checkpoint_dir: where resumable checkpoints go (``<dir>/last``); a complete checkpoint of
-            the same run found there is resumed (whatever the checkpoint settings) (weights, optimizer, scheduler, position, RNGs,
+            the same run found there is resumed, whatever the checkpoint settings (weights, optimizer,
+            scheduler, position, RNGs,
             best-checkpoint state, log).
         resume_key: extra identity of the run (e.g. the stage key); a checkpoint saved under another
             key is ignored.
