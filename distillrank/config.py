@@ -89,7 +89,9 @@ class TrainConfig:
     scheduler: str = "linear"  # linear | cosine decay after the warm-up
     max_grad_norm: float = 1.0
     log_every: int = 10
-    checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0 = off (not in the stage key)
+    # resumable checkpoints (train/checkpoints/, deleted once the model is saved; not in the stage key):
+    checkpoint_minutes: float = 10.0  # minutes between checkpoints; 0 = by steps only
+    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = by time only (both 0: none)
     # Dev evaluation (re-ranking each dev query's candidates, see distillrank/training/dev.py)
     eval_every: int = 0  # optimizer steps between dev evaluations; 0 = off (the last step is also evaluated)
     dev_queries: int = 0  # N training queries set aside (seeded) as the dev set; they are not trained on

@@ -271,6 +271,7 @@ RANGES: dict[str, tuple] = {
     "train.warmup_ratio": _within(0, 1),
     "train.max_grad_norm": _positive(),
     "train.log_every": _at_least(1),
+    "train.checkpoint_minutes": _non_negative(),
     "train.checkpoint_every": _at_least(0),
     "train.eval_every": _at_least(0),
     "train.dev_queries": _at_least(0),

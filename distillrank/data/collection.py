@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from distillrank.data.beir import EXPECTED_LAYOUT, BeirFolder, Qrels, beir_folder_problems
 from distillrank.data.irds import load_irds
 from distillrank.errors import ConfigError, DataError
-from distillrank.workspace import cache_entry, drop_entry, drop_unreadable, seal
+from distillrank.workspace import atomic_rename, cache_entry, drop_entry, drop_unreadable, process_gone, seal
 
 logger = logging.getLogger("distillrank.data")
 
@@ -476,32 +476,23 @@ def _is_complete(path: Path) -> bool:
     return path.is_dir() and all((path / entry).exists() for entry in _REQUIRED_ENTRIES)
 
 
-def _pid_alive(pid: int) -> bool:
-    """Tell whether a process with this id exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
 def _is_stale(tmp: Path) -> bool:
     """Tell whether a temporary build directory was left behind by a build that died.
 
-    A build on this host is stale when its process is gone; one without readable owner
-    information, or from another host, when it has not been touched for a day.
+    A build on this host is stale when its process is gone (the PID from ``owner.json``, or from
+    the folder's name once the build removed ``owner.json`` just before publishing); one without
+    either, or from another host, when it has not been touched for a day.
     """
     try:
         owner = json.loads((tmp / _OWNER_FILE).read_text(encoding="utf-8"))
         if owner.get("host") == socket.gethostname():
-            return not _pid_alive(int(owner["pid"]))
+            return process_gone(int(owner["pid"]), owner.get("started"))
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    named = re.search(r"-(\d+)-\w+$", tmp.name)  # .tmp-NAME-PID-RANDOM
     try:
+        if named and not (tmp / _OWNER_FILE).exists():
+            return process_gone(int(named.group(1)), tmp.stat().st_mtime)
         return time.time() - tmp.stat().st_mtime > _STALE_UNOWNED_S
     except OSError:
         return False
@@ -518,7 +509,7 @@ def _remove_stale_builds(target: Path) -> None:
 def _publish(tmp: Path, target: Path) -> None:
     """Rename a finished build into place (keeping a complete one another process published first)."""
     try:
-        os.replace(tmp, target)
+        atomic_rename(tmp, target)
     except OSError:
         if not _is_complete(target):
             raise
@@ -534,7 +525,7 @@ def build_collection(source: CollectionSource, spec: CollectionSpec, target: Pat
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{target.name}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{target.name}-{os.getpid()}-", dir=target.parent))
     try:
         owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
         (tmp / _OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")

@@ -13,7 +13,6 @@ from tqdm.auto import tqdm
 
 from distillrank.workspace import (
     atomic_dir,
-    atomic_write_json,
     cache_entry,
     drop_unreadable,
     fingerprint,
@@ -88,7 +87,8 @@ class BM25Index:
                 tokenizer.save_vocab(str(tmp))
                 tokenizer.save_stopwords(str(tmp))
                 avg = float(np.mean([len(x) for x in ids])) if ids else 0.0
-                atomic_write_json(Path(tmp) / _STATS, {"avg_doc_len": avg})
+                # a plain write: the folder itself is renamed into place whole
+                (Path(tmp) / _STATS).write_text(json.dumps({"avg_doc_len": avg}), encoding="utf-8")
                 seal(tmp)
             log.info("bm25 index of %d docs cached in %s", len(ids), folder)
             return cls(retriever, tokenizer, avg)

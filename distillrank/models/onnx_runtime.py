@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from distillrank.errors import ConfigError
-from distillrank.workspace import cache_entry, seal
+from distillrank.workspace import atomic_rename, cache_entry, seal
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def exported(model: nn.Module, output: str, int8: bool = False, cache: Path | No
                 final = Path(tmp) / "model.int8.onnx"
                 _quantize(fp32, final)
             _inline(final)
-            os.replace(final, path)  # the cache only ever holds complete graphs
+            atomic_rename(final, path)  # the cache only ever holds complete graphs
         seal(path)
     return path
 

@@ -1,7 +1,10 @@
 """``distillrank report``: one Markdown (and optionally HTML) report over every experiment of a workspace.
 
 Written to ``<workspace>/report/`` (or ``--output``) as a whole, atomically: ``report.md``,
-``report.html`` with ``--html`` (figures embedded), and ``figures/*.png``. Per experiment:
+``report.html`` with ``--html`` (figures embedded), ``figures/*.png`` and the marker
+``.distillrank-report``. An existing folder is replaced only when it holds that marker (or is empty,
+or is an older version's ``<workspace>/report``); never the workspace or a folder holding it.
+Per experiment:
 
 - the metrics table of every evaluated system with the significance marks, latency and size
   (:func:`distillrank.evaluation.tables.results_table`, the table ``evaluate`` prints);
@@ -23,6 +26,7 @@ missing stage or artifact turns its section into a sentence saying what is missi
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -31,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from distillrank.errors import DistillrankError
+from distillrank.errors import ConfigError, DistillrankError
 from distillrank.evaluation.tables import hybrid_note, results_table
 from distillrank.reporting import plots
 from distillrank.reporting.collect import (
@@ -51,6 +55,7 @@ from distillrank.workspace import atomic_dir
 log = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
+REPORT_MARKER = ".distillrank-report"  # written into every report folder: only such a folder is replaced
 FIGURES = "figures"
 STUDENT = "student"
 DELTA_MEASURE = "nDCG@10"
@@ -405,6 +410,32 @@ def build(
     return b.blocks, b.figures
 
 
+def check_output(folder: Path, workspace: Path) -> None:
+    """Refuse a report folder whose replacement could delete what distillrank did not write.
+
+    Raises:
+        ConfigError: ``folder`` is the workspace or holds it, or it exists and is not a report
+            folder (a file, or a non-empty folder without the ``.distillrank-report`` marker;
+            the default ``<workspace>/report`` of an older version, with a ``report.md``, counts
+            as one).
+    """
+    target, root = folder.resolve(), workspace.resolve()
+    if target == root or target in root.parents:
+        raise ConfigError(
+            f"refusing to write the report to {folder}: it is or contains the workspace {workspace}"
+        )
+    if not os.path.lexists(folder):
+        return
+    legacy = target == (root / REPORT_DIR).resolve() and (folder / "report.md").is_file()
+    if folder.is_dir() and not folder.is_symlink():
+        if (folder / REPORT_MARKER).is_file() or legacy or not any(folder.iterdir()):
+            return
+    raise ConfigError(
+        f"refusing to replace {folder}: distillrank did not write it (no {REPORT_MARKER} marker); "
+        "give a new or empty folder to --output, or remove it yourself"
+    )
+
+
 def run(
     workspace: str | Path = "runs",
     experiments: list[str] | None = None,
@@ -419,18 +450,24 @@ def run(
         workspace: the workspace folder.
         experiments: only these experiments (a name also selects the sweep jobs under it).
         html: also write ``report.html``, one file with the figures embedded.
-        output: the report folder (default ``<workspace>/report``); replaced whole.
+        output: the report folder (default ``<workspace>/report``); replaced whole when it is a
+            report folder (see :func:`check_output`).
         pairs: the cap on sampled training triples for the teacher-vs-student figure.
         seed: of that sample.
 
     Raises:
         DistillrankError: the workspace is missing or holds no completed stage, or an
             experiment named is not there.
+        ConfigError: ``output`` is not a folder distillrank may replace (:func:`check_output`).
     """
     workspace = Path(workspace)
     folder = Path(output) if output is not None else workspace / REPORT_DIR
+    check_output(folder, workspace)
     discover(workspace, experiments)  # fail before replacing a previous report
     with atomic_dir(folder) as tmp:
+        (tmp / REPORT_MARKER).write_text(
+            "written by `distillrank report`; replaced whole by the next one\n", encoding="utf-8"
+        )
         blocks, figures = build(workspace, tmp, experiments, pairs, seed)
         (tmp / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
         if html:

@@ -1104,6 +1104,7 @@ def replace_section(text: str, heading: str, section: str) -> str:
 
 def write_model_card_evaluation(readme: Path, section: str) -> None:
     """Write ``section`` into a model folder's ``README.md`` atomically, replacing an older
-    ``## Evaluation`` section (the rest of the card, written by ``train``, is kept)."""
+    ``## Evaluation`` section (the rest of the card, written by ``train``, is kept). The temporary
+    file goes beside the model folder, never into it."""
     old = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    atomic_write_text(readme, replace_section(old, CARD_HEADING, section))
+    atomic_write_text(readme, replace_section(old, CARD_HEADING, section), tmp_dir=readme.parent.parent)

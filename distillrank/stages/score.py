@@ -54,6 +54,7 @@ from distillrank.workspace import (
     fingerprint,
     locked,
     locked_stage,
+    remove_stale_temps,
     require_stage,
     seal,
     seal_path,
@@ -108,6 +109,7 @@ class ScoreCache:
     def add(self, qids: list[str], docids: list[str], scores: np.ndarray) -> Path:
         """Write one shard atomically."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.folder, anywhere=True)  # shard names are never reused: clean by folder
         path = self.folder / f"shard-{time.time_ns()}-{os.getpid()}.parquet"
         table = pa.table(
             {"qid": pa.array(qids, pa.string()), "docid": pa.array(docids, pa.string()), "score": scores}

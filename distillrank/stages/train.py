@@ -11,9 +11,10 @@ With ``train.dev_queries`` or ``train.dev_split`` and ``train.eval_every``, the 
 on dev re-ranking during training and the exported weights are the best dev ones
 (:mod:`distillrank.training.dev`).
 
-With ``train.checkpoint_every > 0``, resumable checkpoints go to ``checkpoints/`` in the stage
-folder; a killed run leaves them (but no model and no manifest) and the rerun resumes from the last
-one with identical results. They are deleted once the model is saved, before the manifest is written.
+Resumable checkpoints go to ``checkpoints/`` in the stage folder every ``train.checkpoint_minutes``
+(10 by default) and every ``train.checkpoint_every`` steps (0 = by time only; both 0 = none); a
+killed run leaves them (but no model and no manifest) and the rerun resumes from the last one with
+identical results. They are deleted once the model is saved, before the manifest is written.
 
 Under ``torchrun --nproc_per_node=N distillrank train ...`` the stage trains data-parallel
 (:mod:`distillrank.training.distributed`); rank 0 writes every output.
@@ -22,7 +23,6 @@ Under ``torchrun --nproc_per_node=N distillrank train ...`` the stage trains dat
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -51,10 +51,12 @@ from distillrank.training.trackers import Tracker, check_logger, make_tracker
 from distillrank.validation import allows_external, check_targets, instantiate_checked
 from distillrank.workspace import (
     Manifest,
+    atomic_rename,
     cache_dir,
     current_manifest,
     fingerprint,
     locked_stage,
+    replace_dir,
     require_stage,
     stage_dir,
     to_plain,
@@ -72,7 +74,7 @@ TENSORBOARD = "tensorboard"
 WORK_LOG = f".{LOG}.partial"
 WORK_TENSORBOARD = f".{TENSORBOARD}.partial"
 # train.* keys that do not change the trained model: never in the stage key
-NOT_IN_KEY = ("checkpoint_every", "logger")
+NOT_IN_KEY = ("checkpoint_every", "checkpoint_minutes", "logger")
 # train.* keys added after the first release: in the key only when set, so older keys stay valid
 KEY_IF_SET = {
     "eval_every": 0,
@@ -128,7 +130,8 @@ def _inputs_key(cfg: DictConfig) -> str | dict:
 def stage_key(cfg: DictConfig) -> str:
     """The scores, the student, the loss, the optimisation settings, the precision and the seed.
 
-    ``train.checkpoint_every`` and ``train.logger`` are left out: they do not change the results.
+    ``train.checkpoint_every``, ``train.checkpoint_minutes`` and ``train.logger`` are left out: they do
+    not change the results.
     """
     train = dict(to_plain(cfg.train))
     for key in NOT_IN_KEY:
@@ -318,10 +321,9 @@ def feature_set(cfg: DictConfig, device, precision: str) -> FeatureSet:
 
 def commit_logs(folder: Path) -> None:
     """Rename the logs written during training to their final names (the last step before the manifest)."""
-    os.replace(folder / WORK_LOG, folder / LOG)
+    atomic_rename(folder / WORK_LOG, folder / LOG)
     if (folder / WORK_TENSORBOARD).is_dir():
-        shutil.rmtree(folder / TENSORBOARD, ignore_errors=True)  # an earlier run's, replaced whole
-        os.replace(folder / WORK_TENSORBOARD, folder / TENSORBOARD)
+        replace_dir(folder / WORK_TENSORBOARD, folder / TENSORBOARD)  # an earlier run's, replaced whole
 
 
 def build_student(cfg: DictConfig) -> Student:
@@ -360,7 +362,7 @@ def run(cfg: DictConfig) -> Manifest:
 
     passage_text = context.passage_lookup(cfg)
 
-    checkpoint_dir = folder / CHECKPOINTS if cfg.train.get("checkpoint_every", 0) else None
+    checkpoint_dir = folder / CHECKPOINTS  # a checkpoint of this run found there is resumed
     with hardware(cfg.hardware) as (device, precision):
         dist, device = init_from_env(device)
         features = feature_set(cfg, device, precision) if getattr(loss_fn, "uses_features", False) else None

@@ -12,10 +12,16 @@ teacher's embeddings. An epoch is as long as the longer of the two streams (rank
 feature texts); the shorter one starts over within it. A loss made of feature terms only trains on
 the texts alone: no query, no label, no mined candidate.
 
-With ``train.checkpoint_every > 0`` and a ``checkpoint_dir``, the loop saves a resumable checkpoint
-every N optimizer steps into ``checkpoint_dir/last/`` (written to a temporary folder, a ``COMPLETE``
-marker last, then renamed into place). A later call with the same arguments loads it and continues
-from the saved position, so the final weights equal those of an uninterrupted run.
+With a ``checkpoint_dir``, the loop saves a resumable checkpoint into ``checkpoint_dir/last/`` every
+``train.checkpoint_minutes`` minutes (10 by default) and every ``train.checkpoint_every`` optimizer
+steps (0 = by time only); both 0 turn checkpoints off. A checkpoint is written to a temporary
+folder and renamed into place (:func:`~distillrank.workspace.atomic_dir`); its ``run.json``, written
+last, names the run's identity and the size and sha256 of every file. A later call with the same
+arguments reads ``run.json`` first, verifies the files, then loads ``state.pt`` with
+``torch.load(weights_only=True)`` (tensors and plain containers only: nothing in it can run code)
+and continues from the saved position, so the final weights equal those of an uninterrupted run.
+Killed between the two renames of a save, the previous checkpoint is found complete under its
+temporary name (``.last.old-*``) and used.
 
 With a dev set and ``train.eval_every > 0``, the student re-ranks the dev candidates every N steps
 (:mod:`distillrank.training.dev`); the best weights by ``train.dev_measure`` are kept and loaded
@@ -58,18 +64,20 @@ from distillrank.training.dev import DevSet, evaluate_dev
 from distillrank.training.distributed import Dist
 from distillrank.training.features import FeatureSet, iter_texts
 from distillrank.training.trackers import Tracker
-from distillrank.workspace import atomic_dir, fingerprint, to_plain
+from distillrank.workspace import atomic_dir, file_fingerprint, fingerprint, temp_entries, to_plain
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup}
 
 LAST = "last"  # the checkpoint folder inside checkpoint_dir
-MARKER = "COMPLETE"  # written last inside a checkpoint; a folder without it is ignored
-STATE = "state.pt"  # everything but the log
+RUN_FILE = "run.json"  # written last in a checkpoint: identity, step, files; a folder without it is ignored
+STATE = "state.pt"  # everything but the log: tensors and plain containers (loaded with weights_only=True)
 CKPT_LOG = "train_log.jsonl"  # the training log as it was at the checkpoint
+CHECKPOINT_FORMAT = 2  # 2: run.json beside a weights_only state.pt (1: a COMPLETE marker, pickled numpy)
+DEFAULT_CHECKPOINT_MINUTES = 10.0  # train.checkpoint_minutes when the config has no such key
 # train.* keys that never change the trained weights: left out of the run identity
-NOT_IN_IDENTITY = ("checkpoint_every", "logger")
+NOT_IN_IDENTITY = ("checkpoint_every", "checkpoint_minutes", "logger")
 
 
 @dataclass
@@ -181,9 +189,13 @@ def _run_identity(
 
 
 def _rng_states() -> dict[str, Any]:
+    """Every RNG state as tensors and plain containers (``torch.load(weights_only=True)`` reads them)."""
+    numpy_state = np.random.get_state(legacy=False)
+    key = numpy_state["state"]["key"].tolist()
+    numpy_state = {**numpy_state, "state": {**numpy_state["state"], "key": key}}
     return {
         "python_rng": random.getstate(),
-        "numpy_global_rng": np.random.get_state(legacy=False),
+        "numpy_global_rng": numpy_state,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -214,11 +226,11 @@ def _save_checkpoint(
     dist: Dist,
 ) -> None:
     """Write ``checkpoint_dir/last`` atomically (rank 0; every rank's RNG states gathered into it):
-    state into a temporary folder, the marker last, a rename."""
+    state and log into a temporary folder, ``run.json`` (identity, step, size and sha256 of each
+    file) last, a rename."""
     rngs = dist.gather(_rng_states())
     if dist.is_main:
         state = {
-            "identity": identity,
             "model": _cpu_state(student),
             "loss": _cpu_state(loss_fn) if loss_fn is not None else {},
             "optimizer": optimizer.state_dict(),
@@ -230,28 +242,66 @@ def _save_checkpoint(
         with atomic_dir(checkpoint_dir / LAST) as tmp:
             torch.save(state, tmp / STATE)
             (tmp / CKPT_LOG).write_bytes(log_path.read_bytes() if log_path.is_file() else b"")
-            (tmp / MARKER).write_text(f"{position.step}\n", encoding="utf-8")
+            files = {
+                name: {"size": (tmp / name).stat().st_size, "sha256": file_fingerprint(tmp / name)}
+                for name in (STATE, CKPT_LOG)
+            }
+            run = {"format": CHECKPOINT_FORMAT, "identity": identity, "step": position.step, "files": files}
+            (tmp / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
         log.debug("checkpoint at step %d in %s", position.step, checkpoint_dir / LAST)
     dist.barrier()
 
 
-def _load_checkpoint(checkpoint_dir: Path | None, identity: str) -> dict[str, Any] | None:
-    """The state of ``checkpoint_dir/last`` when it is complete and of this run; None otherwise."""
-    if checkpoint_dir is None:
-        return None
-    folder = checkpoint_dir / LAST
-    if not (folder / MARKER).is_file():
+def _checkpoint_step(folder: Path, identity: str) -> int | None:
+    """The step of the checkpoint in ``folder`` when its ``run.json`` names this run and every file
+    it lists has the recorded size and sha256; None otherwise (why is logged). Reads nothing else."""
+    run_file = folder / RUN_FILE
+    if not run_file.is_file():
+        if (folder / STATE).exists():
+            log.warning("ignoring checkpoint %s: no %s (incomplete, or of an older version)", folder, RUN_FILE)
         return None
     try:
-        state = torch.load(folder / STATE, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - an unreadable checkpoint means starting afresh
+        run = json.loads(run_file.read_text(encoding="utf-8"))
+        if run.get("format") != CHECKPOINT_FORMAT or run.get("identity") != identity:
+            log.warning("ignoring checkpoint %s: made with another configuration, data or version", folder)
+            return None
+        for name in (STATE, CKPT_LOG):
+            want, path = run["files"][name], folder / name
+            if path.stat().st_size != want["size"] or file_fingerprint(path) != want["sha256"]:
+                log.warning("ignoring checkpoint %s: %s differs from its %s record", folder, name, RUN_FILE)
+                return None
+        return int(run["step"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         log.warning("ignoring unreadable checkpoint %s: %s", folder, err)
         return None
-    if state.get("identity") != identity:
-        log.warning("ignoring checkpoint %s: made with another configuration or data", folder)
+
+
+def _load_checkpoint(checkpoint_dir: Path | None, identity: str) -> dict[str, Any] | None:
+    """The state of the latest complete checkpoint of this run in ``checkpoint_dir``; None when
+    there is none.
+
+    ``checkpoint_dir/last`` is tried first, then the complete copies a save killed between its
+    renames left under temporary names (``.last.old-*``, ``.last.*.tmp``). Each is checked through its
+    ``run.json`` before anything is loaded, then loaded with ``weights_only=True``: a state holding
+    anything but tensors and plain containers (a planted pickle) is refused with a warning.
+    """
+    if checkpoint_dir is None:
         return None
-    state["log"] = (folder / CKPT_LOG).read_bytes()
-    return state
+    candidates = [checkpoint_dir / LAST] + [entry for entry, _ in temp_entries(checkpoint_dir / LAST)]
+    steps = [_checkpoint_step(folder, identity) for folder in candidates]
+    found = [(s, i, f) for i, (s, f) in enumerate(zip(steps, candidates, strict=True)) if s is not None]
+    for _, _, folder in sorted(found, key=lambda t: (-t[0], t[1])):
+        try:
+            state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - refused or unreadable: the next one, or afresh
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            log.warning("refusing checkpoint %s: not loadable with weights_only=True (%s)", folder, reason)
+            continue
+        if folder.name != LAST:
+            log.info("train: resuming from %s, a complete checkpoint left by an interrupted save", folder)
+        state["log"] = (folder / CKPT_LOG).read_bytes()
+        return state
+    return None
 
 
 def _optimizer(student: nn.Module, cfg, loss_fn: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -294,13 +344,15 @@ def train_student(
         loss_fn: ``loss(student [B, L], teacher [B, L])``; with ``uses_in_batch`` true and a student
             that supports it, called with ``in_batch=InBatch(...)`` too.
         cfg: the ``train`` config node (epochs, max_steps, batch_size, negatives_per_example, lr, …;
-            optionally ``checkpoint_every`` (optimizer steps between checkpoints, 0 = off),
-            ``eval_every``, ``dev_measure``, ``early_stopping_patience``, ``dev_batch_size``).
+            optionally ``checkpoint_minutes`` (minutes between checkpoints, default 10),
+            ``checkpoint_every`` (optimizer steps between checkpoints; both 0 = off), ``eval_every``,
+            ``dev_measure``, ``early_stopping_patience``, ``dev_batch_size``).
         passage_text: doc ids -> passage texts (one Arrow read per batch).
         log_path: JSON-lines log: step, epoch, loss, lr, gradient norm, and ``dev`` metrics at
             evaluation steps.
         checkpoint_dir: where resumable checkpoints go (``<dir>/last``); a complete checkpoint of
-            the same run found there is resumed (weights, optimizer, scheduler, position, RNGs,
+            the same run found there is resumed, whatever the checkpoint settings (weights, optimizer,
+            scheduler, position, RNGs,
             best-checkpoint state, log).
         resume_key: extra identity of the run (e.g. the stage key); a checkpoint saved under another
             key is ignored.
@@ -368,6 +420,13 @@ def train_student(
     dev_batch_size = int(cfg.get("dev_batch_size", 64) or 64)
 
     checkpoint_every = int(cfg.get("checkpoint_every", 0) or 0) if checkpoint_dir is not None else 0
+    minutes = cfg.get("checkpoint_minutes", DEFAULT_CHECKPOINT_MINUTES)
+    checkpoint_s = 60.0 * float(minutes or 0) if checkpoint_dir is not None else 0.0
+    if checkpoint_every < 0 or checkpoint_s < 0:
+        raise ConfigError(
+            f"train.checkpoint_every={checkpoint_every}, train.checkpoint_minutes={minutes}: "
+            "expected >= 0 (0 = that trigger off)"
+        )
     identity = _run_identity(cfg, pools, seed, precision, resume_key, dist.world)
     step = seen = 0
     first_epoch = first_offset = 0
@@ -377,7 +436,7 @@ def train_student(
     if dist.is_main:
         log_path.parent.mkdir(parents=True, exist_ok=True)
     log_mode = "w"
-    state = _load_checkpoint(checkpoint_dir, identity) if checkpoint_every > 0 else None
+    state = _load_checkpoint(checkpoint_dir, identity)
     if state is not None:
         student.load_state_dict(state["model"])
         if state.get("loss"):
@@ -410,6 +469,7 @@ def train_student(
 
     seen_at_start = seen
     start = time.perf_counter()
+    last_checkpoint = start
     stopped_early = False
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not dist.is_main)
     log_file = open(log_path, log_mode, encoding="utf-8") if dist.is_main else None  # noqa: SIM115
@@ -509,12 +569,11 @@ def train_student(
                 if record and log_file is not None:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
-                if (
-                    checkpoint_every > 0
-                    and step % checkpoint_every == 0
-                    and step < total_steps
-                    and not stopped_early
-                ):
+                due = bool(checkpoint_every and step % checkpoint_every == 0)
+                if checkpoint_s and not due:  # rank 0's clock decides for every rank
+                    late = time.perf_counter() - last_checkpoint >= checkpoint_s if dist.is_main else False
+                    due = dist.sum(float(late), device) > 0 if dist.enabled else late
+                if due and step < total_steps and not stopped_early:
                     assert checkpoint_dir is not None
                     position = _Position(step, epoch, b + step_size, seen, loss_value, epoch_rng)
                     _save_checkpoint(
@@ -529,6 +588,7 @@ def train_student(
                         log_path,
                         dist,
                     )
+                    last_checkpoint = time.perf_counter()
                 rate = (seen - seen_at_start) / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(loss=f"{loss_value:.4f}", ex_s=f"{rate:.1f}")
                 bar.update(1)

@@ -16,7 +16,7 @@ from distillrank.losses import MarginMSELoss
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.stages import mine, score, train
 from distillrank.training import loop
-from distillrank.training.loop import LAST, MARKER, train_student
+from distillrank.training.loop import LAST, RUN_FILE, train_student
 from distillrank.workspace import read_manifest, stage_dir
 
 from .test_loop import PASSAGES, QUERIES, _pools, _student
@@ -93,7 +93,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(
     work = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         _run(tiny_bi_encoder, work, dropout, kill_after=kill_after)
-    assert (work / "checkpoints" / LAST / MARKER).read_text().strip() == str(resumed_from)
+    assert json.loads((work / "checkpoints" / LAST / RUN_FILE).read_text())["step"] == resumed_from
     assert _log(work)[-1]["step"] == kill_after  # lines after the checkpoint are dropped on resume
 
     with caplog.at_level(logging.INFO, logger=loop.__name__):
@@ -125,15 +125,17 @@ def test_checkpoint_of_another_config_or_incomplete_is_ignored(tiny_bi_encoder, 
 
     with pytest.raises(KeyboardInterrupt):
         _run(tiny_bi_encoder, work, 0.0, kill_after=5)
-    (work / "checkpoints" / LAST / MARKER).unlink()  # as if killed while writing it
+    (work / "checkpoints" / LAST / RUN_FILE).unlink()  # as if killed while writing it
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=loop.__name__):
         _run(tiny_bi_encoder, work, 0.0)
     assert "resuming" not in caplog.text
 
 
-def test_checkpoint_every_zero_writes_nothing(tiny_bi_encoder, tmp_path):
-    _run(tiny_bi_encoder, tmp_path, 0.0, checkpoint_every=0)
+def test_no_checkpoint_trigger_writes_nothing(tiny_bi_encoder, tmp_path):
+    _run(tiny_bi_encoder, tmp_path, 0.0, checkpoint_every=0)  # 10 minutes by default: not reached
+    assert not (tmp_path / "checkpoints").exists()
+    _run(tiny_bi_encoder, tmp_path, 0.0, checkpoint_every=0, checkpoint_minutes=0)
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -159,7 +161,7 @@ def test_train_stage_resumes_a_killed_run(make_cfg, monkeypatch, caplog):
         train.run(cfg)
     assert read_manifest(folder) is None
     assert not (folder / train.MODEL).exists()
-    assert (folder / train.CHECKPOINTS / LAST / MARKER).is_file()
+    assert (folder / train.CHECKPOINTS / LAST / RUN_FILE).is_file()
 
     monkeypatch.setattr(loop, "student_scores", real)
     with caplog.at_level(logging.INFO):
