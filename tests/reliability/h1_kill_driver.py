@@ -44,7 +44,8 @@ FAST = [
 ]
 # outputs that hold timings (throughput, latency, wall time): compared by their deterministic parts
 TIMED = {MANIFEST, "metrics.json", "results.md", "README.md", "meta.json", "state.json"}
-SHARD_NAME = re.compile(r"shard-\d+-\d+\.parquet$")
+SHARD_NAME = re.compile(r"shard-\d+-\d+\.parquet(\.sha256\.json)?$")  # a shard and its seal
+SEAL = ".checksums.json"  # a cache folder's checksums: compared without those of timed files
 
 
 def _fork(run) -> int:
@@ -100,15 +101,18 @@ def _digest(workspace: Path) -> dict[str, str]:
     for path in sorted(workspace.rglob("*")):
         if not path.is_file() or "collections" in path.parts and path.name in TIMED:
             continue
-        rel = SHARD_NAME.sub("shard", str(path.relative_to(workspace)))  # named by time and PID
-        if path.name == MANIFEST:
+        rel = SHARD_NAME.sub(r"shard\1", str(path.relative_to(workspace)))  # named by time and PID
+        if path.name == SEAL:
+            files = json.loads(path.read_text())["files"]
+            out[rel] = json.dumps({k: v for k, v in sorted(files.items()) if Path(k).name not in TIMED})
+        elif path.name == MANIFEST:
             data = json.loads(path.read_text())
             out[rel] = json.dumps([data["key"], data["inputs"], data["outputs"]]).replace(root, "WS")
         elif path.name in TIMED:
             out[rel] = "present"
         else:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            out[f"{rel}#{digest}" if rel.endswith("shard") else rel] = digest
+            out[f"{rel}#{digest}" if rel.endswith(("shard", "shard.sha256.json")) else rel] = digest
     return out
 
 

@@ -38,3 +38,4 @@ def test_kill_at_every_rename_then_rerun_is_identical(tiny_args, tmp_path):
     assert result["renames"] >= 15 and result["survived"] == result["renames"]
     assert all(outcome == {"stopped": True, "rerun_identical": True} for outcome in result["hook"].values())
     assert len(result["hook"]) == 2
+
