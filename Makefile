@@ -40,7 +40,7 @@ bench-quick: install
 	$(BIN)/python scripts/bench/run.py --quick
 
 demo: install
-	$(BIN)/distillrank run +exp=margin_mse_feature experiment=demo
+	$(BIN)/distillrank run +exp=margin_mse_feature_ensemble experiment=demo
 
 clean:
 	rm -rf $(VENV) runs outputs multirun .pytest_cache
