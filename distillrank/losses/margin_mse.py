@@ -20,8 +20,8 @@ class MarginMSELoss(nn.Module):
     regression: the student keeps its own score scale and only the *shape* of the teacher's margins
     is matched. A ranking is unchanged by the factor, so the student needs no rescaling afterwards.
     This is for students whose scores live on another scale than the teacher's: a ColBERT student
-    sums MaxSim over 32 query tokens (margins of several units) where a cosine or min-max normalised
-    teacher's margins are below 1, and plain Margin-MSE would squeeze its token similarities flat.
+    sums MaxSim over 32 query tokens (a scale up to 32) where a cosine or min-max normalised
+    teacher's margins are below 1, and plain Margin-MSE can only meet them by shrinking its margins.
 
     Shapes:
         student: [B, 1 + n] scores, column 0 the positive.
