@@ -106,9 +106,11 @@ def hybrid_note(results: Mapping[str, Mapping]) -> str | None:
             continue
         source = info.get("alpha_from")
         if source == "dev":
+            which = "held-out " if info.get("dev_held_out") else ""
+            caveat = " (the student trained on them)" if info.get("dev_trained_on") else ""
             how = (
-                f"chosen on {info.get('dev_queries')} {info.get('dev_split')} queries by {info.get('measure')} "
-                f"({info.get('dev_value', float('nan')):.3f} there; grid 0–1, step 0.05)"
+                f"chosen on {info.get('dev_queries')} {which}{info.get('dev_split')} queries{caveat} by "
+                f"{info.get('measure')} ({info.get('dev_value', float('nan')):.3f} there; grid 0–1, step 0.05)"
             )
         elif source == "fixed":
             how = "fixed (evaluate.hybrid_alpha)"

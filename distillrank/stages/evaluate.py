@@ -199,6 +199,9 @@ def _hybrid_what(cfg: DictConfig, name: str, coll: Collection, split: str, data:
         "measure": str(ev.hybrid_measure),
         "grid": list(ALPHA_GRID),
         "default": DEFAULT_ALPHA,
+        # on the main collection's training split: only the queries train.dev_queries held out
+        "held_out": data.name == cfg.data.name and str(cfg.queries.method) == "none" and dev == data.get("train_split")
+        and int(cfg.train.dev_queries or 0) > 0,
     }
 
 
@@ -386,6 +389,10 @@ class Target:
     rel: str  # folder relative to evaluate/ ("." or the name)
     data: DictConfig | None = None  # the collection's data config (the hybrid systems' dev split)
     dev_split: str | None = None  # the split the hybrid α is chosen on (None: the default α)
+    # dev_split is the split the student trained on: the queries train.dev_queries held out of
+    # training (None: none were; then α is chosen on queries the student was trained on)
+    held_out: list[str] | None = None
+    trained_on: bool = False  # dev_split is the student's training split
 
     @property
     def header(self) -> str:
@@ -416,7 +423,14 @@ def targets(cfg: DictConfig) -> list[Target]:
         raise ConfigError(
             f"evaluate split {split!r} is not among the qrels splits {coll.splits()} of '{coll.name}'"
         )
-    out = [_target(str(cfg.data.name), coll, split, folder, ".", cfg.data)]
+    main = _target(str(cfg.data.name), coll, split, folder, ".", cfg.data)
+    labelled = str(cfg.queries.method) == "none"  # else the student trained on synthetic queries
+    if labelled and main.dev_split is not None and main.dev_split == cfg.data.get("train_split"):
+        main.trained_on = True
+        held = stage_dir(cfg, train.STAGE) / train.DEV_QUERIES
+        if held.is_file():
+            main.held_out = held.read_text().split()
+    out = [main]
     for name, data in extra_collections(cfg):
         extra, extra_split = _extra_split(cfg, name, data)
         out.append(_target(name, extra, extra_split, folder / name, name, data))
@@ -706,6 +720,9 @@ def _dev_set(cfg: DictConfig, target: Target) -> tuple[list[tuple[str, str]], di
     """The judged queries α is chosen on: ``evaluate.hybrid_dev_queries`` of ``target.dev_split``,
     sampled with ``seed`` (kept in the split's order), and their qrels."""
     queries, qrels = _judged(target.coll, target.dev_split)
+    if target.held_out is not None:
+        held = set(target.held_out)
+        queries = [(q, t) for q, t in queries if q in held]
     n = cfg.evaluate.hybrid_dev_queries
     if n is not None and int(n) < len(queries):
         keep = sorted(np.random.default_rng(cfg.seed).permutation(len(queries))[: int(n)].tolist())
@@ -738,7 +755,17 @@ def _alpha(cfg: DictConfig, target: Target, student: ScratchIndex | None, bm25) 
             "why": f"{target.name} has no judged dev or train split besides {target.split!r}",
         }
     queries, qrels = _dev_set(cfg, target)
-    log.info("evaluate: hybrid α on %d %s queries of %s", len(queries), target.dev_split, target.name)
+    held_out = target.held_out is not None
+    if target.trained_on and not held_out:
+        log.warning(
+            "evaluate: hybrid α is chosen on %s queries the student was trained on, which favours the "
+            "student; set train.dev_queries=N to hold N of them out of training for it",
+            target.dev_split,
+        )
+    log.info(
+        "evaluate: hybrid α on %d %s%s queries of %s",
+        len(queries), "held-out " if held_out else "", target.dev_split, target.name,
+    )
     dense_dev = student.retrieve(queries, ev.top_k)
     bm25_dev = _bm25_run(bm25, queries, ev.top_k, target.coll.doc_ids())
     choice = choose_alpha(dense_dev, bm25_dev, qrels, str(ev.hybrid_measure), depth=ev.top_k)
@@ -748,6 +775,8 @@ def _alpha(cfg: DictConfig, target: Target, student: ScratchIndex | None, bm25) 
         "alpha_from": "dev",
         "dev_split": target.dev_split,
         "dev_queries": record.pop("queries"),
+        "dev_held_out": held_out,
+        "dev_trained_on": target.trained_on and not held_out,
         "measure": record.pop("measure"),
         "dev_value": record.pop("value"),
         "curve": record.pop("curve"),

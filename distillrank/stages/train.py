@@ -9,7 +9,9 @@ and dev metrics at evaluation steps); ``tensorboard/`` with ``train.logger=tenso
 
 With ``train.dev_queries`` or ``train.dev_split`` and ``train.eval_every``, the student is evaluated
 on dev re-ranking during training and the exported weights are the best dev ones
-(:mod:`distillrank.training.dev`).
+(:mod:`distillrank.training.dev`). The ``train.dev_queries`` set aside (never trained on, with or
+without ``eval_every``) are listed in ``dev_queries.txt``, one qid a line: the evaluate stage
+chooses the hybrid systems' α on them.
 
 Resumable checkpoints go to ``checkpoints/`` in the stage folder every ``train.checkpoint_minutes``
 (10 by default) and every ``train.checkpoint_every`` steps (0 = by time only; both 0 = none); a
@@ -52,6 +54,7 @@ from distillrank.validation import allows_external, check_targets, instantiate_c
 from distillrank.workspace import (
     Manifest,
     atomic_rename,
+    atomic_write_text,
     cache_dir,
     current_manifest,
     fingerprint,
@@ -68,6 +71,7 @@ STAGE = "train"
 MODEL = "model"
 LOG = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
+DEV_QUERIES = "dev_queries.txt"  # the training queries set aside by train.dev_queries, one qid a line
 TENSORBOARD = "tensorboard"
 # the logs as they are written, renamed to LOG / TENSORBOARD when the model is committed: a log
 # under a manifest is always one whole run's (the stage lock keeps a second writer out meanwhile)
@@ -417,6 +421,9 @@ def run(cfg: DictConfig) -> Manifest:
     if dist.world > 1:
         counts["world_size"] = dist.world
     outputs = [MODEL, LOG] + ([TENSORBOARD] if cfg.train.get("logger", "none") == "tensorboard" else [])
+    held_out = sorted(dev.queries) if dev is not None and int(cfg.train.get("dev_queries", 0) or 0) else []
+    if held_out:
+        outputs.append(DEV_QUERIES)
     manifest = Manifest(
         stage=STAGE,
         key=key,
@@ -431,6 +438,8 @@ def run(cfg: DictConfig) -> Manifest:
         log.info("train: %s", counts)
         shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)  # the model is saved: nothing left to resume
         commit_logs(folder)
+        if held_out:
+            atomic_write_text(folder / DEV_QUERIES, "".join(f"{q}\n" for q in held_out))
         manifest.write(folder)
     dist.barrier()
     return manifest

@@ -113,7 +113,8 @@ def test_alpha_is_chosen_on_train_queries_or_is_the_default(done):
     assert "curve" not in default
     text = (folder / "results.md").read_text()
     assert "| hybrid_rrf |" in text and "| hybrid |" in text
-    assert f"α = {chosen['alpha']:g}, chosen on 16 train queries by nDCG@10" in text
+    assert chosen["dev_trained_on"] is True and chosen["dev_held_out"] is False
+    assert f"α = {chosen['alpha']:g}, chosen on 16 train queries (the student trained on them) by nDCG@10" in text
     assert "α = 0.5, the default (tiny2 has no judged dev or train split besides 'test')" in text
     assert "k = 60" in text
     manifest = read_manifest(folder)
@@ -208,3 +209,30 @@ def test_dev_split_prefers_dev_then_train_never_test(make_cfg):
     assert evaluate.dev_split(data, coll, "train") is None  # never the split evaluated
     assert evaluate.dev_split(OmegaConf.create({"dev_split": "test", "train_split": "train"}), coll, "x") == "test"
     assert evaluate.dev_split(OmegaConf.create({"dev_split": "nope", "train_split": None}), coll, "test") is None
+
+
+def test_alpha_is_chosen_on_the_training_queries_held_out_of_training(tmp_path, tiny_beir, tiny_bi_encoder):
+    """``train.dev_queries=N``: the train stage lists the N queries it set aside, and α is chosen on
+    those alone, not on queries the student was trained on."""
+    cfg = compose([
+        *tiny_overrides(tmp_path / "runs", tiny_beir, tiny_bi_encoder),
+        "train.max_steps=2",
+        "train.dev_queries=5",
+        "evaluate.latency_queries=0",
+        "evaluate.systems=[bm25,student]",
+    ])
+    pipeline.run(cfg)
+    held = (stage_dir(cfg, "train") / "dev_queries.txt").read_text().split()
+    assert len(held) == 5 == len(set(held)) and set(held) <= set(_judged(tiny_beir, "train"))
+    manifest = read_manifest(stage_dir(cfg, "train"))
+    assert "dev_queries.txt" in manifest.outputs
+    assert manifest.counts["dev_queries"] == 5 and manifest.counts["queries"] == 16 - 5  # not trained on
+    folder = stage_dir(cfg, "evaluate")
+    chosen = json.loads((folder / "metrics.json").read_text())["hybrid"]["hybrid"]
+    assert chosen["dev_queries"] == 5 and chosen["dev_held_out"] is True and chosen["dev_trained_on"] is False
+    assert f"α = {chosen['alpha']:g}, chosen on 5 held-out train queries by nDCG@10" in (folder / "results.md").read_text()
+    # holding queries out changes how α is chosen, so the hybrid's key
+    assert evaluate.system_key(cfg, "hybrid") != evaluate.system_key(compose([
+        *tiny_overrides(tmp_path / "runs", tiny_beir, tiny_bi_encoder), "train.max_steps=2",
+        "evaluate.latency_queries=0", "evaluate.systems=[bm25,student]",
+    ]), "hybrid")
