@@ -45,11 +45,12 @@ FAST = [
 # outputs that hold timings (throughput, latency, wall time): compared by their deterministic parts
 TIMED = {MANIFEST, "metrics.json", "results.md", "README.md", "meta.json", "state.json"}
 SHARD_NAME = re.compile(r"shard-\d+-\d+\.parquet(\.sha256\.json)?$")  # a shard and its seal
-SEAL = ".checksums.json"  # a cache folder's checksums: compared without those of timed files
+SEAL = ".checksums.json"
+PARALLEL = 2  # reruns at once (the CI machine has 2 cores)  # a cache folder's checksums: compared without those of timed files
 
 
-def _fork(run) -> int:
-    """Call ``run()`` in a forked child (exit 0 when it returns, 1 when it raises); its wait status.
+def _start(run) -> int:
+    """Call ``run()`` in a forked child (exit 0 when it returns, 1 when it raises); its PID.
 
     The child's cyclic garbage collector is off: objects the test process made before the fork
     (an ONNX Runtime session of an earlier test, say) would join threads the child does not have.
@@ -63,10 +64,15 @@ def _fork(run) -> int:
             code = 0
         finally:
             os._exit(code)
-    return os.waitpid(pid, 0)[1]
+    return pid
 
 
-def _run(cfg: DictConfig, fault: str | None = None) -> int:
+def _fork(run) -> int:
+    """Call ``run()`` in a forked child and wait for it; its wait status."""
+    return os.waitpid(_start(run), 0)[1]
+
+
+def _go(cfg: DictConfig, fault: str | None = None):
     def go() -> None:
         if fault is None:
             os.environ.pop(FAULT_ENV, None)
@@ -75,7 +81,11 @@ def _run(cfg: DictConfig, fault: str | None = None) -> int:
         reset_fault_injection()
         pipeline.run(cfg)
 
-    return _fork(go)
+    return go
+
+
+def _run(cfg: DictConfig, fault: str | None = None) -> int:
+    return _fork(_go(cfg, fault))
 
 
 def _snapshot_run(cfg: DictConfig, workspace: Path, snapshots: Path) -> int:
@@ -95,9 +105,13 @@ def _snapshot_run(cfg: DictConfig, workspace: Path, snapshots: Path) -> int:
     return _fork(go)
 
 
-def _digest(workspace: Path) -> dict[str, str]:
-    """Every file of the workspace: its sha256, or for timed files their deterministic fields."""
-    out, root = {}, str(workspace)
+def _digest(workspace: Path, *moved_from: Path) -> dict[str, str]:
+    """Every file of the workspace: its sha256, or for timed files their deterministic fields.
+
+    Manifests name their inputs by absolute path: the workspace's, and ``moved_from`` (where a
+    snapshot's files were written before it was copied), are both read as ``WS``.
+    """
+    out = {}
     for path in sorted(workspace.rglob("*")):
         if not path.is_file() or "collections" in path.parts and path.name in TIMED:
             continue
@@ -107,7 +121,10 @@ def _digest(workspace: Path) -> dict[str, str]:
             out[rel] = json.dumps({k: v for k, v in sorted(files.items()) if Path(k).name not in TIMED})
         elif path.name == MANIFEST:
             data = json.loads(path.read_text())
-            out[rel] = json.dumps([data["key"], data["inputs"], data["outputs"]]).replace(root, "WS")
+            text = json.dumps([data["key"], data["inputs"], data["outputs"]])
+            for root in (workspace, *moved_from):
+                text = text.replace(str(root), "WS")
+            out[rel] = text
         elif path.name in TIMED:
             out[rel] = "present"
         else:
@@ -132,7 +149,7 @@ def main(result_path: Path, work: Path, overrides: list[str]) -> None:
     """Every check of the test; the figures and failures go to ``result_path`` as JSON."""
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     os.environ.pop(FAULT_ENV, None)
     failures: list[str] = []
     workspace, reference, snapshots = work / "runs", work / "reference", work / "snapshots"
@@ -146,18 +163,27 @@ def main(result_path: Path, work: Path, overrides: list[str]) -> None:
         failures.append("the snapshotting run failed or differs")
     renames = len(list(snapshots.iterdir())) if snapshots.is_dir() else 0
     shutil.rmtree(workspace, ignore_errors=True)
-    survived = 0
-    for n in range(1, renames + 1):
-        (snapshots / str(n)).rename(workspace)  # the disk as a kill -9 before rename n left it
-        if _run(cfg) != 0:
+    # each snapshot is rerun where it lies (the digests do not depend on the workspace's path),
+    # PARALLEL at a time, one torch thread each: tiny models gain nothing from a second thread
+    survived, running = 0, {}
+    todo = list(range(1, renames + 1))
+    while todo or running:
+        while todo and len(running) < PARALLEL:
+            n = todo.pop(0)
+            running[_start(_go(compose([*overrides, *FAST, f"workspace={snapshots / str(n)}"])))] = n
+        pid, status = os.wait()
+        n = running.pop(pid)
+        rerun = snapshots / str(n)
+        if status != 0:
             failures.append(f"rerun after a kill before rename {n} failed")
-        elif _digest(workspace) != want:
-            failures.append(f"rerun after a kill before rename {n} differs")
-        elif _temporaries(workspace):
-            failures.append(f"kill before rename {n}: temporaries left: {_temporaries(workspace)}")
+        elif (got := _digest(rerun, workspace)) != want:
+            diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+            failures.append(f"rerun after a kill before rename {n} differs: {diff[:4]}")
+        elif _temporaries(rerun):
+            failures.append(f"kill before rename {n}: temporaries left: {_temporaries(rerun)}")
         else:
             survived += 1
-        shutil.rmtree(workspace)
+        shutil.rmtree(rerun)
 
     # the hook itself: SIGKILL at a middle rename, an error at another, each rerun
     hook = {}

@@ -43,11 +43,18 @@ def _plant(folder: Path, flag: Path, update_record: bool) -> None:
         (folder / RUN_FILE).write_text(json.dumps(run))
 
 
+@pytest.fixture(scope="module")
+def whole(tiny_bi_encoder, tmp_path_factory) -> tuple:
+    """The uninterrupted run (no dropout, step checkpoints) the resumed ones must equal: its
+    student and work folder, made once for the module."""
+    work = tmp_path_factory.mktemp("whole")
+    return _run(tiny_bi_encoder, work, 0.0), work
+
+
 @pytest.mark.parametrize(("update_record", "message"), [(False, "differs from its run.json"), (True, "weights_only")])
 def test_planted_pickle_is_refused_and_training_starts_afresh(
-    tiny_bi_encoder, tmp_path, caplog, update_record, message
+    tiny_bi_encoder, tmp_path, caplog, update_record, message, whole
 ):
-    whole = _run(tiny_bi_encoder, tmp_path / "whole", 0.0)
     folder = _killed_run(tiny_bi_encoder, tmp_path / "w")
     flag = tmp_path / PAYLOAD_FLAG
     _plant(folder, flag, update_record)
@@ -55,8 +62,8 @@ def test_planted_pickle_is_refused_and_training_starts_afresh(
         again = _run(tiny_bi_encoder, tmp_path / "w", 0.0)
     assert not flag.exists()  # the payload never ran
     assert message in caplog.text and "resuming" not in caplog.text
-    _assert_same_weights(whole, again)
-    assert _log(tmp_path / "w") == _log(tmp_path / "whole")
+    _assert_same_weights(whole[0], again)
+    assert _log(tmp_path / "w") == _log(whole[1])
 
 
 def test_a_checkpoint_of_another_run_is_not_even_loaded(tiny_bi_encoder, tmp_path, caplog, monkeypatch):
@@ -71,29 +78,27 @@ def test_a_checkpoint_of_another_run_is_not_even_loaded(tiny_bi_encoder, tmp_pat
     assert loads == [] and "another configuration" in caplog.text
 
 
-def test_resume_falls_back_to_a_complete_old_copy(tiny_bi_encoder, tmp_path, caplog):
+def test_resume_falls_back_to_a_complete_old_copy(tiny_bi_encoder, tmp_path, caplog, whole):
     """Killed between the two renames of a save: ``last`` is gone, the previous checkpoint sits
     complete under ``.last.old-PID-RAND`` (PID of the dead process)."""
-    whole = _run(tiny_bi_encoder, tmp_path / "whole", 0.0)
     folder = _killed_run(tiny_bi_encoder, tmp_path / "w")
     old = folder.with_name(".last.old-999999999-abc123")  # no such process
     folder.rename(old)
     with caplog.at_level(logging.INFO, logger=loop.__name__):
         resumed = _run(tiny_bi_encoder, tmp_path / "w", 0.0)
     assert "train: resuming from step 4" in caplog.text and "interrupted save" in caplog.text
-    _assert_same_weights(whole, resumed)
-    assert _log(tmp_path / "w") == _log(tmp_path / "whole")
+    _assert_same_weights(whole[0], resumed)
+    assert _log(tmp_path / "w") == _log(whole[1])
     assert not old.exists()  # removed by the next save: its writer is dead
 
 
-def test_truncated_checkpoint_is_ignored(tiny_bi_encoder, tmp_path, caplog):
-    whole = _run(tiny_bi_encoder, tmp_path / "whole", 0.0)
+def test_truncated_checkpoint_is_ignored(tiny_bi_encoder, tmp_path, caplog, whole):
     folder = _killed_run(tiny_bi_encoder, tmp_path / "w")
     (folder / CKPT_LOG).write_bytes((folder / CKPT_LOG).read_bytes()[:10])
     with caplog.at_level(logging.INFO, logger=loop.__name__):
         again = _run(tiny_bi_encoder, tmp_path / "w", 0.0)
     assert "differs from its run.json" in caplog.text and "resuming" not in caplog.text
-    _assert_same_weights(whole, again)
+    _assert_same_weights(whole[0], again)
 
 
 def test_time_based_checkpoints_resume_exactly(tiny_bi_encoder, tmp_path, caplog):

@@ -34,7 +34,7 @@ def test_kill_at_every_rename_then_rerun_is_identical(tiny_args, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(result_file.read_text())
-    assert result["failures"] == []
+    assert result["failures"] == [], result["failures"][:3]
     assert result["renames"] >= 15 and result["survived"] == result["renames"]
     assert all(outcome == {"stopped": True, "rerun_identical": True} for outcome in result["hook"].values())
     assert len(result["hook"]) == 2
