@@ -61,7 +61,7 @@ Normalize = _choice("Normalize", "none", "zscore", "minmax")  # score.normalize
 NormalizeScope = _choice("NormalizeScope", "query", "global")  # score.normalize_scope
 EvaluateMode = _choice("EvaluateMode", "auto", "rerank")  # evaluate.mode
 FirstStage = _choice("FirstStage", "bm25", "dense")  # evaluate.first_stage
-System = _choice("System", "bm25", "teacher", "student_init", "student")  # evaluate.systems
+System = _choice("System", "bm25", "teacher", "student_init", "student")  # evaluate.systems (more: evaluate.checkpoints)
 
 
 @dataclass
