@@ -91,7 +91,7 @@ def test_cosine_schedule_trains_and_unknown_schedule_fails(tiny_bi_encoder, tmp_
 
 def test_a_nan_loss_stops_the_run_naming_the_step(tiny_bi_encoder, tmp_path):
     class Nan(nn.Module):
-        def forward(self, student, teacher, labels=None):
+        def forward(self, student, teacher):
             return (student * float("nan")).mean()
 
     with pytest.raises(DistillrankError, match=r"loss is nan at step 1 \(epoch 1"):
