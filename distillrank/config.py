@@ -4,11 +4,17 @@ The schema is the top-level ``config`` node that ``conf/config.yaml`` extends, s
 applies everywhere: a misspelt key fails at composition time. ``teacher``, ``student`` and ``loss``
 are polymorphic (each option builds a different ``_target_``); their keys are checked against the
 target's signature by :func:`distillrank.validation.check_targets` instead.
+
+Every string option with a fixed set of values is a :class:`Choice` (a ``str`` Enum), so a misspelt
+value (``train.scheduler=cosin``) fails at composition too, before any stage runs, naming the valid
+values. Open-ended strings (``hardware.device``: cpu, cuda, cuda:N, auto; names, paths, measures)
+stay ``str``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +22,54 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
+class Choice(str, Enum):
+    """A config value from a fixed set: a ``str`` Enum whose members' names are their values.
+
+    OmegaConf matches a YAML value or an override against the members' *names*, and writes the
+    names back (``to_yaml``, ``to_container(enum_to_str=True)``), so a name is always its value.
+    A member compares, hashes, prints, formats and JSON-encodes as that string (``Scheduler.cosine
+    == "cosine"``, ``f"{m}"`` gives ``cosine``), so code written for plain strings, and fingerprints
+    of config values, are unchanged.
+    """
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    def __repr__(self) -> str:
+        return repr(str(self.value))
+
+
+def _choice(name: str, *values: str) -> type[Choice]:
+    """A :class:`Choice` whose member names are ``values`` (``global`` cannot be written as an attribute)."""
+    return Choice(name, [(v, v) for v in values], module=__name__, qualname=name)  # type: ignore[return-value]
+
+
+Source = _choice("Source", "beir", "ir_datasets")  # data.source
+MiningMethod = _choice("MiningMethod", "bm25", "dense", "hybrid")  # mining.method
+Retriever = _choice("Retriever", "bm25", "dense")  # mining.retrievers (hybrid)
+Sampling = _choice("Sampling", "window", "top", "all")  # mining.sampling
+DenseIndex = _choice("DenseIndex", "exact", "faiss")  # mining.index
+Precision = _choice("Precision", "fp32", "bf16", "fp16", "int8")  # hardware.precision
+Backend = _choice("Backend", "torch", "onnx")  # hardware.backend
+Scheduler = _choice("Scheduler", "linear", "cosine")  # train.scheduler
+Logger = _choice("Logger", "none", "tensorboard", "wandb")  # train.logger
+QueryMethod = _choice("QueryMethod", "none", "title", "ict", "generator")  # queries.method
+Normalize = _choice("Normalize", "none", "zscore", "minmax")  # score.normalize
+NormalizeScope = _choice("NormalizeScope", "query", "global")  # score.normalize_scope
+EvaluateMode = _choice("EvaluateMode", "auto", "rerank")  # evaluate.mode
+FirstStage = _choice("FirstStage", "bm25", "dense")  # evaluate.first_stage
+System = _choice("System", "bm25", "teacher", "student_init", "student")  # evaluate.systems (more: evaluate.checkpoints)
+
+
 @dataclass
 class DataConfig:
     """A collection (corpus, queries, qrels per split) and the splits each stage uses."""
 
     name: str = MISSING
-    source: str = "beir"  # beir | ir_datasets
+    source: Source = Source.beir  # beir | ir_datasets
     path: str | None = None  # explicit BEIR folder (wins over root / irds_id)
     irds_id: str | None = None  # ir_datasets id without the split, e.g. beir/scifact
     root: str | None = None  # local mirror of BEIR folders; default $DISTILLRANK_DATA_DIR
@@ -37,9 +85,9 @@ class DataConfig:
 class MiningConfig:
     """First-stage retrieval of candidates for the training queries and negative sampling."""
 
-    method: str = "bm25"  # bm25 | dense | hybrid
+    method: MiningMethod = MiningMethod.bm25  # bm25 | dense | hybrid
     depth: int = 100  # documents retrieved per query
-    sampling: str = "window"  # window: uniform from ranks [window_start, window_end]; top: the best ranks; all: every non-positive in the window
+    sampling: Sampling = Sampling.window  # window: uniform from ranks [window_start, window_end]; top: the best ranks; all: every non-positive in the window
     window_start: int = 3  # 1-based, inclusive
     window_end: int = 100  # 1-based, inclusive
     num_negatives: int = 8  # negatives kept per query
@@ -49,11 +97,11 @@ class MiningConfig:
     stopwords: str | None = "en"
     model: str | None = None  # dense: a bi-encoder folder / hub id, or a student checkpoint of an earlier run
     batch_size: int = 64  # dense: texts per encoding batch
-    index: str = "exact"  # dense: exact (chunked matrix product) | faiss (needs faiss-cpu / faiss-gpu)
+    index: DenseIndex = DenseIndex.exact  # dense: exact (chunked matrix product) | faiss (needs faiss-cpu / faiss-gpu)
     faiss_factory: str = "Flat"  # dense, index=faiss: a faiss.index_factory string (Flat, HNSW32, IVF4096,PQ64, ...)
     query_max_length: int | None = None  # dense: None keeps the model's setting
     passage_max_length: int | None = None
-    retrievers: list[str] = field(default_factory=lambda: ["bm25", "dense"])  # hybrid: fused by RRF
+    retrievers: list[Retriever] = field(default_factory=lambda: [Retriever.bm25, Retriever.dense])  # hybrid: fused by RRF
     rrf_k: int = 60  # hybrid: reciprocal-rank-fusion constant (Cormack et al. 2009; Tamber et al. 2025)
 
 
@@ -62,7 +110,7 @@ class HardwareConfig:
     """Where and in which precision models run."""
 
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    precision: Precision = Precision.fp32  # fp32 | bf16 | fp16 (autocast) | int8 (frozen teachers on the CPU)
     num_threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
     # texts (or pairs) per inference forward (encoding, cross-encoder scoring); a larger batch runs
     # as several forwards with the same result. None = the whole batch (GPUs). Training batches are
@@ -71,7 +119,7 @@ class HardwareConfig:
     # what runs frozen encoders at inference (bi-encoder / cross-encoder teachers, the dense mining
     # encoder): torch, or onnx (ONNX Runtime, CPU only; pip install 'distillrank[onnx]'). Students
     # always train and evaluate in torch.
-    backend: str = "torch"
+    backend: Backend = Backend.torch
 
 
 @dataclass
@@ -86,7 +134,7 @@ class TrainConfig:
     lr: float = 2e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
-    scheduler: str = "linear"  # linear | cosine decay after the warm-up
+    scheduler: Scheduler = Scheduler.linear  # linear | cosine decay after the warm-up
     max_grad_norm: float = 1.0
     log_every: int = 10
     # resumable checkpoints (train/checkpoints/, deleted once the model is saved; not in the stage key):
@@ -100,7 +148,7 @@ class TrainConfig:
     dev_measure: str = "nDCG@10"  # ir_measures name; the best value picks the exported weights
     dev_batch_size: int = 64
     early_stopping_patience: int = 0  # stop after this many evaluations without improvement; 0 = never
-    logger: str = "none"  # none | tensorboard | wandb (not in the stage key)
+    logger: Logger = Logger.none  # none | tensorboard | wandb (not in the stage key)
     # Feature distillation (a loss with a feature term, e.g. loss=feature or loss=margin_mse_feature):
     # the student's embeddings of the collection's texts regress the teacher's (distillrank/training/features.py)
     feature_batch_size: int | None = None  # texts per micro-batch; None = batch_size
@@ -117,7 +165,7 @@ class QueriesConfig:
     passages as positives) instead of ``data.train_split``.
     """
 
-    method: str = "none"  # none | title | ict | generator
+    method: QueryMethod = QueryMethod.none  # none | title | ict | generator
     per_doc: int = 1  # queries made per source document (title: at most 1)
     max_docs: int | None = None  # source documents sampled uniformly (seeded); None = every document
     remove_prob: float = 0.9  # ict: probability that the query sentence is removed from its positive
@@ -136,8 +184,8 @@ class ScoreConfig:
     progress: bool = True
     denoise_margin: float | None = None  # drop a negative scored >= its query's best positive - margin
     denoise_relative: float | None = None  # drop a negative scored > this fraction of the top teacher score (0.6: Tamber et al.)
-    normalize: str = "none"  # none | zscore | minmax: the teacher column students learn from (raw kept as teacher_raw)
-    normalize_scope: str = "query"  # query | global: statistics per query's candidates or over all pairs
+    normalize: Normalize = Normalize.none  # none | zscore | minmax: the teacher column students learn from (raw kept as teacher_raw)
+    normalize_scope: NormalizeScope = NormalizeScope.query  # query | global: statistics per query's candidates or over all pairs
 
 
 @dataclass
@@ -145,14 +193,14 @@ class EvaluateConfig:
     """Systems evaluated on the test split, and how."""
 
     split: str | None = None  # default: data.test_split
-    systems: list[str] = field(default_factory=lambda: ["bm25", "teacher", "student_init", "student"])
+    systems: list[System] = field(default_factory=lambda: list(System))
     checkpoints: dict[str, str] = field(default_factory=dict)  # extra bi-encoder checkpoints: name -> path
     measures: list[str] = field(default_factory=lambda: ["nDCG@10", "RR@10", "R@100"])
     baseline: str | None = "bm25"  # paired t-tests of every other system against this one (Holm-Bonferroni)
     alpha: float = 0.05
     top_k: int = 100  # retrieval depth of every run file
-    mode: str = "auto"  # auto: bi-encoders retrieve, other models re-rank | rerank: every model re-ranks
-    first_stage: str = "bm25"  # bm25 | dense: the candidates re-rankers score
+    mode: EvaluateMode = EvaluateMode.auto  # auto: bi-encoders retrieve, other models re-rank | rerank: every model re-ranks
+    first_stage: FirstStage = FirstStage.bm25  # bm25 | dense: the candidates re-rankers score
     first_stage_model: str | None = "sentence-transformers/all-MiniLM-L6-v2"  # the bi-encoder of first_stage=dense
     rerank_depth: int = 100  # re-rankers score this many first-stage results per query
     batch_size: int = 128

@@ -2,8 +2,8 @@
 
 Precisions (``hardware.precision``): ``fp32`` (none), ``bf16`` / ``fp16`` (autocast), and ``int8``:
 dynamic int8 quantization of a frozen teacher's linear layers for CPU inference
-(:mod:`distillrank.models.quantize`); under int8 no autocast applies, training refuses it
-(:func:`check_training_precision`) and a CUDA device refuses it (:func:`check_inference_precision`).
+(:mod:`distillrank.models.quantize`); under int8 no autocast applies, the train stage trains the
+student in fp32, and a CUDA device refuses it (:func:`check_inference_precision`).
 """
 
 from __future__ import annotations
@@ -29,20 +29,6 @@ def check_precision(precision: str) -> str:
     """
     if precision not in _DTYPES:
         raise ConfigError(f"hardware.precision={precision!r}; expected one of {list(PRECISIONS)}")
-    return precision
-
-
-def check_training_precision(precision: str) -> str:
-    """``precision`` when a model may be trained in it (int8 is inference-only).
-
-    Raises:
-        ConfigError: int8, or an unknown precision.
-    """
-    if check_precision(precision) == "int8":
-        raise ConfigError(
-            "hardware.precision=int8 is for teacher scoring and retrieval on the CPU only (dynamic "
-            "quantization has no gradients); train with hardware.precision=fp32 (or bf16)"
-        )
     return precision
 
 

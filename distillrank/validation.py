@@ -472,10 +472,32 @@ def compose(overrides: list[str]) -> DictConfig:
         GlobalHydra.instance().clear()
 
 
-def _explain(err: Exception, overrides: list[str], hydra_compose) -> str:
-    """Hydra's message, plus the valid keys where a key is unknown."""
+def _value_problem(err: BaseException) -> str | None:
+    """One line for a value the schema refuses (OmegaConf's ``ValidationError`` behind Hydra's "Error
+    merging override ..."): for an enumeration (:class:`distillrank.config.Choice`), the valid values."""
     import re
 
+    from omegaconf.errors import ValidationError
+
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, ValidationError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None or not cause.full_key:
+        return None
+    first = str(cause.msg or cause).strip().splitlines()[0]
+    choice = re.fullmatch(r"Invalid value '(.*)', expected one of \[(.*)\]", first)
+    if choice:
+        return f"{cause.full_key}={choice.group(1)!r} is not a valid value; valid values: {choice.group(2)}"
+    return f"{cause.full_key}: {first}"
+
+
+def _explain(err: Exception, overrides: list[str], hydra_compose) -> str:
+    """Hydra's message, plus the valid keys where a key is unknown, or the valid values where a
+    value is not one of its enumeration's."""
+    import re
+
+    if problem := _value_problem(err):
+        return problem
     message = str(err).split("\nConfig search path")[0].strip()
     match = re.search(r"full_key: (\S+)", message) or re.search(r"Could not override '([^']+)'", message)
     if not match:

@@ -54,9 +54,10 @@ def cache_dir(cfg: DictConfig) -> Path:
 
 
 def to_plain(obj: Any) -> Any:
-    """An OmegaConf node (or anything JSON-able) as plain Python containers, interpolations resolved."""
+    """An OmegaConf node (or anything JSON-able) as plain Python containers, interpolations resolved,
+    the schema's enumerations (:class:`distillrank.config.Choice`) as their plain string values."""
     if isinstance(obj, DictConfig | ListConfig):
-        return OmegaConf.to_container(obj, resolve=True)
+        return OmegaConf.to_container(obj, resolve=True, enum_to_str=True)
     return obj
 
 

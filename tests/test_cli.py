@@ -57,6 +57,13 @@ def test_misspelt_key_names_the_valid_keys():
     assert "train.lrr" in result.output and "valid keys:" in result.output and "lr" in result.output
 
 
+def test_misspelt_value_names_the_valid_values():
+    """A value outside its enumeration fails at compose, before any stage, in one line."""
+    result = runner.invoke(app, ["validate", "+exp=margin_mse", "train.scheduler=cosin"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == "error: train.scheduler='cosin' is not a valid value; valid values: linear, cosine"
+
+
 def test_misspelt_target_argument_names_the_valid_keys():
     result = runner.invoke(app, ["validate", "teacher.modle=x"])
     assert result.exit_code == 2

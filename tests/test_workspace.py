@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -52,7 +54,10 @@ def test_fingerprint_ignores_key_order_at_every_level() -> None:
     a = {"b": 1, "a": {"y": [1, 2], "x": "s"}, "c": None}
     b = {"c": None, "a": {"x": "s", "y": [1, 2]}, "b": 1}
     assert fingerprint(a) == fingerprint(b)
-    assert len(fingerprint(a)) == 64 and int(fingerprint(a), 16) >= 0
+    # sha256 of the canonical JSON: stage keys of existing workspaces depend on this exact encoding
+    canonical = json.dumps(a, sort_keys=True, separators=(",", ":")).encode()
+    assert fingerprint(a) == hashlib.sha256(canonical).hexdigest()
+    assert re.fullmatch(r"[0-9a-f]{64}", fingerprint(a))
 
 
 def test_fingerprint_is_sensitive_to_values() -> None:
@@ -70,8 +75,6 @@ def test_fingerprint_of_omegaconf_equals_plain_and_resolves_interpolations() -> 
 
 
 def test_file_fingerprint_is_content_sha256(tmp_path: Path) -> None:
-    import hashlib
-
     f = tmp_path / "f.bin"
     f.write_bytes(b"hello")
     assert file_fingerprint(f) == hashlib.sha256(b"hello").hexdigest()

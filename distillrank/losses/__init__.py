@@ -1,7 +1,7 @@
 """Distillation losses over [batch × list] scores (config group ``loss/``).
 
-Every loss is an ``nn.Module`` with ``forward(student [B, L], teacher [B, L], labels [B, L] | None)``
-returning a scalar; column 0 holds the positive where a loss needs one. The feature loss
+Every loss is an ``nn.Module`` with ``forward(student [B, L], teacher [B, L])`` returning a scalar;
+column 0 holds the positive where a loss needs one. The feature loss
 (:class:`FeatureDistillationLoss`) learns from embeddings instead (``features=``), alone or in a
 :class:`WeightedSum` with a ranking loss.
 """

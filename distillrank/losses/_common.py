@@ -5,29 +5,24 @@ from __future__ import annotations
 import torch
 
 
-def check_scores(
-    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None
-) -> torch.Tensor:
+def check_scores(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Check the common loss inputs and return the teacher scores ready to compare with the student's.
 
     Args:
         student: [B, L] student scores, L >= 2.
         teacher: [B, L] teacher scores.
-        labels: optional [B, L] relevance labels.
 
     Returns:
         The teacher scores, detached and cast to the student's dtype and device.
 
     Raises:
-        ValueError: when the shapes are not both [B, L] with L >= 2, or the labels' shape differs.
+        ValueError: when the shapes are not both [B, L] with L >= 2.
     """
     if student.shape != teacher.shape or student.dim() != 2 or student.shape[1] < 2:
         raise ValueError(
             f"expected student and teacher of the same shape [B, L] with L >= 2; "
             f"got {tuple(student.shape)}, {tuple(teacher.shape)}"
         )
-    if labels is not None and labels.shape != student.shape:
-        raise ValueError(f"expected labels of shape {tuple(student.shape)} [B, L]; got {tuple(labels.shape)}")
     return teacher.detach().to(dtype=student.dtype, device=student.device)
 
 

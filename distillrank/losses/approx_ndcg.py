@@ -28,17 +28,14 @@ class ApproxNDCGLoss(nn.Module):
     Shapes:
         student: [B, L] scores (the layout of columns does not matter).
         teacher: [B, L] scores, same layout.
-        labels: ignored (accepted for the common loss signature).
     """
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
 
-    def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        teacher = check_scores(student, teacher, labels)
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        teacher = check_scores(student, teacher)
         gains = rank_gains(teacher)
         # [B, i, j]: sigmoid((s_j − s_i) / T); the diagonal is sigmoid(0) = 1/2, removed below.
         beats = torch.sigmoid((student.unsqueeze(1) - student.unsqueeze(2)) / self.temperature)

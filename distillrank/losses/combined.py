@@ -10,7 +10,7 @@ from torch import nn
 
 
 class WeightedSum(nn.Module):
-    """``Σ_name weight_name · loss_name(student, teacher, labels)`` over named loss terms.
+    """``Σ_name weight_name · loss_name(student, teacher)`` over named loss terms.
 
     Meant to be built by ``hydra.utils.instantiate`` from a config such as (the recipe of Tamber et
     al. 2025, listwise KL plus a small InfoNCE term)::
@@ -30,7 +30,6 @@ class WeightedSum(nn.Module):
     Shapes:
         student: [B, L] scores, laid out as the terms' losses expect.
         teacher: [B, L] scores, same layout.
-        labels: optional [B, L], passed to every term.
 
     Raises:
         ValueError: when ``terms`` is empty, a term has no built loss, or a weight is not finite.
@@ -87,7 +86,6 @@ class WeightedSum(nn.Module):
         self,
         student: torch.Tensor | None,
         teacher: torch.Tensor | None,
-        labels: torch.Tensor | None = None,
         in_batch: Any = None,
         features: Any = None,
     ) -> torch.Tensor:
@@ -101,13 +99,13 @@ class WeightedSum(nn.Module):
             if getattr(loss, "uses_features", False):
                 if features is None:
                     continue
-                value = self.weights[name] * loss(student, teacher, labels, features=features)
+                value = self.weights[name] * loss(student, teacher, features=features)
             elif student is None:
                 continue
             elif in_batch is not None and getattr(loss, "uses_in_batch", False):
-                value = self.weights[name] * loss(student, teacher, labels, in_batch=in_batch)
+                value = self.weights[name] * loss(student, teacher, in_batch=in_batch)
             else:
-                value = self.weights[name] * loss(student, teacher, labels)
+                value = self.weights[name] * loss(student, teacher)
             total = value if total is None else total + value
         if total is None:
             raise ValueError("WeightedSum got neither scores for its ranking terms nor features for its feature terms")

@@ -100,7 +100,6 @@ class FeatureDistillationLoss(nn.Module):
         self,
         student: torch.Tensor | None = None,
         teacher: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
         features: Features | None = None,
     ) -> torch.Tensor:
         if features is None:

@@ -57,7 +57,6 @@ class InfoNCELoss(nn.Module):
     Shapes:
         student: [B, 1 + n] scores, column 0 the positive.
         teacher: [B, 1 + n] scores, same layout (only used with ``false_negative_margin``).
-        labels: ignored (accepted for the common loss signature).
         in_batch: optional :class:`InBatch` ([B, P] scores, [B, L] index, [B, P] exclusions).
     """
 
@@ -81,10 +80,9 @@ class InfoNCELoss(nn.Module):
         self,
         student: torch.Tensor,
         teacher: torch.Tensor,
-        labels: torch.Tensor | None = None,
         in_batch: InBatch | None = None,
     ) -> torch.Tensor:
-        teacher = check_scores(student, teacher, labels)
+        teacher = check_scores(student, teacher)
         drop = None
         if self.false_negative_margin is not None:
             drop = teacher >= teacher[:, :1] - self.false_negative_margin

@@ -27,7 +27,6 @@ class KLDivergenceLoss(nn.Module):
     Shapes:
         student: [B, L] scores (the layout of columns does not matter).
         teacher: [B, L] scores, same layout.
-        labels: ignored (accepted for the common loss signature).
     """
 
     def __init__(self, teacher_temperature: float = 1.0, student_temperature: float = 1.0) -> None:
@@ -35,10 +34,8 @@ class KLDivergenceLoss(nn.Module):
         self.teacher_temperature = check_positive("teacher_temperature", teacher_temperature)
         self.student_temperature = check_positive("student_temperature", student_temperature)
 
-    def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        teacher = check_scores(student, teacher, labels)
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        teacher = check_scores(student, teacher)
         log_p = F.log_softmax(teacher / self.teacher_temperature, dim=1)
         log_q = F.log_softmax(student / self.student_temperature, dim=1)
         return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)

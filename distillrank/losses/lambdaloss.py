@@ -47,7 +47,6 @@ class LambdaLoss(nn.Module):
     Shapes:
         student: [B, L] scores (the layout of columns does not matter).
         teacher: [B, L] scores, same layout.
-        labels: ignored (accepted for the common loss signature).
     """
 
     def __init__(self, k: int | None = None, sigma: float = 1.0) -> None:
@@ -57,10 +56,8 @@ class LambdaLoss(nn.Module):
         self.k = None if k is None else int(k)
         self.sigma = check_positive("sigma", sigma)
 
-    def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        teacher = check_scores(student, teacher, labels)
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        teacher = check_scores(student, teacher)
         gains = rank_gains(teacher)
         order = torch.sort(student.detach(), dim=1, descending=True, stable=True).indices
         positions = torch.empty_like(order)

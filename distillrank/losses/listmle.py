@@ -42,7 +42,6 @@ class ListMLELoss(nn.Module):
     Shapes:
         student: [B, L] scores (the layout of columns does not matter).
         teacher: [B, L] scores, same layout.
-        labels: ignored (accepted for the common loss signature).
     """
 
     def __init__(self, top_k: int | None = None) -> None:
@@ -51,10 +50,8 @@ class ListMLELoss(nn.Module):
             raise ValueError(f"top_k must be None or an integer >= 1; got {top_k!r}")
         self.top_k = None if top_k is None else int(top_k)
 
-    def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        teacher = check_scores(student, teacher, labels)
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        teacher = check_scores(student, teacher)
         order = torch.sort(teacher, dim=1, descending=True, stable=True).indices
         terms = plackett_luce_terms(student.gather(1, order))
         if self.top_k is not None:

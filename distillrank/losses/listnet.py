@@ -26,16 +26,13 @@ class ListNetLoss(nn.Module):
     Shapes:
         student: [B, L] scores (the layout of columns does not matter).
         teacher: [B, L] scores, same layout.
-        labels: ignored (accepted for the common loss signature).
     """
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
 
-    def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        teacher = check_scores(student, teacher, labels)
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        teacher = check_scores(student, teacher)
         target = F.softmax(teacher / self.temperature, dim=1)
         return -(target * F.log_softmax(student, dim=1)).sum(dim=1).mean()

@@ -26,7 +26,6 @@ class MarginMSELoss(nn.Module):
     Shapes:
         student: [B, 1 + n] scores, column 0 the positive.
         teacher: [B, 1 + n] scores, same layout.
-        labels: ignored (accepted for the common loss signature).
     """
 
     def __init__(self, learn_scale: bool = False) -> None:
@@ -39,9 +38,7 @@ class MarginMSELoss(nn.Module):
         """The factor applied to the student's margins (1 without ``learn_scale``)."""
         return 1.0 if self.log_scale is None else float(self.log_scale.detach().exp())
 
-    def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if student.shape != teacher.shape or student.dim() != 2 or student.shape[1] < 2:
             raise ValueError(f"expected student and teacher of shape [B, 1+n], n>=1; got {student.shape}, {teacher.shape}")
         student_margin = student[:, :1] - student[:, 1:]

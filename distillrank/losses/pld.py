@@ -34,17 +34,14 @@ class PLDLoss(nn.Module):
     Shapes:
         student: [B, 1 + n] scores, column 0 the positive.
         teacher: [B, 1 + n] scores, same layout.
-        labels: ignored (accepted for the common loss signature).
     """
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
 
-    def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        teacher = check_scores(student, teacher, labels)
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        teacher = check_scores(student, teacher)
         negatives = torch.sort(teacher[:, 1:], dim=1, descending=True, stable=True).indices + 1
         positive = torch.zeros_like(negatives[:, :1])
         order = torch.cat([positive, negatives], dim=1)

@@ -39,7 +39,6 @@ class RankNetLoss(nn.Module):
     Shapes:
         student: [B, L] scores (the layout of columns does not matter).
         teacher: [B, L] scores, same layout.
-        labels: ignored (accepted for the common loss signature).
     """
 
     def __init__(self, weighting: Weighting | None = None) -> None:
@@ -48,10 +47,8 @@ class RankNetLoss(nn.Module):
             raise ValueError(f"weighting must be None or one of {WEIGHTINGS}; got {weighting!r}")
         self.weighting = weighting
 
-    def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        teacher = check_scores(student, teacher, labels)
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        teacher = check_scores(student, teacher)
         # [B, i, j] with i the item the teacher prefers.
         valid = teacher.unsqueeze(2) > teacher.unsqueeze(1)
         pair_loss = F.softplus(-(student.unsqueeze(2) - student.unsqueeze(1)))

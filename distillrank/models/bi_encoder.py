@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -193,13 +192,6 @@ class BiEncoder(nn.Module):
         bar.close()
         self.train(was_training)
         return out
-
-    def encode_timed(self, texts: Sequence[str], **kwargs) -> tuple[torch.Tensor, float]:
-        """``encode`` and the texts-per-second rate."""
-        start = time.perf_counter()
-        emb = self.encode(texts, **kwargs)
-        elapsed = max(time.perf_counter() - start, 1e-9)
-        return emb, len(texts) / elapsed
 
     # ------------------------------------------------------------------ saving
     def settings(self) -> dict:

@@ -92,11 +92,9 @@ def _bi_encoder_loader(model_dir: Path, config: Mapping[str, Any]) -> PairScorer
 
 def _student_loader(model_dir: Path, config: Mapping[str, Any]) -> PairScorer | None:
     """Any student :func:`distillrank.students.load_student` reads (cross-encoder, ColBERT, …), scored
-    by its ``rerank_scores``; None when that API is not there (older installs)."""
-    try:
-        from distillrank.students import load_student
-    except ImportError:
-        return None
+    by its ``rerank_scores``."""
+    from distillrank.students import load_student
+
     student = load_student(model_dir)
 
     def score(queries: Sequence[str], passages: Sequence[str]) -> np.ndarray:

@@ -6,7 +6,6 @@ a folder the train stage exported (what the evaluate stage calls to re-rank with
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,22 +13,14 @@ from torch import nn
 
 from distillrank.errors import ConfigError
 from distillrank.models.bi_encoder import BiEncoder
+from distillrank.models.colbert import ColBERTModel
 from distillrank.models.cross_encoder import CrossEncoderModel
 from distillrank.students.base import Student
 from distillrank.students.bi_encoder import BiEncoderStudent
+from distillrank.students.colbert import ColBERTStudent, is_colbert_folder
 from distillrank.students.cross_encoder import CrossEncoderStudent
 
 KINDS = ("bi_encoder", "cross_encoder", "colbert")
-
-
-def _colbert_types() -> tuple[type, type] | None:
-    """(ColBERTModel, ColBERTStudent) when the ColBERT student module exists, else None."""
-    if any(importlib.util.find_spec(f"distillrank.{m}.colbert") is None for m in ("models", "students")):
-        return None
-    from distillrank.models.colbert import ColBERTModel
-    from distillrank.students.colbert import ColBERTStudent
-
-    return ColBERTModel, ColBERTStudent
 
 
 def as_student(model: nn.Module) -> Student:
@@ -44,9 +35,8 @@ def as_student(model: nn.Module) -> Student:
         return BiEncoderStudent(model)
     if isinstance(model, CrossEncoderModel):
         return CrossEncoderStudent(model)
-    colbert = _colbert_types()
-    if colbert is not None and isinstance(model, colbert[0]):
-        return colbert[1](model)
+    if isinstance(model, ColBERTModel):
+        return ColBERTStudent(model)
     raise ConfigError(
         f"the student is a {type(model).__name__}; a student config must build a BiEncoder, a "
         f"CrossEncoderModel or a ColBERTModel (student kinds: {', '.join(KINDS)})"
@@ -58,12 +48,8 @@ def student_kind(path: str | Path) -> str:
     (a sentence-transformers folder: ``modules.json``) or ``cross_encoder`` (a Hugging Face
     sequence-classification folder)."""
     path = Path(path)
-    colbert = _colbert_types()
-    if colbert is not None:
-        from distillrank.students.colbert import is_colbert_folder
-
-        if is_colbert_folder(path):
-            return "colbert"
+    if is_colbert_folder(path):
+        return "colbert"
     if (path / "modules.json").is_file():
         return "bi_encoder"
     config = path / "config.json"
@@ -92,6 +78,4 @@ def load_student(path: str | Path, max_length: int | None = None) -> Student:
         return BiEncoderStudent(BiEncoder.load(path)).eval()
     if kind == "cross_encoder":
         return CrossEncoderStudent(CrossEncoderModel.load(path, max_length or 512)).eval()
-    colbert = _colbert_types()
-    assert colbert is not None
-    return colbert[1](colbert[0].load(path)).eval()
+    return ColBERTStudent(ColBERTModel.load(path)).eval()

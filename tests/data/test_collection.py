@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -113,7 +114,9 @@ def test_load_good_folder(tmp_path: Path, gz: bool) -> None:
     }
     assert collection.splits() == ["train", "test"]
     assert collection.source_desc == f"BEIR folder {folder}"
-    assert len(collection.fingerprint) == 64 and int(collection.fingerprint, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{64}", collection.fingerprint)  # a sha256 hex digest
+    again = load_collection(cfg_for(folder), tmp_path / "another_cache")  # parsed again from the source
+    assert again.fingerprint == collection.fingerprint
 
 
 def test_stored_as_memory_mapped_arrow_under_cache_dir(collection: Collection, tmp_path: Path) -> None:

@@ -54,14 +54,6 @@ def test_zero_when_margins_match_on_different_scales() -> None:
     assert MarginMSELoss()(student, teacher).item() == pytest.approx(0.0, abs=1e-12)
 
 
-def test_labels_are_ignored() -> None:
-    student = torch.tensor([[1.0, 0.0, 3.0]])
-    teacher = torch.tensor([[2.0, 2.0, 0.0]])
-    loss = MarginMSELoss()
-    labels = torch.tensor([[1, 0, 0]])
-    torch.testing.assert_close(loss(student, teacher, labels), loss(student, teacher))
-
-
 def test_gradient_flows_to_student_only() -> None:
     student = torch.tensor([[3.0, 1.0], [0.0, 2.0]], requires_grad=True)
     teacher = torch.tensor([[5.0, 4.0], [1.0, -1.0]])

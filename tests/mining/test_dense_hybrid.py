@@ -164,6 +164,8 @@ def test_bad_methods_and_retrievers_fail(make_cfg, tiny_bi_encoder) -> None:
         mine.run(
             make_cfg("mining=hybrid", f"mining.model={tiny_bi_encoder}", "mining.retrievers=[bm25,colbert]")
         )
+    with pytest.raises(ConfigError, match="expected distinct retrievers"):  # names are valid, one is twice
+        mine.run(make_cfg("mining=hybrid", f"mining.model={tiny_bi_encoder}", "mining.retrievers=[bm25,bm25]"))
     with pytest.raises(ConfigError, match="mining.model"):
         mine.run(make_cfg("mining.method=dense"))
 

@@ -17,7 +17,7 @@ from distillrank.models.quantize import is_quantized, quantize_int8
 from distillrank.runtime import (
     autocast,
     check_inference_precision,
-    check_training_precision,
+    check_precision,
     teacher_fingerprint,
 )
 from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
@@ -58,11 +58,9 @@ def test_quantize_int8_refuses_a_model_off_the_cpu() -> None:
 
 
 def test_precision_checks() -> None:
-    assert check_training_precision("bf16") == "bf16"
-    with pytest.raises(ConfigError, match="int8"):
-        check_training_precision("int8")
+    assert check_precision("bf16") == "bf16"
     with pytest.raises(ConfigError, match="expected one of"):
-        check_training_precision("int4")
+        check_precision("int4")
     assert check_inference_precision("int8", CPU) == "int8"
     with pytest.raises(ConfigError, match="CPU only"):
         check_inference_precision("int8", torch.device("cuda"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -84,14 +86,21 @@ def test_accumulating_two_half_batches_equals_one_batch(tiny_bi_encoder, tmp_pat
 
 
 def test_cosine_schedule_trains_and_unknown_schedule_fails(tiny_bi_encoder, tmp_path):
-    _train(tiny_bi_encoder, tmp_path, scheduler="cosine", batch_size=2)
+    trained = _train(tiny_bi_encoder, tmp_path, scheduler="cosine")
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    n = len(lrs)  # one epoch of 18 examples (6 queries x 3 negatives), 6 per step, no warm-up
+    assert n == 3
+    # after step k of n: lr · (1 + cos(πk/n)) / 2, not the linear schedule's lr · (1 - k/n)
+    assert lrs == pytest.approx([1e-3 * (1 + math.cos(math.pi * k / n)) / 2 for k in range(1, n + 1)], abs=1e-9)
+    untrained = _student(tiny_bi_encoder)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), untrained.parameters(), strict=True))
     with pytest.raises(ConfigError, match="scheduler"):
         _train(tiny_bi_encoder, tmp_path, scheduler="step")
 
 
 def test_a_nan_loss_stops_the_run_naming_the_step(tiny_bi_encoder, tmp_path):
     class Nan(nn.Module):
-        def forward(self, student, teacher, labels=None):
+        def forward(self, student, teacher):
             return (student * float("nan")).mean()
 
     with pytest.raises(DistillrankError, match=r"loss is nan at step 1 \(epoch 1"):
