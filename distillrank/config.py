@@ -143,6 +143,7 @@ class TrainConfig:
     # Dev evaluation (re-ranking each dev query's candidates, see distillrank/training/dev.py)
     eval_every: int = 0  # optimizer steps between dev evaluations; 0 = off (the last step is also evaluated)
     dev_queries: int = 0  # N training queries set aside (seeded) as the dev set; they are not trained on
+    dev_fraction: float = 0.0  # or this fraction of them (rounded, at least 1); the hybrid α is chosen on them
     dev_split: str | None = None  # or a judged split of the collection, candidates from the first stage
     dev_depth: int = 30  # dev_split: first-stage candidates re-ranked per query
     dev_measure: str = "nDCG@10"  # ir_measures name; the best value picks the exported weights

@@ -275,6 +275,7 @@ RANGES: dict[str, tuple] = {
     "train.checkpoint_every": _at_least(0),
     "train.eval_every": _at_least(0),
     "train.dev_queries": _at_least(0),
+    "train.dev_fraction": _within(0, 1, open_high=True),
     "train.dev_depth": _at_least(1),
     "train.dev_batch_size": _at_least(1),
     "train.early_stopping_patience": _at_least(0),

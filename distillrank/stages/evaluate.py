@@ -748,7 +748,7 @@ def _alpha(cfg: DictConfig, target: Target, student: ScratchIndex | None, bm25) 
     if target.trained_on and not held_out:
         log.warning(
             "evaluate: hybrid α is chosen on %s queries the student was trained on, which favours the "
-            "student; set train.dev_queries=N to hold N of them out of training for it",
+            "student; set train.dev_fraction=F (or train.dev_queries=N) to hold some out of training for it",
             target.dev_split,
         )
     log.info(

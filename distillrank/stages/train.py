@@ -45,7 +45,7 @@ from distillrank.students import Student, as_student
 from distillrank.teachers.base import describe as describe_teacher
 from distillrank.teachers.base import embedding_source
 from distillrank.training.batching import QueryPool, query_pools
-from distillrank.training.dev import DevSet, carve_dev_pools, dev_from_pools
+from distillrank.training.dev import DevSet, carve_dev_pools, dev_from_pools, held_out_count
 from distillrank.training.distributed import init_from_env
 from distillrank.training.features import FeatureSet, cached_text_embeddings
 from distillrank.training.loop import train_student
@@ -83,6 +83,7 @@ NOT_IN_KEY = ("checkpoint_every", "checkpoint_minutes", "logger")
 KEY_IF_SET = {
     "eval_every": 0,
     "dev_queries": 0,
+    "dev_fraction": 0.0,
     "dev_split": None,
     "dev_depth": 30,
     "dev_measure": "nDCG@10",
@@ -240,20 +241,23 @@ def dev_set(
             more dev queries than training queries, an unknown split.
     """
     t = cfg.train
-    n, split = int(t.get("dev_queries", 0) or 0), t.get("dev_split")
-    if n and split:
-        raise ConfigError("set train.dev_queries or train.dev_split, not both")
+    n, fraction, split = int(t.dev_queries), float(t.dev_fraction), t.dev_split
+    if sum(map(bool, (n, fraction, split))) > 1:
+        raise ConfigError("set one of train.dev_queries, train.dev_fraction and train.dev_split")
+    if fraction:
+        n = held_out_count(len(pools), fraction)
     if not n and not split:
-        if t.get("eval_every", 0):
+        if t.eval_every:
             raise ConfigError(
-                "train.eval_every needs a dev set: train.dev_queries=N (carved from the training queries) "
-                "or train.dev_split=SPLIT"
+                "train.eval_every needs a dev set: train.dev_queries=N or train.dev_fraction=F (carved "
+                "from the training queries) or train.dev_split=SPLIT"
             )
         return pools, None
     coll = context.collection(cfg)
     if n:
         if n >= len(pools):
-            raise ConfigError(f"train.dev_queries={n} but only {len(pools)} training queries are usable")
+            asked = f"train.dev_fraction={fraction:g} sets aside {n}" if fraction else f"train.dev_queries={n}"
+            raise ConfigError(f"{asked} but only {len(pools)} training queries are usable")
         train_pools, dev_pools = carve_dev_pools(pools, n, cfg.seed)
         table = scores if isinstance(scores, pa.Table) else pq.read_table(scores, columns=["qid", "docid"])
         qrels = context.train_qrels(cfg)
@@ -421,7 +425,7 @@ def run(cfg: DictConfig) -> Manifest:
     if dist.world > 1:
         counts["world_size"] = dist.world
     outputs = [MODEL, LOG] + ([TENSORBOARD] if cfg.train.get("logger", "none") == "tensorboard" else [])
-    held_out = sorted(dev.queries) if dev is not None and int(cfg.train.get("dev_queries", 0) or 0) else []
+    held_out = sorted(dev.queries) if dev is not None and (cfg.train.dev_queries or cfg.train.dev_fraction) else []
     if held_out:
         outputs.append(DEV_QUERIES)
     manifest = Manifest(

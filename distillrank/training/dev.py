@@ -42,6 +42,12 @@ class DevSet:
         return len(self.queries)
 
 
+def held_out_count(total: int, fraction: float) -> int:
+    """How many of ``total`` training queries ``train.dev_fraction=fraction`` sets aside: the
+    fraction rounded to the nearest integer, at least 1 (0 for a fraction of 0)."""
+    return max(1, round(fraction * total)) if fraction > 0 else 0
+
+
 def carve_dev_pools(pools: list[QueryPool], n: int, seed: int) -> tuple[list[QueryPool], list[QueryPool]]:
     """Split the training pools into (train, dev): ``n`` pools chosen by a seeded permutation.
 

@@ -15,7 +15,7 @@ from distillrank.stages import mine, score, train
 from distillrank.students import as_student
 from distillrank.students.base import Student
 from distillrank.training import loop
-from distillrank.training.dev import DevSet, carve_dev_pools, evaluate_dev
+from distillrank.training.dev import DevSet, carve_dev_pools, evaluate_dev, held_out_count
 from distillrank.training.loop import train_student
 from distillrank.training.trackers import check_logger, make_tracker
 from distillrank.workspace import stage_dir
@@ -193,5 +193,23 @@ def test_stage_dev_split_and_config_errors(make_cfg):
     assert train.run(cfg).counts["dev_queries"] > 0
     with pytest.raises(ConfigError, match="needs a dev set"):
         train.run(make_cfg("train.eval_every=2", "train.max_steps=1"))
-    with pytest.raises(ConfigError, match="not both"):
+    with pytest.raises(ConfigError, match="set one of"):
         train.run(make_cfg("train.dev_split=test", "train.dev_queries=2", "train.max_steps=1"))
+    with pytest.raises(ConfigError, match="set one of"):
+        train.run(make_cfg("train.dev_fraction=0.2", "train.dev_queries=2", "train.max_steps=1"))
+
+
+def test_dev_fraction_sets_aside_that_share_as_dev_queries_would(make_cfg):
+    """``train.dev_fraction=F`` holds out round(F × training queries), at least 1: the very queries
+    ``train.dev_queries`` of that count would."""
+    assert [held_out_count(16, f) for f in (0.0, 0.01, 0.1, 0.25, 0.5)] == [0, 1, 2, 4, 8]
+    by_fraction = make_cfg("train.dev_fraction=0.25", "train.max_steps=1")
+    mine.run(by_fraction)
+    score.run(by_fraction)
+    counts = train.run(by_fraction).counts
+    held = (stage_dir(by_fraction, train.STAGE) / train.DEV_QUERIES).read_text()
+    assert counts["dev_queries"] == 4 and counts["queries"] == 12
+    by_count = make_cfg("train.dev_queries=4", "train.max_steps=1")
+    assert train.stage_key(by_count) != train.stage_key(by_fraction)
+    train.run(by_count)
+    assert (stage_dir(by_count, train.STAGE) / train.DEV_QUERIES).read_text() == held
