@@ -81,7 +81,7 @@ from distillrank.evaluation.tables import hybrid_note, results_table, student_ca
 from distillrank.mining.fusion import convex_fuse, rrf_fuse
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
-from distillrank.runtime import autocast, hardware
+from distillrank.runtime import Runtime, configure
 from distillrank.stages import context, mine, train
 from distillrank.teachers import BiEncoderTeacher
 from distillrank.validation import allows_external, instantiate_checked
@@ -556,17 +556,17 @@ class _FirstStage:
         return self._run
 
 
-def _pair_scorer(cfg: DictConfig, name: str, device, precision, coll):
+def _pair_scorer(cfg: DictConfig, name: str, runtime: Runtime, coll):
     """``score(queries, passages, pair_q, pair_p, qids, docids) -> scores``, the module, its folder.
 
     ``coll``: the collection evaluated, bound to teachers that score over corpus statistics (BM25).
     """
     if name == "teacher":
         teacher = context.bind_collection(context.teacher(cfg), coll, cache_dir(cfg))
-        module = _teacher_module(teacher, device)
+        module = _teacher_module(teacher, runtime)
 
         def score_teacher(queries, passages, pair_q, pair_p, qids, docids, progress=True):
-            return teacher.score(queries, passages, np.asarray(pair_q), np.asarray(pair_p), device, precision,
+            return teacher.score(queries, passages, np.asarray(pair_q), np.asarray(pair_p), runtime,
                                  progress, qids=qids, docids=docids)
 
         model_path = getattr(teacher, "model", None)
@@ -576,26 +576,26 @@ def _pair_scorer(cfg: DictConfig, name: str, device, precision, coll):
 
     folder = _system_folder(cfg, name)
     student = as_student(instantiate_checked(cfg.student, "student", allows_external(cfg))) if folder is None else load_student(folder)
-    student = student.to(device).eval()
+    student = student.to(runtime.device).eval()
 
     def score_student(queries, passages, pair_q, pair_p, qids, docids, progress=True):
         return student.rerank_scores(queries, passages, pair_q, pair_p, cfg.evaluate.batch_size,
-                                     lambda: autocast(device, precision))
+                                     runtime=runtime)
 
     return score_student, student, folder
 
 
-def _teacher_module(teacher, device):
+def _teacher_module(teacher, runtime: Runtime):
     """The teacher's torch module when it has one (for the parameter count); None otherwise."""
     for attr in ("cross_encoder", "encoder", "colbert", "seq2seq"):
         if hasattr(teacher, attr):
-            return getattr(teacher, attr)(device)
+            return getattr(teacher, attr)(Runtime(runtime.device, backend=runtime.backend))  # float weights
     return None
 
 
-def _rerank(cfg: DictConfig, name: str, coll, queries, first: _FirstStage, device, precision) -> dict:
+def _rerank(cfg: DictConfig, name: str, coll, queries, first: _FirstStage, runtime: Runtime) -> dict:
     """Re-rank the first stage's top ``rerank_depth`` with one system."""
-    score_fn, module, folder = _pair_scorer(cfg, name, device, precision, coll)
+    score_fn, module, folder = _pair_scorer(cfg, name, runtime, coll)
     candidates = first.run()
     qtext = dict(queries)
     qids = [q for q, _ in queries]
@@ -631,12 +631,12 @@ def _rerank(cfg: DictConfig, name: str, coll, queries, first: _FirstStage, devic
     }
 
 
-def _evaluate_system(cfg: DictConfig, name: str, coll, queries, device, precision, scratch: Path,
+def _evaluate_system(cfg: DictConfig, name: str, coll, queries, runtime: Runtime, scratch: Path,
                      first: _FirstStage | None = None) -> dict:
     """Run one system; returns its run, the encoding (or re-ranking) rate and the parameter count."""
     ev = cfg.evaluate
     if reranks(cfg, name):
-        return _rerank(cfg, name, coll, queries, first or _FirstStage(cfg, coll, queries), device, precision)
+        return _rerank(cfg, name, coll, queries, first or _FirstStage(cfg, coll, queries), runtime)
     if name == "bm25":
         index = mine.bm25_index(cfg, coll)
         texts = [t for _, t in queries]
@@ -649,12 +649,12 @@ def _evaluate_system(cfg: DictConfig, name: str, coll, queries, device, precisio
         latency = latency_ms(lambda t: index.search([t], ev.top_k, progress=False), texts, ev.latency_queries)
         return {"run": run, "passages_per_s": None, "parameters": None, "latency": latency, "disk_mb": None}
     with ExitStack() as stack:
-        index, folder = _open_dense(cfg, name, coll, device, precision, scratch, stack)
+        index, folder = _open_dense(cfg, name, coll, runtime, scratch, stack)
         return _dense_result(cfg, index, folder, queries)
 
 
 def _open_dense(
-    cfg: DictConfig, name: str, coll, device, precision, scratch: Path, stack: ExitStack
+    cfg: DictConfig, name: str, coll, runtime: Runtime, scratch: Path, stack: ExitStack
 ) -> tuple[ScratchIndex, Path | None]:
     """A bi-encoder system's corpus encoded into a scratch index that lives as long as ``stack``;
     also the model's folder (None for a model built in memory)."""
@@ -663,16 +663,16 @@ def _open_dense(
         teacher = context.teacher(cfg)
         if not isinstance(teacher, BiEncoderTeacher):
             raise ConfigError(f"cannot run teacher {cfg.teacher._target_} as a dense retriever")
-        encoder = teacher.encoder(device, precision)
+        encoder = teacher.encoder(runtime)
         # the frozen teacher's corpus embeddings are shared through the workspace cache with the
         # score stage and feature distillation: encoded once; the rate is then timed on a sample
         matrix, rate, _ = cached_corpus_embeddings(
             encoder, coll, cache_dir(cfg), context.teacher_fingerprint(cfg), ev.batch_size, ev.chunk_size,
-            device, precision, name=name,
+            runtime, name=name,
         )
         if rate is None:
-            rate = encoding_rate(encoder, coll, ev.batch_size, device, precision, seed=cfg.seed)
-        index = ScratchIndex(encoder, coll, matrix, rate, ev.batch_size, ev.chunk_size, device, precision)
+            rate = encoding_rate(encoder, coll, ev.batch_size, runtime, seed=cfg.seed)
+        index = ScratchIndex(encoder, coll, matrix, rate, ev.batch_size, ev.chunk_size, runtime)
         return index, resolve_model(teacher.model)
     if name == "student_init":
         encoder = instantiate_checked(cfg.student, "student", allows_external(cfg))  # truncated in memory, never saved
@@ -681,7 +681,7 @@ def _open_dense(
         folder = _system_folder(cfg, name)
         encoder = BiEncoder.load(folder)
     index = stack.enter_context(
-        scratch_index(encoder, coll, ev.batch_size, ev.chunk_size, device, precision, scratch, name)
+        scratch_index(encoder, coll, ev.batch_size, ev.chunk_size, runtime, scratch, name)
     )
     return index, folder
 
@@ -846,7 +846,7 @@ def _record(cfg: DictConfig, target: Target, name: str, key: str, out: dict) -> 
     return result
 
 
-def _evaluate_target(cfg: DictConfig, target: Target, device, precision, scratch: Path) -> dict[str, dict]:
+def _evaluate_target(cfg: DictConfig, target: Target, runtime: Runtime, scratch: Path) -> dict[str, dict]:
     """Every system on one collection; a system whose saved results carry its current key is reused.
 
     The hybrid systems come after the others, from their ``student`` and ``bm25`` run files; when one
@@ -874,14 +874,14 @@ def _evaluate_target(cfg: DictConfig, target: Target, device, precision, scratch
                 continue
             log.info("evaluate: %s on %s/%s (%d queries)", name, target.name, target.split, len(target.queries))
             if name == "student" and pending:  # keep the student's corpus matrix for the hybrid systems
-                student, folder = _open_dense(cfg, name, target.coll, device, precision, scratch, stack)
+                student, folder = _open_dense(cfg, name, target.coll, runtime, scratch, stack)
                 out = _dense_result(cfg, student, folder, target.queries)
             else:
-                out = _evaluate_system(cfg, name, target.coll, target.queries, device, precision, scratch, first)
+                out = _evaluate_system(cfg, name, target.coll, target.queries, runtime, scratch, first)
             results[name] = _record(cfg, target, name, keys[name], out)
         if pending:
             if student is None and (cfg.evaluate.latency_queries or _chooses_alpha(cfg, target, pending)):
-                student, _ = _open_dense(cfg, "student", target.coll, device, precision, scratch, stack)
+                student, _ = _open_dense(cfg, "student", target.coll, runtime, scratch, stack)
             log.info("evaluate: %s on %s/%s", " and ".join(pending), target.name, target.split)
             for name, out in _evaluate_hybrid(cfg, target, pending, results, student).items():
                 results[name] = _record(cfg, target, name, keys[name], out)
@@ -933,18 +933,18 @@ def run(cfg: DictConfig) -> Manifest:
     per_collection: dict[str, dict[str, dict]] = {}
     significance: dict[str, dict | None] = {}
     against_bm25: dict[str, dict | None] = {}
-    with hardware(cfg.hardware) as (device, precision):
-        for target in evaluated:
-            results = _evaluate_target(cfg, target, device, precision, folder / ".scratch")
-            per_collection[target.name] = results
-            significance[target.name] = (
-                compare_to_baseline(
-                    {n: r.get("per_query", {}) for n, r in results.items()}, baseline, measures, cfg.evaluate.alpha
-                )
-                if baseline is not None
-                else None
+    runtime = configure(cfg.hardware)
+    for target in evaluated:
+        results = _evaluate_target(cfg, target, runtime, folder / ".scratch")
+        per_collection[target.name] = results
+        significance[target.name] = (
+            compare_to_baseline(
+                {n: r.get("per_query", {}) for n, r in results.items()}, baseline, measures, cfg.evaluate.alpha
             )
-            against_bm25[target.name] = hybrid_against_bm25(results, baseline, measures, cfg.evaluate.alpha)
+            if baseline is not None
+            else None
+        )
+        against_bm25[target.name] = hybrid_against_bm25(results, baseline, measures, cfg.evaluate.alpha)
 
     def table(name: str) -> str:
         text = results_table(

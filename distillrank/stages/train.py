@@ -33,11 +33,10 @@ import pyarrow.parquet as pq
 import yaml
 from omegaconf import DictConfig
 
-from distillrank import runtime
 from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import CORPUS_CHUNK, cached_corpus_embeddings
 from distillrank.losses import uses_scores
-from distillrank.runtime import hardware, seed_everything
+from distillrank.runtime import Runtime, configure, seed_everything
 from distillrank.stages import context, mine, score
 from distillrank.students import Student, as_student
 from distillrank.teachers.base import describe as describe_teacher
@@ -276,23 +275,19 @@ def _feature_queries(cfg: DictConfig) -> list[tuple[str, str]]:
     return context.train_queries(cfg)
 
 
-def feature_set(cfg: DictConfig, device, precision: str) -> FeatureSet:
+def feature_set(cfg: DictConfig, runtime: Runtime) -> FeatureSet:
     """The texts of feature distillation with the teacher's embeddings of them (cached per teacher,
     collection and settings in ``_cache/embeddings``: computed once, shared by every experiment)."""
     coll = context.collection(cfg)
     full = context.teacher(cfg)
     teacher = embedding_source(full)
-    encoder = teacher.encoder(device, precision)
+    encoder = teacher.encoder(runtime)
     # an ensemble member is keyed as the score stage keys it (precision and backend included)
-    model_fp = (
-        context.teacher_fingerprint(cfg)
-        if teacher is full
-        else runtime.teacher_fingerprint(teacher, cfg.hardware.precision, context.backend(cfg))
-    )
+    model_fp = context.teacher_fingerprint(cfg) if teacher is full else teacher.fingerprint(runtime)
     t = cfg.train
     if t.feature_passages:
         targets, _, _ = cached_corpus_embeddings(
-            encoder, coll, cache_dir(cfg), model_fp, teacher.batch_size, CORPUS_CHUNK, device, precision,
+            encoder, coll, cache_dir(cfg), model_fp, teacher.batch_size, CORPUS_CHUNK, runtime,
             name="teacher embeddings",
         )
         rows = None
@@ -305,7 +300,7 @@ def feature_set(cfg: DictConfig, device, precision: str) -> FeatureSet:
     queries = [text for _, text in _feature_queries(cfg)]
     q_targets = (
         cached_text_embeddings(
-            encoder, queries, "query", cache_dir(cfg), model_fp, teacher.batch_size, device, precision,
+            encoder, queries, "query", cache_dir(cfg), model_fp, teacher.batch_size, runtime,
             name="teacher embeddings",
         )
         if queries
@@ -363,38 +358,38 @@ def run(cfg: DictConfig) -> Manifest:
     passage_text = context.passage_lookup(cfg)
 
     checkpoint_dir = folder / CHECKPOINTS  # a checkpoint of this run found there is resumed
-    with hardware(cfg.hardware) as (device, precision):
-        dist, device = init_from_env(device)
-        features = feature_set(cfg, device, precision) if getattr(loss_fn, "uses_features", False) else None
-        tracker: Tracker = Tracker()
-        if dist.is_main:
-            tracker = make_tracker(
-                str(cfg.train.get("logger", "none")),
-                folder / WORK_TENSORBOARD,
-                name=str(cfg.experiment),
-                config={k: to_plain(cfg[k]) for k in ("student", "loss", "train")},
-            )
-        try:
-            result = train_student(
-                student,
-                loss_fn,
-                pools,
-                query_text,
-                passage_text,
-                cfg.train,
-                device,
-                precision,
-                cfg.seed,
-                folder / WORK_LOG,
-                checkpoint_dir=checkpoint_dir,
-                resume_key=key,
-                dev=dev,
-                tracker=tracker,
-                dist=dist,
-                features=features,
-            )
-        finally:
-            tracker.close()
+    runtime = configure(cfg.hardware)
+    dist, device = init_from_env(runtime.device)
+    runtime = runtime.on(device)  # this rank's device
+    features = feature_set(cfg, runtime) if getattr(loss_fn, "uses_features", False) else None
+    tracker: Tracker = Tracker()
+    if dist.is_main:
+        tracker = make_tracker(
+            str(cfg.train.get("logger", "none")),
+            folder / WORK_TENSORBOARD,
+            name=str(cfg.experiment),
+            config={k: to_plain(cfg[k]) for k in ("student", "loss", "train")},
+        )
+    try:
+        result = train_student(
+            student,
+            loss_fn,
+            pools,
+            query_text,
+            passage_text,
+            cfg.train,
+            runtime,
+            cfg.seed,
+            folder / WORK_LOG,
+            checkpoint_dir=checkpoint_dir,
+            resume_key=key,
+            dev=dev,
+            tracker=tracker,
+            dist=dist,
+            features=features,
+        )
+    finally:
+        tracker.close()
     counts = {
         "queries": len(pools),
         "queries_dropped": dropped,

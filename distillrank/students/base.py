@@ -22,14 +22,15 @@ evaluation and the evaluate stage re-rank candidates with it.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from distillrank.runtime import Runtime
 
 
 @dataclass
@@ -82,7 +83,7 @@ class Student(nn.Module):
         pair_q: Sequence[int] | np.ndarray,
         pair_p: Sequence[int] | np.ndarray,
         batch_size: int = 64,
-        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+        runtime: Runtime | None = None,
     ) -> np.ndarray:
         """Scores [len(pair_q)] (float32) of the pairs ``(queries[pair_q[i]], passages[pair_p[i]])``.
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from distillrank.models.bi_encoder import BiEncoder
+from distillrank.runtime import Runtime
 from distillrank.students.base import BatchScores, Student
 
 
@@ -47,10 +47,10 @@ class BiEncoderStudent(Student):
         pair_q: Sequence[int] | np.ndarray,
         pair_p: Sequence[int] | np.ndarray,
         batch_size: int = 64,
-        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+        runtime: Runtime | None = None,
     ) -> np.ndarray:
-        q_emb = self.model.encode(list(queries), "query", batch_size=batch_size, autocast=autocast)
-        p_emb = self.model.encode(list(passages), "passage", batch_size=batch_size, autocast=autocast)
+        q_emb = self.model.encode(list(queries), "query", batch_size=batch_size, runtime=runtime)
+        p_emb = self.model.encode(list(passages), "passage", batch_size=batch_size, runtime=runtime)
         q_idx = torch.as_tensor(np.asarray(pair_q, dtype=np.int64))
         p_idx = torch.as_tensor(np.asarray(pair_p, dtype=np.int64))
         return (q_emb[q_idx] * p_emb[p_idx]).sum(-1).numpy().astype(np.float32)

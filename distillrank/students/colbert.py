@@ -7,14 +7,14 @@ passages are encoded independently, so the [B, P] in-batch matrix costs only the
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from distillrank.models.colbert import SETTINGS_FILE, ColBERTModel
+from distillrank.runtime import Runtime
 from distillrank.students.base import BatchScores, Student
 
 
@@ -69,12 +69,12 @@ class ColBERTStudent(Student):
         pair_q: Sequence[int] | np.ndarray,
         pair_p: Sequence[int] | np.ndarray,
         batch_size: int = 64,
-        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+        runtime: Runtime | None = None,
     ) -> np.ndarray:
         pair_q = np.asarray(pair_q, dtype=np.int64)
         pair_p = np.asarray(pair_p, dtype=np.int64)
-        q_emb, q_mask = self.model.embed(list(queries), "query", batch_size=batch_size, autocast=autocast)
-        p_emb, p_mask = self.model.embed(list(passages), "passage", batch_size=batch_size, autocast=autocast)
+        q_emb, q_mask = self.model.embed(list(queries), "query", batch_size=batch_size, runtime=runtime)
+        p_emb, p_mask = self.model.embed(list(passages), "passage", batch_size=batch_size, runtime=runtime)
         out = np.empty(len(pair_q), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(pair_q), batch_size):

@@ -8,13 +8,13 @@ folder that ``sentence_transformers.CrossEncoder(path)`` loads.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from distillrank.models.cross_encoder import CrossEncoderModel
+from distillrank.runtime import Runtime
 from distillrank.students.base import BatchScores, Student, check_in_batch
 
 
@@ -44,7 +44,7 @@ class CrossEncoderStudent(Student):
         pair_q: Sequence[int] | np.ndarray,
         pair_p: Sequence[int] | np.ndarray,
         batch_size: int = 64,
-        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+        runtime: Runtime | None = None,
     ) -> np.ndarray:
         was_training = self.training
         try:
@@ -52,7 +52,7 @@ class CrossEncoderStudent(Student):
                 [queries[int(i)] for i in pair_q],
                 [passages[int(j)] for j in pair_p],
                 batch_size=batch_size,
-                autocast=autocast,
+                runtime=runtime,
             )
         finally:
             self.train(was_training)

@@ -3,24 +3,54 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
-import torch
+
+from distillrank.errors import ConfigError
+from distillrank.runtime import Runtime
+from distillrank.workspace import fingerprint
+
+DEFAULT_RUNTIME = Runtime()  # the CPU in fp32 on PyTorch: the fingerprint caches written before runtimes
 
 
-class Teacher(Protocol):
-    """A ranker whose scores the student learns from.
+class Teacher:
+    """What every teacher provides: a ranker whose scores the student learns from.
 
     Pairs are given as indices into de-duplicated query and passage lists, so a teacher that encodes
     texts independently (a bi-encoder) encodes each distinct text once.
     ``progress`` enables the teacher's own per-call progress bars (the score stage also shows one bar
     over all pairs of the run, with pairs/s and ETA).
+
+    A teacher declares what it supports: ``supports_int8`` (it can be quantized, or has no weights)
+    and ``supports_onnx`` (it runs in ONNX Runtime, or has no weights); its :meth:`fingerprint`
+    refuses a runtime it does not support. Subclasses give :meth:`identity` and :meth:`score`.
     """
 
-    def fingerprint(self) -> str:
-        """Identifies the scores this teacher produces (weights + settings); keys the score cache."""
-        ...
+    kind: str = ""
+    supports_int8: bool = False
+    supports_onnx: bool = False
+
+    def identity(self, runtime: Runtime) -> dict:
+        """What decides this teacher's scores under ``runtime`` (weights, settings): what
+        :meth:`fingerprint` hashes. Changing it changes every cached score of the teacher."""
+        raise NotImplementedError
+
+    def fingerprint(self, runtime: Runtime = DEFAULT_RUNTIME) -> str:
+        """Identifies the scores this teacher produces under ``runtime``; keys the score cache.
+
+        Teachers that quantize (``supports_int8``) take the precision into their identity when it
+        is int8 (int8 scores differ from fp32 ones); every other precision leaves the fingerprint
+        unchanged, so caches written before int8 existed stay valid. ``backend="onnx"`` wraps the
+        fingerprint with the backend, so ONNX Runtime scores are cached apart from PyTorch ones;
+        ``torch`` leaves it unchanged.
+
+        Raises:
+            ConfigError: int8 with a teacher that cannot be quantized, or onnx with a teacher that
+                cannot run in ONNX Runtime.
+        """
+        check_runtime(self, runtime)
+        base = fingerprint(self.identity(runtime))
+        return base if runtime.backend == "torch" else fingerprint({"teacher": base, "backend": runtime.backend})
 
     def score(
         self,
@@ -28,8 +58,7 @@ class Teacher(Protocol):
         passages: Sequence[str],
         pair_q: np.ndarray,
         pair_p: np.ndarray,
-        device: torch.device,
-        precision: str,
+        runtime: Runtime,
         progress: bool = True,
         *,
         qids: Sequence[str] | None = None,
@@ -40,7 +69,26 @@ class Teacher(Protocol):
         ``qids`` / ``docids`` name the entries of ``queries`` / ``passages`` (same order). Models
         ignore them; a teacher that looks scores up (``PrecomputedTeacher``) needs them.
         """
-        ...
+        raise NotImplementedError
+
+
+def check_runtime(teacher, runtime: Runtime) -> None:
+    """Refuse a runtime ``teacher`` does not support (what its ``supports_int8`` / ``supports_onnx`` say).
+
+    Raises:
+        ConfigError: int8 with a teacher that cannot be quantized, or onnx with a teacher that
+            cannot run in ONNX Runtime.
+    """
+    if runtime.int8 and not teacher.supports_int8:
+        raise ConfigError(
+            f"hardware.precision=int8 is supported by the bi_encoder and cross_encoder teachers, "
+            f"not by {teacher.kind}; use hardware.precision=fp32"
+        )
+    if runtime.backend != "torch" and not teacher.supports_onnx:
+        raise ConfigError(
+            f"hardware.backend=onnx is supported by the bi_encoder and cross_encoder teachers (and "
+            f"ensembles of them), not by {teacher.kind}; use hardware.backend=torch"
+        )
 
 
 def describe(config) -> str:
@@ -71,8 +119,6 @@ def embedding_source(teacher):
     Raises:
         ConfigError: no member embeds texts (a cross-encoder, BM25, a score file, ...).
     """
-    from distillrank.errors import ConfigError
-
     for member in [teacher, *getattr(teacher, "members", [])]:
         if getattr(member, "kind", None) == "bi_encoder" and hasattr(member, "encoder"):
             return member

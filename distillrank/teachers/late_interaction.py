@@ -9,11 +9,12 @@ import torch
 
 from distillrank.models.colbert import ColBERTModel
 from distillrank.models.hub import resolve_model
-from distillrank.runtime import autocast
-from distillrank.workspace import dir_fingerprint, fingerprint
+from distillrank.runtime import Runtime
+from distillrank.teachers.base import DEFAULT_RUNTIME, Teacher
+from distillrank.workspace import dir_fingerprint
 
 
-class ColBERTTeacher:
+class ColBERTTeacher(Teacher):
     """Scores pairs by ColBERT MaxSim; each distinct query and passage is encoded once.
 
     Args:
@@ -59,17 +60,15 @@ class ColBERTTeacher:
             "skiplist_words": self.skiplist_words,
         }
 
-    def fingerprint(self) -> str:
-        return fingerprint(
-            {"kind": self.kind, "weights": dir_fingerprint(resolve_model(self.model)), **self._overrides()}
-        )
+    def identity(self, runtime: Runtime) -> dict:
+        return {"kind": "colbert", "weights": dir_fingerprint(resolve_model(self.model)), **self._overrides()}
 
-    def colbert(self, device: torch.device) -> ColBERTModel:
-        """The loaded model, frozen, on ``device`` (loaded once)."""
+    def colbert(self, runtime: Runtime = DEFAULT_RUNTIME) -> ColBERTModel:
+        """The loaded model, frozen, on the runtime's device (loaded once)."""
         if self._model is None:
             self._model = ColBERTModel.load(self.model, **self._overrides()).eval()
             self._model.requires_grad_(False)
-        return self._model.to(device)
+        return self._model.to(runtime.device)
 
     def score(
         self,
@@ -77,15 +76,14 @@ class ColBERTTeacher:
         passages: Sequence[str],
         pair_q: np.ndarray,
         pair_p: np.ndarray,
-        device: torch.device,
-        precision: str,
+        runtime: Runtime,
         progress: bool = True,
         *,
         qids: Sequence[str] | None = None,
         docids: Sequence[str] | None = None,
     ) -> np.ndarray:
-        model = self.colbert(device)
-        amp = lambda: autocast(device, precision)  # noqa: E731
+        model = self.colbert(runtime)
+        device = runtime.device
         # The lists are de-duplicated by the caller already; equal texts at two indices are merged
         # anyway, so that they are encoded once and always get the same score.
         queries, q_index = _distinct(queries)
@@ -93,8 +91,8 @@ class ColBERTTeacher:
         pair_q = q_index[np.asarray(pair_q, dtype=np.int64)]
         pair_p = p_index[np.asarray(pair_p, dtype=np.int64)]
         # Embeddings stay on the device: MaxSim of many pairs is cheap there, costly on a CPU copy.
-        q_emb, q_mask = model.embed(queries, "query", self.batch_size, amp, progress, "teacher: queries", device)
-        p_emb, p_mask = model.embed(passages, "passage", self.batch_size, amp, progress, "teacher: passages", device)
+        q_emb, q_mask = model.embed(queries, "query", self.batch_size, runtime, progress, "teacher: queries", device)
+        p_emb, p_mask = model.embed(passages, "passage", self.batch_size, runtime, progress, "teacher: passages", device)
         pair_q = torch.as_tensor(pair_q, device=device)
         pair_p = torch.as_tensor(pair_p, device=device)
         out = np.empty(len(pair_q), dtype=np.float32)

@@ -17,14 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from distillrank.errors import ConfigError
 from distillrank.mining.bm25 import BM25Index
-from distillrank.workspace import fingerprint
+from distillrank.runtime import Runtime
+from distillrank.teachers.base import Teacher
 
 
-class BM25Teacher:
+class BM25Teacher(Teacher):
     """BM25 (bm25s, Lucene variant) scores of the pairs, over the bound collection.
 
     Args:
@@ -46,14 +46,12 @@ class BM25Teacher:
         self._index: BM25Index | None = None
         self._rows: dict[str, int] | None = None
 
-    def fingerprint(self, precision: str = "fp32") -> str:
-        """The parameters; the collection keys the score cache already."""
+    def identity(self, runtime: Runtime) -> dict:
+        """The parameters (no precision: no weights); the collection keys the score cache already."""
         import bm25s
 
-        return fingerprint(
-            {"kind": self.kind, "k1": self.k1, "b": self.b, "stemmer": self.stemmer, "stopwords": self.stopwords,
-             "bm25s": bm25s.__version__}
-        )
+        return {"kind": "bm25", "k1": self.k1, "b": self.b, "stemmer": self.stemmer, "stopwords": self.stopwords,
+                "bm25s": bm25s.__version__}
 
     def bind_collection(self, collection, cache_root: Path) -> None:
         """Score against ``collection`` (its index is built or loaded on the first :meth:`score`)."""
@@ -79,8 +77,7 @@ class BM25Teacher:
         passages: Sequence[str],
         pair_q: np.ndarray,
         pair_p: np.ndarray,
-        device: torch.device,
-        precision: str,
+        runtime: Runtime,
         progress: bool = True,
         *,
         qids: Sequence[str] | None = None,

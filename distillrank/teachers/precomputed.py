@@ -11,11 +11,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from distillrank.errors import DataError, DistillrankError
+from distillrank.runtime import Runtime
+from distillrank.teachers.base import Teacher
 from distillrank.teachers.score_files import ScoreFile, canonical_format, detect_format, read_scores
-from distillrank.workspace import file_fingerprint, fingerprint
+from distillrank.workspace import file_fingerprint
 
 _EXAMPLES = 3
 HINT = (
@@ -24,7 +25,7 @@ HINT = (
 )
 
 
-class PrecomputedTeacher:
+class PrecomputedTeacher(Teacher):
     """Looks the scores of (qid, docid) pairs up in a score file.
 
     Args:
@@ -46,13 +47,11 @@ class PrecomputedTeacher:
         """The file's format (``auto`` resolved)."""
         return detect_format(self.path) if self.format == "auto" else self.format
 
-    def fingerprint(self) -> str:
+    def identity(self, runtime: Runtime) -> dict:
         """The file's content (sha256) and its format."""
         if not self.path.is_file():
             raise DataError(f"teacher.path={str(self.path)!r}: no such score file")
-        return fingerprint(
-            {"kind": self.kind, "file": file_fingerprint(self.path), "format": self.resolved_format()}
-        )
+        return {"kind": "precomputed", "file": file_fingerprint(self.path), "format": self.resolved_format()}
 
     def scores(self) -> ScoreFile:
         """The file's pair scores, read once (again when the file changes on disk)."""
@@ -124,8 +123,7 @@ class PrecomputedTeacher:
         passages: Sequence[str],
         pair_q: np.ndarray,
         pair_p: np.ndarray,
-        device: torch.device,
-        precision: str,
+        runtime: Runtime,
         progress: bool = True,
         *,
         qids: Sequence[str] | None = None,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from distillrank.evaluation.metrics import compute_metrics
+from distillrank.runtime import Runtime
 from distillrank.students.base import Student
 from distillrank.training.batching import QueryPool
 from distillrank.training.distributed import Dist
@@ -78,7 +79,7 @@ def evaluate_dev(
     measures: list[str],
     dist: Dist | None = None,
     batch_size: int = 64,
-    autocast=None,
+    runtime: Runtime | None = None,
 ) -> dict[str, float]:
     """Re-rank every dev query's candidates with ``student``; the aggregate ``measures``.
 
@@ -99,7 +100,7 @@ def evaluate_dev(
             pair_q,
             pair_p,
             batch_size=batch_size,
-            autocast=autocast,
+            runtime=runtime,
         )
         for qi, pj, s in zip(pair_q, pair_p, scores.tolist(), strict=True):
             run.setdefault(qids[qi], {})[passages[pj]] = s if math.isfinite(s) else -1e30
