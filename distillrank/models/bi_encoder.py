@@ -18,6 +18,7 @@ from distillrank.errors import ConfigError
 from distillrank.models.hub import resolve_model
 from distillrank.models.layers import keep_layers, set_dropout
 from distillrank.models.masking import backbone_inputs
+from distillrank.ranking import Pairs
 from distillrank.runtime import Runtime
 from distillrank.workspace import atomic_dir
 
@@ -194,6 +195,16 @@ class BiEncoder(nn.Module):
         bar.close()
         self.train(was_training)
         return out
+
+    def encode_pairs(
+        self, pairs: Pairs, batch_size: int, runtime: Runtime | None = None, progress: bool = False, name: str = ""
+    ) -> np.ndarray:
+        """Scores [len(pairs)] (float32) of (query, passage) pairs: each distinct text encoded once,
+        then the pairs' dot products. ``name`` prefixes the progress bars (``teacher: queries``)."""
+        q_emb = self.encode(pairs.queries, "query", batch_size, runtime, progress, name and f"{name}: queries")
+        p_emb = self.encode(pairs.passages, "passage", batch_size, runtime, progress, name and f"{name}: passages")
+        scores = self.score(q_emb[torch.as_tensor(pairs.pair_q)], p_emb[torch.as_tensor(pairs.pair_p)])
+        return scores.numpy().astype(np.float32)
 
     def encode_timed(self, texts: Sequence[str], **kwargs) -> tuple[torch.Tensor, float]:
         """``encode`` and the texts-per-second rate."""

@@ -337,6 +337,28 @@ class ColBERTModel(nn.Module):
         return _maxsim_reduce(sim, q_mask[:, :, None], p_mask[:, None, :])
 
     @staticmethod
+    @torch.inference_mode()
+    def score_indexed(
+        queries: tuple[torch.Tensor, torch.Tensor],
+        passages: tuple[torch.Tensor, torch.Tensor],
+        pair_q: np.ndarray,
+        pair_p: np.ndarray,
+        pair_batch: int,
+    ) -> np.ndarray:
+        """MaxSim scores [N] (float32) of pairs given as rows of embedded ``(emb, mask)`` queries and
+        passages (:meth:`embed`), ``pair_batch`` pairs at a time, on the embeddings' device."""
+        (q_emb, q_mask), (p_emb, p_mask) = queries, passages
+        pair_q = torch.as_tensor(np.asarray(pair_q, dtype=np.int64), device=q_emb.device)
+        pair_p = torch.as_tensor(np.asarray(pair_p, dtype=np.int64), device=q_emb.device)
+        out = np.empty(len(pair_q), dtype=np.float32)
+        for start in range(0, len(pair_q), pair_batch):
+            qi = pair_q[start : start + pair_batch]
+            pi = pair_p[start : start + pair_batch]
+            scores = ColBERTModel.score_pairs(q_emb[qi], q_mask[qi], p_emb[pi], p_mask[pi])
+            out[start : start + len(qi)] = scores.float().cpu().numpy()
+        return out
+
+    @staticmethod
     def score_matrix(
         q_emb: torch.Tensor,
         q_mask: torch.Tensor,

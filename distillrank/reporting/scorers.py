@@ -23,6 +23,8 @@ import pyarrow.parquet as pq
 import torch
 
 from distillrank.errors import DistillrankError
+from distillrank.ranking import Pairs
+from distillrank.runtime import Runtime
 
 PairScorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 """``scorer(queries, passages) -> scores`` of aligned pairs: two lists of N texts -> float array [N]."""
@@ -92,7 +94,7 @@ def _bi_encoder_loader(model_dir: Path, config: Mapping[str, Any]) -> PairScorer
 
 def _student_loader(model_dir: Path, config: Mapping[str, Any]) -> PairScorer | None:
     """Any student :func:`distillrank.students.load_student` reads (cross-encoder, ColBERT, …), scored
-    by its ``rerank_scores``; None when that API is not there (older installs)."""
+    by its ``score_pairs``; None when that API is not there (older installs)."""
     try:
         from distillrank.students import load_student
     except ImportError:
@@ -100,14 +102,7 @@ def _student_loader(model_dir: Path, config: Mapping[str, Any]) -> PairScorer | 
     student = load_student(model_dir)
 
     def score(queries: Sequence[str], passages: Sequence[str]) -> np.ndarray:
-        q_slot = {t: i for i, t in enumerate(dict.fromkeys(queries))}
-        p_slot = {t: i for i, t in enumerate(dict.fromkeys(passages))}
-        scores = student.rerank_scores(
-            list(q_slot),
-            list(p_slot),
-            np.array([q_slot[q] for q in queries], dtype=np.int64),
-            np.array([p_slot[p] for p in passages], dtype=np.int64),
-        )
+        scores = student.score_pairs(Pairs.aligned(queries, passages), Runtime())
         return np.asarray(scores, dtype=np.float64)
 
     return score

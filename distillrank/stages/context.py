@@ -34,21 +34,9 @@ def _teacher(teacher_yaml: str, allow_external: bool = False) -> Teacher:
 
 
 def teacher(cfg: DictConfig) -> Teacher:
-    """The teacher named by ``cfg.teacher`` (built once; weights load on first use).
-
-    Teachers that score over corpus statistics (BM25, also as an ensemble member) are bound to the
-    collection of ``cfg.data`` first.
-    """
-    built = _teacher(OmegaConf.to_yaml(cfg.teacher, resolve=True), allows_external(cfg))
-    return bind_collection(built, collection(cfg), cache_dir(cfg))
-
-
-def bind_collection(teacher: Teacher, coll: Collection, cache_root) -> Teacher:
-    """Bind ``coll`` to the teacher (and to its ensemble members) where it scores over corpus statistics."""
-    for member in [teacher, *getattr(teacher, "members", [])]:
-        if hasattr(member, "bind_collection"):
-            member.bind_collection(coll, cache_root)
-    return teacher
+    """The teacher named by ``cfg.teacher`` (built once; weights load on first use). Nothing is
+    bound to it: the pairs it scores name their collection (:class:`~distillrank.ranking.Pairs`)."""
+    return _teacher(OmegaConf.to_yaml(cfg.teacher, resolve=True), allows_external(cfg))
 
 
 @functools.lru_cache(maxsize=8)

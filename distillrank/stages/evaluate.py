@@ -44,6 +44,7 @@ collection and split, and the command that produced them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -55,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from distillrank.config import DataConfig, conf_dir
 from distillrank.data.collection import Collection
@@ -79,11 +81,10 @@ from distillrank.evaluation.runs import read_trec_run, write_trec_run
 from distillrank.evaluation.significance import compare_to_baseline
 from distillrank.evaluation.tables import hybrid_note, results_table, student_card_table
 from distillrank.mining.fusion import convex_fuse, rrf_fuse
-from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
+from distillrank.ranking import Pairs, Ranker, RankerKind
 from distillrank.runtime import Runtime, configure
 from distillrank.stages import context, mine, train
-from distillrank.teachers import BiEncoderTeacher
 from distillrank.validation import allows_external, instantiate_checked
 from distillrank.workspace import (
     Manifest,
@@ -499,7 +500,7 @@ def reranks(cfg: DictConfig, name: str) -> bool:
     if cfg.evaluate.mode == "rerank":
         return True
     if name == "teacher":
-        return not cfg.teacher._target_.endswith("BiEncoderTeacher")
+        return not context.teacher(cfg).retrieves
     if name == "student_init":
         return not _is_bi_encoder_target(cfg.student._target_)
     if name == "student":
@@ -556,46 +557,33 @@ class _FirstStage:
         return self._run
 
 
-def _pair_scorer(cfg: DictConfig, name: str, runtime: Runtime, coll):
-    """``score(queries, passages, pair_q, pair_p, qids, docids) -> scores``, the module, its folder.
-
-    ``coll``: the collection evaluated, bound to teachers that score over corpus statistics (BM25).
-    """
+def _ranker(cfg: DictConfig, name: str) -> Ranker:
+    """The ranker of a system: the teacher, the untrained student (built in memory), or a saved
+    student (``student``, a checkpoint), loaded on the CPU in eval mode."""
     if name == "teacher":
-        teacher = context.bind_collection(context.teacher(cfg), coll, cache_dir(cfg))
-        module = _teacher_module(teacher, runtime)
-
-        def score_teacher(queries, passages, pair_q, pair_p, qids, docids, progress=True):
-            return teacher.score(queries, passages, np.asarray(pair_q), np.asarray(pair_p), runtime,
-                                 progress, qids=qids, docids=docids)
-
-        model_path = getattr(teacher, "model", None)
-        folder = resolve_model(model_path) if isinstance(model_path, str) else None
-        return score_teacher, module, folder
+        return context.teacher(cfg)
     from distillrank.students.factory import as_student, load_student
 
     folder = _system_folder(cfg, name)
-    student = as_student(instantiate_checked(cfg.student, "student", allows_external(cfg))) if folder is None else load_student(folder)
-    student = student.to(runtime.device).eval()
-
-    def score_student(queries, passages, pair_q, pair_p, qids, docids, progress=True):
-        return student.rerank_scores(queries, passages, pair_q, pair_p, cfg.evaluate.batch_size,
-                                     runtime=runtime)
-
-    return score_student, student, folder
-
-
-def _teacher_module(teacher, runtime: Runtime):
-    """The teacher's torch module when it has one (for the parameter count); None otherwise."""
-    for attr in ("cross_encoder", "encoder", "colbert", "seq2seq"):
-        if hasattr(teacher, attr):
-            return getattr(teacher, attr)(Runtime(runtime.device, backend=runtime.backend))  # float weights
-    return None
+    if folder is None:
+        return as_student(instantiate_checked(cfg.student, "student", allows_external(cfg))).eval()
+    return load_student(folder)
 
 
 def _rerank(cfg: DictConfig, name: str, coll, queries, first: _FirstStage, runtime: Runtime) -> dict:
     """Re-rank the first stage's top ``rerank_depth`` with one system."""
-    score_fn, module, folder = _pair_scorer(cfg, name, runtime, coll)
+    ranker = _ranker(cfg, name)
+    # the parameters of its float weights (an int8 copy keeps its linear weights outside parameters())
+    module = ranker.module(dataclasses.replace(runtime, precision="fp32"))
+    if isinstance(module, nn.Module):
+        module.to(runtime.device)
+    batch = None if name == "teacher" else cfg.evaluate.batch_size  # a teacher batches as configured
+
+    def score(queries, passages, pair_q, pair_p, qids, docids, progress=True) -> np.ndarray:
+        pairs = Pairs(queries, passages, pair_q, pair_p, qids=qids, docids=docids, collection=coll,
+                      cache_root=cache_dir(cfg))
+        return ranker.score_pairs(pairs, runtime, batch_size=batch, progress=progress)
+
     candidates = first.run()
     qtext = dict(queries)
     qids = [q for q, _ in queries]
@@ -605,7 +593,7 @@ def _rerank(cfg: DictConfig, name: str, coll, queries, first: _FirstStage, runti
     pair_p = np.array([col[d] for q in qids for d, _ in candidates[q]], dtype=np.int64)
     passages = coll.passage_texts([coll.doc_row(d) for d in docids])
     start = time.perf_counter()
-    scores = score_fn([qtext[q] for q in qids], passages, pair_q, pair_p, qids, docids)
+    scores = score([qtext[q] for q in qids], passages, pair_q, pair_p, qids, docids)
     rate = len(pair_q) / max(time.perf_counter() - start, 1e-9)
     run: dict[str, dict[str, float]] = {q: {} for q in qids}
     for qi, pi, sc in zip(pair_q.tolist(), pair_p.tolist(), np.asarray(scores).tolist(), strict=True):
@@ -616,18 +604,18 @@ def _rerank(cfg: DictConfig, name: str, coll, queries, first: _FirstStage, runti
     def rerank_one(text: str) -> None:  # the first stage for one query, then the re-ranker over its list
         rows, _ = first.search([text], progress=False)
         kept = [int(r) for r in rows[0] if r >= 0]
-        score_fn([text], coll.passage_texts(kept), np.zeros(len(kept), np.int64), np.arange(len(kept)),
-                 ["latency"], [doc_ids[r] for r in kept], False)
+        score([text], coll.passage_texts(kept), np.zeros(len(kept), np.int64), np.arange(len(kept)),
+              ["latency"], [doc_ids[r] for r in kept], False)
 
     latency = None
-    if not cfg.teacher._target_.endswith("PrecomputedTeacher") or name != "teacher":
+    if ranker.kind is not RankerKind.PRECOMPUTED:  # looked-up scores have no query of their own to time
         latency = latency_ms(rerank_one, [t for _, t in queries], cfg.evaluate.latency_queries)
     return {
         "run": run,
         "passages_per_s": rate,  # (query, passage) pairs re-ranked per second
         "parameters": _params(module) if module is not None else None,
         "latency": latency,
-        "disk_mb": _disk_mb(folder),
+        "disk_mb": _disk_mb(ranker.weights()),
     }
 
 
@@ -656,14 +644,14 @@ def _evaluate_system(cfg: DictConfig, name: str, coll, queries, runtime: Runtime
 def _open_dense(
     cfg: DictConfig, name: str, coll, runtime: Runtime, scratch: Path, stack: ExitStack
 ) -> tuple[ScratchIndex, Path | None]:
-    """A bi-encoder system's corpus encoded into a scratch index that lives as long as ``stack``;
+    """A retrieving system's corpus encoded into a scratch index that lives as long as ``stack``;
     also the model's folder (None for a model built in memory)."""
     ev = cfg.evaluate
+    ranker = _ranker(cfg, name)
+    if not ranker.retrieves:
+        raise ConfigError(f"cannot run {name} ({ranker.kind}) as a dense retriever")
+    encoder = ranker.encoder(runtime)
     if name == "teacher":
-        teacher = context.teacher(cfg)
-        if not isinstance(teacher, BiEncoderTeacher):
-            raise ConfigError(f"cannot run teacher {cfg.teacher._target_} as a dense retriever")
-        encoder = teacher.encoder(runtime)
         # the frozen teacher's corpus embeddings are shared through the workspace cache with the
         # score stage and feature distillation: encoded once; the rate is then timed on a sample
         matrix, rate, _ = cached_corpus_embeddings(
@@ -673,17 +661,11 @@ def _open_dense(
         if rate is None:
             rate = encoding_rate(encoder, coll, ev.batch_size, runtime, seed=cfg.seed)
         index = ScratchIndex(encoder, coll, matrix, rate, ev.batch_size, ev.chunk_size, runtime)
-        return index, resolve_model(teacher.model)
-    if name == "student_init":
-        encoder = instantiate_checked(cfg.student, "student", allows_external(cfg))  # truncated in memory, never saved
-        folder = None
-    else:
-        folder = _system_folder(cfg, name)
-        encoder = BiEncoder.load(folder)
+        return index, ranker.weights()
     index = stack.enter_context(
         scratch_index(encoder, coll, ev.batch_size, ev.chunk_size, runtime, scratch, name)
     )
-    return index, folder
+    return index, ranker.weights()
 
 
 def _dense_result(cfg: DictConfig, index: ScratchIndex, folder: Path | None, queries) -> dict:

@@ -39,11 +39,11 @@ from distillrank.evaluation.dense import (
     embeddings_dir,
 )
 from distillrank.mining import denoise
+from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime, configure
 from distillrank.stages import context, mine
 from distillrank.teachers import normalize
-from distillrank.teachers.bi_encoder import BiEncoderTeacher
-from distillrank.teachers.ensemble import EnsembleTeacher
+from distillrank.teachers.base import members as teacher_members
 from distillrank.workspace import (
     Manifest,
     atomic_path,
@@ -141,14 +141,15 @@ def stage_key(cfg: DictConfig) -> str:
     return fingerprint(parts)
 
 
-def _score_shard(teacher, passage_text, query_text: dict[str, str], qids: list[str], docids: list[str], runtime: Runtime, progress):
+def _score_shard(teacher, passage_text, query_text: dict[str, str], qids: list[str], docids: list[str],
+                 coll, cache_root: Path, runtime: Runtime, progress):
     uq, pair_q = np.unique(np.asarray(qids, dtype=object), return_inverse=True)
     ud, pair_p = np.unique(np.asarray(docids, dtype=object), return_inverse=True)
-    passages = passage_text(list(ud))
-    scores = teacher.score(
-        [query_text[q] for q in uq], passages, pair_q, pair_p, runtime, progress,
-        qids=list(uq), docids=list(ud),
+    pairs = Pairs(
+        [query_text[q] for q in uq], passage_text(list(ud)), pair_q, pair_p, qids=list(uq), docids=list(ud),
+        collection=coll, cache_root=cache_root,
     )
+    scores = teacher.score_pairs(pairs, runtime, progress=progress)
     return _checked(scores.astype(np.float32), qids, docids)
 
 
@@ -165,13 +166,13 @@ def _checked(scores: np.ndarray, qids: list[str], docids: list[str]) -> np.ndarr
 
 
 def _corpus_embeddings(cfg: DictConfig, teacher, teacher_fp: str, coll, todo, query_text, runtime: Runtime):
-    """For a bi-encoder teacher, a scorer of (qids, docids) through its corpus embeddings in the
+    """For a teacher that retrieves (a bi-encoder), a scorer of (qids, docids) through its corpus embeddings in the
     workspace cache (those feature distillation and the teacher's evaluation read), when every
     passage is a corpus row and the embeddings are cached already or the pairs to score cover at
     least ``COVER`` of the corpus (encoding the whole corpus then costs at most twice the candidates,
     and is shared); else None (score pair by pair).
     """
-    if not todo or not isinstance(teacher, BiEncoderTeacher):
+    if not todo or not teacher.retrieves:
         return None
     corpus_ids = set(coll.doc_ids())
     if any(d not in corpus_ids for _, d in todo):  # passages made by the queries stage (ICT) are not rows
@@ -218,13 +219,14 @@ def _fill_cache(
     Returns:
         the cached scores (complete for ``pairs``), the number of pairs scored now, and the seconds spent.
     """
-    if hasattr(teacher, "check_ids"):  # looked-up scores: ids the collection lacks are an input error
+    lookup = teacher.kind is RankerKind.PRECOMPUTED  # scores looked up by id in a file
+    if lookup:  # ids the collection lacks are an input error
         known_qids = set(coll.queries.with_format("arrow")[:].column("_id").to_pylist()) | set(query_text)
         teacher.check_ids(known_qids, set(coll.doc_ids()))
     cache = ScoreCache.for_teacher(cfg, teacher_fp, coll.fingerprint)
     with locked(cache.folder, "teacher score cache"):  # one process scores a teacher at a time
         cached = cache.load()
-        if hasattr(teacher, "check_pairs"):  # every pair the file lacks, named at once
+        if lookup:  # every pair the file lacks, named at once
             teacher.check_pairs([p for p in pairs if p not in cached])
         # by passage, then query: a shard holds a contiguous range of passages, so a teacher that encodes
         # each distinct text once per call (bi-encoder, ColBERT) encodes a passage in one shard only;
@@ -243,7 +245,8 @@ def _fill_cache(
                 scores = (
                     via(pq_ids, pd_ids)
                     if via is not None
-                    else _score_shard(teacher, passage_text, query_text, pq_ids, pd_ids, runtime, cfg.score.progress)
+                    else _score_shard(teacher, passage_text, query_text, pq_ids, pd_ids, coll, cache_dir(cfg), runtime,
+                                      cfg.score.progress)
                 )
                 cache.add(pq_ids, pd_ids, scores)
                 cached.update(zip(part, scores.tolist(), strict=True))
@@ -265,7 +268,7 @@ def teacher_scores(
         the scores, the number of pairs scored now (over all members), seconds spent scoring, and
         the cache folders.
     """
-    members = teacher.members if isinstance(teacher, EnsembleTeacher) else [teacher]
+    members = teacher_members(teacher)
     member_scores: list[np.ndarray] = []
     caches: list[str] = []
     scored = 0
@@ -280,7 +283,7 @@ def teacher_scores(
         score_time += seconds
     if member_scores[0].size == 0:
         return np.zeros(0, np.float32), scored, score_time, caches
-    if isinstance(teacher, EnsembleTeacher):
+    if teacher.kind is RankerKind.ENSEMBLE:
         groups = np.array([q for q, _ in pairs], dtype=object)
         return teacher.combine(member_scores, groups), scored, score_time, caches
     return member_scores[0], scored, score_time, caches
@@ -317,7 +320,7 @@ def run(cfg: DictConfig) -> Manifest:
     raw, scored, score_time, caches = teacher_scores(
         cfg, teacher, teacher_fp, coll, pairs, query_text, passage_text, runtime
     )
-    members = teacher.members if isinstance(teacher, EnsembleTeacher) else [teacher]
+    members = teacher_members(teacher)
 
     table = candidates.append_column("teacher", pa.array(raw, pa.float32()))
     table, denoised = denoise.denoise_table(table, margin, relative)

@@ -16,12 +16,14 @@ the wrapped weights. Its ``forward`` is the training-time scoring of a batch:
 It returns :class:`BatchScores`: ``groups`` [B, L] and ``matrix`` [B, P] or None, differentiable.
 Making this the ``forward`` keeps every student usable under ``torch.nn.parallel`` wrappers.
 
-:meth:`Student.rerank_scores` scores arbitrary (query, passage) pairs without gradients: the dev
-evaluation and the evaluate stage re-rank candidates with it.
+:meth:`Student.score_pairs` scores arbitrary (query, passage) pairs without gradients: a student is
+a :class:`~distillrank.ranking.Ranker` like every teacher, and the dev evaluation, the evaluate stage
+and the report re-rank candidates through that interface.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
+from distillrank.workspace import dir_fingerprint, fingerprint
 
 
 @dataclass
@@ -46,15 +50,21 @@ class BatchScores:
 
 
 class Student(nn.Module):
-    """Base class of the student adapters (see the module docstring for the protocol)."""
+    """Base class of the student adapters (see the module docstring for the protocol).
 
-    kind: str = ""  # bi_encoder | cross_encoder | colbert: the folder format of ``save``
+    ``source``: the folder the student was loaded from (None for a model built in memory).
+    """
+
+    kind: RankerKind  # also the folder format of ``save``: bi_encoder | cross_encoder | colbert
+    retrieves: bool = False  # a bi-encoder: encoder(runtime) embeds a corpus once
+    batch_size: int = 64  # texts (or pairs) per inference batch when score_pairs is given none
     supports_in_batch: bool = False
     supports_features: bool = False  # has one embedding per text (feature distillation)
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, source: str | Path | None = None) -> None:
         super().__init__()
         self.model = model
+        self.source = None if source is None else Path(source)
 
     @property
     def device(self) -> torch.device:
@@ -76,20 +86,35 @@ class Student(nn.Module):
         ``supports_features``."""
         raise NotImplementedError
 
-    def rerank_scores(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: Sequence[int] | np.ndarray,
-        pair_p: Sequence[int] | np.ndarray,
-        batch_size: int = 64,
-        runtime: Runtime | None = None,
+    # ------------------------------------------------------------------ the Ranker interface
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        """Scores [len(pair_q)] (float32) of the pairs ``(queries[pair_q[i]], passages[pair_p[i]])``.
-
-        Inference only (no gradients); the train/eval mode is restored afterwards.
-        """
+        """Scores [len(pairs)] (float32) of the pairs, ``batch_size`` texts or pairs per batch (None:
+        :attr:`batch_size`). Inference only (no gradients); the train/eval mode is restored afterwards."""
         raise NotImplementedError
+
+    def fingerprint(self, runtime: Runtime | None = None) -> str:
+        """The kind and the weights: a loaded student's folder, else its tensors (the runtime does
+        not change a student's identity)."""
+        return fingerprint({"kind": self.kind.value, "weights": self._weights_fingerprint()})
+
+    def _weights_fingerprint(self) -> str:
+        if self.source is not None:
+            return dir_fingerprint(self.source)
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def module(self, runtime: Runtime | None = None) -> nn.Module:
+        """The student itself (its parameters are the model's)."""
+        return self
+
+    def weights(self) -> Path | None:
+        """The folder the student was loaded from (None: built in memory)."""
+        return self.source
 
     def save(self, path: str | Path, model_card: str | None = None) -> Path:
         """Export the trained model (format per ``kind``), atomically."""

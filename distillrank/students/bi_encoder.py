@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from distillrank.models.bi_encoder import BiEncoder
+from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
 from distillrank.students.base import BatchScores, Student
 
@@ -16,12 +17,10 @@ class BiEncoderStudent(Student):
     """Queries and passages encoded independently; a score is the dot product of the embeddings
     (cosine when the encoder normalises). In-batch scores come for free: [B, d] × [P, d]ᵀ."""
 
-    kind = "bi_encoder"
+    kind = RankerKind.BI_ENCODER
+    retrieves = True
     supports_in_batch = True
     supports_features = True
-
-    def __init__(self, model: BiEncoder) -> None:
-        super().__init__(model)
 
     def forward(
         self, queries: Sequence[str], passages: Sequence[str], index: torch.Tensor, in_batch: bool = False
@@ -40,17 +39,11 @@ class BiEncoderStudent(Student):
         """The retrieval embedding itself (normalised for a cosine student)."""
         return self.model(list(texts), kind).float()
 
-    def rerank_scores(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: Sequence[int] | np.ndarray,
-        pair_p: Sequence[int] | np.ndarray,
-        batch_size: int = 64,
-        runtime: Runtime | None = None,
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        q_emb = self.model.encode(list(queries), "query", batch_size=batch_size, runtime=runtime)
-        p_emb = self.model.encode(list(passages), "passage", batch_size=batch_size, runtime=runtime)
-        q_idx = torch.as_tensor(np.asarray(pair_q, dtype=np.int64))
-        p_idx = torch.as_tensor(np.asarray(pair_p, dtype=np.int64))
-        return (q_emb[q_idx] * p_emb[p_idx]).sum(-1).numpy().astype(np.float32)
+        return self.model.encode_pairs(pairs, batch_size or self.batch_size, runtime, progress)
+
+    def encoder(self, runtime: Runtime | None = None) -> BiEncoder:
+        """The bi-encoder that embeds a corpus and its queries (the model itself)."""
+        return self.model

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from distillrank.models.cross_encoder import CrossEncoderModel
+from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
 from distillrank.students.base import BatchScores, Student, check_in_batch
 
@@ -21,11 +21,8 @@ from distillrank.students.base import BatchScores, Student, check_in_batch
 class CrossEncoderStudent(Student):
     """Scores each (query, passage) pair jointly; ``forward`` gives [B, L] group scores only."""
 
-    kind = "cross_encoder"
+    kind = RankerKind.CROSS_ENCODER
     supports_in_batch = False
-
-    def __init__(self, model: CrossEncoderModel) -> None:
-        super().__init__(model)
 
     def forward(
         self, queries: Sequence[str], passages: Sequence[str], index: torch.Tensor, in_batch: bool = False
@@ -37,22 +34,13 @@ class CrossEncoderStudent(Student):
         scores = self.model(pair_q, pair_p).float()  # [B * L]
         return BatchScores(scores.view(len(rows), -1))
 
-    def rerank_scores(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: Sequence[int] | np.ndarray,
-        pair_p: Sequence[int] | np.ndarray,
-        batch_size: int = 64,
-        runtime: Runtime | None = None,
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
         was_training = self.training
         try:
             return self.model.predict(
-                [queries[int(i)] for i in pair_q],
-                [passages[int(j)] for j in pair_p],
-                batch_size=batch_size,
-                runtime=runtime,
+                pairs.query_texts(), pairs.passage_texts(), batch_size or self.batch_size, runtime, progress
             )
         finally:
             self.train(was_training)

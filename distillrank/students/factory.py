@@ -85,13 +85,13 @@ def load_student(path: str | Path, max_length: int | None = None) -> Student:
         max_length: cross-encoder only: the pair truncation length (default 512).
 
     Returns:
-        A :class:`Student`; score (query, passage) pairs with ``rerank_scores``.
+        A :class:`Student`; score (query, passage) pairs with ``score_pairs``.
     """
     kind = student_kind(path)
     if kind == "bi_encoder":
-        return BiEncoderStudent(BiEncoder.load(path)).eval()
+        return BiEncoderStudent(BiEncoder.load(path), source=path).eval()
     if kind == "cross_encoder":
-        return CrossEncoderStudent(CrossEncoderModel.load(path, max_length or 512)).eval()
+        return CrossEncoderStudent(CrossEncoderModel.load(path, max_length or 512), source=path).eval()
     colbert = _colbert_types()
     assert colbert is not None
-    return colbert[1](colbert[0].load(path)).eval()
+    return colbert[1](colbert[0].load(path), source=path).eval()

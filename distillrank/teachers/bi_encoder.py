@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
-import torch
 
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
 from distillrank.models.onnx_runtime import OnnxBackbone
 from distillrank.models.quantize import quantize_int8
+from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime, check_inference_precision
 from distillrank.teachers.base import DEFAULT_RUNTIME, Teacher
 from distillrank.workspace import dir_fingerprint
@@ -30,7 +30,8 @@ class BiEncoderTeacher(Teacher):
     includes the precision, so int8 scores are cached apart.
     """
 
-    kind = "bi_encoder"
+    kind = RankerKind.BI_ENCODER
+    retrieves = True  # encoder(runtime) embeds a corpus once; batch_size texts per batch
     supports_int8 = True
     supports_onnx = True
 
@@ -92,20 +93,13 @@ class BiEncoderTeacher(Teacher):
             self._mode = mode
         return self._encoder.to(runtime.device)
 
-    def score(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: np.ndarray,
-        pair_p: np.ndarray,
-        runtime: Runtime,
-        progress: bool = True,
-        *,
-        qids: Sequence[str] | None = None,
-        docids: Sequence[str] | None = None,
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        encoder = self.encoder(runtime)
-        q_emb = encoder.encode(queries, "query", self.batch_size, runtime, progress, "teacher: queries")
-        p_emb = encoder.encode(passages, "passage", self.batch_size, runtime, progress, "teacher: passages")
-        scores = encoder.score(q_emb[torch.as_tensor(pair_q)], p_emb[torch.as_tensor(pair_p)])
-        return scores.numpy().astype(np.float32)
+        return self.encoder(runtime).encode_pairs(pairs, batch_size or self.batch_size, runtime, progress, "teacher")
+
+    def module(self, runtime: Runtime) -> BiEncoder:
+        return self.encoder(runtime)
+
+    def weights(self) -> Path:
+        return resolve_model(self.model)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -10,6 +10,7 @@ from distillrank.models.cross_encoder import CrossEncoderModel
 from distillrank.models.hub import resolve_model
 from distillrank.models.onnx_runtime import OnnxBackbone
 from distillrank.models.quantize import quantize_int8
+from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime, check_inference_precision
 from distillrank.teachers.base import DEFAULT_RUNTIME, Teacher
 from distillrank.workspace import dir_fingerprint
@@ -29,7 +30,7 @@ class CrossEncoderTeacher(Teacher):
     includes the precision, so int8 scores are cached apart.
     """
 
-    kind = "cross_encoder"
+    kind = RankerKind.CROSS_ENCODER
     supports_int8 = True
     supports_onnx = True
 
@@ -71,24 +72,15 @@ class CrossEncoderTeacher(Teacher):
             self._mode = mode
         return self._model.to(runtime.device)
 
-    def score(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: np.ndarray,
-        pair_p: np.ndarray,
-        runtime: Runtime,
-        progress: bool = True,
-        *,
-        qids: Sequence[str] | None = None,
-        docids: Sequence[str] | None = None,
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        model = self.cross_encoder(runtime)
-        return model.predict(
-            [queries[i] for i in pair_q],
-            [passages[i] for i in pair_p],
-            batch_size=self.batch_size,
-            runtime=runtime,
-            progress=progress,
-            desc="teacher: pairs",
+        return self.cross_encoder(runtime).predict(
+            pairs.query_texts(), pairs.passage_texts(), batch_size or self.batch_size, runtime, progress, "teacher: pairs"
         )
+
+    def module(self, runtime: Runtime) -> CrossEncoderModel:
+        return self.cross_encoder(runtime)
+
+    def weights(self) -> Path:
+        return resolve_model(self.model)

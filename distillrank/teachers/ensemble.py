@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from distillrank.errors import ConfigError
+from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
 from distillrank.teachers import normalize as norm
 from distillrank.teachers.base import Teacher
@@ -35,7 +36,7 @@ class EnsembleTeacher(Teacher):
         scope: ``query`` (statistics per query's candidates) or ``global`` (over all pairs).
     """
 
-    kind = "ensemble"
+    kind = RankerKind.ENSEMBLE
 
     def __init__(
         self,
@@ -90,21 +91,9 @@ class EnsembleTeacher(Teacher):
             total += w * norm.normalize(scores, groups, self.normalize, self.scope).astype(np.float64)
         return total.astype(np.float32)
 
-    def score(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: np.ndarray,
-        pair_p: np.ndarray,
-        runtime: Runtime,
-        progress: bool = True,
-        *,
-        qids: Sequence[str] | None = None,
-        docids: Sequence[str] | None = None,
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
         """Every member scores the pairs; normalised over these pairs (grouped by query), then averaged."""
-        member_scores = [
-            m.score(queries, passages, pair_q, pair_p, runtime, progress, qids=qids, docids=docids)
-            for m in self.members
-        ]
-        return self.combine(member_scores, np.asarray(pair_q))
+        member_scores = [m.score_pairs(pairs, runtime, batch_size=batch_size, progress=progress) for m in self.members]
+        return self.combine(member_scores, pairs.pair_q)

@@ -9,6 +9,7 @@ only (as pygaggle's ``MonoT5`` and rank_llm / rerankers do), so every score lies
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from distillrank.errors import ConfigError
 from distillrank.models.hub import resolve_model
+from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
 from distillrank.teachers.base import DEFAULT_RUNTIME, Teacher
 from distillrank.workspace import dir_fingerprint
@@ -62,7 +64,7 @@ class MonoT5Teacher(Teacher):
         false_token: the answer word for not relevant (must be one token, not ``true_token``).
     """
 
-    kind = "monot5"
+    kind = RankerKind.SEQ2SEQ
 
     def __init__(
         self,
@@ -175,8 +177,11 @@ class MonoT5Teacher(Teacher):
         runtime: Runtime = DEFAULT_RUNTIME,
         progress: bool = False,
         desc: str = "teacher: pairs",
+        batch_size: int | None = None,
     ) -> np.ndarray:
-        """Scores (log P(true) over {true, false}) of aligned pairs as float32, length-sorted batches."""
+        """Scores (log P(true) over {true, false}) of aligned pairs as float32, length-sorted batches
+        of ``batch_size`` pairs (None: ``self.batch_size``)."""
+        batch_size = batch_size or self.batch_size
         texts = self.texts(queries, passages)
         out = np.empty(len(texts), dtype=np.float32)
         if not texts:
@@ -184,8 +189,8 @@ class MonoT5Teacher(Teacher):
         self.seq2seq(runtime)
         order = np.argsort([-len(t) for t in texts], kind="stable")
         bar = tqdm(total=len(order), desc=desc, unit="pair", disable=not progress)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
             with runtime.autocast():
                 logits = self.logits([texts[i] for i in idx], runtime)
             out[idx] = torch.log_softmax(logits.float(), dim=-1)[:, 0].cpu().numpy()
@@ -193,21 +198,13 @@ class MonoT5Teacher(Teacher):
         bar.close()
         return out
 
-    def score(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: np.ndarray,
-        pair_p: np.ndarray,
-        runtime: Runtime,
-        progress: bool = True,
-        *,
-        qids: Sequence[str] | None = None,
-        docids: Sequence[str] | None = None,
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        return self.predict(
-            [queries[i] for i in pair_q],
-            [passages[i] for i in pair_p],
-            runtime,
-            progress=progress,
-        )
+        return self.predict(pairs.query_texts(), pairs.passage_texts(), runtime, progress, batch_size=batch_size)
+
+    def module(self, runtime: Runtime) -> torch.nn.Module:
+        return self.seq2seq(runtime)
+
+    def weights(self) -> Path:
+        return resolve_model(self.model)

@@ -98,6 +98,7 @@ def speed(ctx: Context) -> list[dict]:
 def fidelity(ctx: Context) -> dict:
     from bench.common import distillrank_runtime
     from distillrank.evaluation.metrics import compute_metrics
+    from distillrank.ranking import Pairs
     from distillrank.teachers import BiEncoderTeacher
 
     s = ctx.sizes
@@ -120,10 +121,11 @@ def fidelity(ctx: Context) -> dict:
     )
     scores: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
+    pairs = Pairs(queries, passages, pair_q, pair_p)
     for precision in ("fp32", "int8", "bf16"):
         scores[precision] = np.zeros(0)
         seconds[precision] = timed(
-            lambda p=precision: scores.__setitem__(p, teacher.score(queries, passages, pair_q, pair_p, distillrank_runtime("cpu", p), progress=False))
+            lambda p=precision: scores.__setitem__(p, teacher.score_pairs(pairs, distillrank_runtime("cpu", p), progress=False))
         )
     qrels = {q: dict(coll.qrels[split].get(q, {})) for q in qids}
 

@@ -151,6 +151,7 @@ def _runtime(backend: str, precision: str):
 def _run(ctx: Context, ours_onnx: bool) -> dict:
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
+    from distillrank.ranking import Pairs
     from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
 
 
@@ -175,7 +176,8 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
 
     def ce_ours(teacher, precision: str, key: str, m: int = n, backend: str = "torch") -> float:
         runtime = _runtime(backend, precision)
-        t = timed(lambda: out.__setitem__(key, teacher.score(queries, passages, pair_q[:m], pair_p[:m], runtime, progress=False)))
+        pairs = Pairs(queries, passages, pair_q[:m], pair_p[:m])
+        t = timed(lambda: out.__setitem__(key, teacher.score_pairs(pairs, runtime, progress=False)))
         return m / t
 
     def ce_theirs(m: int = n, model=theirs_ce, key: str = "st") -> float:
@@ -272,7 +274,8 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
 
         def ours(teacher, precision: str, key: str, a: np.ndarray = pq, b: np.ndarray = pp, backend: str = "torch") -> float:
             runtime = _runtime(backend, precision)
-            t = timed(lambda: out.__setitem__(key, teacher.score(qs, ps, a, b, runtime, progress=False)))
+            pairs = Pairs(qs, ps, a, b)
+            t = timed(lambda: out.__setitem__(key, teacher.score_pairs(pairs, runtime, progress=False)))
             return len(a) / t
 
         def theirs(fn, key: str, a: np.ndarray = pq, b: np.ndarray = pp) -> float:

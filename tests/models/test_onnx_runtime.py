@@ -14,6 +14,7 @@ from distillrank import runtime
 from distillrank.errors import ConfigError
 from distillrank.models import onnx_runtime
 from distillrank.models.onnx_runtime import CACHE_ENV, OnnxBackbone
+from distillrank.ranking import Pairs
 from distillrank.runtime import Runtime
 from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
 from distillrank.teachers.base import Teacher
@@ -41,7 +42,7 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _scores(teacher, backend: str, precision: str = "fp32") -> np.ndarray:
-    return teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, Runtime(precision=precision, backend=backend), progress=False)
+    return teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(precision=precision, backend=backend), progress=False)
 
 
 def test_bi_encoder_teacher_scores_as_in_pytorch(tiny_bi_encoder: Path, onnx_cache: Path) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from distillrank.errors import ConfigError
 from distillrank.models.quantize import is_quantized, quantize_int8
+from distillrank.ranking import Pairs
 from distillrank.runtime import (
     Runtime,
     autocast,
@@ -79,14 +80,14 @@ def test_teachers_quantize_once_and_rank_like_fp32(kind: str, tiny_bi_encoder: P
         else CrossEncoderTeacher(str(tiny_cross_encoder), max_length=128, batch_size=3)
     )
     load = teacher.encoder if kind == "bi_encoder" else teacher.cross_encoder
-    fp32 = teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, Runtime(), progress=False)
+    fp32 = teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(), progress=False)
     assert not is_quantized(load(Runtime()))
-    int8 = teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, Runtime(precision="int8"), progress=False)
+    int8 = teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(precision="int8"), progress=False)
     model = load(Runtime(precision="int8"))
     assert is_quantized(model) and load(Runtime(precision="int8")) is model  # quantized once, then reused
     assert int8.dtype == np.float32 and int8.shape == fp32.shape and not np.array_equal(int8, fp32)
     assert spearmanr(int8, fp32).statistic > 0.9
-    again = teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, Runtime(), progress=False)
+    again = teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(), progress=False)
     np.testing.assert_array_equal(again, fp32)  # back to fp32: the float weights are reloaded
     assert not is_quantized(load(Runtime()))
 

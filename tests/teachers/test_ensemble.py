@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from distillrank.errors import ConfigError
+from distillrank.ranking import Pairs
 from distillrank.runtime import Runtime
 from distillrank.stages import mine, score
 from distillrank.teachers.base import Teacher
@@ -27,15 +28,15 @@ class ConstantTeacher(Teacher):
     def identity(self, runtime) -> dict:
         return {"name": self.name}
 
-    def score(self, queries, passages, pair_q, pair_p, runtime, progress=True, *, qids=None, docids=None):
-        return np.array([self.values[passages[p]] for p in pair_p], dtype=np.float32)
+    def score_pairs(self, pairs, runtime, *, batch_size=None, progress=False):
+        return np.array([self.values[p] for p in pairs.passage_texts()], dtype=np.float32)
 
 
 def test_combine_is_the_weighted_mean_of_normalised_members():
     a = ConstantTeacher({"x": 1.0, "y": 3.0, "z": 5.0}, "a")
     b = ConstantTeacher({"x": 100.0, "y": 0.0, "z": 50.0}, "b")
     ens = EnsembleTeacher([a, b], weights=[3, 1], normalize="minmax", scope="query")
-    out = ens.score(["q"], ["x", "y", "z"], np.array([0, 0, 0]), np.array([0, 1, 2]), Runtime())
+    out = ens.score_pairs(Pairs(["q"], ["x", "y", "z"], np.array([0, 0, 0]), np.array([0, 1, 2])), Runtime())
     # minmax: a -> [0, .5, 1], b -> [1, 0, .5]; 0.75 a + 0.25 b
     np.testing.assert_allclose(out, [0.25, 0.375, 0.875], rtol=1e-6)
 

@@ -32,10 +32,9 @@ class _Lookup(Student):
         super().__init__(torch.nn.Linear(1, 1))
         self.table = table
 
-    def rerank_scores(self, queries, passages, pair_q, pair_p, batch_size=64, runtime=None):
-        return np.array(
-            [self.table[(queries[i], passages[j])] for i, j in zip(pair_q, pair_p, strict=True)], np.float32
-        )
+    def score_pairs(self, pairs, runtime, *, batch_size=None, progress=False):
+        return np.array([self.table[pair] for pair in zip(pairs.query_texts(), pairs.passage_texts(), strict=True)],
+                        np.float32)
 
 
 def test_evaluate_dev_reranks_the_candidates():
