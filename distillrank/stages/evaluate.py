@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -85,7 +86,7 @@ from distillrank.models.hub import resolve_model
 from distillrank.ranking import Pairs, Ranker, RankerKind
 from distillrank.runtime import Runtime, configure
 from distillrank.stages import context, mine, train
-from distillrank.validation import allows_external, instantiate_checked
+from distillrank.validation import allows_external, check_instantiable, instantiate_checked
 from distillrank.workspace import (
     Manifest,
     atomic_write_json,
@@ -472,10 +473,6 @@ def _disk_mb(folder: Path | None) -> float | None:
     return sum(f.stat().st_size for f in files) / 1e6
 
 
-def _is_bi_encoder_target(target: str) -> bool:
-    return target.endswith(("students.bi_encoder", "BiEncoder.from_backbone", "BiEncoder.load", "BiEncoder"))
-
-
 def _system_folder(cfg: DictConfig, name: str) -> Path | None:
     """The saved weights of a student system (None for the untrained student, built in memory)."""
     if name == "student":
@@ -501,13 +498,12 @@ def reranks(cfg: DictConfig, name: str) -> bool:
         return True
     if name == "teacher":
         return not context.teacher(cfg).retrieves
-    if name == "student_init":
-        return not _is_bi_encoder_target(cfg.student._target_)
-    if name == "student":
-        return not _is_bi_encoder_target(cfg.student._target_)
-    from distillrank.students.factory import student_kind
+    from distillrank.students.factory import detect, kind_of_builder
 
-    return student_kind(resolve_model(cfg.evaluate.checkpoints[name])) != "bi_encoder"
+    if name in ("student_init", "student"):  # the kind the student config builds
+        check_instantiable(cfg.student, "student", allows_external(cfg))
+        return not kind_of_builder(get_object(str(cfg.student._target_))).retrieves
+    return not detect(resolve_model(cfg.evaluate.checkpoints[name])).retrieves
 
 
 def _first_stage_key(cfg: DictConfig) -> dict:

@@ -39,6 +39,7 @@ from distillrank.losses import uses_scores
 from distillrank.runtime import Runtime, configure, seed_everything
 from distillrank.stages import context, mine, score
 from distillrank.students import Student, as_student
+from distillrank.students.base import Description
 from distillrank.teachers.base import describe as describe_teacher
 from distillrank.teachers.base import embedding_source
 from distillrank.training.batching import QueryPool, query_pools
@@ -151,33 +152,14 @@ def stage_key(cfg: DictConfig) -> str:
     )
 
 
-_USAGE = {
-    "bi_encoder": (
-        "a distilled bi-encoder",
-        "sentence-transformers",
-        "from sentence_transformers import SentenceTransformer\nmodel = SentenceTransformer(PATH)",
-    ),
-    "cross_encoder": (
-        "a distilled cross-encoder (re-ranker)",
-        "sentence-transformers",
-        "from sentence_transformers import CrossEncoder\nmodel = CrossEncoder(PATH)\n"
-        "scores = model.predict([(query, passage), ...])",
-    ),
-    "colbert": (
-        "a distilled ColBERT (late interaction)",
-        "distillrank",
-        "from distillrank.students import load_student\nstudent = load_student(PATH)",
-    ),
-}
-
-
-def model_card(cfg: DictConfig, counts: dict, kind: str = "bi_encoder") -> str:
-    """A README for the exported student: what it was distilled from, how, and on what."""
+def model_card(cfg: DictConfig, counts: dict, description: Description) -> str:
+    """A README for the exported student: what it was distilled from, how, and on what
+    (``description``: the student kind's, :meth:`~distillrank.students.base.Student.describe`)."""
     config = {k: to_plain(cfg[k]) for k in ("data", "mining", "teacher", "student", "loss", "train")}
-    title, library, usage = _USAGE[kind]
+    library, usage = description.library, description.usage
     return (
         f"---\nlibrary_name: {library}\ntags: [{library}, distillrank, knowledge-distillation]\n---\n"
-        f"# {cfg.experiment}: {title}\n\n"
+        f"# {cfg.experiment}: {description.title}\n\n"
         f"Trained with [distillrank](https://pypi.org/project/distillrank/) from the teacher `{describe_teacher(to_plain(cfg.teacher))}` "
         f"on the `{cfg.data.train_split}` queries of `{cfg.data.name}`, loss `{cfg.loss._target_}`.\n\n"
         f"```python\n{usage}\n```\n\n"
@@ -422,7 +404,7 @@ def run(cfg: DictConfig) -> Manifest:
         wall_time_s=time.perf_counter() - start,
     )
     if dist.is_main:
-        student.cpu().save(folder / MODEL, model_card=model_card(cfg, counts, student.kind))
+        student.cpu().save(folder / MODEL, model_card=model_card(cfg, counts, student.describe()))
         log.info("train: %s", counts)
         shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)  # the model is saved: nothing left to resume
         commit_logs(folder)

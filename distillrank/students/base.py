@@ -49,13 +49,29 @@ class BatchScores:
     matrix: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class Description:
+    """How a student kind describes its exported folder (the model card, error messages)."""
+
+    title: str  # what the model is: "a distilled bi-encoder"
+    library: str  # the library that loads the folder (the model card's library_name)
+    usage: str  # how to load it, in Python; PATH stands for the folder
+    folder: str  # what marks a saved folder of this kind: "modules.json (bi-encoder)"
+
+
 class Student(nn.Module):
     """Base class of the student adapters (see the module docstring for the protocol).
+
+    A subclass is one student kind: it declares its ``kind``, the model class its configs build
+    (``model_type``) and its :class:`Description`, and says how to recognise (:meth:`detect`) and
+    :meth:`load` a folder it saved. :mod:`distillrank.students.factory` iterates over the kinds.
 
     ``source``: the folder the student was loaded from (None for a model built in memory).
     """
 
     kind: RankerKind  # also the folder format of ``save``: bi_encoder | cross_encoder | colbert
+    model_type: type[nn.Module]  # what a student config of this kind builds (``_target_``)
+    description: Description
     retrieves: bool = False  # a bi-encoder: encoder(runtime) embeds a corpus once
     batch_size: int = 64  # texts (or pairs) per inference batch when score_pairs is given none
     supports_in_batch: bool = False
@@ -65,6 +81,28 @@ class Student(nn.Module):
         super().__init__()
         self.model = model
         self.source = None if source is None else Path(source)
+
+    # ------------------------------------------------------------------ the kind
+    @classmethod
+    def detect(cls, folder: Path) -> bool:
+        """Whether ``folder`` is a student of this kind, saved by :meth:`save`."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, folder: Path, max_length: int | None = None) -> Student:
+        """The student saved in ``folder``, on the CPU, in eval mode (``max_length``: a pair's
+        truncation length, for kinds that read pairs jointly)."""
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls) -> Description:
+        """What the exported folder is and how to load it."""
+        return cls.description
+
+    @classmethod
+    def builds(cls, built: type) -> bool:
+        """Whether a student config that builds ``built`` (a class) is of this kind."""
+        return issubclass(built, (cls, cls.model_type))
 
     @property
     def device(self) -> torch.device:

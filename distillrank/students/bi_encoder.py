@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,7 +11,7 @@ import torch
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
-from distillrank.students.base import BatchScores, Student
+from distillrank.students.base import BatchScores, Description, Student
 
 
 class BiEncoderStudent(Student):
@@ -18,9 +19,25 @@ class BiEncoderStudent(Student):
     (cosine when the encoder normalises). In-batch scores come for free: [B, d] × [P, d]ᵀ."""
 
     kind = RankerKind.BI_ENCODER
+    model_type = BiEncoder
+    description = Description(
+        "a distilled bi-encoder",
+        "sentence-transformers",
+        "from sentence_transformers import SentenceTransformer\nmodel = SentenceTransformer(PATH)",
+        "modules.json (bi-encoder)",
+    )
     retrieves = True
     supports_in_batch = True
     supports_features = True
+
+    @classmethod
+    def detect(cls, folder: Path) -> bool:
+        """A sentence-transformers folder (``modules.json``)."""
+        return (folder / "modules.json").is_file()
+
+    @classmethod
+    def load(cls, folder: Path, max_length: int | None = None) -> BiEncoderStudent:
+        return cls(BiEncoder.load(folder), source=folder).eval()
 
     def forward(
         self, queries: Sequence[str], passages: Sequence[str], index: torch.Tensor, in_batch: bool = False

@@ -16,7 +16,7 @@ import torch
 from distillrank.models.colbert import SETTINGS_FILE, ColBERTModel
 from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
-from distillrank.students.base import BatchScores, Student
+from distillrank.students.base import BatchScores, Description, Student
 
 
 def is_colbert_folder(path: str | Path) -> bool:
@@ -28,6 +28,13 @@ class ColBERTStudent(Student):
     """MaxSim over token embeddings; ``forward`` gives [B, L] groups and, asked, the [B, P] matrix."""
 
     kind = RankerKind.LATE_INTERACTION
+    model_type = ColBERTModel
+    description = Description(
+        "a distilled ColBERT (late interaction)",
+        "distillrank",
+        "from distillrank.students import load_student\nstudent = load_student(PATH)",
+        "a ColBERT folder",
+    )
     supports_in_batch = True
     supports_features = True
 
@@ -49,6 +56,15 @@ class ColBERTStudent(Student):
             p_mask[flat],
         )
         return BatchScores(groups.float().view(b, n))
+
+    @classmethod
+    def detect(cls, folder: Path) -> bool:
+        """A folder with our ColBERT metadata (:func:`is_colbert_folder`)."""
+        return is_colbert_folder(folder)
+
+    @classmethod
+    def load(cls, folder: Path, max_length: int | None = None) -> ColBERTStudent:
+        return cls(ColBERTModel.load(folder), source=folder).eval()
 
     @property
     def embedding_dim(self) -> int:
