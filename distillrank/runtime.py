@@ -20,13 +20,14 @@ import dataclasses
 import importlib.util
 import random
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 import torch
 
 from distillrank.errors import ConfigError
 
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
+_DTYPES = MappingProxyType({"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None})
 PRECISIONS = tuple(sorted(_DTYPES))
 BACKENDS = ("torch", "onnx")
 ONNX_PACKAGES = ("onnxruntime", "onnx", "onnxscript")  # what hardware.backend=onnx needs installed
