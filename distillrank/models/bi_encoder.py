@@ -196,7 +196,7 @@ class BiEncoder(nn.Module):
         self.train(was_training)
         return out
 
-    def encode_pairs(
+    def pair_scores(
         self, pairs: Pairs, batch_size: int, runtime: Runtime | None = None, progress: bool = False, name: str = ""
     ) -> np.ndarray:
         """Scores [len(pairs)] (float32) of (query, passage) pairs: each distinct text encoded once,

@@ -57,7 +57,6 @@ from pathlib import Path
 import numpy as np
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from distillrank.config import DataConfig, conf_dir
 from distillrank.data.collection import Collection
@@ -571,7 +570,7 @@ def _rerank(cfg: DictConfig, name: str, coll, queries, first: _FirstStage, runti
     ranker = _ranker(cfg, name)
     # the parameters of its float weights (an int8 copy keeps its linear weights outside parameters())
     module = ranker.module(dataclasses.replace(runtime, precision="fp32"))
-    if isinstance(module, nn.Module):
+    if module is not None:
         module.to(runtime.device)
     batch = None if name == "teacher" else cfg.evaluate.batch_size  # a teacher batches as configured
 

@@ -59,7 +59,7 @@ class BiEncoderStudent(Student):
     def score_pairs(
         self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        return self.model.encode_pairs(pairs, batch_size or self.batch_size, runtime, progress)
+        return self.model.pair_scores(pairs, batch_size or self.batch_size, runtime, progress)
 
     def encoder(self, runtime: Runtime | None = None) -> BiEncoder:
         """The bi-encoder that embeds a corpus and its queries (the model itself)."""

@@ -96,7 +96,7 @@ class BiEncoderTeacher(Teacher):
     def score_pairs(
         self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        return self.encoder(runtime).encode_pairs(pairs, batch_size or self.batch_size, runtime, progress, "teacher")
+        return self.encoder(runtime).pair_scores(pairs, batch_size or self.batch_size, runtime, progress, "teacher")
 
     def module(self, runtime: Runtime) -> BiEncoder:
         return self.encoder(runtime)
