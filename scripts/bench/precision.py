@@ -121,11 +121,11 @@ def fidelity(ctx: Context) -> dict:
     )
     scores: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
-    pairs = Pairs(queries, passages, pair_q, pair_p)
+    scored = Pairs(queries, passages, pair_q, pair_p)
     for precision in ("fp32", "int8", "bf16"):
         scores[precision] = np.zeros(0)
         seconds[precision] = timed(
-            lambda p=precision: scores.__setitem__(p, teacher.score_pairs(pairs, distillrank_runtime("cpu", p), progress=False))
+            lambda p=precision: scores.__setitem__(p, teacher.score_pairs(scored, distillrank_runtime("cpu", p), progress=False))
         )
     qrels = {q: dict(coll.qrels[split].get(q, {})) for q in qids}
 

@@ -176,8 +176,8 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
 
     def ce_ours(teacher, precision: str, key: str, m: int = n, backend: str = "torch") -> float:
         runtime = _runtime(backend, precision)
-        pairs = Pairs(queries, passages, pair_q[:m], pair_p[:m])
-        t = timed(lambda: out.__setitem__(key, teacher.score_pairs(pairs, runtime, progress=False)))
+        scored = Pairs(queries, passages, pair_q[:m], pair_p[:m])
+        t = timed(lambda: out.__setitem__(key, teacher.score_pairs(scored, runtime, progress=False)))
         return m / t
 
     def ce_theirs(m: int = n, model=theirs_ce, key: str = "st") -> float:
@@ -274,8 +274,8 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
 
         def ours(teacher, precision: str, key: str, a: np.ndarray = pq, b: np.ndarray = pp, backend: str = "torch") -> float:
             runtime = _runtime(backend, precision)
-            pairs = Pairs(qs, ps, a, b)
-            t = timed(lambda: out.__setitem__(key, teacher.score_pairs(pairs, runtime, progress=False)))
+            scored = Pairs(qs, ps, a, b)
+            t = timed(lambda: out.__setitem__(key, teacher.score_pairs(scored, runtime, progress=False)))
             return len(a) / t
 
         def theirs(fn, key: str, a: np.ndarray = pq, b: np.ndarray = pp) -> float:
