@@ -1,24 +1,37 @@
-"""Devices, precision and seeding from the ``hardware`` config.
+"""The runtime: device, precision, backend and caps of one stage, as a frozen value passed down.
+
+A stage builds one :class:`Runtime` from its ``hardware`` config (:func:`configure`) and passes it,
+as a plain argument, to what runs models: teachers and students (``score_pairs``), encoders
+(``encode`` / ``predict`` / ``embed``), corpus encoding and the training loop. Nothing here is a
+module global, and this module imports nothing of distillrank but its errors (layer 0).
 
 Precisions (``hardware.precision``): ``fp32`` (none), ``bf16`` / ``fp16`` (autocast), and ``int8``:
 dynamic int8 quantization of a frozen teacher's linear layers for CPU inference
 (:mod:`distillrank.models.quantize`); under int8 no autocast applies, the train stage trains the
 student in fp32, and a CUDA device refuses it (:func:`check_inference_precision`).
+Backends (``hardware.backend``): ``torch``, or ``onnx`` (frozen teachers and the dense mining
+encoder run by ONNX Runtime, CPU only: :mod:`distillrank.models.onnx_runtime`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib.util
 import random
-from collections.abc import Iterator
+from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 import torch
 
 from distillrank.errors import ConfigError
 
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
+_DTYPES = MappingProxyType({"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None})
 PRECISIONS = tuple(sorted(_DTYPES))
+BACKENDS = ("torch", "onnx")
+ONNX_PACKAGES = ("onnxruntime", "onnx", "onnxscript")  # what hardware.backend=onnx needs installed
+CPU = torch.device("cpu")
 
 
 def check_precision(precision: str) -> str:
@@ -47,42 +60,19 @@ def check_inference_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def teacher_fingerprint(teacher, precision: str, backend: str = "torch") -> str:
-    """The fingerprint that keys ``teacher``'s scores under ``precision`` and ``backend``.
+def missing_onnx_packages() -> list[str]:
+    """The packages ``hardware.backend=onnx`` needs that are not installed."""
+    return [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
 
-    Teachers that quantize (``supports_int8 = True``: bi-encoder, cross-encoder) take the precision
-    into their fingerprint when it is int8 (int8 scores differ from fp32 ones); every other
-    precision leaves the fingerprint unchanged, so caches written before int8 existed stay valid.
-    ``backend="onnx"`` (teachers with ``supports_onnx = True``) wraps the fingerprint with the
-    backend, so ONNX Runtime scores are cached apart from PyTorch ones; ``torch`` leaves it unchanged.
 
-    Raises:
-        ConfigError: int8 with a teacher that cannot be quantized, or onnx with a teacher that
-            cannot run in ONNX Runtime.
-    """
-    name = getattr(teacher, "kind", type(teacher).__name__)
-    if check_precision(precision) != "int8":
-        base = teacher.fingerprint()
-    elif not getattr(teacher, "supports_int8", False):
+def require_onnx() -> None:
+    """Raises a ConfigError naming the install command when ONNX Runtime cannot run here."""
+    missing = missing_onnx_packages()
+    if missing:
         raise ConfigError(
-            f"hardware.precision=int8 is supported by the bi_encoder and cross_encoder teachers, "
-            f"not by {name}; use hardware.precision=fp32"
+            f"hardware.backend=onnx needs {', '.join(missing)}: pip install 'distillrank[onnx]' "
+            "(or use hardware.backend=torch)"
         )
-    else:
-        base = teacher.fingerprint(precision=precision)
-    if check_backend(backend) == "torch":
-        return base
-    if not getattr(teacher, "supports_onnx", False):
-        raise ConfigError(
-            f"hardware.backend=onnx is supported by the bi_encoder and cross_encoder teachers (and "
-            f"ensembles of them), not by {name}; use hardware.backend=torch"
-        )
-    from distillrank.workspace import fingerprint
-
-    return fingerprint({"teacher": base, "backend": backend})
-
-
-BACKENDS = ("torch", "onnx")
 
 
 def configured_backend(hardware_cfg) -> str:
@@ -104,10 +94,17 @@ def check_backend(backend: str, device: torch.device | None = None) -> str:
                 f"hardware.backend=onnx runs on the CPU only, but hardware.device is {device}; use "
                 "hardware.backend=torch (with bf16) on a GPU"
             )
-        from distillrank.models.onnx_runtime import require
-
-        require()
+        require_onnx()
     return backend
+
+
+def check_forward_texts(value) -> int | None:
+    """``hardware.max_forward_texts`` checked: null / 0 (no cap) or a positive integer."""
+    if value in (None, 0):
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"hardware.max_forward_texts={value!r}; expected null or a positive integer")
+    return value
 
 
 def resolve_device(name: str) -> torch.device:
@@ -141,56 +138,74 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-_FORWARD_TEXTS: int | None = None  # hardware.max_forward_texts of the active hardware() block
-_BACKEND: str = "torch"  # hardware.backend of the active hardware() block
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how models run: what a ``hardware`` config decides, checked, as one frozen value.
+
+    Attributes:
+        device: the torch device models run on.
+        precision: ``fp32`` | ``bf16`` | ``fp16`` (autocast) | ``int8`` (quantized frozen teachers).
+        backend: ``torch`` or ``onnx`` (frozen teachers and the mining encoder in ONNX Runtime).
+        max_forward_texts: the most texts (or pairs) one inference forward holds; None: no cap.
+        num_threads: torch's intra-op threads (set by :meth:`apply_threads`); None: torch's default.
+
+    ``Runtime()`` is the CPU in fp32 on PyTorch without a cap: what library code gets without a stage.
+
+    Raises:
+        ConfigError: an unknown precision or backend, onnx on a GPU or without its packages, a bad cap.
+    """
+
+    device: torch.device = CPU
+    precision: str = "fp32"
+    backend: str = "torch"
+    max_forward_texts: int | None = None
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", torch.device(self.device))
+        check_precision(self.precision)
+        check_backend(self.backend, self.device)
+        object.__setattr__(self, "max_forward_texts", check_forward_texts(self.max_forward_texts))
+
+    @classmethod
+    def from_config(cls, hardware) -> Runtime:
+        """The runtime of a ``hardware`` config node (its device resolved: ``auto``, CUDA checked)."""
+        return cls(
+            device=resolve_device(hardware.device),
+            precision=str(hardware.precision),
+            backend=configured_backend(hardware),
+            max_forward_texts=getattr(hardware, "max_forward_texts", None),
+            num_threads=getattr(hardware, "num_threads", None),
+        )
+
+    @property
+    def int8(self) -> bool:
+        """Whether frozen models are quantized to int8."""
+        return self.precision == "int8"
+
+    def on(self, device: torch.device) -> Runtime:
+        """This runtime on another device (a data-parallel rank's)."""
+        return dataclasses.replace(self, device=device)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The mixed-precision context of one forward (none for fp32 and int8)."""
+        return autocast(self.device, self.precision)
+
+    def forward_texts(self, batch_size: int) -> int:
+        """How many texts (or pairs) one forward pass holds: ``batch_size``, capped by
+        ``max_forward_texts``. A batch larger than the cap runs as several forwards with the same
+        result: on a CPU, forwards of about 16 texts are faster and far smaller in memory than one
+        forward of the whole batch (docs/BENCHMARKS.md, "Where the speed comes from")."""
+        cap = self.max_forward_texts
+        return max(1, min(batch_size, cap)) if cap else max(1, batch_size)
+
+    def apply_threads(self) -> Runtime:
+        """Set torch's intra-op threads when configured (process-wide); this runtime."""
+        apply_threads(self.num_threads)
+        return self
 
 
-def inference_backend() -> str:
-    """``hardware.backend`` of the active :func:`hardware` block (``torch`` outside one): what
-    frozen teachers load into."""
-    return _BACKEND
-
-
-@contextlib.contextmanager
-def use_backend(backend: str) -> Iterator[None]:
-    """Frozen teachers load into ``backend`` inside the block (what ``hardware.backend`` does in
-    :func:`hardware`), for library use outside the stages."""
-    global _BACKEND
-    previous = _BACKEND
-    _BACKEND = check_backend(backend, torch.device("cpu"))
-    try:
-        yield
-    finally:
-        _BACKEND = previous
-
-
-def forward_texts(batch_size: int) -> int:
-    """How many texts (or pairs) one forward pass holds: ``batch_size``, capped by the active
-    ``hardware.max_forward_texts``. A batch larger than the cap runs as several forwards with the
-    same result: on a CPU, forwards of about 16 texts are faster and far smaller in memory than one
-    forward of the whole batch (docs/BENCHMARKS.md, "Where the speed comes from")."""
-    return max(1, min(batch_size, _FORWARD_TEXTS)) if _FORWARD_TEXTS else max(1, batch_size)
-
-
-def check_forward_texts(value) -> int | None:
-    """``hardware.max_forward_texts`` checked: null / 0 (no cap) or a positive integer."""
-    if value in (None, 0):
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"hardware.max_forward_texts={value!r}; expected null or a positive integer")
-    return value
-
-
-@contextlib.contextmanager
-def hardware(cfg) -> Iterator[tuple[torch.device, str]]:
-    """Apply a ``hardware`` config node (threads, forward cap); yields (device, precision)."""
-    global _FORWARD_TEXTS, _BACKEND
-    apply_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
-    previous = _FORWARD_TEXTS, _BACKEND
-    _FORWARD_TEXTS = check_forward_texts(getattr(cfg, "max_forward_texts", None))
-    _BACKEND = check_backend(configured_backend(cfg), device)
-    try:
-        yield device, cfg.precision
-    finally:
-        _FORWARD_TEXTS, _BACKEND = previous
+def configure(hardware) -> Runtime:
+    """What a stage does once with its ``hardware`` config: the checked :class:`Runtime`, with
+    torch's threads set."""
+    return Runtime.from_config(hardware).apply_threads()

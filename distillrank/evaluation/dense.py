@@ -18,7 +18,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from distillrank.evaluation.retrieval import exact_topk
 from distillrank.models.bi_encoder import BiEncoder
-from distillrank.runtime import autocast
+from distillrank.runtime import Runtime
 from distillrank.workspace import atomic_dir, cache_entry, drop_unreadable, fingerprint, seal
 
 log = logging.getLogger(__name__)
@@ -39,18 +39,13 @@ CORPUS_CHUNK = 65536  # passages per block when corpus embeddings are encoded
 RATE_SAMPLE = 1024  # passages timed for the encoding rate of embeddings that came from the cache
 
 
-def _amp(device: torch.device, precision: str) -> Callable:
-    return lambda: autocast(device, precision)
-
-
 def encode_corpus(
     encoder: BiEncoder,
     collection,
     path: Path,
     batch_size: int,
     chunk_size: int,
-    device: torch.device,
-    precision: str,
+    runtime: Runtime,
     name: str = "dense",
     progress: bool = True,
 ) -> tuple[np.memmap, float]:
@@ -61,8 +56,7 @@ def encode_corpus(
     Returns:
         the matrix [N, dim] (opened read-write, flushed) and the encoding rate in passages per second.
     """
-    encoder = encoder.to(device).eval()
-    amp = _amp(device, precision)
+    encoder = encoder.to(runtime.device).eval()
     n_docs = len(collection.corpus)
     matrix = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n_docs, encoder.dim))
     encode_time = 0.0
@@ -71,7 +65,7 @@ def encode_corpus(
         end = min(start + chunk_size, n_docs)
         texts = collection.passage_texts(range(start, end))
         t0 = time.perf_counter()
-        matrix[start:end] = encoder.encode(texts, "passage", batch_size, amp, progress=False).numpy()
+        matrix[start:end] = encoder.encode(texts, "passage", batch_size, runtime, progress=False).numpy()
         encode_time += time.perf_counter() - t0
         bar.update(end - start)
     bar.close()
@@ -83,8 +77,7 @@ def encoding_rate(
     encoder: BiEncoder,
     collection,
     batch_size: int,
-    device: torch.device,
-    precision: str,
+    runtime: Runtime,
     sample: int = RATE_SAMPLE,
     seed: int = 0,
 ) -> float:
@@ -94,9 +87,9 @@ def encoding_rate(
     n_docs = len(collection.corpus)
     rows = np.sort(np.random.default_rng(seed).permutation(n_docs)[: min(sample, n_docs)])
     texts = collection.passage_texts(rows.tolist())
-    encoder = encoder.to(device).eval()
+    encoder = encoder.to(runtime.device).eval()
     start = time.perf_counter()
-    encoder.encode(texts, "passage", batch_size, _amp(device, precision), progress=False)
+    encoder.encode(texts, "passage", batch_size, runtime, progress=False)
     return len(texts) / max(time.perf_counter() - start, 1e-9)
 
 
@@ -127,8 +120,7 @@ def cached_corpus_embeddings(
     model_fp: str,
     batch_size: int,
     chunk_size: int,
-    device: torch.device,
-    precision: str,
+    runtime: Runtime,
     name: str = "dense",
     progress: bool = True,
 ) -> tuple[np.memmap, float | None, Path]:
@@ -142,7 +134,7 @@ def cached_corpus_embeddings(
         the read-only memmapped matrix [N, dim], the encoding rate (None when it came from the cache)
         and the cache folder.
     """
-    settings = embedding_settings(encoder, precision)
+    settings = embedding_settings(encoder, runtime.precision)
     folder = embeddings_dir(cache_root, model_fp, collection.fingerprint, settings)
     n_docs = len(collection.corpus)
     # locked while checked and encoded (a second process waits, then reuses them); embeddings that do
@@ -164,8 +156,7 @@ def cached_corpus_embeddings(
                 tmp / EMBEDDINGS_FILE,
                 batch_size,
                 chunk_size,
-                device,
-                precision,
+                runtime,
                 name,
                 progress,
             )
@@ -189,16 +180,15 @@ def search(
     top_k: int,
     batch_size: int,
     chunk_size: int,
-    device: torch.device,
-    precision: str,
+    runtime: Runtime,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode the queries and take the exact top-k of their dot products with ``matrix``'s rows.
 
     Returns:
         scores [Q, k] (descending) and corpus rows [Q, k] (int64), k = min(top_k, N).
     """
-    encoder = encoder.to(device).eval()
-    q_emb = encoder.encode(list(query_texts), "query", batch_size, _amp(device, precision), progress=False)
+    encoder = encoder.to(runtime.device).eval()
+    q_emb = encoder.encode(list(query_texts), "query", batch_size, runtime, progress=False)
 
     def doc_block(start: int, end: int) -> torch.Tensor:
         return torch.from_numpy(np.array(matrix[start:end]))  # a writable copy of one block
@@ -240,12 +230,11 @@ class ScratchIndex:
         rate: float,
         batch_size: int,
         chunk_size: int,
-        device: torch.device,
-        precision: str,
+        runtime: Runtime,
     ) -> None:
         self.encoder, self.collection, self.matrix, self.rate = encoder, collection, matrix, rate
         self.batch_size, self.chunk_size = batch_size, chunk_size
-        self.device, self.precision = device, precision
+        self.runtime = runtime
 
     def search(
         self, texts: Sequence[str], top_k: int, batch_size: int | None = None
@@ -258,8 +247,7 @@ class ScratchIndex:
             top_k,
             batch_size or self.batch_size,
             self.chunk_size,
-            self.device,
-            self.precision,
+            self.runtime,
         )
 
     def retrieve(self, queries: Sequence[tuple[str, str]], top_k: int) -> dict[str, dict[str, float]]:
@@ -284,8 +272,7 @@ def scratch_index(
     collection,
     batch_size: int,
     chunk_size: int,
-    device: torch.device,
-    precision: str,
+    runtime: Runtime,
     scratch: Path,
     name: str = "dense",
 ) -> Iterator[ScratchIndex]:
@@ -297,9 +284,9 @@ def scratch_index(
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         matrix, rate = encode_corpus(
-            encoder, collection, Path(tmp) / EMBEDDINGS_FILE, batch_size, chunk_size, device, precision, name
+            encoder, collection, Path(tmp) / EMBEDDINGS_FILE, batch_size, chunk_size, runtime, name
         )
-        index = ScratchIndex(encoder, collection, matrix, rate, batch_size, chunk_size, device, precision)
+        index = ScratchIndex(encoder, collection, matrix, rate, batch_size, chunk_size, runtime)
         try:
             yield index
         finally:
@@ -314,8 +301,7 @@ def dense_retrieve(
     top_k: int,
     batch_size: int,
     chunk_size: int,
-    device: torch.device,
-    precision: str,
+    runtime: Runtime,
     scratch: Path,
     name: str = "dense",
     latency_queries: int = 0,
@@ -329,7 +315,7 @@ def dense_retrieve(
         the run (qid -> docid -> score), the corpus encoding rate in passages per second, and the
         single-query latency (encode + exact search) over ``latency_queries`` queries, or None.
     """
-    with scratch_index(encoder, collection, batch_size, chunk_size, device, precision, scratch, name) as index:
+    with scratch_index(encoder, collection, batch_size, chunk_size, runtime, scratch, name) as index:
         run = index.retrieve(queries, top_k)
         texts = [t for _, t in queries]
         latency = latency_ms(lambda text: index.search([text], top_k, 1), texts, latency_queries)

@@ -23,7 +23,7 @@ from distillrank.mining import faiss_index
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
 from distillrank.models.onnx_runtime import OnnxBackbone
-from distillrank.runtime import autocast, configured_backend, hardware, inference_backend
+from distillrank.runtime import configure, configured_backend
 from distillrank.workspace import cache_dir, dir_fingerprint, fingerprint
 
 log = logging.getLogger(__name__)
@@ -80,30 +80,29 @@ def dense_search(
     """
     encoder = load_mining_encoder(cfg)
     m = cfg.mining
-    with hardware(cfg.hardware) as (device, precision):
-        if inference_backend() == "onnx":  # the frozen mining encoder, run by ONNX Runtime (fp32)
-            encoder.backbone = OnnxBackbone.build(encoder.backbone, "last_hidden_state")
-        matrix, rate, folder = cached_corpus_embeddings(
-            encoder,
-            coll,
-            cache_dir(cfg),
-            _embeddings_model_key(cfg),
-            m.batch_size,
-            _CHUNK,
-            device,
-            precision,
-            name="mine",
-            progress=progress,
-        )
-        backend = m.get("index", "exact")
-        if backend == "faiss":
-            index = faiss_index.load_or_build(matrix, folder, str(m.faiss_factory), seed=int(cfg.seed))
-            q_emb = encoder.to(device).eval().encode(list(query_texts), "query", m.batch_size, lambda: autocast(device, precision), progress=False)
-            rows_np, scores_np = faiss_index.search(index, q_emb.float().cpu().numpy(), depth)
-        elif backend == "exact":
-            scores, rows = search(encoder, matrix, query_texts, depth, m.batch_size, _CHUNK, device, precision)
-            rows_np, scores_np = rows.numpy().astype(np.int64), scores.numpy().astype(np.float32)
-        else:
-            raise ConfigError(f"mining.index={backend!r}; expected exact or faiss")
+    runtime = configure(cfg.hardware)  # the stage's hardware (this function is called with the stage's config)
+    if runtime.backend == "onnx":  # the frozen mining encoder, run by ONNX Runtime (fp32)
+        encoder.backbone = OnnxBackbone.build(encoder.backbone, "last_hidden_state")
+    matrix, rate, folder = cached_corpus_embeddings(
+        encoder,
+        coll,
+        cache_dir(cfg),
+        _embeddings_model_key(cfg),
+        m.batch_size,
+        _CHUNK,
+        runtime,
+        name="mine",
+        progress=progress,
+    )
+    backend = m.get("index", "exact")
+    if backend == "faiss":
+        index = faiss_index.load_or_build(matrix, folder, str(m.faiss_factory), seed=int(cfg.seed))
+        q_emb = encoder.to(runtime.device).eval().encode(list(query_texts), "query", m.batch_size, runtime, progress=False)
+        rows_np, scores_np = faiss_index.search(index, q_emb.float().cpu().numpy(), depth)
+    elif backend == "exact":
+        scores, rows = search(encoder, matrix, query_texts, depth, m.batch_size, _CHUNK, runtime)
+        rows_np, scores_np = rows.numpy().astype(np.int64), scores.numpy().astype(np.float32)
+    else:
+        raise ConfigError(f"mining.index={backend!r}; expected exact or faiss")
     info = {"embeddings_cached": rate is None, "passages_per_s": rate, "embeddings": str(folder), "index": backend}
     return rows_np, scores_np, info

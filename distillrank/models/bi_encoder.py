@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -18,7 +17,8 @@ from distillrank.errors import ConfigError
 from distillrank.models.hub import resolve_model
 from distillrank.models.layers import keep_layers, set_dropout
 from distillrank.models.masking import backbone_inputs
-from distillrank.runtime import forward_texts
+from distillrank.ranking import Pairs
+from distillrank.runtime import Runtime
 from distillrank.workspace import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -168,30 +168,42 @@ class BiEncoder(nn.Module):
         texts: Sequence[str],
         kind: str = "passage",
         batch_size: int = 64,
-        autocast=None,
+        runtime: Runtime | None = None,
         progress: bool = False,
         desc: str | None = None,
     ) -> torch.Tensor:
         """Embeddings [N, dim] as float32 on CPU, in the order of ``texts``.
 
-        Batches are formed from texts sorted by length, so padding is minimal.
+        Batches are formed from texts sorted by length, so padding is minimal. ``runtime`` (default
+        ``Runtime()``) gives the autocast of each forward and caps its size
+        (``max_forward_texts``); the model stays on the device it is on.
         """
+        runtime = runtime or Runtime()
         was_training = self.training
         self.eval()
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = torch.empty((len(texts), self.dim), dtype=torch.float32)
         bar = tqdm(total=len(texts), desc=desc or f"encode {kind}s", unit=kind[0], disable=not progress)
-        step = forward_texts(batch_size)  # hardware.max_forward_texts caps one forward
+        step = runtime.forward_texts(batch_size)  # hardware.max_forward_texts caps one forward
         for start in range(0, len(texts), step):
             idx = order[start : start + step]
-            ctx = autocast() if autocast else contextlib.nullcontext()
-            with ctx:
+            with runtime.autocast():
                 emb = self([texts[i] for i in idx], kind)
             out[torch.as_tensor(idx)] = emb.float().cpu()
             bar.update(len(idx))
         bar.close()
         self.train(was_training)
         return out
+
+    def pair_scores(
+        self, pairs: Pairs, batch_size: int, runtime: Runtime | None = None, progress: bool = False, name: str = ""
+    ) -> np.ndarray:
+        """Scores [len(pairs)] (float32) of (query, passage) pairs: each distinct text encoded once,
+        then the pairs' dot products. ``name`` prefixes the progress bars (``teacher: queries``)."""
+        q_emb = self.encode(pairs.queries, "query", batch_size, runtime, progress, name and f"{name}: queries")
+        p_emb = self.encode(pairs.passages, "passage", batch_size, runtime, progress, name and f"{name}: passages")
+        scores = self.score(q_emb[torch.as_tensor(pairs.pair_q)], p_emb[torch.as_tensor(pairs.pair_p)])
+        return scores.numpy().astype(np.float32)
 
     # ------------------------------------------------------------------ saving
     def settings(self) -> dict:

@@ -49,7 +49,6 @@ with its optional ``artifact.metadata`` for lengths and flags).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import string
@@ -69,6 +68,7 @@ from distillrank.errors import ConfigError
 from distillrank.models.hub import resolve_model
 from distillrank.models.layers import keep_layers, set_dropout
 from distillrank.models.masking import backbone_inputs
+from distillrank.runtime import Runtime
 from distillrank.workspace import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -337,6 +337,28 @@ class ColBERTModel(nn.Module):
         return _maxsim_reduce(sim, q_mask[:, :, None], p_mask[:, None, :])
 
     @staticmethod
+    @torch.inference_mode()
+    def score_indexed(
+        queries: tuple[torch.Tensor, torch.Tensor],
+        passages: tuple[torch.Tensor, torch.Tensor],
+        pair_q: np.ndarray,
+        pair_p: np.ndarray,
+        pair_batch: int,
+    ) -> np.ndarray:
+        """MaxSim scores [N] (float32) of pairs given as rows of embedded ``(emb, mask)`` queries and
+        passages (:meth:`embed`), ``pair_batch`` pairs at a time, on the embeddings' device."""
+        (q_emb, q_mask), (p_emb, p_mask) = queries, passages
+        pair_q = torch.as_tensor(np.asarray(pair_q, dtype=np.int64), device=q_emb.device)
+        pair_p = torch.as_tensor(np.asarray(pair_p, dtype=np.int64), device=q_emb.device)
+        out = np.empty(len(pair_q), dtype=np.float32)
+        for start in range(0, len(pair_q), pair_batch):
+            qi = pair_q[start : start + pair_batch]
+            pi = pair_p[start : start + pair_batch]
+            scores = ColBERTModel.score_pairs(q_emb[qi], q_mask[qi], p_emb[pi], p_mask[pi])
+            out[start : start + len(qi)] = scores.float().cpu().numpy()
+        return out
+
+    @staticmethod
     def score_matrix(
         q_emb: torch.Tensor,
         q_mask: torch.Tensor,
@@ -368,20 +390,21 @@ class ColBERTModel(nn.Module):
         texts: Sequence[str],
         kind: str = "passage",
         batch_size: int = 32,
-        autocast=None,
+        runtime: Runtime | None = None,
         progress: bool = False,
         desc: str | None = None,
         out_device: torch.device | str = "cpu",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of many texts without gradients, in the order of ``texts``.
 
-        Batches are formed from texts sorted by length (least padding); ``autocast`` is a
-        zero-argument callable returning a context (e.g. ``lambda: runtime.autocast(dev, "bf16")``).
+        Batches are formed from texts sorted by length (least padding); ``runtime`` (default
+        ``Runtime()``) gives each forward's autocast.
 
         Returns:
             ``(emb, mask)``: emb [N, T, dim] float32 padded to the longest text, mask [N, T] bool,
             both on ``out_device``.
         """
+        runtime = runtime or Runtime()
         was_training = self.training
         self.eval()
         n = len(texts)
@@ -390,8 +413,7 @@ class ColBERTModel(nn.Module):
         bar = tqdm(total=n, desc=desc or f"encode {kind}s", unit=kind[0], disable=not progress)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            ctx = autocast() if autocast else contextlib.nullcontext()
-            with ctx:
+            with runtime.autocast():
                 emb, mask = self.encode([texts[i] for i in idx], kind)
             chunks.append((idx, emb.float().to(out_device), mask.to(out_device)))
             bar.update(len(idx))

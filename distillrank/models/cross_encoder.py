@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from distillrank.models.hub import resolve_model
 from distillrank.models.layers import keep_layers, set_dropout
 from distillrank.models.masking import backbone_inputs
-from distillrank.runtime import forward_texts
+from distillrank.runtime import Runtime
 from distillrank.workspace import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -102,19 +101,21 @@ class CrossEncoderModel(nn.Module):
         queries: Sequence[str],
         passages: Sequence[str],
         batch_size: int = 32,
-        autocast=None,
+        runtime: Runtime | None = None,
         progress: bool = False,
         desc: str = "cross-encoder",
     ) -> np.ndarray:
-        """Scores of aligned pairs as float32, batched by length so padding is minimal."""
+        """Scores of aligned pairs as float32, batched by length so padding is minimal; ``runtime``
+        (default ``Runtime()``) gives each forward's autocast and caps its size."""
+        runtime = runtime or Runtime()
         self.eval()
         order = np.argsort([-(len(q) + len(p)) for q, p in zip(queries, passages, strict=True)], kind="stable")
         out = np.empty(len(queries), dtype=np.float32)
         bar = tqdm(total=len(order), desc=desc, unit="pair", disable=not progress)
-        step = forward_texts(batch_size)  # hardware.max_forward_texts caps one forward
+        step = runtime.forward_texts(batch_size)  # hardware.max_forward_texts caps one forward
         for start in range(0, len(order), step):
             idx = order[start : start + step]
-            with autocast() if autocast else contextlib.nullcontext():
+            with runtime.autocast():
                 scores = self([queries[i] for i in idx], [passages[i] for i in idx])
             out[idx] = scores.float().cpu().numpy()
             bar.update(len(idx))

@@ -19,7 +19,6 @@ loaded.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import inspect
 import logging
 import os
@@ -32,30 +31,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from distillrank.errors import ConfigError
+from distillrank.runtime import ONNX_PACKAGES as REQUIRED  # noqa: F401 - re-exported
+from distillrank.runtime import missing_onnx_packages as missing_packages  # noqa: F401 - re-exported
+from distillrank.runtime import require_onnx as require
 from distillrank.workspace import atomic_rename, cache_entry, seal
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "DISTILLRANK_ONNX_CACHE"
 EXPORT_VERSION = 1  # bump when the exported graph changes for the same weights
-REQUIRED = ("onnxruntime", "onnx", "onnxscript")
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # in _Export.forward's order
-
-
-def missing_packages() -> list[str]:
-    """The packages ``hardware.backend=onnx`` needs that are not installed."""
-    return [name for name in REQUIRED if importlib.util.find_spec(name) is None]
-
-
-def require() -> None:
-    """Raises a ConfigError naming the install command when ONNX Runtime cannot run here."""
-    missing = missing_packages()
-    if missing:
-        raise ConfigError(
-            f"hardware.backend=onnx needs {', '.join(missing)}: pip install 'distillrank[onnx]' "
-            "(or use hardware.backend=torch)"
-        )
 
 
 def cache_dir() -> Path:

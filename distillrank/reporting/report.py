@@ -48,7 +48,12 @@ from distillrank.reporting.collect import (
 )
 from distillrank.reporting.deltas import query_deltas
 from distillrank.reporting.document import Block, Figure, Heading, Table, Text, to_html, to_markdown
-from distillrank.reporting.scorers import StudentUnavailable, load_pair_scorer, sample_pairs
+from distillrank.reporting.scorers import (
+    StudentUnavailable,
+    load_trained_student,
+    sample_pairs,
+    score_aligned,
+)
 from distillrank.teachers.base import describe as describe_teacher
 from distillrank.workspace import atomic_dir
 
@@ -265,13 +270,11 @@ class _Builder:
             self.add(Text("The scored pairs hold no (positive, negative) pair of one query to compare."))
             return
         try:
-            scorer = load_pair_scorer(
-                exp.folder("train") / "model", exp.manifest("train").config.get("student") or {}
-            )
+            student = load_trained_student(exp.folder("train") / "model")
             query_text, passage_text = self._texts(exp)
             queries = [query_text[q] for q in sample.qids]
-            student_pos = scorer(queries, passage_text(sample.pos))
-            student_neg = scorer(queries, passage_text(sample.neg))
+            student_pos = score_aligned(student, queries, passage_text(sample.pos))
+            student_neg = score_aligned(student, queries, passage_text(sample.neg))
         except StudentUnavailable as err:
             self.add(Text(f"Skipped: {err}."))
             return

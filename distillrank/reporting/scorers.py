@@ -6,113 +6,52 @@ only the *margin* between a positive and a negative is comparable, hence Margin-
 shows this on a sample of the scored training triples (query, positive, negative): teacher vs student
 scores, and the teacher's vs the student's margins.
 
-A student kind plugs in through :func:`register_scorer`: a loader takes the trained model folder
-(``train/model``) and the student's config (the ``student`` section of the train manifest) and
-returns a :data:`PairScorer`, or None when the folder is not its kind. Bi-encoders are built in.
+The trained model folder (``train/model``) is read back by :func:`load_trained_student`, which knows
+every student kind :func:`distillrank.students.load_student` does, and scored through the
+:class:`~distillrank.ranking.Ranker` interface (:func:`score_aligned`): a new student kind needs
+nothing here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
 from distillrank.errors import DistillrankError
-
-PairScorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]
-"""``scorer(queries, passages) -> scores`` of aligned pairs: two lists of N texts -> float array [N]."""
-
-ScorerLoader = Callable[[Path, Mapping[str, Any]], "PairScorer | None"]
-"""``loader(model_dir, student_config) -> PairScorer``, or None when the model is not of its kind."""
-
-_LOADERS: list[tuple[str, ScorerLoader]] = []
+from distillrank.ranking import Pairs, Ranker
+from distillrank.runtime import Runtime
 
 
 class StudentUnavailable(DistillrankError):
-    """The student cannot score pairs here (no loader for its kind, or it failed to load)."""
+    """The student cannot score pairs here (no student kind recognises its folder, or it failed to load)."""
 
 
-def register_scorer(name: str, loader: ScorerLoader) -> None:
-    """Add a loader for one student kind (tried in registration order; a name registered again is replaced)."""
-    _LOADERS[:] = [(n, f) for n, f in _LOADERS if n != name]
-    _LOADERS.append((name, loader))
-
-
-def load_pair_scorer(model_dir: Path, student_config: Mapping[str, Any] | None = None) -> PairScorer:
-    """The first registered loader's scorer for this model folder.
+def load_trained_student(model_dir: Path) -> Ranker:
+    """The student saved in ``model_dir``, on the CPU.
 
     Raises:
-        StudentUnavailable: the folder is missing, no loader accepts it, or loading failed (the
-            message says which, for the report to print).
+        StudentUnavailable: the folder is missing, no student kind recognises it, or loading failed
+            (the message says which, for the report to print).
     """
+    from distillrank.students import load_student
+
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise StudentUnavailable(f"the trained model folder {model_dir} does not exist")
-    config = dict(student_config or {})
-    for name, loader in _LOADERS:
-        try:
-            scorer = loader(model_dir, config)
-        except Exception as err:  # a report degrades to a sentence; whatever a loader raised is in it
-            raise StudentUnavailable(f"loading {model_dir} as a {name} failed: {err}") from err
-        if scorer is not None:
-            return scorer
-    kinds = [n for n, _ in _LOADERS]
-    raise StudentUnavailable(
-        f"no report scorer for the student {config.get('_target_', '?')} in {model_dir} (known kinds: {kinds})"
-    )
+    try:
+        return load_student(model_dir)
+    except Exception as err:  # a report degrades to a sentence; whatever loading raised is in it
+        raise StudentUnavailable(f"loading {model_dir} failed: {err}") from err
 
 
-def _bi_encoder_loader(model_dir: Path, config: Mapping[str, Any]) -> PairScorer | None:
-    """Dot product (cosine when the model normalises) of the query and passage embeddings."""
-    from distillrank.models.bi_encoder import META_FILE, BiEncoder
-
-    target = str(config.get("_target_", ""))
-    if target and "bi_encoder" not in target.lower() and "biencoder" not in target.lower():
-        return None
-    if not ((model_dir / META_FILE).is_file() or (model_dir / "modules.json").is_file()):
-        return None
-    encoder = BiEncoder.load(model_dir).cpu()
-
-    def score(queries: Sequence[str], passages: Sequence[str]) -> np.ndarray:
-        q_slot = {t: i for i, t in enumerate(dict.fromkeys(queries))}  # each distinct text encoded once
-        p_slot = {t: i for i, t in enumerate(dict.fromkeys(passages))}
-        q_emb = encoder.encode(list(q_slot), "query", batch_size=64)
-        p_emb = encoder.encode(list(p_slot), "passage", batch_size=64)
-        qi = torch.as_tensor([q_slot[q] for q in queries], dtype=torch.long)
-        pi = torch.as_tensor([p_slot[p] for p in passages], dtype=torch.long)
-        return (q_emb[qi] * p_emb[pi]).sum(-1).numpy().astype(np.float64)
-
-    return score
-
-
-def _student_loader(model_dir: Path, config: Mapping[str, Any]) -> PairScorer | None:
-    """Any student :func:`distillrank.students.load_student` reads (cross-encoder, ColBERT, …), scored
-    by its ``rerank_scores``."""
-    from distillrank.students import load_student
-
-    student = load_student(model_dir)
-
-    def score(queries: Sequence[str], passages: Sequence[str]) -> np.ndarray:
-        q_slot = {t: i for i, t in enumerate(dict.fromkeys(queries))}
-        p_slot = {t: i for i, t in enumerate(dict.fromkeys(passages))}
-        scores = student.rerank_scores(
-            list(q_slot),
-            list(p_slot),
-            np.array([q_slot[q] for q in queries], dtype=np.int64),
-            np.array([p_slot[p] for p in passages], dtype=np.int64),
-        )
-        return np.asarray(scores, dtype=np.float64)
-
-    return score
-
-
-register_scorer("bi_encoder", _bi_encoder_loader)
-register_scorer("student", _student_loader)
+def score_aligned(ranker: Ranker, queries: Sequence[str], passages: Sequence[str]) -> np.ndarray:
+    """Scores [N] (float64) of the aligned pairs ``(queries[i], passages[i])``, on the CPU (each
+    distinct text encoded once)."""
+    return np.asarray(ranker.score_pairs(Pairs.aligned(queries, passages), Runtime()), dtype=np.float64)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distillrank.data.collection import Collection, load_collection
 from distillrank.errors import ConfigError
+from distillrank.runtime import Runtime, configured_backend
 from distillrank.teachers.base import Teacher
 from distillrank.validation import allows_external, instantiate_checked
 from distillrank.workspace import cache_dir
@@ -33,42 +34,26 @@ def _teacher(teacher_yaml: str, allow_external: bool = False) -> Teacher:
 
 
 def teacher(cfg: DictConfig) -> Teacher:
-    """The teacher named by ``cfg.teacher`` (built once; weights load on first use).
-
-    Teachers that score over corpus statistics (BM25, also as an ensemble member) are bound to the
-    collection of ``cfg.data`` first.
-    """
-    built = _teacher(OmegaConf.to_yaml(cfg.teacher, resolve=True), allows_external(cfg))
-    return bind_collection(built, collection(cfg), cache_dir(cfg))
-
-
-def bind_collection(teacher: Teacher, coll: Collection, cache_root) -> Teacher:
-    """Bind ``coll`` to the teacher (and to its ensemble members) where it scores over corpus statistics."""
-    for member in [teacher, *getattr(teacher, "members", [])]:
-        if hasattr(member, "bind_collection"):
-            member.bind_collection(coll, cache_root)
-    return teacher
+    """The teacher named by ``cfg.teacher`` (built once; weights load on first use). Nothing is
+    bound to it: the pairs it scores name their collection (:class:`~distillrank.ranking.Pairs`)."""
+    return _teacher(OmegaConf.to_yaml(cfg.teacher, resolve=True), allows_external(cfg))
 
 
 @functools.lru_cache(maxsize=8)
 def _teacher_fp(teacher_yaml: str, precision: str, backend: str = "torch", allow_external: bool = False) -> str:
-    from distillrank.runtime import teacher_fingerprint as fingerprint_under
-
-    return fingerprint_under(_teacher(teacher_yaml, allow_external), precision, backend)
-
-
-def backend(cfg: DictConfig) -> str:
-    """``hardware.backend`` (``torch`` for configs written before it existed)."""
-    from distillrank.runtime import configured_backend
-
-    return configured_backend(cfg.hardware)
+    # only the precision and the backend decide scores: the device is not resolved (a key of a GPU
+    # config can be computed on a machine without one)
+    return _teacher(teacher_yaml, allow_external).fingerprint(Runtime(precision=precision, backend=backend))
 
 
 def teacher_fingerprint(cfg: DictConfig) -> str:
     """The teacher's fingerprint under ``hardware.precision`` and ``hardware.backend`` (int8 and
     ONNX Runtime scores are cached apart)."""
     return _teacher_fp(
-        OmegaConf.to_yaml(cfg.teacher, resolve=True), str(cfg.hardware.precision), backend(cfg), allows_external(cfg)
+        OmegaConf.to_yaml(cfg.teacher, resolve=True),
+        str(cfg.hardware.precision),
+        configured_backend(cfg.hardware),
+        allows_external(cfg),
     )
 
 

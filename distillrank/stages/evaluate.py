@@ -44,6 +44,7 @@ collection and split, and the command that produced them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -54,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from distillrank.config import DataConfig, conf_dir
@@ -79,12 +81,11 @@ from distillrank.evaluation.runs import read_trec_run, write_trec_run
 from distillrank.evaluation.significance import compare_to_baseline
 from distillrank.evaluation.tables import hybrid_note, results_table, student_card_table
 from distillrank.mining.fusion import convex_fuse, rrf_fuse
-from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
-from distillrank.runtime import autocast, hardware
+from distillrank.ranking import Pairs, Ranker, RankerKind
+from distillrank.runtime import Runtime, configure
 from distillrank.stages import context, mine, train
-from distillrank.teachers import BiEncoderTeacher
-from distillrank.validation import allows_external, instantiate_checked
+from distillrank.validation import allows_external, check_instantiable, instantiate_checked
 from distillrank.workspace import (
     Manifest,
     atomic_write_json,
@@ -478,10 +479,6 @@ def _disk_mb(folder: Path | None) -> float | None:
     return sum(f.stat().st_size for f in files) / 1e6
 
 
-def _is_bi_encoder_target(target: str) -> bool:
-    return target.endswith(("students.bi_encoder", "BiEncoder.from_backbone", "BiEncoder.load", "BiEncoder"))
-
-
 def _system_folder(cfg: DictConfig, name: str) -> Path | None:
     """The saved weights of a student system (None for the untrained student, built in memory)."""
     if name == "student":
@@ -504,14 +501,13 @@ def reranks(cfg: DictConfig, name: str) -> bool:
     if cfg.evaluate.mode == "rerank":
         return True
     if name == "teacher":
-        return not cfg.teacher._target_.endswith("BiEncoderTeacher")
-    if name == "student_init":
-        return not _is_bi_encoder_target(cfg.student._target_)
-    if name == "student":
-        return not _is_bi_encoder_target(cfg.student._target_)
-    from distillrank.students.factory import student_kind
+        return not context.teacher(cfg).retrieves
+    from distillrank.students.factory import detect, kind_of_builder
 
-    return student_kind(resolve_model(cfg.evaluate.checkpoints[name])) != "bi_encoder"
+    if name in ("student_init", "student"):  # the kind the student config builds
+        check_instantiable(cfg.student, "student", allows_external(cfg))
+        return not kind_of_builder(get_object(str(cfg.student._target_))).retrieves
+    return not detect(resolve_model(cfg.evaluate.checkpoints[name])).retrieves
 
 
 def _first_stage_key(cfg: DictConfig) -> dict:
@@ -559,46 +555,33 @@ class _FirstStage:
         return self._run
 
 
-def _pair_scorer(cfg: DictConfig, name: str, device, precision, coll):
-    """``score(queries, passages, pair_q, pair_p, qids, docids) -> scores``, the module, its folder.
-
-    ``coll``: the collection evaluated, bound to teachers that score over corpus statistics (BM25).
-    """
+def _ranker(cfg: DictConfig, name: str) -> Ranker:
+    """The ranker of a system: the teacher, the untrained student (built in memory), or a saved
+    student (``student``, a checkpoint), loaded on the CPU in eval mode."""
     if name == "teacher":
-        teacher = context.bind_collection(context.teacher(cfg), coll, cache_dir(cfg))
-        module = _teacher_module(teacher, device)
-
-        def score_teacher(queries, passages, pair_q, pair_p, qids, docids, progress=True):
-            return teacher.score(queries, passages, np.asarray(pair_q), np.asarray(pair_p), device, precision,
-                                 progress, qids=qids, docids=docids)
-
-        model_path = getattr(teacher, "model", None)
-        folder = resolve_model(model_path) if isinstance(model_path, str) else None
-        return score_teacher, module, folder
+        return context.teacher(cfg)
     from distillrank.students.factory import as_student, load_student
 
     folder = _system_folder(cfg, name)
-    student = as_student(instantiate_checked(cfg.student, "student", allows_external(cfg))) if folder is None else load_student(folder)
-    student = student.to(device).eval()
-
-    def score_student(queries, passages, pair_q, pair_p, qids, docids, progress=True):
-        return student.rerank_scores(queries, passages, pair_q, pair_p, cfg.evaluate.batch_size,
-                                     lambda: autocast(device, precision))
-
-    return score_student, student, folder
+    if folder is None:
+        return as_student(instantiate_checked(cfg.student, "student", allows_external(cfg))).eval()
+    return load_student(folder)
 
 
-def _teacher_module(teacher, device):
-    """The teacher's torch module when it has one (for the parameter count); None otherwise."""
-    for attr in ("cross_encoder", "encoder", "colbert", "seq2seq"):
-        if hasattr(teacher, attr):
-            return getattr(teacher, attr)(device)
-    return None
-
-
-def _rerank(cfg: DictConfig, name: str, coll, queries, first: _FirstStage, device, precision) -> dict:
+def _rerank(cfg: DictConfig, name: str, coll, queries, first: _FirstStage, runtime: Runtime) -> dict:
     """Re-rank the first stage's top ``rerank_depth`` with one system."""
-    score_fn, module, folder = _pair_scorer(cfg, name, device, precision, coll)
+    ranker = _ranker(cfg, name)
+    # the parameters of its float weights (an int8 copy keeps its linear weights outside parameters())
+    module = ranker.module(dataclasses.replace(runtime, precision="fp32"))
+    if module is not None:
+        module.to(runtime.device)
+    batch = None if name == "teacher" else cfg.evaluate.batch_size  # a teacher batches as configured
+
+    def score(queries, passages, pair_q, pair_p, qids, docids, progress=True) -> np.ndarray:
+        pairs = Pairs(queries, passages, pair_q, pair_p, qids=qids, docids=docids, collection=coll,
+                      cache_root=cache_dir(cfg))
+        return ranker.score_pairs(pairs, runtime, batch_size=batch, progress=progress)
+
     candidates = first.run()
     qtext = dict(queries)
     qids = [q for q, _ in queries]
@@ -608,7 +591,7 @@ def _rerank(cfg: DictConfig, name: str, coll, queries, first: _FirstStage, devic
     pair_p = np.array([col[d] for q in qids for d, _ in candidates[q]], dtype=np.int64)
     passages = coll.passage_texts([coll.doc_row(d) for d in docids])
     start = time.perf_counter()
-    scores = score_fn([qtext[q] for q in qids], passages, pair_q, pair_p, qids, docids)
+    scores = score([qtext[q] for q in qids], passages, pair_q, pair_p, qids, docids)
     rate = len(pair_q) / max(time.perf_counter() - start, 1e-9)
     run: dict[str, dict[str, float]] = {q: {} for q in qids}
     for qi, pi, sc in zip(pair_q.tolist(), pair_p.tolist(), np.asarray(scores).tolist(), strict=True):
@@ -619,27 +602,27 @@ def _rerank(cfg: DictConfig, name: str, coll, queries, first: _FirstStage, devic
     def rerank_one(text: str) -> None:  # the first stage for one query, then the re-ranker over its list
         rows, _ = first.search([text], progress=False)
         kept = [int(r) for r in rows[0] if r >= 0]
-        score_fn([text], coll.passage_texts(kept), np.zeros(len(kept), np.int64), np.arange(len(kept)),
-                 ["latency"], [doc_ids[r] for r in kept], False)
+        score([text], coll.passage_texts(kept), np.zeros(len(kept), np.int64), np.arange(len(kept)),
+              ["latency"], [doc_ids[r] for r in kept], False)
 
     latency = None
-    if not cfg.teacher._target_.endswith("PrecomputedTeacher") or name != "teacher":
+    if ranker.kind is not RankerKind.PRECOMPUTED:  # looked-up scores have no query of their own to time
         latency = latency_ms(rerank_one, [t for _, t in queries], cfg.evaluate.latency_queries)
     return {
         "run": run,
         "passages_per_s": rate,  # (query, passage) pairs re-ranked per second
         "parameters": _params(module) if module is not None else None,
         "latency": latency,
-        "disk_mb": _disk_mb(folder),
+        "disk_mb": _disk_mb(ranker.weights()),
     }
 
 
-def _evaluate_system(cfg: DictConfig, name: str, coll, queries, device, precision, scratch: Path,
+def _evaluate_system(cfg: DictConfig, name: str, coll, queries, runtime: Runtime, scratch: Path,
                      first: _FirstStage | None = None) -> dict:
     """Run one system; returns its run, the encoding (or re-ranking) rate and the parameter count."""
     ev = cfg.evaluate
     if reranks(cfg, name):
-        return _rerank(cfg, name, coll, queries, first or _FirstStage(cfg, coll, queries), device, precision)
+        return _rerank(cfg, name, coll, queries, first or _FirstStage(cfg, coll, queries), runtime)
     if name == "bm25":
         index = mine.bm25_index(cfg, coll)
         texts = [t for _, t in queries]
@@ -652,41 +635,35 @@ def _evaluate_system(cfg: DictConfig, name: str, coll, queries, device, precisio
         latency = latency_ms(lambda t: index.search([t], ev.top_k, progress=False), texts, ev.latency_queries)
         return {"run": run, "passages_per_s": None, "parameters": None, "latency": latency, "disk_mb": None}
     with ExitStack() as stack:
-        index, folder = _open_dense(cfg, name, coll, device, precision, scratch, stack)
+        index, folder = _open_dense(cfg, name, coll, runtime, scratch, stack)
         return _dense_result(cfg, index, folder, queries)
 
 
 def _open_dense(
-    cfg: DictConfig, name: str, coll, device, precision, scratch: Path, stack: ExitStack
+    cfg: DictConfig, name: str, coll, runtime: Runtime, scratch: Path, stack: ExitStack
 ) -> tuple[ScratchIndex, Path | None]:
-    """A bi-encoder system's corpus encoded into a scratch index that lives as long as ``stack``;
+    """A retrieving system's corpus encoded into a scratch index that lives as long as ``stack``;
     also the model's folder (None for a model built in memory)."""
     ev = cfg.evaluate
+    ranker = _ranker(cfg, name)
+    if not ranker.retrieves:
+        raise ConfigError(f"cannot run {name} ({ranker.kind}) as a dense retriever")
+    encoder = ranker.encoder(runtime)
     if name == "teacher":
-        teacher = context.teacher(cfg)
-        if not isinstance(teacher, BiEncoderTeacher):
-            raise ConfigError(f"cannot run teacher {cfg.teacher._target_} as a dense retriever")
-        encoder = teacher.encoder(device, precision)
         # the frozen teacher's corpus embeddings are shared through the workspace cache with the
         # score stage and feature distillation: encoded once; the rate is then timed on a sample
         matrix, rate, _ = cached_corpus_embeddings(
             encoder, coll, cache_dir(cfg), context.teacher_fingerprint(cfg), ev.batch_size, ev.chunk_size,
-            device, precision, name=name,
+            runtime, name=name,
         )
         if rate is None:
-            rate = encoding_rate(encoder, coll, ev.batch_size, device, precision, seed=cfg.seed)
-        index = ScratchIndex(encoder, coll, matrix, rate, ev.batch_size, ev.chunk_size, device, precision)
-        return index, resolve_model(teacher.model)
-    if name == "student_init":
-        encoder = instantiate_checked(cfg.student, "student", allows_external(cfg))  # truncated in memory, never saved
-        folder = None
-    else:
-        folder = _system_folder(cfg, name)
-        encoder = BiEncoder.load(folder)
+            rate = encoding_rate(encoder, coll, ev.batch_size, runtime, seed=cfg.seed)
+        index = ScratchIndex(encoder, coll, matrix, rate, ev.batch_size, ev.chunk_size, runtime)
+        return index, ranker.weights()
     index = stack.enter_context(
-        scratch_index(encoder, coll, ev.batch_size, ev.chunk_size, device, precision, scratch, name)
+        scratch_index(encoder, coll, ev.batch_size, ev.chunk_size, runtime, scratch, name)
     )
-    return index, folder
+    return index, ranker.weights()
 
 
 def _dense_result(cfg: DictConfig, index: ScratchIndex, folder: Path | None, queries) -> dict:
@@ -864,7 +841,7 @@ def _record(cfg: DictConfig, target: Target, name: str, key: str, out: dict) -> 
     return result
 
 
-def _evaluate_target(cfg: DictConfig, target: Target, device, precision, scratch: Path) -> dict[str, dict]:
+def _evaluate_target(cfg: DictConfig, target: Target, runtime: Runtime, scratch: Path) -> dict[str, dict]:
     """Every system on one collection; a system whose saved results carry its current key is reused.
 
     The hybrid systems come after the others, from their ``student`` and ``bm25`` run files; when one
@@ -892,14 +869,14 @@ def _evaluate_target(cfg: DictConfig, target: Target, device, precision, scratch
                 continue
             log.info("evaluate: %s on %s/%s (%d queries)", name, target.name, target.split, len(target.queries))
             if name == "student" and pending:  # keep the student's corpus matrix for the hybrid systems
-                student, folder = _open_dense(cfg, name, target.coll, device, precision, scratch, stack)
+                student, folder = _open_dense(cfg, name, target.coll, runtime, scratch, stack)
                 out = _dense_result(cfg, student, folder, target.queries)
             else:
-                out = _evaluate_system(cfg, name, target.coll, target.queries, device, precision, scratch, first)
+                out = _evaluate_system(cfg, name, target.coll, target.queries, runtime, scratch, first)
             results[name] = _record(cfg, target, name, keys[name], out)
         if pending:
             if student is None and (cfg.evaluate.latency_queries or _chooses_alpha(cfg, target, pending)):
-                student, _ = _open_dense(cfg, "student", target.coll, device, precision, scratch, stack)
+                student, _ = _open_dense(cfg, "student", target.coll, runtime, scratch, stack)
             log.info("evaluate: %s on %s/%s", " and ".join(pending), target.name, target.split)
             for name, out in _evaluate_hybrid(cfg, target, pending, results, student).items():
                 results[name] = _record(cfg, target, name, keys[name], out)
@@ -951,18 +928,18 @@ def run(cfg: DictConfig) -> Manifest:
     per_collection: dict[str, dict[str, dict]] = {}
     significance: dict[str, dict | None] = {}
     against_bm25: dict[str, dict | None] = {}
-    with hardware(cfg.hardware) as (device, precision):
-        for target in evaluated:
-            results = _evaluate_target(cfg, target, device, precision, folder / ".scratch")
-            per_collection[target.name] = results
-            significance[target.name] = (
-                compare_to_baseline(
-                    {n: r.get("per_query", {}) for n, r in results.items()}, baseline, measures, cfg.evaluate.alpha
-                )
-                if baseline is not None
-                else None
+    runtime = configure(cfg.hardware)
+    for target in evaluated:
+        results = _evaluate_target(cfg, target, runtime, folder / ".scratch")
+        per_collection[target.name] = results
+        significance[target.name] = (
+            compare_to_baseline(
+                {n: r.get("per_query", {}) for n, r in results.items()}, baseline, measures, cfg.evaluate.alpha
             )
-            against_bm25[target.name] = hybrid_against_bm25(results, baseline, measures, cfg.evaluate.alpha)
+            if baseline is not None
+            else None
+        )
+        against_bm25[target.name] = hybrid_against_bm25(results, baseline, measures, cfg.evaluate.alpha)
 
     def table(name: str) -> str:
         text = results_table(

@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distillrank.errors import ConfigError
 from distillrank.queries.synthetic import SyntheticQuery, ict_queries, make_query, title_queries
-from distillrank.runtime import hardware
+from distillrank.runtime import configure
 from distillrank.stages import context
 from distillrank.validation import allows_external, instantiate_checked
 from distillrank.workspace import (
@@ -120,8 +120,8 @@ def _make_queries(cfg: DictConfig, coll, rows: np.ndarray, rng: np.random.Genera
         return ict_queries(docids, docs["text"], int(q.per_doc), rng, float(q.remove_prob), list(q.span_words), int(q.min_words), titles=docs["title"])
     generator = _generator(cfg)
     texts = coll.passage_texts(rows.tolist())
-    with hardware(cfg.hardware) as (device, precision):
-        generated = generator.generate(texts, int(q.per_doc), int(cfg.seed), device, precision, progress=True)
+    runtime = configure(cfg.hardware)
+    generated = generator.generate(texts, int(q.per_doc), int(cfg.seed), runtime.device, runtime.precision, progress=True)
     return [make_query("generator", text, docid) for docid, queries in zip(docids, generated, strict=True) for text in queries]
 
 
@@ -147,7 +147,8 @@ def _consistency_ranks(cfg: DictConfig, coll, queries: list[SyntheticQuery], k: 
 
     teacher = context.teacher(cfg)
     scores, scored, seconds, _ = score.teacher_scores(
-        cfg, teacher, context.teacher_fingerprint(cfg), coll, pairs, {s.qid: s.text for s in queries}, passage_text
+        cfg, teacher, context.teacher_fingerprint(cfg), coll, pairs, {s.qid: s.text for s in queries}, passage_text,
+        configure(cfg.hardware),
     )
     log.info("queries: consistency filter scored %d pairs in %.1f s (top %d of BM25 top %d)", scored, seconds, k, depth)
     ranks = np.empty(len(queries), dtype=np.int32)

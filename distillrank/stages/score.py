@@ -30,7 +30,6 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from distillrank import runtime
 from distillrank.errors import DistillrankError
 from distillrank.evaluation.dense import (
     CORPUS_CHUNK,
@@ -40,11 +39,11 @@ from distillrank.evaluation.dense import (
     embeddings_dir,
 )
 from distillrank.mining import denoise
-from distillrank.runtime import autocast, hardware
+from distillrank.ranking import Pairs, RankerKind
+from distillrank.runtime import Runtime, configure
 from distillrank.stages import context, mine
 from distillrank.teachers import normalize
-from distillrank.teachers.bi_encoder import BiEncoderTeacher
-from distillrank.teachers.ensemble import EnsembleTeacher
+from distillrank.teachers.base import members as teacher_members
 from distillrank.workspace import (
     Manifest,
     atomic_path,
@@ -142,14 +141,15 @@ def stage_key(cfg: DictConfig) -> str:
     return fingerprint(parts)
 
 
-def _score_shard(teacher, passage_text, query_text: dict[str, str], qids: list[str], docids: list[str], device, precision, progress):
+def _score_shard(teacher, passage_text, query_text: dict[str, str], qids: list[str], docids: list[str],
+                 coll, cache_root: Path, runtime: Runtime, progress):
     uq, pair_q = np.unique(np.asarray(qids, dtype=object), return_inverse=True)
     ud, pair_p = np.unique(np.asarray(docids, dtype=object), return_inverse=True)
-    passages = passage_text(list(ud))
-    scores = teacher.score(
-        [query_text[q] for q in uq], passages, pair_q, pair_p, device, precision, progress,
-        qids=list(uq), docids=list(ud),
+    pairs = Pairs(
+        [query_text[q] for q in uq], passage_text(list(ud)), pair_q, pair_p, qids=list(uq), docids=list(ud),
+        collection=coll, cache_root=cache_root,
     )
+    scores = teacher.score_pairs(pairs, runtime, progress=progress)
     return _checked(scores.astype(np.float32), qids, docids)
 
 
@@ -165,31 +165,31 @@ def _checked(scores: np.ndarray, qids: list[str], docids: list[str]) -> np.ndarr
     return scores
 
 
-def _corpus_embeddings(cfg: DictConfig, teacher, teacher_fp: str, coll, todo, query_text, device, precision):
-    """For a bi-encoder teacher, a scorer of (qids, docids) through its corpus embeddings in the
+def _corpus_embeddings(cfg: DictConfig, teacher, teacher_fp: str, coll, todo, query_text, runtime: Runtime):
+    """For a teacher that retrieves (a bi-encoder), a scorer of (qids, docids) through its corpus embeddings in the
     workspace cache (those feature distillation and the teacher's evaluation read), when every
     passage is a corpus row and the embeddings are cached already or the pairs to score cover at
     least ``COVER`` of the corpus (encoding the whole corpus then costs at most twice the candidates,
     and is shared); else None (score pair by pair).
     """
-    if not todo or not isinstance(teacher, BiEncoderTeacher):
+    if not todo or not teacher.retrieves:
         return None
     corpus_ids = set(coll.doc_ids())
     if any(d not in corpus_ids for _, d in todo):  # passages made by the queries stage (ICT) are not rows
         return None
-    encoder = teacher.encoder(device, precision)
-    folder = embeddings_dir(cache_dir(cfg), teacher_fp, coll.fingerprint, embedding_settings(encoder, precision))
+    encoder = teacher.encoder(runtime)
+    folder = embeddings_dir(cache_dir(cfg), teacher_fp, coll.fingerprint, embedding_settings(encoder, runtime.precision))
     n_docs = len(coll.corpus)
     if not (folder / EMBEDDINGS_META).is_file() and len({d for _, d in todo}) < COVER * n_docs:
         return None
     matrix, _, _ = cached_corpus_embeddings(
-        encoder, coll, cache_dir(cfg), teacher_fp, teacher.batch_size, CORPUS_CHUNK, device, precision,
+        encoder, coll, cache_dir(cfg), teacher_fp, teacher.batch_size, CORPUS_CHUNK, runtime,
         name="teacher", progress=bool(cfg.score.progress),
     )
     qids = list(dict.fromkeys(q for q, _ in todo))
     q_emb = encoder.encode(
-        [query_text[q] for q in qids], "query", teacher.batch_size, lambda: autocast(device, precision),
-        bool(cfg.score.progress), "teacher: queries",
+        [query_text[q] for q in qids], "query", teacher.batch_size, runtime, bool(cfg.score.progress),
+        "teacher: queries",
     )
     q_row = {q: i for i, q in enumerate(qids)}
 
@@ -210,51 +210,55 @@ def _normalize_settings(cfg: DictConfig) -> tuple[str, str]:
 
 
 def _fill_cache(
-    cfg: DictConfig, teacher, teacher_fp: str, coll, pairs: list[tuple[str, str]], query_text, passage_text, name: str
+    cfg: DictConfig, teacher, teacher_fp: str, coll, pairs: list[tuple[str, str]], query_text, passage_text, name: str,
+    runtime: Runtime,
 ) -> tuple[dict[tuple[str, str], float], int, float]:
     """Score the pairs missing from ``teacher``'s cache, shard by shard.
 
     Returns:
         the cached scores (complete for ``pairs``), the number of pairs scored now, and the seconds spent.
     """
-    if hasattr(teacher, "check_ids"):  # looked-up scores: ids the collection lacks are an input error
+    lookup = teacher.kind is RankerKind.PRECOMPUTED  # scores looked up by id in a file
+    if lookup:  # ids the collection lacks are an input error
         known_qids = set(coll.queries.with_format("arrow")[:].column("_id").to_pylist()) | set(query_text)
         teacher.check_ids(known_qids, set(coll.doc_ids()))
     cache = ScoreCache.for_teacher(cfg, teacher_fp, coll.fingerprint)
     with locked(cache.folder, "teacher score cache"):  # one process scores a teacher at a time
         cached = cache.load()
-        if hasattr(teacher, "check_pairs"):  # every pair the file lacks, named at once
+        if lookup:  # every pair the file lacks, named at once
             teacher.check_pairs([p for p in pairs if p not in cached])
         # by passage, then query: a shard holds a contiguous range of passages, so a teacher that encodes
         # each distinct text once per call (bi-encoder, ColBERT) encodes a passage in one shard only;
         # queries, short, repeat across shards instead
         todo = sorted({pair for pair in pairs if pair not in cached}, key=lambda p: (p[1], p[0]))
         start = time.perf_counter()
-        with hardware(cfg.hardware) as (device, precision):
-            via = _corpus_embeddings(cfg, teacher, teacher_fp, coll, todo, query_text, device, precision)
-            shard = int(cfg.score.shard_size)
-            n_shards = math.ceil(len(todo) / shard) if todo else 0
-            # one bar over every pair of the run (pairs/s, ETA); the teacher's own bars show within a shard
-            bar = tqdm(total=len(todo), desc=f"score: {name}", unit="pair", disable=not cfg.score.progress or not todo)
-            with bar:
-                for s in range(n_shards):
-                    part = todo[s * shard : (s + 1) * shard]
-                    pq_ids, pd_ids = [q for q, _ in part], [d for _, d in part]
-                    scores = (
-                        via(pq_ids, pd_ids)
-                        if via is not None
-                        else _score_shard(teacher, passage_text, query_text, pq_ids, pd_ids, device, precision, cfg.score.progress)
-                    )
-                    cache.add(pq_ids, pd_ids, scores)
-                    cached.update(zip(part, scores.tolist(), strict=True))
-                    bar.update(len(part))
+        via = _corpus_embeddings(cfg, teacher, teacher_fp, coll, todo, query_text, runtime)
+        shard = int(cfg.score.shard_size)
+        n_shards = math.ceil(len(todo) / shard) if todo else 0
+        # one bar over every pair of the run (pairs/s, ETA); the teacher's own bars show within a shard
+        bar = tqdm(total=len(todo), desc=f"score: {name}", unit="pair", disable=not cfg.score.progress or not todo)
+        with bar:
+            for s in range(n_shards):
+                part = todo[s * shard : (s + 1) * shard]
+                pq_ids, pd_ids = [q for q, _ in part], [d for _, d in part]
+                scores = (
+                    via(pq_ids, pd_ids)
+                    if via is not None
+                    else _score_shard(teacher, passage_text, query_text, pq_ids, pd_ids, coll, cache_dir(cfg), runtime,
+                                      cfg.score.progress)
+                )
+                cache.add(pq_ids, pd_ids, scores)
+                cached.update(zip(part, scores.tolist(), strict=True))
+                bar.update(len(part))
         return cached, len(todo), time.perf_counter() - start
 
 
 def teacher_scores(
-    cfg: DictConfig, teacher, teacher_fp: str, coll, pairs: list[tuple[str, str]], query_text, passage_text
+    cfg: DictConfig, teacher, teacher_fp: str, coll, pairs: list[tuple[str, str]], query_text, passage_text,
+    runtime: Runtime,
 ) -> tuple[np.ndarray, int, float, list[str]]:
-    """Teacher scores [len(pairs)] of (qid, docid) pairs, scoring only what the caches lack.
+    """Teacher scores [len(pairs)] of (qid, docid) pairs, scoring only what the caches lack, under
+    ``runtime`` (the stage's, from ``hardware``).
 
     An :class:`~distillrank.teachers.ensemble.EnsembleTeacher` is scored member by member, each
     through its own cache, and combined over all the given pairs (grouped by query).
@@ -263,22 +267,22 @@ def teacher_scores(
         the scores, the number of pairs scored now (over all members), seconds spent scoring, and
         the cache folders.
     """
-    members = teacher.members if isinstance(teacher, EnsembleTeacher) else [teacher]
+    members = teacher_members(teacher)
     member_scores: list[np.ndarray] = []
     caches: list[str] = []
     scored = 0
     score_time = 0.0
     for i, member in enumerate(members):
-        member_fp = teacher_fp if member is teacher else runtime.teacher_fingerprint(member, cfg.hardware.precision, context.backend(cfg))
-        name = "pairs" if member is teacher else f"member {i + 1}/{len(members)} ({getattr(member, 'kind', type(member).__name__)})"
-        cached, n, seconds = _fill_cache(cfg, member, member_fp, coll, pairs, query_text, passage_text, name)
+        member_fp = teacher_fp if member is teacher else member.fingerprint(runtime)
+        name = "pairs" if member is teacher else f"member {i + 1}/{len(members)} ({member.kind})"
+        cached, n, seconds = _fill_cache(cfg, member, member_fp, coll, pairs, query_text, passage_text, name, runtime)
         member_scores.append(np.array([cached[p] for p in pairs], dtype=np.float32))
         caches.append(str(ScoreCache.for_teacher(cfg, member_fp, coll.fingerprint).folder))
         scored += n
         score_time += seconds
     if member_scores[0].size == 0:
         return np.zeros(0, np.float32), scored, score_time, caches
-    if isinstance(teacher, EnsembleTeacher):
+    if teacher.kind is RankerKind.ENSEMBLE:
         groups = np.array([q for q, _ in pairs], dtype=object)
         return teacher.combine(member_scores, groups), scored, score_time, caches
     return member_scores[0], scored, score_time, caches
@@ -311,8 +315,11 @@ def run(cfg: DictConfig) -> Manifest:
     passage_text = context.passage_lookup(cfg)
     groups = candidates["qid"].to_numpy(zero_copy_only=False)
 
-    raw, scored, score_time, caches = teacher_scores(cfg, teacher, teacher_fp, coll, pairs, query_text, passage_text)
-    members = teacher.members if isinstance(teacher, EnsembleTeacher) else [teacher]
+    runtime = configure(cfg.hardware)
+    raw, scored, score_time, caches = teacher_scores(
+        cfg, teacher, teacher_fp, coll, pairs, query_text, passage_text, runtime
+    )
+    members = teacher_members(teacher)
 
     table = candidates.append_column("teacher", pa.array(raw, pa.float32()))
     table, denoised = denoise.denoise_table(table, margin, relative)

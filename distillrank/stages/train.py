@@ -35,13 +35,13 @@ import pyarrow.parquet as pq
 import yaml
 from omegaconf import DictConfig
 
-from distillrank import runtime
 from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import CORPUS_CHUNK, cached_corpus_embeddings
 from distillrank.losses import uses_scores
-from distillrank.runtime import hardware, seed_everything
+from distillrank.runtime import Runtime, configure, seed_everything
 from distillrank.stages import context, mine, score
 from distillrank.students import Student, as_student
+from distillrank.students.base import Description
 from distillrank.teachers.base import describe as describe_teacher
 from distillrank.teachers.base import embedding_source
 from distillrank.training.batching import QueryPool, query_pools
@@ -157,33 +157,14 @@ def stage_key(cfg: DictConfig) -> str:
     )
 
 
-_USAGE = {
-    "bi_encoder": (
-        "a distilled bi-encoder",
-        "sentence-transformers",
-        "from sentence_transformers import SentenceTransformer\nmodel = SentenceTransformer(PATH)",
-    ),
-    "cross_encoder": (
-        "a distilled cross-encoder (re-ranker)",
-        "sentence-transformers",
-        "from sentence_transformers import CrossEncoder\nmodel = CrossEncoder(PATH)\n"
-        "scores = model.predict([(query, passage), ...])",
-    ),
-    "colbert": (
-        "a distilled ColBERT (late interaction)",
-        "distillrank",
-        "from distillrank.students import load_student\nstudent = load_student(PATH)",
-    ),
-}
-
-
-def model_card(cfg: DictConfig, counts: dict, kind: str = "bi_encoder") -> str:
-    """A README for the exported student: what it was distilled from, how, and on what."""
+def model_card(cfg: DictConfig, counts: dict, description: Description) -> str:
+    """A README for the exported student: what it was distilled from, how, and on what
+    (``description``: the student kind's, :meth:`~distillrank.students.base.Student.describe`)."""
     config = {k: to_plain(cfg[k]) for k in ("data", "mining", "teacher", "student", "loss", "train")}
-    title, library, usage = _USAGE[kind]
+    library, usage = description.library, description.usage
     return (
         f"---\nlibrary_name: {library}\ntags: [{library}, distillrank, knowledge-distillation]\n---\n"
-        f"# {cfg.experiment}: {title}\n\n"
+        f"# {cfg.experiment}: {description.title}\n\n"
         f"Trained with [distillrank](https://pypi.org/project/distillrank/) from the teacher `{describe_teacher(to_plain(cfg.teacher))}` "
         f"on the `{cfg.data.train_split}` queries of `{cfg.data.name}`, loss `{cfg.loss._target_}`.\n\n"
         f"```python\n{usage}\n```\n\n"
@@ -284,23 +265,19 @@ def _feature_queries(cfg: DictConfig) -> list[tuple[str, str]]:
     return context.train_queries(cfg)
 
 
-def feature_set(cfg: DictConfig, device, precision: str) -> FeatureSet:
+def feature_set(cfg: DictConfig, runtime: Runtime) -> FeatureSet:
     """The texts of feature distillation with the teacher's embeddings of them (cached per teacher,
     collection and settings in ``_cache/embeddings``: computed once, shared by every experiment)."""
     coll = context.collection(cfg)
     full = context.teacher(cfg)
     teacher = embedding_source(full)
-    encoder = teacher.encoder(device, precision)
+    encoder = teacher.encoder(runtime)
     # an ensemble member is keyed as the score stage keys it (precision and backend included)
-    model_fp = (
-        context.teacher_fingerprint(cfg)
-        if teacher is full
-        else runtime.teacher_fingerprint(teacher, cfg.hardware.precision, context.backend(cfg))
-    )
+    model_fp = context.teacher_fingerprint(cfg) if teacher is full else teacher.fingerprint(runtime)
     t = cfg.train
     if t.feature_passages:
         targets, _, _ = cached_corpus_embeddings(
-            encoder, coll, cache_dir(cfg), model_fp, teacher.batch_size, CORPUS_CHUNK, device, precision,
+            encoder, coll, cache_dir(cfg), model_fp, teacher.batch_size, CORPUS_CHUNK, runtime,
             name="teacher embeddings",
         )
         rows = None
@@ -313,7 +290,7 @@ def feature_set(cfg: DictConfig, device, precision: str) -> FeatureSet:
     queries = [text for _, text in _feature_queries(cfg)]
     q_targets = (
         cached_text_embeddings(
-            encoder, queries, "query", cache_dir(cfg), model_fp, teacher.batch_size, device, precision,
+            encoder, queries, "query", cache_dir(cfg), model_fp, teacher.batch_size, runtime,
             name="teacher embeddings",
         )
         if queries
@@ -371,38 +348,38 @@ def run(cfg: DictConfig) -> Manifest:
     passage_text = context.passage_lookup(cfg)
 
     checkpoint_dir = folder / CHECKPOINTS  # a checkpoint of this run found there is resumed
-    with hardware(cfg.hardware) as (device, precision):
-        dist, device = init_from_env(device)
-        features = feature_set(cfg, device, precision) if getattr(loss_fn, "uses_features", False) else None
-        tracker: Tracker = Tracker()
-        if dist.is_main:
-            tracker = make_tracker(
-                str(cfg.train.get("logger", "none")),
-                folder / WORK_TENSORBOARD,
-                name=str(cfg.experiment),
-                config={k: to_plain(cfg[k]) for k in ("student", "loss", "train")},
-            )
-        try:
-            result = train_student(
-                student,
-                loss_fn,
-                pools,
-                query_text,
-                passage_text,
-                cfg.train,
-                device,
-                precision,
-                cfg.seed,
-                folder / WORK_LOG,
-                checkpoint_dir=checkpoint_dir,
-                resume_key=key,
-                dev=dev,
-                tracker=tracker,
-                dist=dist,
-                features=features,
-            )
-        finally:
-            tracker.close()
+    runtime = configure(cfg.hardware)
+    dist, device = init_from_env(runtime.device)
+    runtime = runtime.on(device)  # this rank's device
+    features = feature_set(cfg, runtime) if getattr(loss_fn, "uses_features", False) else None
+    tracker: Tracker = Tracker()
+    if dist.is_main:
+        tracker = make_tracker(
+            str(cfg.train.get("logger", "none")),
+            folder / WORK_TENSORBOARD,
+            name=str(cfg.experiment),
+            config={k: to_plain(cfg[k]) for k in ("student", "loss", "train")},
+        )
+    try:
+        result = train_student(
+            student,
+            loss_fn,
+            pools,
+            query_text,
+            passage_text,
+            cfg.train,
+            runtime,
+            cfg.seed,
+            folder / WORK_LOG,
+            checkpoint_dir=checkpoint_dir,
+            resume_key=key,
+            dev=dev,
+            tracker=tracker,
+            dist=dist,
+            features=features,
+        )
+    finally:
+        tracker.close()
     counts = {
         "queries": len(pools),
         "queries_dropped": dropped,
@@ -438,7 +415,7 @@ def run(cfg: DictConfig) -> Manifest:
         wall_time_s=time.perf_counter() - start,
     )
     if dist.is_main:
-        student.cpu().save(folder / MODEL, model_card=model_card(cfg, counts, student.kind))
+        student.cpu().save(folder / MODEL, model_card=model_card(cfg, counts, student.describe()))
         log.info("train: %s", counts)
         shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)  # the model is saved: nothing left to resume
         commit_logs(folder)

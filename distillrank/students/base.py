@@ -16,20 +16,25 @@ the wrapped weights. Its ``forward`` is the training-time scoring of a batch:
 It returns :class:`BatchScores`: ``groups`` [B, L] and ``matrix`` [B, P] or None, differentiable.
 Making this the ``forward`` keeps every student usable under ``torch.nn.parallel`` wrappers.
 
-:meth:`Student.rerank_scores` scores arbitrary (query, passage) pairs without gradients: the dev
-evaluation and the evaluate stage re-rank candidates with it.
+:meth:`Student.score_pairs` scores arbitrary (query, passage) pairs without gradients: a student is
+a :class:`~distillrank.ranking.Ranker` like every teacher, and the dev evaluation, the evaluate stage
+and the report re-rank candidates through that interface.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from distillrank.ranking import Pairs, RankerKind
+from distillrank.runtime import Runtime
+from distillrank.workspace import dir_fingerprint, fingerprint
 
 
 @dataclass
@@ -44,16 +49,60 @@ class BatchScores:
     matrix: torch.Tensor | None = None
 
 
-class Student(nn.Module):
-    """Base class of the student adapters (see the module docstring for the protocol)."""
+@dataclass(frozen=True)
+class Description:
+    """How a student kind describes its exported folder (the model card, error messages)."""
 
-    kind: str = ""  # bi_encoder | cross_encoder | colbert: the folder format of ``save``
+    title: str  # what the model is: "a distilled bi-encoder"
+    library: str  # the library that loads the folder (the model card's library_name)
+    usage: str  # how to load it, in Python; PATH stands for the folder
+    folder: str  # what marks a saved folder of this kind: "modules.json (bi-encoder)"
+
+
+class Student(nn.Module):
+    """Base class of the student adapters (see the module docstring for the protocol).
+
+    A subclass is one student kind: it declares its ``kind``, the model class its configs build
+    (``model_type``) and its :class:`Description`, and says how to recognise (:meth:`detect`) and
+    :meth:`load` a folder it saved. :mod:`distillrank.students.factory` iterates over the kinds.
+
+    ``source``: the folder the student was loaded from (None for a model built in memory).
+    """
+
+    kind: RankerKind  # also the folder format of ``save``: bi_encoder | cross_encoder | colbert
+    model_type: type[nn.Module]  # what a student config of this kind builds (``_target_``)
+    description: Description
+    retrieves: bool = False  # a bi-encoder: encoder(runtime) embeds a corpus once
+    batch_size: int = 64  # texts (or pairs) per inference batch when score_pairs is given none
     supports_in_batch: bool = False
     supports_features: bool = False  # has one embedding per text (feature distillation)
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, source: str | Path | None = None) -> None:
         super().__init__()
         self.model = model
+        self.source = None if source is None else Path(source)
+
+    # ------------------------------------------------------------------ the kind
+    @classmethod
+    def detect(cls, folder: Path) -> bool:
+        """Whether ``folder`` is a student of this kind, saved by :meth:`save`."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, folder: Path, max_length: int | None = None) -> Student:
+        """The student saved in ``folder``, on the CPU, in eval mode (``max_length``: a pair's
+        truncation length, for kinds that read pairs jointly)."""
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls) -> Description:
+        """What the exported folder is and how to load it."""
+        return cls.description
+
+    @classmethod
+    def builds(cls, built: type) -> bool:
+        """Whether a student config that builds ``built`` (a class) is of this kind."""
+        return issubclass(built, (cls, cls.model_type))
 
     @property
     def device(self) -> torch.device:
@@ -75,20 +124,35 @@ class Student(nn.Module):
         ``supports_features``."""
         raise NotImplementedError
 
-    def rerank_scores(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: Sequence[int] | np.ndarray,
-        pair_p: Sequence[int] | np.ndarray,
-        batch_size: int = 64,
-        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    # ------------------------------------------------------------------ the Ranker interface
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        """Scores [len(pair_q)] (float32) of the pairs ``(queries[pair_q[i]], passages[pair_p[i]])``.
-
-        Inference only (no gradients); the train/eval mode is restored afterwards.
-        """
+        """Scores [len(pairs)] (float32) of the pairs, ``batch_size`` texts or pairs per batch (None:
+        :attr:`batch_size`). Inference only (no gradients); the train/eval mode is restored afterwards."""
         raise NotImplementedError
+
+    def fingerprint(self, runtime: Runtime | None = None) -> str:
+        """The kind and the weights: a loaded student's folder, else its tensors (the runtime does
+        not change a student's identity)."""
+        return fingerprint({"kind": self.kind.value, "weights": self._weights_fingerprint()})
+
+    def _weights_fingerprint(self) -> str:
+        if self.source is not None:
+            return dir_fingerprint(self.source)
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def module(self, runtime: Runtime | None = None) -> nn.Module:
+        """The student itself (its parameters are the model's)."""
+        return self
+
+    def weights(self) -> Path | None:
+        """The folder the student was loaded from (None: built in memory)."""
+        return self.source
 
     def save(self, path: str | Path, model_card: str | None = None) -> Path:
         """Export the trained model (format per ``kind``), atomically."""

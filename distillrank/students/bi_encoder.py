@@ -2,26 +2,42 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from distillrank.models.bi_encoder import BiEncoder
-from distillrank.students.base import BatchScores, Student
+from distillrank.ranking import Pairs, RankerKind
+from distillrank.runtime import Runtime
+from distillrank.students.base import BatchScores, Description, Student
 
 
 class BiEncoderStudent(Student):
     """Queries and passages encoded independently; a score is the dot product of the embeddings
     (cosine when the encoder normalises). In-batch scores come for free: [B, d] × [P, d]ᵀ."""
 
-    kind = "bi_encoder"
+    kind = RankerKind.BI_ENCODER
+    model_type = BiEncoder
+    description = Description(
+        "a distilled bi-encoder",
+        "sentence-transformers",
+        "from sentence_transformers import SentenceTransformer\nmodel = SentenceTransformer(PATH)",
+        "modules.json (bi-encoder)",
+    )
+    retrieves = True
     supports_in_batch = True
     supports_features = True
 
-    def __init__(self, model: BiEncoder) -> None:
-        super().__init__(model)
+    @classmethod
+    def detect(cls, folder: Path) -> bool:
+        """A sentence-transformers folder (``modules.json``)."""
+        return (folder / "modules.json").is_file()
+
+    @classmethod
+    def load(cls, folder: Path, max_length: int | None = None) -> BiEncoderStudent:
+        return cls(BiEncoder.load(folder), source=folder).eval()
 
     def forward(
         self, queries: Sequence[str], passages: Sequence[str], index: torch.Tensor, in_batch: bool = False
@@ -40,17 +56,11 @@ class BiEncoderStudent(Student):
         """The retrieval embedding itself (normalised for a cosine student)."""
         return self.model(list(texts), kind).float()
 
-    def rerank_scores(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: Sequence[int] | np.ndarray,
-        pair_p: Sequence[int] | np.ndarray,
-        batch_size: int = 64,
-        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        q_emb = self.model.encode(list(queries), "query", batch_size=batch_size, autocast=autocast)
-        p_emb = self.model.encode(list(passages), "passage", batch_size=batch_size, autocast=autocast)
-        q_idx = torch.as_tensor(np.asarray(pair_q, dtype=np.int64))
-        p_idx = torch.as_tensor(np.asarray(pair_p, dtype=np.int64))
-        return (q_emb[q_idx] * p_emb[p_idx]).sum(-1).numpy().astype(np.float32)
+        return self.model.pair_scores(pairs, batch_size or self.batch_size, runtime, progress)
+
+    def encoder(self, runtime: Runtime | None = None) -> BiEncoder:
+        """The bi-encoder that embeds a corpus and its queries (the model itself)."""
+        return self.model

@@ -7,15 +7,16 @@ passages are encoded independently, so the [B, P] in-batch matrix costs only the
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from distillrank.models.colbert import SETTINGS_FILE, ColBERTModel
-from distillrank.students.base import BatchScores, Student
+from distillrank.ranking import Pairs, RankerKind
+from distillrank.runtime import Runtime
+from distillrank.students.base import BatchScores, Description, Student
 
 
 def is_colbert_folder(path: str | Path) -> bool:
@@ -26,12 +27,16 @@ def is_colbert_folder(path: str | Path) -> bool:
 class ColBERTStudent(Student):
     """MaxSim over token embeddings; ``forward`` gives [B, L] groups and, asked, the [B, P] matrix."""
 
-    kind = "colbert"
+    kind = RankerKind.LATE_INTERACTION
+    model_type = ColBERTModel
+    description = Description(
+        "a distilled ColBERT (late interaction)",
+        "distillrank",
+        "from distillrank.students import load_student\nstudent = load_student(PATH)",
+        "a ColBERT folder",
+    )
     supports_in_batch = True
     supports_features = True
-
-    def __init__(self, model: ColBERTModel) -> None:
-        super().__init__(model)
 
     def forward(
         self, queries: Sequence[str], passages: Sequence[str], index: torch.Tensor, in_batch: bool = False
@@ -52,6 +57,15 @@ class ColBERTStudent(Student):
         )
         return BatchScores(groups.float().view(b, n))
 
+    @classmethod
+    def detect(cls, folder: Path) -> bool:
+        """A folder with our ColBERT metadata (:func:`is_colbert_folder`)."""
+        return is_colbert_folder(folder)
+
+    @classmethod
+    def load(cls, folder: Path, max_length: int | None = None) -> ColBERTStudent:
+        return cls(ColBERTModel.load(folder), source=folder).eval()
+
     @property
     def embedding_dim(self) -> int:
         return self.model.dim
@@ -62,24 +76,10 @@ class ColBERTStudent(Student):
         emb, mask = self.model.encode(list(texts), kind)
         return emb.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).to(emb.dtype)
 
-    def rerank_scores(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: Sequence[int] | np.ndarray,
-        pair_p: Sequence[int] | np.ndarray,
-        batch_size: int = 64,
-        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        pair_q = np.asarray(pair_q, dtype=np.int64)
-        pair_p = np.asarray(pair_p, dtype=np.int64)
-        q_emb, q_mask = self.model.embed(list(queries), "query", batch_size=batch_size, autocast=autocast)
-        p_emb, p_mask = self.model.embed(list(passages), "passage", batch_size=batch_size, autocast=autocast)
-        out = np.empty(len(pair_q), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(pair_q), batch_size):
-                qi = torch.as_tensor(pair_q[start : start + batch_size])
-                pj = torch.as_tensor(pair_p[start : start + batch_size])
-                scores = ColBERTModel.score_pairs(q_emb[qi], q_mask[qi], p_emb[pj], p_mask[pj])
-                out[start : start + len(qi)] = scores.float().numpy()
-        return out
+        batch = batch_size or self.batch_size
+        q = self.model.embed(pairs.queries, "query", batch, runtime, progress)
+        p = self.model.embed(pairs.passages, "passage", batch, runtime, progress)
+        return ColBERTModel.score_indexed(q, p, pairs.pair_q, pairs.pair_p, batch)

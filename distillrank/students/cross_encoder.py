@@ -8,24 +8,45 @@ folder that ``sentence_transformers.CrossEncoder(path)`` loads.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from distillrank.models.cross_encoder import CrossEncoderModel
-from distillrank.students.base import BatchScores, Student, check_in_batch
+from distillrank.ranking import Pairs, RankerKind
+from distillrank.runtime import Runtime
+from distillrank.students.base import BatchScores, Description, Student, check_in_batch
 
 
 class CrossEncoderStudent(Student):
     """Scores each (query, passage) pair jointly; ``forward`` gives [B, L] group scores only."""
 
-    kind = "cross_encoder"
+    kind = RankerKind.CROSS_ENCODER
+    model_type = CrossEncoderModel
+    description = Description(
+        "a distilled cross-encoder (re-ranker)",
+        "sentence-transformers",
+        "from sentence_transformers import CrossEncoder\nmodel = CrossEncoder(PATH)\n"
+        "scores = model.predict([(query, passage), ...])",
+        "a config.json of a *ForSequenceClassification model (cross-encoder)",
+    )
     supports_in_batch = False
 
-    def __init__(self, model: CrossEncoderModel) -> None:
-        super().__init__(model)
+    @classmethod
+    def detect(cls, folder: Path) -> bool:
+        """A Hugging Face sequence-classification folder."""
+        config = folder / "config.json"
+        if not config.is_file():
+            return False
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+        return any(a.endswith("ForSequenceClassification") for a in architectures)
+
+    @classmethod
+    def load(cls, folder: Path, max_length: int | None = None) -> CrossEncoderStudent:
+        return cls(CrossEncoderModel.load(folder, max_length or 512), source=folder).eval()
 
     def forward(
         self, queries: Sequence[str], passages: Sequence[str], index: torch.Tensor, in_batch: bool = False
@@ -37,22 +58,13 @@ class CrossEncoderStudent(Student):
         scores = self.model(pair_q, pair_p).float()  # [B * L]
         return BatchScores(scores.view(len(rows), -1))
 
-    def rerank_scores(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: Sequence[int] | np.ndarray,
-        pair_p: Sequence[int] | np.ndarray,
-        batch_size: int = 64,
-        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
         was_training = self.training
         try:
             return self.model.predict(
-                [queries[int(i)] for i in pair_q],
-                [passages[int(j)] for j in pair_p],
-                batch_size=batch_size,
-                autocast=autocast,
+                pairs.query_texts(), pairs.passage_texts(), batch_size or self.batch_size, runtime, progress
             )
         finally:
             self.train(was_training)

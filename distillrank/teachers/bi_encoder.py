@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
-import torch
 
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
 from distillrank.models.onnx_runtime import OnnxBackbone
 from distillrank.models.quantize import quantize_int8
-from distillrank.runtime import autocast, check_inference_precision, inference_backend
-from distillrank.workspace import dir_fingerprint, fingerprint
+from distillrank.ranking import Pairs, RankerKind
+from distillrank.runtime import Runtime, check_inference_precision
+from distillrank.teachers.base import DEFAULT_RUNTIME, Teacher
+from distillrank.workspace import dir_fingerprint
 
 
-class BiEncoderTeacher:
+class BiEncoderTeacher(Teacher):
     """Scores pairs by the similarity of independently encoded query and passage.
 
     Args:
@@ -24,12 +25,13 @@ class BiEncoderTeacher:
         batch_size: texts per encoding batch.
         pooling / similarity: override what the model folder says (None keeps it).
 
-    With ``precision="int8"`` (CPU only) the frozen encoder's linear layers are quantized to int8
-    once, when it is loaded (:func:`distillrank.models.quantize.quantize_int8`); the fingerprint
-    then includes the precision (``fingerprint(precision="int8")``), so int8 scores are cached apart.
+    Under an int8 runtime (CPU only) the frozen encoder's linear layers are quantized to int8 once,
+    when it is loaded (:func:`distillrank.models.quantize.quantize_int8`); the fingerprint then
+    includes the precision, so int8 scores are cached apart.
     """
 
-    kind = "bi_encoder"
+    kind = RankerKind.BI_ENCODER
+    retrieves = True  # encoder(runtime) embeds a corpus once; batch_size texts per batch
     supports_int8 = True
     supports_onnx = True
 
@@ -51,29 +53,28 @@ class BiEncoderTeacher:
         self._encoder: BiEncoder | None = None
         self._mode: tuple[bool, str] = (False, "torch")  # (int8, backend) of the loaded encoder
 
-    def fingerprint(self, precision: str = "fp32") -> str:
+    def identity(self, runtime: Runtime) -> dict:
         """Weights and settings; ``"precision": "int8"`` is added for int8 only (others score alike)."""
-        extra = {"precision": "int8"} if precision == "int8" else {}
-        return fingerprint(
-            {
-                "kind": self.kind,
-                "weights": dir_fingerprint(resolve_model(self.model)),
-                "query_max_length": self.query_max_length,
-                "passage_max_length": self.passage_max_length,
-                "pooling": self.pooling,
-                "similarity": self.similarity,
-                **extra,
-            }
-        )
+        extra = {"precision": "int8"} if runtime.int8 else {}
+        return {
+            "kind": "bi_encoder",
+            "weights": dir_fingerprint(resolve_model(self.model)),
+            "query_max_length": self.query_max_length,
+            "passage_max_length": self.passage_max_length,
+            "pooling": self.pooling,
+            "similarity": self.similarity,
+            **extra,
+        }
 
-    def encoder(self, device: torch.device, precision: str = "fp32") -> BiEncoder:
-        """The loaded bi-encoder, frozen, on ``device`` (loaded once; quantized once for int8).
+    def encoder(self, runtime: Runtime = DEFAULT_RUNTIME) -> BiEncoder:
+        """The loaded bi-encoder, frozen, on the runtime's device (loaded once; quantized once for
+        int8; in ONNX Runtime for the onnx backend).
 
         Raises:
             ConfigError: int8 on a device other than the CPU.
         """
-        int8 = check_inference_precision(precision, device) == "int8"
-        mode = (int8, inference_backend())
+        int8 = check_inference_precision(runtime.precision, runtime.device) == "int8"
+        mode = (int8, runtime.backend)
         if self._encoder is not None and self._mode != mode:
             self._encoder = None  # asked for another precision or backend: reload the float weights
         if self._encoder is None:
@@ -90,24 +91,15 @@ class BiEncoderTeacher:
             elif int8:
                 quantize_int8(self._encoder)
             self._mode = mode
-        return self._encoder.to(device)
+        return self._encoder.to(runtime.device)
 
-    def score(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: np.ndarray,
-        pair_p: np.ndarray,
-        device: torch.device,
-        precision: str,
-        progress: bool = True,
-        *,
-        qids: Sequence[str] | None = None,
-        docids: Sequence[str] | None = None,
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        encoder = self.encoder(device, precision)
-        amp = lambda: autocast(device, precision)  # noqa: E731
-        q_emb = encoder.encode(queries, "query", self.batch_size, amp, progress, "teacher: queries")
-        p_emb = encoder.encode(passages, "passage", self.batch_size, amp, progress, "teacher: passages")
-        scores = encoder.score(q_emb[torch.as_tensor(pair_q)], p_emb[torch.as_tensor(pair_p)])
-        return scores.numpy().astype(np.float32)
+        return self.encoder(runtime).pair_scores(pairs, batch_size or self.batch_size, runtime, progress, "teacher")
+
+    def module(self, runtime: Runtime) -> BiEncoder:
+        return self.encoder(runtime)
+
+    def weights(self) -> Path:
+        return resolve_model(self.model)

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
-import torch
 
 from distillrank.models.cross_encoder import CrossEncoderModel
 from distillrank.models.hub import resolve_model
 from distillrank.models.onnx_runtime import OnnxBackbone
 from distillrank.models.quantize import quantize_int8
-from distillrank.runtime import autocast, check_inference_precision, inference_backend
-from distillrank.workspace import dir_fingerprint, fingerprint
+from distillrank.ranking import Pairs, RankerKind
+from distillrank.runtime import Runtime, check_inference_precision
+from distillrank.teachers.base import DEFAULT_RUNTIME, Teacher
+from distillrank.workspace import dir_fingerprint
 
 
-class CrossEncoderTeacher:
+class CrossEncoderTeacher(Teacher):
     """Scores each (query, passage) pair jointly; the strongest and slowest kind of teacher.
 
     Args:
@@ -24,12 +25,12 @@ class CrossEncoderTeacher:
         max_length: truncation length of the joined pair, in tokens.
         batch_size: pairs per batch (batches are formed from length-sorted pairs).
 
-    With ``precision="int8"`` (CPU only) the frozen model's linear layers are quantized to int8 once,
+    Under an int8 runtime (CPU only) the frozen model's linear layers are quantized to int8 once,
     when it is loaded (:func:`distillrank.models.quantize.quantize_int8`); the fingerprint then
-    includes the precision (``fingerprint(precision="int8")``), so int8 scores are cached apart.
+    includes the precision, so int8 scores are cached apart.
     """
 
-    kind = "cross_encoder"
+    kind = RankerKind.CROSS_ENCODER
     supports_int8 = True
     supports_onnx = True
 
@@ -40,26 +41,25 @@ class CrossEncoderTeacher:
         self._model: CrossEncoderModel | None = None
         self._mode: tuple[bool, str] = (False, "torch")  # (int8, backend) of the loaded model
 
-    def fingerprint(self, precision: str = "fp32") -> str:
+    def identity(self, runtime: Runtime) -> dict:
         """Weights and settings; ``"precision": "int8"`` is added for int8 only (others score alike)."""
-        extra = {"precision": "int8"} if precision == "int8" else {}
-        return fingerprint(
-            {
-                "kind": self.kind,
-                "weights": dir_fingerprint(resolve_model(self.model)),
-                "max_length": self.max_length,
-                **extra,
-            }
-        )
+        extra = {"precision": "int8"} if runtime.int8 else {}
+        return {
+            "kind": "cross_encoder",
+            "weights": dir_fingerprint(resolve_model(self.model)),
+            "max_length": self.max_length,
+            **extra,
+        }
 
-    def cross_encoder(self, device: torch.device, precision: str = "fp32") -> CrossEncoderModel:
-        """The loaded model, frozen, on ``device`` (loaded once; quantized once for int8).
+    def cross_encoder(self, runtime: Runtime = DEFAULT_RUNTIME) -> CrossEncoderModel:
+        """The loaded model, frozen, on the runtime's device (loaded once; quantized once for int8;
+        in ONNX Runtime for the onnx backend).
 
         Raises:
             ConfigError: int8 on a device other than the CPU.
         """
-        int8 = check_inference_precision(precision, device) == "int8"
-        mode = (int8, inference_backend())
+        int8 = check_inference_precision(runtime.precision, runtime.device) == "int8"
+        mode = (int8, runtime.backend)
         if self._model is not None and self._mode != mode:
             self._model = None  # asked for another precision or backend: reload the float weights
         if self._model is None:
@@ -70,27 +70,17 @@ class CrossEncoderTeacher:
             elif int8:
                 quantize_int8(self._model)
             self._mode = mode
-        return self._model.to(device)
+        return self._model.to(runtime.device)
 
-    def score(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: np.ndarray,
-        pair_p: np.ndarray,
-        device: torch.device,
-        precision: str,
-        progress: bool = True,
-        *,
-        qids: Sequence[str] | None = None,
-        docids: Sequence[str] | None = None,
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        model = self.cross_encoder(device, precision)
-        return model.predict(
-            [queries[i] for i in pair_q],
-            [passages[i] for i in pair_p],
-            batch_size=self.batch_size,
-            autocast=lambda: autocast(device, precision),
-            progress=progress,
-            desc="teacher: pairs",
+        return self.cross_encoder(runtime).predict(
+            pairs.query_texts(), pairs.passage_texts(), batch_size or self.batch_size, runtime, progress, "teacher: pairs"
         )
+
+    def module(self, runtime: Runtime) -> CrossEncoderModel:
+        return self.cross_encoder(runtime)
+
+    def weights(self) -> Path:
+        return resolve_model(self.model)

@@ -13,17 +13,19 @@ over all of a run's candidates at once, so per-query statistics see every candid
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from distillrank.errors import ConfigError
+from distillrank.ranking import Pairs, RankerKind
+from distillrank.runtime import Runtime
 from distillrank.teachers import normalize as norm
-from distillrank.workspace import fingerprint
+from distillrank.teachers.base import Teacher
 
 
-class EnsembleTeacher:
+class EnsembleTeacher(Teacher):
     """Weighted mean of member teachers' normalised scores.
 
     Args:
@@ -34,7 +36,7 @@ class EnsembleTeacher:
         scope: ``query`` (statistics per query's candidates) or ``global`` (over all pairs).
     """
 
-    kind = "ensemble"
+    kind = RankerKind.ENSEMBLE
 
     def __init__(
         self,
@@ -59,25 +61,24 @@ class EnsembleTeacher:
     @property
     def supports_int8(self) -> bool:
         """int8 (CPU) when every member can be quantized."""
-        return all(getattr(m, "supports_int8", False) for m in self.members)
+        return all(m.supports_int8 for m in self.members)
 
     @property
     def supports_onnx(self) -> bool:
         """``hardware.backend=onnx`` when every member can run in ONNX Runtime."""
-        return all(getattr(m, "supports_onnx", False) for m in self.members)
+        return all(m.supports_onnx for m in self.members)
 
-    def fingerprint(self, precision: str = "fp32") -> str:
-        from distillrank.runtime import teacher_fingerprint
-
-        return fingerprint(
-            {
-                "kind": self.kind,
-                "members": [teacher_fingerprint(m, precision) for m in self.members],
-                "weights": self.weights.round(12).tolist(),
-                "normalize": self.normalize,
-                "scope": self.scope,
-            }
-        )
+    def identity(self, runtime: Runtime) -> dict:
+        """The members' fingerprints under the runtime's precision (on PyTorch: the ensemble's own
+        fingerprint carries the backend), the weights and the normalisation."""
+        on_torch = dataclasses.replace(runtime, backend="torch")
+        return {
+            "kind": "ensemble",
+            "members": [m.fingerprint(on_torch) for m in self.members],
+            "weights": self.weights.round(12).tolist(),
+            "normalize": self.normalize,
+            "scope": self.scope,
+        }
 
     def combine(self, member_scores: Sequence[np.ndarray], groups: np.ndarray | None) -> np.ndarray:
         """The ensemble score [N] from each member's raw scores [N] of the same pairs.
@@ -90,22 +91,9 @@ class EnsembleTeacher:
             total += w * norm.normalize(scores, groups, self.normalize, self.scope).astype(np.float64)
         return total.astype(np.float32)
 
-    def score(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: np.ndarray,
-        pair_p: np.ndarray,
-        device: torch.device,
-        precision: str,
-        progress: bool = True,
-        *,
-        qids: Sequence[str] | None = None,
-        docids: Sequence[str] | None = None,
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
         """Every member scores the pairs; normalised over these pairs (grouped by query), then averaged."""
-        member_scores = [
-            m.score(queries, passages, pair_q, pair_p, device, precision, progress, qids=qids, docids=docids)
-            for m in self.members
-        ]
-        return self.combine(member_scores, np.asarray(pair_q))
+        member_scores = [m.score_pairs(pairs, runtime, batch_size=batch_size, progress=progress) for m in self.members]
+        return self.combine(member_scores, pairs.pair_q)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
-import torch
 
 from distillrank.models.colbert import ColBERTModel
 from distillrank.models.hub import resolve_model
-from distillrank.runtime import autocast
-from distillrank.workspace import dir_fingerprint, fingerprint
+from distillrank.ranking import Pairs, RankerKind
+from distillrank.runtime import Runtime
+from distillrank.teachers.base import DEFAULT_RUNTIME, Teacher
+from distillrank.workspace import dir_fingerprint
 
 
-class ColBERTTeacher:
+class ColBERTTeacher(Teacher):
     """Scores pairs by ColBERT MaxSim; each distinct query and passage is encoded once.
 
     Args:
@@ -27,7 +29,7 @@ class ColBERTTeacher:
             folder's settings (None keeps them).
     """
 
-    kind = "colbert"
+    kind = RankerKind.LATE_INTERACTION
 
     def __init__(
         self,
@@ -59,52 +61,36 @@ class ColBERTTeacher:
             "skiplist_words": self.skiplist_words,
         }
 
-    def fingerprint(self) -> str:
-        return fingerprint(
-            {"kind": self.kind, "weights": dir_fingerprint(resolve_model(self.model)), **self._overrides()}
-        )
+    def identity(self, runtime: Runtime) -> dict:
+        return {"kind": "colbert", "weights": dir_fingerprint(resolve_model(self.model)), **self._overrides()}
 
-    def colbert(self, device: torch.device) -> ColBERTModel:
-        """The loaded model, frozen, on ``device`` (loaded once)."""
+    def colbert(self, runtime: Runtime = DEFAULT_RUNTIME) -> ColBERTModel:
+        """The loaded model, frozen, on the runtime's device (loaded once)."""
         if self._model is None:
             self._model = ColBERTModel.load(self.model, **self._overrides()).eval()
             self._model.requires_grad_(False)
-        return self._model.to(device)
+        return self._model.to(runtime.device)
 
-    def score(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: np.ndarray,
-        pair_p: np.ndarray,
-        device: torch.device,
-        precision: str,
-        progress: bool = True,
-        *,
-        qids: Sequence[str] | None = None,
-        docids: Sequence[str] | None = None,
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        model = self.colbert(device)
-        amp = lambda: autocast(device, precision)  # noqa: E731
+        model = self.colbert(runtime)
+        batch = batch_size or self.batch_size
         # The lists are de-duplicated by the caller already; equal texts at two indices are merged
         # anyway, so that they are encoded once and always get the same score.
-        queries, q_index = _distinct(queries)
-        passages, p_index = _distinct(passages)
-        pair_q = q_index[np.asarray(pair_q, dtype=np.int64)]
-        pair_p = p_index[np.asarray(pair_p, dtype=np.int64)]
+        queries, q_index = _distinct(pairs.queries)
+        passages, p_index = _distinct(pairs.passages)
         # Embeddings stay on the device: MaxSim of many pairs is cheap there, costly on a CPU copy.
-        q_emb, q_mask = model.embed(queries, "query", self.batch_size, amp, progress, "teacher: queries", device)
-        p_emb, p_mask = model.embed(passages, "passage", self.batch_size, amp, progress, "teacher: passages", device)
-        pair_q = torch.as_tensor(pair_q, device=device)
-        pair_p = torch.as_tensor(pair_p, device=device)
-        out = np.empty(len(pair_q), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(pair_q), self.pair_batch_size):
-                qi = pair_q[start : start + self.pair_batch_size]
-                pi = pair_p[start : start + self.pair_batch_size]
-                scores = ColBERTModel.score_pairs(q_emb[qi], q_mask[qi], p_emb[pi], p_mask[pi])
-                out[start : start + len(qi)] = scores.float().cpu().numpy()
-        return out
+        on = runtime.device
+        q = model.embed(queries, "query", batch, runtime, progress, "teacher: queries", on)
+        p = model.embed(passages, "passage", batch, runtime, progress, "teacher: passages", on)
+        return ColBERTModel.score_indexed(q, p, q_index[pairs.pair_q], p_index[pairs.pair_p], self.pair_batch_size)
+
+    def module(self, runtime: Runtime) -> ColBERTModel:
+        return self.colbert(runtime)
+
+    def weights(self) -> Path:
+        return resolve_model(self.model)
 
 
 def _distinct(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:

@@ -13,86 +13,75 @@ from their text with the index's statistics.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from distillrank.errors import ConfigError
 from distillrank.mining.bm25 import BM25Index
-from distillrank.workspace import fingerprint
+from distillrank.ranking import Pairs, RankerKind
+from distillrank.runtime import Runtime
+from distillrank.teachers.base import Teacher
 
 
-class BM25Teacher:
-    """BM25 (bm25s, Lucene variant) scores of the pairs, over the bound collection.
+class BM25Teacher(Teacher):
+    """BM25 (bm25s, Lucene variant) scores of the pairs, over the collection they come from.
 
     Args:
         k1, b: BM25 parameters (BEIR's 0.9 / 0.4 by default, as ``mining=bm25``).
         stemmer: a PyStemmer language, or null.
         stopwords: a bm25s stopword list name (``en``), or null.
 
-    The score stage and evaluation bind the collection (:meth:`bind_collection`) before scoring.
+    The pairs name their collection (``Pairs.collection`` and ``Pairs.cache_root``, where its index
+    is cached); the index of the last collection scored is kept loaded for the next call.
     """
 
-    kind = "bm25"
+    kind = RankerKind.LEXICAL
     supports_int8 = True  # no weights: every precision gives the same scores (and shares a cache)
     supports_onnx = True  # no weights: the backend does not apply (an onnx run caches apart)
 
     def __init__(self, k1: float = 0.9, b: float = 0.4, stemmer: str | None = "english", stopwords: str | None = "en") -> None:
         self.k1, self.b, self.stemmer, self.stopwords = float(k1), float(b), stemmer, stopwords
-        self._collection = None
-        self._cache_root: Path | None = None
-        self._index: BM25Index | None = None
-        self._rows: dict[str, int] | None = None
+        # the loaded index of the last collection scored: (collection fingerprint, cache root) -> index, rows
+        self._loaded: tuple[tuple[str, str], BM25Index, dict[str, int]] | None = None
 
-    def fingerprint(self, precision: str = "fp32") -> str:
-        """The parameters; the collection keys the score cache already."""
+    def identity(self, runtime: Runtime) -> dict:
+        """The parameters (no precision: no weights); the collection keys the score cache already."""
         import bm25s
 
-        return fingerprint(
-            {"kind": self.kind, "k1": self.k1, "b": self.b, "stemmer": self.stemmer, "stopwords": self.stopwords,
-             "bm25s": bm25s.__version__}
-        )
+        return {"kind": "bm25", "k1": self.k1, "b": self.b, "stemmer": self.stemmer, "stopwords": self.stopwords,
+                "bm25s": bm25s.__version__}
 
-    def bind_collection(self, collection, cache_root: Path) -> None:
-        """Score against ``collection`` (its index is built or loaded on the first :meth:`score`)."""
-        if self._collection is not None and self._collection.fingerprint == collection.fingerprint:
-            return
-        self._collection, self._cache_root = collection, Path(cache_root)
-        self._index, self._rows = None, None
-
-    def _ready(self, progress: bool) -> tuple[BM25Index, dict[str, int]]:
-        if self._collection is None:
-            raise ConfigError("the bm25 teacher has no collection: bind_collection() must be called before score()")
-        if self._index is None:
-            self._index = BM25Index.build_or_load(
-                self._collection, self._cache_root, k1=self.k1, b=self.b, stemmer=self.stemmer,
+    def index(self, collection, cache_root: Path, progress: bool = True) -> tuple[BM25Index, dict[str, int]]:
+        """The BM25 index of ``collection`` (built or loaded from ``cache_root``, then kept) and its
+        row of each docid."""
+        key = (collection.fingerprint, str(cache_root))
+        if self._loaded is None or self._loaded[0] != key:
+            index = BM25Index.build_or_load(
+                collection, Path(cache_root), k1=self.k1, b=self.b, stemmer=self.stemmer,
                 stopwords=self.stopwords, progress=progress,
             )
-            self._rows = {d: i for i, d in enumerate(self._collection.doc_ids())}
-        return self._index, self._rows
+            self._loaded = (key, index, {d: i for i, d in enumerate(collection.doc_ids())})
+        return self._loaded[1], self._loaded[2]
 
-    def score(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: np.ndarray,
-        pair_p: np.ndarray,
-        device: torch.device,
-        precision: str,
-        progress: bool = True,
-        *,
-        qids: Sequence[str] | None = None,
-        docids: Sequence[str] | None = None,
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        """BM25 scores [len(pair_q)]: looked up by ``docids`` in the index, from the text otherwise."""
-        index, rows_of = self._ready(progress)
-        pair_q, pair_p = np.asarray(pair_q, dtype=np.int64), np.asarray(pair_p, dtype=np.int64)
+        """BM25 scores [len(pairs)]: looked up by ``docids`` in the index, from the text otherwise.
+
+        Raises:
+            ConfigError: the pairs name no collection.
+        """
+        if pairs.collection is None or pairs.cache_root is None:
+            raise ConfigError(
+                "the bm25 teacher scores over a collection: give the pairs theirs (Pairs(collection=..., cache_root=...))"
+            )
+        index, rows_of = self.index(pairs.collection, pairs.cache_root, progress)
+        pair_q, pair_p, passages, docids = pairs.pair_q, pairs.pair_p, pairs.passages, pairs.docids
         rows = np.array([rows_of.get(d, -1) for d in docids] if docids is not None else [-1] * len(passages),
                         dtype=np.int64)
         out = np.zeros(len(pair_q), dtype=np.float32)
-        tokens = index.query_ids(queries)
+        tokens = index.query_ids(pairs.queries)
         order = np.argsort(pair_q, kind="stable")
         bounds = np.flatnonzero(np.diff(pair_q[order])) + 1
         for group in np.split(order, bounds) if len(order) else []:

@@ -7,15 +7,17 @@ pair up instead of running a model. Formats: :mod:`distillrank.teachers.score_fi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from distillrank.errors import DataError, DistillrankError
+from distillrank.ranking import Pairs, RankerKind
+from distillrank.runtime import Runtime
+from distillrank.teachers.base import Teacher
 from distillrank.teachers.score_files import ScoreFile, canonical_format, detect_format, read_scores
-from distillrank.workspace import file_fingerprint, fingerprint
+from distillrank.workspace import file_fingerprint
 
 _EXAMPLES = 3
 HINT = (
@@ -24,7 +26,7 @@ HINT = (
 )
 
 
-class PrecomputedTeacher:
+class PrecomputedTeacher(Teacher):
     """Looks the scores of (qid, docid) pairs up in a score file.
 
     Args:
@@ -32,7 +34,7 @@ class PrecomputedTeacher:
         format: ``auto`` (from the extension, else the first line), ``triples_tsv``, ``trec`` or ``jsonl``.
     """
 
-    kind = "precomputed"
+    kind = RankerKind.PRECOMPUTED
 
     def __init__(self, path: str, format: str = "auto") -> None:  # noqa: A002 - the config key is `format`
         self.path = Path(str(path)).expanduser()
@@ -46,13 +48,11 @@ class PrecomputedTeacher:
         """The file's format (``auto`` resolved)."""
         return detect_format(self.path) if self.format == "auto" else self.format
 
-    def fingerprint(self) -> str:
+    def identity(self, runtime: Runtime) -> dict:
         """The file's content (sha256) and its format."""
         if not self.path.is_file():
             raise DataError(f"teacher.path={str(self.path)!r}: no such score file")
-        return fingerprint(
-            {"kind": self.kind, "file": file_fingerprint(self.path), "format": self.resolved_format()}
-        )
+        return {"kind": "precomputed", "file": file_fingerprint(self.path), "format": self.resolved_format()}
 
     def scores(self) -> ScoreFile:
         """The file's pair scores, read once (again when the file changes on disk)."""
@@ -117,38 +117,27 @@ class PrecomputedTeacher:
             f"file for this collection (data=...)?"
         )
 
-    # ----------------------------------------------------------------------- Teacher protocol
-    def score(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: np.ndarray,
-        pair_p: np.ndarray,
-        device: torch.device,
-        precision: str,
-        progress: bool = True,
-        *,
-        qids: Sequence[str] | None = None,
-        docids: Sequence[str] | None = None,
+    # ----------------------------------------------------------------------- the Ranker interface
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
         """The file's scores of the pairs (``qids[pair_q[i]]``, ``docids[pair_p[i]]``), float32."""
+        qids, docids = pairs.qids, pairs.docids
         if qids is None or docids is None:
             raise DistillrankError(
-                "the precomputed teacher looks scores up by id: score() needs the qids= and docids= "
-                "of the query and passage lists"
+                "the precomputed teacher looks scores up by id: score_pairs() needs the qids= and docids= "
+                "of the pairs' query and passage lists"
             )
-        if len(qids) != len(queries) or len(docids) != len(passages):
+        if len(qids) != len(pairs.queries) or len(docids) != len(pairs.passages):
             raise DistillrankError(
-                f"qids ({len(qids)}) / docids ({len(docids)}) must name the {len(queries)} queries "
-                f"and {len(passages)} passages"
+                f"qids ({len(qids)}) / docids ({len(docids)}) must name the {len(pairs.queries)} queries "
+                f"and {len(pairs.passages)} passages"
             )
         table = self.scores()
         index = table.index
-        pair_q = np.asarray(pair_q, dtype=np.int64)
-        pair_p = np.asarray(pair_p, dtype=np.int64)
-        rows = np.empty(len(pair_q), dtype=np.int64)
+        rows = np.empty(len(pairs), dtype=np.int64)
         missing: list[tuple[str, str]] = []
-        for k, (qi, pi) in enumerate(zip(pair_q.tolist(), pair_p.tolist(), strict=True)):
+        for k, (qi, pi) in enumerate(zip(pairs.pair_q.tolist(), pairs.pair_p.tolist(), strict=True)):
             pair = (qids[qi], docids[pi])
             row = index.get(pair)
             if row is None:
@@ -156,5 +145,5 @@ class PrecomputedTeacher:
                 row = -1
             rows[k] = row
         if missing:
-            raise DataError(self._missing_message(missing, len(pair_q)))
+            raise DataError(self._missing_message(missing, len(pairs)))
         return table.scores[rows].astype(np.float32)

@@ -9,6 +9,7 @@ only (as pygaggle's ``MonoT5`` and rank_llm / rerankers do), so every score lies
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,10 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from distillrank.errors import ConfigError
 from distillrank.models.hub import resolve_model
-from distillrank.runtime import autocast
-from distillrank.workspace import dir_fingerprint, fingerprint
+from distillrank.ranking import Pairs, RankerKind
+from distillrank.runtime import Runtime
+from distillrank.teachers.base import DEFAULT_RUNTIME, Teacher
+from distillrank.workspace import dir_fingerprint
 
 DEFAULT_PROMPT = "Query: {query} Document: {passage} Relevant:"
 
@@ -48,7 +51,7 @@ def resolve_token_id(tokenizer: Any, token: str, what: str) -> int:
     )
 
 
-class MonoT5Teacher:
+class MonoT5Teacher(Teacher):
     """Scores each (query, passage) pair with a monoT5-style seq2seq re-ranker.
 
     Args:
@@ -61,7 +64,7 @@ class MonoT5Teacher:
         false_token: the answer word for not relevant (must be one token, not ``true_token``).
     """
 
-    kind = "monot5"
+    kind = RankerKind.SEQ2SEQ
 
     def __init__(
         self,
@@ -89,17 +92,15 @@ class MonoT5Teacher:
         self._tokenizer: Any = None
         self._token_ids: tuple[int, int] | None = None
 
-    def fingerprint(self) -> str:
-        return fingerprint(
-            {
-                "kind": self.kind,
-                "weights": dir_fingerprint(resolve_model(self.model)),
-                "max_length": self.max_length,
-                "prompt": self.prompt,
-                "true_token": self.true_token,
-                "false_token": self.false_token,
-            }
-        )
+    def identity(self, runtime: Runtime) -> dict:
+        return {
+            "kind": "monot5",
+            "weights": dir_fingerprint(resolve_model(self.model)),
+            "max_length": self.max_length,
+            "prompt": self.prompt,
+            "true_token": self.true_token,
+            "false_token": self.false_token,
+        }
 
     # ------------------------------------------------------------------ loading
     @property
@@ -127,8 +128,8 @@ class MonoT5Teacher:
             self._token_ids = (true_id, false_id)
         return self._token_ids
 
-    def seq2seq(self, device: torch.device) -> torch.nn.Module:
-        """The loaded model, frozen, in eval mode, on ``device`` (loaded once)."""
+    def seq2seq(self, runtime: Runtime = DEFAULT_RUNTIME) -> torch.nn.Module:
+        """The loaded model, frozen, in eval mode, on the runtime's device (loaded once)."""
         if self._model is None:
             _ = self.token_ids  # fail on bad answer words before loading weights
             path = resolve_model(self.model)
@@ -137,7 +138,7 @@ class MonoT5Teacher:
             model = AutoModelForSeq2SeqLM.from_pretrained(path)
             model.eval().requires_grad_(False)
             self._model = model
-        return self._model.to(device)
+        return self._model.to(runtime.device)
 
     def _decoder_start(self, model: torch.nn.Module) -> int:
         start = model.config.decoder_start_token_id
@@ -154,9 +155,10 @@ class MonoT5Teacher:
         """The model inputs of aligned (query, passage) pairs."""
         return [self.prompt.format(query=q, passage=p) for q, p in zip(queries, passages, strict=True)]
 
-    def logits(self, texts: Sequence[str], device: torch.device) -> torch.Tensor:
+    def logits(self, texts: Sequence[str], runtime: Runtime = DEFAULT_RUNTIME) -> torch.Tensor:
         """``[len(texts), 2]`` first-decoder-step logits of (true, false), float32 (no autocast set)."""
-        model = self.seq2seq(device)
+        model = self.seq2seq(runtime)
+        device = runtime.device
         batch = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(device)
@@ -172,45 +174,37 @@ class MonoT5Teacher:
         self,
         queries: Sequence[str],
         passages: Sequence[str],
-        device: torch.device,
-        precision: str = "fp32",
+        runtime: Runtime = DEFAULT_RUNTIME,
         progress: bool = False,
         desc: str = "teacher: pairs",
+        batch_size: int | None = None,
     ) -> np.ndarray:
-        """Scores (log P(true) over {true, false}) of aligned pairs as float32, length-sorted batches."""
+        """Scores (log P(true) over {true, false}) of aligned pairs as float32, length-sorted batches
+        of ``batch_size`` pairs (None: ``self.batch_size``)."""
+        batch_size = batch_size or self.batch_size
         texts = self.texts(queries, passages)
         out = np.empty(len(texts), dtype=np.float32)
         if not texts:
             return out
-        self.seq2seq(device)
+        self.seq2seq(runtime)
         order = np.argsort([-len(t) for t in texts], kind="stable")
         bar = tqdm(total=len(order), desc=desc, unit="pair", disable=not progress)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            with autocast(device, precision):
-                logits = self.logits([texts[i] for i in idx], device)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            with runtime.autocast():
+                logits = self.logits([texts[i] for i in idx], runtime)
             out[idx] = torch.log_softmax(logits.float(), dim=-1)[:, 0].cpu().numpy()
             bar.update(len(idx))
         bar.close()
         return out
 
-    def score(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[str],
-        pair_q: np.ndarray,
-        pair_p: np.ndarray,
-        device: torch.device,
-        precision: str,
-        progress: bool = True,
-        *,
-        qids: Sequence[str] | None = None,
-        docids: Sequence[str] | None = None,
+    def score_pairs(
+        self, pairs: Pairs, runtime: Runtime, *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        return self.predict(
-            [queries[i] for i in pair_q],
-            [passages[i] for i in pair_p],
-            device,
-            precision,
-            progress=progress,
-        )
+        return self.predict(pairs.query_texts(), pairs.passage_texts(), runtime, progress, batch_size=batch_size)
+
+    def module(self, runtime: Runtime) -> torch.nn.Module:
+        return self.seq2seq(runtime)
+
+    def weights(self) -> Path:
+        return resolve_model(self.model)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from distillrank.evaluation.metrics import compute_metrics
+from distillrank.ranking import Pairs
+from distillrank.runtime import Runtime
 from distillrank.students.base import Student
 from distillrank.training.batching import QueryPool
 from distillrank.training.distributed import Dist
@@ -84,7 +86,7 @@ def evaluate_dev(
     measures: list[str],
     dist: Dist | None = None,
     batch_size: int = 64,
-    autocast=None,
+    runtime: Runtime | None = None,
 ) -> dict[str, float]:
     """Re-rank every dev query's candidates with ``student``; the aggregate ``measures``.
 
@@ -99,14 +101,8 @@ def evaluate_dev(
     pair_p = [slot[d] for q in qids for d in dev.candidates[q]]
     run: dict[str, dict[str, float]] = {}
     if pair_q:
-        scores = student.rerank_scores(
-            [dev.queries[q] for q in qids],
-            passage_text(passages),
-            pair_q,
-            pair_p,
-            batch_size=batch_size,
-            autocast=autocast,
-        )
+        pairs = Pairs([dev.queries[q] for q in qids], passage_text(passages), pair_q, pair_p)
+        scores = student.score_pairs(pairs, runtime or Runtime(), batch_size=batch_size)
         for qi, pj, s in zip(pair_q, pair_p, scores.tolist(), strict=True):
             run.setdefault(qids[qi], {})[passages[pj]] = s if math.isfinite(s) else -1e30
     merged: dict[str, dict[str, float]] = {}

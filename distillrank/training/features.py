@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from distillrank.errors import DistillrankError
-from distillrank.runtime import autocast
+from distillrank.runtime import Runtime
 from distillrank.workspace import atomic_path, cache_entry, drop_unreadable, fingerprint, seal
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,7 @@ def cached_text_embeddings(
     cache_root: Path,
     model_fp: str,
     batch_size: int,
-    device: torch.device,
-    precision: str,
+    runtime: Runtime,
     name: str = "teacher embeddings",
     progress: bool = True,
 ) -> np.ndarray:
@@ -141,7 +140,7 @@ def cached_text_embeddings(
     temporary name and renamed. (Corpus embeddings use the block-wise memmap of
     :func:`distillrank.evaluation.dense.cached_corpus_embeddings`.)
     """
-    settings = {**encoder.settings(), "kind": kind, "precision": precision, "version": TEXT_EMBEDDINGS_VERSION}
+    settings = {**encoder.settings(), "kind": kind, "precision": runtime.precision, "version": TEXT_EMBEDDINGS_VERSION}
     key = fingerprint({"model": model_fp, "settings": settings, "texts": list(texts)})
     path = Path(cache_root) / "embeddings" / "texts" / f"{model_fp[:16]}-{key[:24]}.npy"
     what = f"{name}: cached {kind} embeddings"
@@ -155,10 +154,8 @@ def cached_text_embeddings(
                 log.warning("%s: cached embeddings %s have shape %s, re-encoding", name, path, matrix.shape)
             except (OSError, ValueError) as err:
                 drop_unreadable(path, what, err)
-        encoder = encoder.to(device).eval()
-        emb = encoder.encode(
-            list(texts), kind, batch_size, lambda: autocast(device, precision), progress, f"{name}: {kind}s"
-        )
+        encoder = encoder.to(runtime.device).eval()
+        emb = encoder.encode(list(texts), kind, batch_size, runtime, progress, f"{name}: {kind}s")
         matrix = emb.numpy().astype(np.float32)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, matrix, allow_pickle=False)

@@ -56,7 +56,7 @@ from distillrank.errors import ConfigError, DistillrankError
 from distillrank.losses.combined import uses_scores
 from distillrank.losses.feature import Features
 from distillrank.losses.infonce import InBatch
-from distillrank.runtime import autocast
+from distillrank.runtime import Runtime
 from distillrank.students.base import Student
 from distillrank.students.factory import as_student
 from distillrank.training.batching import Example, QueryPool, epoch_examples
@@ -325,8 +325,7 @@ def train_student(
     query_text: dict[str, str],
     passage_text: Callable[[list[str]], list[str]],
     cfg,
-    device: torch.device,
-    precision: str,
+    runtime: Runtime,
     seed: int,
     log_path: Path,
     checkpoint_dir: Path | None = None,
@@ -348,6 +347,8 @@ def train_student(
             ``checkpoint_every`` (optimizer steps between checkpoints; both 0 = off), ``eval_every``,
             ``dev_measure``, ``early_stopping_patience``, ``dev_batch_size``).
         passage_text: doc ids -> passage texts (one Arrow read per batch).
+        runtime: the device the student trains on, its autocast precision, and the forward cap of
+            dev re-ranking.
         log_path: JSON-lines log: step, epoch, loss, lr, gradient norm, and ``dev`` metrics at
             evaluation steps.
         checkpoint_dir: where resumable checkpoints go (``<dir>/last``); a complete checkpoint of
@@ -368,6 +369,7 @@ def train_student(
     student = as_student(student)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed + dist.rank)
+    device = runtime.device
     student.to(device).train()
     if cfg.scheduler not in SCHEDULES:
         raise ConfigError(f"train.scheduler={cfg.scheduler!r}; expected one of {sorted(SCHEDULES)}")
@@ -427,7 +429,7 @@ def train_student(
             f"train.checkpoint_every={checkpoint_every}, train.checkpoint_minutes={minutes}: "
             "expected >= 0 (0 = that trigger off)"
         )
-    identity = _run_identity(cfg, pools, seed, precision, resume_key, dist.world)
+    identity = _run_identity(cfg, pools, seed, runtime.precision, resume_key, dist.world)
     step = seen = 0
     first_epoch = first_offset = 0
     loss_value = float("nan")
@@ -456,7 +458,7 @@ def train_student(
     def run_dev() -> dict[str, float]:
         """Evaluate, update the best weights; the metrics (every rank gets the same)."""
         metrics = evaluate_dev(
-            student, dev, passage_text, [measure], dist, dev_batch_size, lambda: autocast(device, precision)
+            student, dev, passage_text, [measure], dist, dev_batch_size, runtime
         )
         value = metrics[measure]
         best.history.append({"step": step, **metrics})
@@ -504,7 +506,7 @@ def train_student(
                     feature_shard = dist.shard(list(feature_batch)) if feature_batch is not None else []
                     if not shard and not feature_shard:
                         continue
-                    with autocast(device, precision):
+                    with runtime.autocast():
                         scores, extra = (
                             student_scores(student, shard, query_text, passage_text, in_batch, positives)
                             if shard

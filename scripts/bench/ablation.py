@@ -19,7 +19,7 @@ round (A B, B A, …) after one untimed call each, and reports the medians and t
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import statistics
 from collections.abc import Callable
 
@@ -57,19 +57,6 @@ def _case(name: str, runs: dict[str, list[float]], on: str, off: str, **values) 
     }
 
 
-@contextlib.contextmanager
-def _forward_cap(cap: int | None):
-    """``hardware.max_forward_texts`` set to ``cap`` inside the block (the rest of the hardware config kept)."""
-    from distillrank import runtime
-
-    previous = runtime._FORWARD_TEXTS
-    runtime._FORWARD_TEXTS = runtime.check_forward_texts(cap)
-    try:
-        yield
-    finally:
-        runtime._FORWARD_TEXTS = previous
-
-
 def _padding_share(model, texts: list[str], step: int, sort: bool) -> float:
     """Padded fraction of the token slots of the batches of ``texts`` (sorted by length or not)."""
     order = np.argsort([-len(t) for t in texts], kind="stable") if sort else np.arange(len(texts))
@@ -90,7 +77,7 @@ def _unsorted_encode(model, texts: list[str], step: int) -> None:
 
 
 def encode_cases(ctx: Context) -> list[dict]:
-    from distillrank import runtime
+    from bench.common import distillrank_runtime
     from distillrank.models import bi_encoder as bi_module
     from distillrank.models.bi_encoder import BiEncoder
 
@@ -101,12 +88,13 @@ def encode_cases(ctx: Context) -> list[dict]:
     queries = [t for _, t in coll.split_queries("test")][: n // 4]
     mixed = [t for pair in zip(passages, queries + [None] * n, strict=False) for t in pair if t]  # interleaved
     model = BiEncoder.load(ctx.bi_encoder, passage_max_length=s.passage_max_length).eval()
+    runtime = distillrank_runtime()  # conf/hardware/cpu.yaml: what a user gets by default
     step = runtime.forward_texts(s.batch_size)
     cases = []
 
     runs = _alternate(
         {
-            "sorted": lambda: model.encode(mixed, "passage", s.batch_size),
+            "sorted": lambda: model.encode(mixed, "passage", s.batch_size, runtime),
             "unsorted": lambda: _unsorted_encode(model, mixed, step),
         },
         s.repeats,
@@ -123,17 +111,18 @@ def encode_cases(ctx: Context) -> list[dict]:
         original = bi_module.backbone_inputs
         bi_module.backbone_inputs = dict  # the mask always passed
         try:
-            model.encode(passages, "passage", s.batch_size)
+            model.encode(passages, "passage", s.batch_size, runtime)
         finally:
             bi_module.backbone_inputs = original
 
-    runs = _alternate({"skip": lambda: model.encode(passages, "passage", s.batch_size), "always": masked}, s.repeats)
+    runs = _alternate({"skip": lambda: model.encode(passages, "passage", s.batch_size, runtime), "always": masked}, s.repeats)
     cases.append(_case("mask_skip", runs, "skip", "always", texts=len(passages)))
 
     def capped(cap: int | None) -> Callable[[], object]:
+        capped_runtime = dataclasses.replace(runtime, max_forward_texts=cap)  # hardware.max_forward_texts=cap
+
         def run() -> None:
-            with _forward_cap(cap):
-                model.encode(passages, "passage", s.batch_size)
+            model.encode(passages, "passage", s.batch_size, capped_runtime)
 
         return run
 
@@ -143,7 +132,7 @@ def encode_cases(ctx: Context) -> list[dict]:
     cases.append(case)
 
     tokenize = timed(lambda: model.tokenize(passages, "passage"))
-    encode = statistics.median(timed(lambda: model.encode(passages, "passage", s.batch_size)) for _ in range(max(s.repeats, 1)))
+    encode = statistics.median(timed(lambda: model.encode(passages, "passage", s.batch_size, runtime)) for _ in range(max(s.repeats, 1)))
     cases.append(
         {
             "case": "tokenization",
@@ -189,6 +178,7 @@ def dropout_case(ctx: Context) -> dict:
 
 
 def compile_cases(ctx: Context) -> list[dict]:
+    from bench.common import distillrank_runtime
     from distillrank.models.bi_encoder import BiEncoder
 
     s = ctx.sizes
@@ -198,11 +188,12 @@ def compile_cases(ctx: Context) -> list[dict]:
     eager = BiEncoder.load(ctx.bi_encoder, passage_max_length=s.passage_max_length).eval()
     compiled = BiEncoder.load(ctx.bi_encoder, passage_max_length=s.passage_max_length).eval()
     compiled.backbone = torch.compile(compiled.backbone, dynamic=True)
-    first = timed(lambda: compiled.encode(passages, "passage", s.batch_size))
+    runtime = distillrank_runtime()
+    first = timed(lambda: compiled.encode(passages, "passage", s.batch_size, runtime))
     runs = _alternate(
         {
-            "compiled": lambda: compiled.encode(passages, "passage", s.batch_size),
-            "eager": lambda: eager.encode(passages, "passage", s.batch_size),
+            "compiled": lambda: compiled.encode(passages, "passage", s.batch_size, runtime),
+            "eager": lambda: eager.encode(passages, "passage", s.batch_size, runtime),
         },
         s.repeats,
     )

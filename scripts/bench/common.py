@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -254,18 +255,19 @@ class PeakMemory:
         return {"peak_anon_rss_mib": round(self.peak_anon_mib, 1), "peak_tracemalloc_mib": round(self.peak_traced_mib, 1)}
 
 
-@contextlib.contextmanager
-def distillrank_hardware(option: str = "cpu") -> Iterator[None]:
-    """distillrank's settings of ``hardware=<option>`` (conf/hardware/<option>.yaml), as the CLI
-    applies them: ``cpu`` is what a user gets by default (its forward cap included); the ONNX arms
-    run under ``cpu_onnx``. sentence-transformers is not affected."""
+@functools.lru_cache(maxsize=8)
+def distillrank_runtime(option: str = "cpu", precision: str | None = None):
+    """distillrank's :class:`~distillrank.runtime.Runtime` of ``hardware=<option>``
+    (conf/hardware/<option>.yaml), as a stage builds it (torch's threads set): ``cpu`` is what a user
+    gets by default (its forward cap included); the ONNX arms run under ``cpu_onnx``. ``precision``
+    replaces the option's. sentence-transformers is not affected."""
     from omegaconf import OmegaConf
 
     from distillrank.config import conf_dir
-    from distillrank.runtime import hardware
+    from distillrank.runtime import configure
 
-    with hardware(OmegaConf.load(conf_dir() / "hardware" / f"{option}.yaml")):
-        yield
+    runtime = configure(OmegaConf.load(conf_dir() / "hardware" / f"{option}.yaml"))
+    return runtime if precision is None else dataclasses.replace(runtime, precision=precision)
 
 
 def child_call(module: str, function: str, kwargs: dict[str, Any], timeout_s: float = 600) -> dict[str, Any]:
@@ -279,8 +281,8 @@ def child_call(module: str, function: str, kwargs: dict[str, Any], timeout_s: fl
     """
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); import importlib; "
-        "m = importlib.import_module('bench.' + sys.argv[2]); from bench.common import distillrank_hardware; "
-        "ctx = distillrank_hardware(); ctx.__enter__(); "
+        "m = importlib.import_module('bench.' + sys.argv[2]); from bench.common import distillrank_runtime; "
+        "distillrank_runtime(); "
         "print('BENCH-RESULT ' + json.dumps(getattr(m, sys.argv[3])(**json.loads(sys.argv[4]))))"
     )
     proc = subprocess.run(

@@ -19,14 +19,12 @@ tracemalloc's peak (Python and numpy allocations).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bench.common import Context, PeakMemory, alternate, child_call, comparison, load_average, timed
 from distillrank.workspace import atomic_write_json
@@ -86,13 +84,13 @@ def miner(tool: str, model_dir: str, work: dict, batch_size: int, depth: int, ne
         rng = np.random.default_rng(0)
 
         def mine() -> list:
-            from bench.common import distillrank_hardware
+            from bench.common import distillrank_runtime
 
-            settings = distillrank_hardware("cpu_onnx") if tool == ONNX_TOOL else contextlib.nullcontext()
-            with settings, tempfile.TemporaryDirectory(dir=scratch) as tmp:
+            runtime = distillrank_runtime("cpu_onnx" if tool == ONNX_TOOL else "cpu", "fp32")
+            with tempfile.TemporaryDirectory(dir=scratch) as tmp:
                 matrix, _ = encode_corpus(encoder, coll, Path(tmp) / "corpus.npy", batch_size, _CHUNK,
-                                          torch.device("cpu"), "fp32", progress=False)
-                _, rows = search(encoder, matrix, queries, depth, batch_size, _CHUNK, torch.device("cpu"), "fp32")
+                                          runtime, progress=False)
+                _, rows = search(encoder, matrix, queries, depth, batch_size, _CHUNK, runtime)
                 del matrix
             out = []
             for q, pos_row, ranked in zip(queries, work["positive_rows"], rows.tolist(), strict=True):

@@ -33,6 +33,7 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def speed(ctx: Context) -> list[dict]:
+    from bench.common import distillrank_runtime
     from distillrank.models.bi_encoder import BiEncoder
     from distillrank.models.quantize import quantize_int8
     from distillrank.runtime import autocast
@@ -46,9 +47,9 @@ def speed(ctx: Context) -> list[dict]:
     # alternate the three variants round by round, as the comparisons do
     runs: dict[str, list[float]] = {"fp32": [], "bf16": [], "int8": []}
     variants = {
-        "fp32": lambda: fp32.encode(texts, "passage", s.batch_size, lambda: autocast(cpu, "fp32")),
-        "bf16": lambda: fp32.encode(texts, "passage", s.batch_size, lambda: autocast(cpu, "bf16")),
-        "int8": lambda: int8.encode(texts, "passage", s.batch_size),
+        "fp32": lambda: fp32.encode(texts, "passage", s.batch_size, distillrank_runtime("cpu", "fp32")),
+        "bf16": lambda: fp32.encode(texts, "passage", s.batch_size, distillrank_runtime("cpu", "bf16")),
+        "int8": lambda: int8.encode(texts, "passage", s.batch_size, distillrank_runtime("cpu", "int8")),
     }
     for fn in variants.values():
         fn()
@@ -95,11 +96,12 @@ def speed(ctx: Context) -> list[dict]:
 
 
 def fidelity(ctx: Context) -> dict:
+    from bench.common import distillrank_runtime
     from distillrank.evaluation.metrics import compute_metrics
+    from distillrank.ranking import Pairs
     from distillrank.teachers import BiEncoderTeacher
 
     s = ctx.sizes
-    cpu = torch.device("cpu")
     coll = ctx.collection
     split = "test"
     queries, passages, pairs = bm25_pairs(ctx, split, s.quality_queries, s.quality_depth)
@@ -119,10 +121,11 @@ def fidelity(ctx: Context) -> dict:
     )
     scores: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
+    scored = Pairs(queries, passages, pair_q, pair_p)
     for precision in ("fp32", "int8", "bf16"):
         scores[precision] = np.zeros(0)
         seconds[precision] = timed(
-            lambda p=precision: scores.__setitem__(p, teacher.score(queries, passages, pair_q, pair_p, cpu, p, progress=False))
+            lambda p=precision: scores.__setitem__(p, teacher.score_pairs(scored, distillrank_runtime("cpu", p), progress=False))
         )
     qrels = {q: dict(coll.qrels[split].get(q, {})) for q in qids}
 

@@ -28,7 +28,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # read by tqdm when it is imported: 
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO_ROOT, check_mode, distillrank_hardware, load_average, machine, quiet  # noqa: E402
+from bench.common import REPO_ROOT, check_mode, distillrank_runtime, load_average, machine, quiet  # noqa: E402
 from distillrank.workspace import atomic_write_json  # noqa: E402
 
 BENCHMARKS = ("scoring", "training", "mining", "scale", "ceiling", "precision", "ablation")
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name in args.only:
             log(f"bench: {name} ({mode}), load average {load_average()}")
             start = time.perf_counter()
-            with distillrank_hardware():  # conf/hardware/cpu.yaml, as `distillrank` applies it
-                result = importlib.import_module(f"bench.{name}").run(ctx)
+            distillrank_runtime()  # conf/hardware/cpu.yaml's threads, as `distillrank` applies them
+            result = importlib.import_module(f"bench.{name}").run(ctx)
             result["mode"] = mode
             result["seconds"] = time.perf_counter() - start
             atomic_write_json(out / f"{name}.json", result)

@@ -141,23 +141,21 @@ def run(ctx: Context) -> dict:
             os.environ.pop(onnx_runtime.CACHE_ENV, None)
 
 
-def _settings(backend: str):
-    """The hardware settings of an arm: ``cpu`` (already active) for PyTorch, ``cpu_onnx`` for ONNX."""
-    import contextlib
+def _runtime(backend: str, precision: str):
+    """The runtime of an arm: ``hardware=cpu`` for PyTorch, ``cpu_onnx`` for ONNX, in ``precision``."""
+    from bench.common import distillrank_runtime
 
-    from bench.common import distillrank_hardware
-
-    return distillrank_hardware("cpu_onnx") if backend == "onnx" else contextlib.nullcontext()
+    return distillrank_runtime("cpu_onnx" if backend == "onnx" else "cpu", precision)
 
 
 def _run(ctx: Context, ours_onnx: bool) -> dict:
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
+    from distillrank.ranking import Pairs
     from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
 
 
     s = ctx.sizes
-    device = torch.device("cpu")
     queries, passages, pairs = bm25_pairs(ctx, "test", s.score_queries, s.score_depth)
     pair_q = np.array([q for q, _ in pairs], dtype=np.int64)
     pair_p = np.array([p for _, p in pairs], dtype=np.int64)
@@ -171,14 +169,15 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
         return CrossEncoderTeacher(str(ctx.cross_encoder), max_length=s.ce_max_length, batch_size=s.batch_size)
 
     ours_ce, ours_ce8 = ce_teacher(), ce_teacher()
-    ours_ce.cross_encoder(device, "fp32")
-    ours_ce8.cross_encoder(device, "int8")
+    ours_ce.cross_encoder(_runtime("torch", "fp32"))
+    ours_ce8.cross_encoder(_runtime("torch", "int8"))
     theirs_ce = CrossEncoder(str(ctx.cross_encoder), max_length=s.ce_max_length, device="cpu")
     text_pairs = [(queries[q], passages[p]) for q, p in pairs]
 
     def ce_ours(teacher, precision: str, key: str, m: int = n, backend: str = "torch") -> float:
-        with _settings(backend):
-            t = timed(lambda: out.__setitem__(key, teacher.score(queries, passages, pair_q[:m], pair_p[:m], device, precision, progress=False)))
+        runtime = _runtime(backend, precision)
+        scored = Pairs(queries, passages, pair_q[:m], pair_p[:m])
+        t = timed(lambda: out.__setitem__(key, teacher.score_pairs(scored, runtime, progress=False)))
         return m / t
 
     def ce_theirs(m: int = n, model=theirs_ce, key: str = "st") -> float:
@@ -248,8 +247,8 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
         )
 
     ours_bi, ours_bi8 = bi_teacher(), bi_teacher()
-    ours_bi.encoder(device, "fp32")
-    ours_bi8.encoder(device, "int8")
+    ours_bi.encoder(_runtime("torch", "fp32"))
+    ours_bi8.encoder(_runtime("torch", "int8"))
     theirs_bi = SentenceTransformer(str(ctx.bi_encoder), device="cpu")
 
     def st_encode(texts: list[str], max_length: int, model=theirs_bi) -> torch.Tensor:
@@ -274,8 +273,9 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
         wq, wp = pq[: min(WARMUP_PAIRS, m)], pp[: min(WARMUP_PAIRS, m)]
 
         def ours(teacher, precision: str, key: str, a: np.ndarray = pq, b: np.ndarray = pp, backend: str = "torch") -> float:
-            with _settings(backend):
-                t = timed(lambda: out.__setitem__(key, teacher.score(qs, ps, a, b, device, precision, progress=False)))
+            runtime = _runtime(backend, precision)
+            scored = Pairs(qs, ps, a, b)
+            t = timed(lambda: out.__setitem__(key, teacher.score_pairs(scored, runtime, progress=False)))
             return len(a) / t
 
         def theirs(fn, key: str, a: np.ndarray = pq, b: np.ndarray = pp) -> float:

@@ -29,10 +29,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 
-from bench.common import Context, alternate, comparison, load_average, timed
+from bench.common import Context, alternate, comparison, distillrank_runtime, load_average, timed
 
 GOAL = 1.3
 NEGATIVES = 7
@@ -112,7 +111,7 @@ def run(ctx: Context) -> dict:
         columns["label"].append([sc for _, sc in docs])
     dataset = Dataset.from_dict(columns)
     scratch = Path(tempfile.mkdtemp(dir=ctx.scratch, prefix="train-"))
-    device = torch.device("cpu")
+    runtime = distillrank_runtime("cpu")
 
     warm_cfg = OmegaConf.merge(cfg, {"max_steps": 1})
 
@@ -124,7 +123,7 @@ def run(ctx: Context) -> dict:
             set_dropout(student.backbone, dropout)
         t = timed(
             lambda: train(
-                student, MarginMSELoss(), run_pools, query_text, passage_text, run_cfg, device, "fp32", 0,
+                student, MarginMSELoss(), run_pools, query_text, passage_text, run_cfg, runtime, 0,
                 scratch / "train_log.jsonl",
             )
         )

@@ -9,22 +9,21 @@ from omegaconf import OmegaConf
 from distillrank.errors import ConfigError
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.cross_encoder import CrossEncoderModel
-from distillrank.runtime import check_forward_texts, forward_texts, hardware
+from distillrank.runtime import Runtime, check_forward_texts
 
 
 def _hw(cap):
     return OmegaConf.create({"device": "cpu", "precision": "fp32", "num_threads": None, "max_forward_texts": cap})
 
 
-def test_the_cap_holds_inside_its_hardware_block_only():
-    assert forward_texts(64) == 64
-    with hardware(_hw(16)):
-        assert forward_texts(64) == 16
-        assert forward_texts(8) == 8
-        with hardware(_hw(None)):
-            assert forward_texts(64) == 64
-        assert forward_texts(64) == 16
-    assert forward_texts(64) == 64
+def test_the_cap_belongs_to_its_runtime_only():
+    assert Runtime().forward_texts(64) == 64
+    capped = Runtime.from_config(_hw(16))
+    assert capped.forward_texts(64) == 16
+    assert capped.forward_texts(8) == 8
+    assert Runtime.from_config(_hw(None)).forward_texts(64) == 64
+    assert capped.forward_texts(64) == 16
+    assert Runtime().forward_texts(64) == 64
 
 
 def test_capped_encoding_equals_whole_batches(tiny_bi_encoder, tiny_texts, monkeypatch):
@@ -33,8 +32,7 @@ def test_capped_encoding_equals_whole_batches(tiny_bi_encoder, tiny_texts, monke
     sizes = []
     forward = BiEncoder.forward
     monkeypatch.setattr(BiEncoder, "forward", lambda self, texts, kind: sizes.append(len(texts)) or forward(self, texts, kind))
-    with hardware(_hw(4)):
-        capped = model.encode(tiny_texts[:13], batch_size=64)
+    capped = model.encode(tiny_texts[:13], batch_size=64, runtime=Runtime.from_config(_hw(4)))
     assert sizes == [4, 4, 4, 1]
     torch.testing.assert_close(capped, whole, atol=1e-5, rtol=1e-4)
 
@@ -43,8 +41,7 @@ def test_capped_cross_encoder_scores_equal_whole_batches(tiny_cross_encoder, tin
     model = CrossEncoderModel.load(tiny_cross_encoder)
     queries, passages = tiny_texts[:9], tiny_texts[9:18]
     whole = model.predict(queries, passages, batch_size=32)
-    with hardware(_hw(2)):
-        capped = model.predict(queries, passages, batch_size=32)
+    capped = model.predict(queries, passages, batch_size=32, runtime=Runtime.from_config(_hw(2)))
     torch.testing.assert_close(torch.as_tensor(capped), torch.as_tensor(whole), atol=1e-5, rtol=1e-4)
 
 
@@ -52,5 +49,5 @@ def test_capped_cross_encoder_scores_equal_whole_batches(tiny_cross_encoder, tin
 def test_a_bad_cap_is_a_config_error(bad):
     with pytest.raises(ConfigError, match="max_forward_texts"):
         check_forward_texts(bad)
-    with pytest.raises(ConfigError, match="max_forward_texts"), hardware(_hw(bad)):
-        pass
+    with pytest.raises(ConfigError, match="max_forward_texts"):
+        Runtime.from_config(_hw(bad))

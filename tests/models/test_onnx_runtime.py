@@ -14,7 +14,10 @@ from distillrank import runtime
 from distillrank.errors import ConfigError
 from distillrank.models import onnx_runtime
 from distillrank.models.onnx_runtime import CACHE_ENV, OnnxBackbone
+from distillrank.ranking import Pairs
+from distillrank.runtime import Runtime
 from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
+from distillrank.teachers.base import Teacher
 
 pytestmark = pytest.mark.skipif(bool(onnx_runtime.missing_packages()), reason="the onnx extra is not installed")
 
@@ -39,8 +42,7 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _scores(teacher, backend: str, precision: str = "fp32") -> np.ndarray:
-    with runtime.use_backend(backend):
-        return teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, CPU, precision, progress=False)
+    return teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(precision=precision, backend=backend), progress=False)
 
 
 def test_bi_encoder_teacher_scores_as_in_pytorch(tiny_bi_encoder: Path, onnx_cache: Path) -> None:
@@ -73,23 +75,23 @@ def test_the_backend_is_checked_and_keys_the_scores(tiny_bi_encoder: Path) -> No
     with pytest.raises(ConfigError, match="CPU only"):
         runtime.check_backend("onnx", torch.device("cuda"))
     teacher = BiEncoderTeacher(str(tiny_bi_encoder))
-    torch_fp = runtime.teacher_fingerprint(teacher, "fp32", "torch")
-    assert torch_fp == runtime.teacher_fingerprint(teacher, "fp32") == teacher.fingerprint()  # old caches stay valid
-    onnx_fp = runtime.teacher_fingerprint(teacher, "fp32", "onnx")
-    assert len({torch_fp, onnx_fp, runtime.teacher_fingerprint(teacher, "int8", "onnx")}) == 3
+    torch_fp = teacher.fingerprint(Runtime(backend="torch"))
+    assert torch_fp == teacher.fingerprint(Runtime()) == teacher.fingerprint()  # old caches stay valid
+    onnx_fp = teacher.fingerprint(Runtime(backend="onnx"))
+    assert len({torch_fp, onnx_fp, teacher.fingerprint(Runtime(precision="int8", backend="onnx"))}) == 3
 
-    class Generative:
+    class Generative(Teacher):
         kind = "llm"
 
-        def fingerprint(self, precision: str = "fp32") -> str:
-            return "x"
+        def identity(self, runtime: Runtime) -> dict:
+            return {"x": 1}
 
     with pytest.raises(ConfigError, match="hardware.backend=onnx is supported by"):
-        runtime.teacher_fingerprint(Generative(), "fp32", "onnx")
+        Generative().fingerprint(Runtime(backend="onnx"))
 
 
 def test_missing_packages_are_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(onnx_runtime, "missing_packages", lambda: ["onnxruntime"])
+    monkeypatch.setattr(runtime, "missing_onnx_packages", lambda: ["onnxruntime"])
     with pytest.raises(ConfigError, match=r"pip install 'distillrank\[onnx\]'"):
         runtime.check_backend("onnx")
 

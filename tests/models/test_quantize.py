@@ -14,13 +14,16 @@ from torch import nn
 
 from distillrank.errors import ConfigError
 from distillrank.models.quantize import is_quantized, quantize_int8
+from distillrank.ranking import Pairs
 from distillrank.runtime import (
+    Runtime,
     autocast,
     check_inference_precision,
     check_precision,
-    teacher_fingerprint,
 )
 from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
+from distillrank.teachers.base import Teacher
+from distillrank.workspace import fingerprint
 
 CPU = torch.device("cpu")
 QUERIES = ["what is a cat", "dogs bark loudly", "the sun is a star"]
@@ -75,32 +78,32 @@ def test_teachers_quantize_once_and_rank_like_fp32(kind: str, tiny_bi_encoder: P
         else CrossEncoderTeacher(str(tiny_cross_encoder), max_length=128, batch_size=3)
     )
     load = teacher.encoder if kind == "bi_encoder" else teacher.cross_encoder
-    fp32 = teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, CPU, "fp32", progress=False)
-    assert not is_quantized(load(CPU))
-    int8 = teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, CPU, "int8", progress=False)
-    model = load(CPU, "int8")
-    assert is_quantized(model) and load(CPU, "int8") is model  # quantized once, then reused
+    fp32 = teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(), progress=False)
+    assert not is_quantized(load(Runtime()))
+    int8 = teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(precision="int8"), progress=False)
+    model = load(Runtime(precision="int8"))
+    assert is_quantized(model) and load(Runtime(precision="int8")) is model  # quantized once, then reused
     assert int8.dtype == np.float32 and int8.shape == fp32.shape and not np.array_equal(int8, fp32)
     assert spearmanr(int8, fp32).statistic > 0.9
-    again = teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, CPU, "fp32", progress=False)
+    again = teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(), progress=False)
     np.testing.assert_array_equal(again, fp32)  # back to fp32: the float weights are reloaded
-    assert not is_quantized(load(CPU))
+    assert not is_quantized(load(Runtime()))
 
 
 def test_int8_fingerprint_differs_and_other_precisions_keep_the_old_one(tiny_bi_encoder: Path, tiny_cross_encoder: Path) -> None:
     for teacher in (BiEncoderTeacher(str(tiny_bi_encoder)), CrossEncoderTeacher(str(tiny_cross_encoder))):
         old = teacher.fingerprint()
-        assert teacher_fingerprint(teacher, "fp32") == teacher_fingerprint(teacher, "bf16") == old
-        assert teacher_fingerprint(teacher, "int8") == teacher.fingerprint(precision="int8") != old
+        assert teacher.fingerprint(Runtime()) == teacher.fingerprint(Runtime(precision="bf16")) == old
+        assert teacher.fingerprint(Runtime(precision="int8")) != old
 
 
 def test_int8_with_a_teacher_that_cannot_quantize_is_a_config_error() -> None:
-    class Lookup:
+    class Lookup(Teacher):
         kind = "precomputed"
 
-        def fingerprint(self) -> str:
-            return "x"
+        def identity(self, runtime: Runtime) -> dict:
+            return {"x": 1}
 
-    assert teacher_fingerprint(Lookup(), "fp32") == "x"
+    assert Lookup().fingerprint(Runtime()) == fingerprint({"x": 1})
     with pytest.raises(ConfigError, match="precomputed"):
-        teacher_fingerprint(Lookup(), "int8")
+        Lookup().fingerprint(Runtime(precision="int8"))

@@ -22,6 +22,7 @@ from distillrank.evaluation.dense import cached_corpus_embeddings
 from distillrank.mining.bm25 import BM25Index
 from distillrank.models import onnx_runtime
 from distillrank.models.bi_encoder import BiEncoder
+from distillrank.runtime import Runtime
 from distillrank.stages import context, pipeline, score
 from distillrank.training.features import cached_text_embeddings
 from distillrank.validation import compose
@@ -116,7 +117,7 @@ def test_corpus_embeddings_damaged_are_encoded_again(tiny_collection, tiny_bi_en
     data, cache = tiny_collection
     coll = load_collection(data, cache)
     encoder = BiEncoder.load(tiny_bi_encoder)
-    args = (encoder, coll, cache, "fp", 16, 32, CPU, "fp32")
+    args = (encoder, coll, cache, "fp", 16, 32, Runtime())
     first, rate, folder = cached_corpus_embeddings(*args, progress=False)
     first = np.array(first)
     assert rate is not None
@@ -134,7 +135,7 @@ def test_corpus_embeddings_damaged_are_encoded_again(tiny_collection, tiny_bi_en
 @pytest.mark.parametrize("damage", [truncate, zero])
 def test_text_embeddings_damaged_are_encoded_again(tmp_path, tiny_bi_encoder, damage, caplog) -> None:
     encoder = BiEncoder.load(tiny_bi_encoder)
-    args = (encoder, ["cells divide", "mice and men"], "query", tmp_path, "fp", 8, CPU, "fp32")
+    args = (encoder, ["cells divide", "mice and men"], "query", tmp_path, "fp", 8, Runtime())
     first = cached_text_embeddings(*args, progress=False)
     (path,) = (tmp_path / "embeddings" / "texts").glob("*.npy")
     damage(path)

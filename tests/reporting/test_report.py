@@ -11,16 +11,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import tiny_overrides
+from torch import nn
 from typer.testing import CliRunner
 
 from distillrank.cli import app
 from distillrank.errors import DistillrankError
+from distillrank.ranking import RankerKind
 from distillrank.reporting import plots, report
 from distillrank.reporting.collect import Evaluation, discover
 from distillrank.reporting.deltas import query_deltas
 from distillrank.reporting.document import table_html
-from distillrank.reporting.scorers import StudentUnavailable, load_pair_scorer, sample_pairs
+from distillrank.reporting.scorers import (
+    StudentUnavailable,
+    load_trained_student,
+    sample_pairs,
+    score_aligned,
+)
 from distillrank.stages import mine, pipeline, score
+from distillrank.students.base import Description, Student
 from distillrank.validation import compose
 from distillrank.workspace import Manifest
 
@@ -137,38 +145,50 @@ def test_sample_pairs_is_seeded_capped_and_skips_dropped(tmp_path):
     assert len(some) == 2 and some.qids == sample_pairs(tmp_path / "scores.parquet", 2, seed=3).qids
 
 
-def test_scorer_hook_picks_the_registered_kind(tmp_path, monkeypatch):
-    from distillrank.reporting import scorers
+class _OddStudent(Student):
+    """A student kind of this test only: a folder with ``weights.odd``; scores len(q) - len(p)."""
+
+    kind = RankerKind.LEXICAL
+    model_type = nn.Identity
+    description = Description("an odd student", "none", "", "weights.odd (odd)")
+
+    @classmethod
+    def detect(cls, folder):
+        return (folder / "weights.odd").is_file()
+
+    @classmethod
+    def load(cls, folder, max_length=None):
+        return cls(nn.Identity(), source=folder)
+
+    def score_pairs(self, pairs, runtime, *, batch_size=None, progress=False):
+        return np.array([float(len(q) - len(p)) for q, p in zip(pairs.query_texts(), pairs.passage_texts(),
+                                                                strict=True)])
+
+
+def test_the_report_scores_any_student_kind_the_factory_knows(tmp_path, monkeypatch):
+    from distillrank.students import factory
 
     with pytest.raises(StudentUnavailable, match="does not exist"):
-        load_pair_scorer(tmp_path / "none", {})
+        load_trained_student(tmp_path / "none")
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "weights.odd").write_text("not a model")
-    with pytest.raises(StudentUnavailable):  # no loader takes it, or every one that tries fails
-        load_pair_scorer(tmp_path / "odd", {"_target_": "somewhere.odd_student"})
+    with pytest.raises(StudentUnavailable, match="not a saved student"):  # no kind recognises it
+        load_trained_student(tmp_path / "odd")
 
-    def odd_loader(model_dir, config):  # a new student kind plugs in with one call
-        if not (model_dir / "weights.odd").is_file():
-            return None
-        return lambda queries, passages: np.array(
-            [float(len(q) - len(p)) for q, p in zip(queries, passages, strict=True)]
-        )
-
-    monkeypatch.setattr(scorers, "_LOADERS", [("odd", odd_loader)])
-    scorer = load_pair_scorer(tmp_path / "odd", {"_target_": "somewhere.odd_student"})
-    np.testing.assert_array_equal(scorer(["abc", "a"], ["a", "abc"]), [2.0, -2.0])
+    monkeypatch.setattr(factory, "KINDS", (*factory.KINDS, _OddStudent))  # a new kind: one more entry
+    student = load_trained_student(tmp_path / "odd")
+    np.testing.assert_array_equal(score_aligned(student, ["abc", "a"], ["a", "abc"]), [2.0, -2.0])
 
 
-def test_bi_encoder_scorer_scores_aligned_pairs(workspace):
-    scorer = load_pair_scorer(
-        workspace / "demo" / "train" / "model", {"_target_": "distillrank.students.bi_encoder"}
-    )
-    scores = scorer(
+def test_bi_encoder_student_scores_aligned_pairs(workspace):
+    student = load_trained_student(workspace / "demo" / "train" / "model")
+    scores = score_aligned(
+        student,
         ["cells divide", "cells divide", "a star"],
         ["a passage about cells", "stars", "a passage about cells"],
     )
     assert scores.shape == (3,) and np.isfinite(scores).all()
-    assert scores[1] == pytest.approx(scorer(["cells divide"], ["stars"])[0], abs=1e-5)
+    assert scores[1] == pytest.approx(score_aligned(student, ["cells divide"], ["stars"])[0], abs=1e-5)
 
 
 def test_workspace_with_only_mine_and_score(tmp_path, tiny_beir, tiny_bi_encoder):

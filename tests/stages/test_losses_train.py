@@ -11,6 +11,8 @@ from conftest import tiny_overrides
 
 from distillrank.config import conf_dir
 from distillrank.errors import ConfigError
+from distillrank.ranking import Pairs
+from distillrank.runtime import Runtime
 from distillrank.stages import mine, score, train
 from distillrank.students import load_student
 from distillrank.validation import compose
@@ -77,5 +79,5 @@ def test_every_student_and_loss_trains(scored_workspace, kind, loss):
     if loss == LOSSES[0]:
         student = load_student(folder / train.MODEL)
         assert student.kind == kind
-        scores = student.rerank_scores(["a query about cells"], ["cells", "mice"], [0, 0], [0, 1])
+        scores = student.score_pairs(Pairs(["a query about cells"], ["cells", "mice"], [0, 0], [0, 1]), Runtime())
         assert scores.shape == (2,)

@@ -130,9 +130,9 @@ def test_a_stage_needs_its_upstream_artifacts(make_cfg):
 def test_killed_scoring_keeps_nothing_partial_and_resumes(make_cfg, monkeypatch):
     cfg = make_cfg("score.shard_size=16")
     mine.run(cfg)
-    monkeypatch.setattr(score, "COVER", 2.0)  # pair by pair, through Teacher.score (not the corpus embeddings)
+    monkeypatch.setattr(score, "COVER", 2.0)  # pair by pair, through score_pairs (not the corpus embeddings)
     teacher_cls = type(score.context.teacher(cfg))
-    original = teacher_cls.score
+    original = teacher_cls.score_pairs
     calls = {"n": 0}
 
     def dies_on_third_shard(self, *args, **kwargs):
@@ -141,7 +141,7 @@ def test_killed_scoring_keeps_nothing_partial_and_resumes(make_cfg, monkeypatch)
             raise KeyboardInterrupt("killed")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(teacher_cls, "score", dies_on_third_shard)
+    monkeypatch.setattr(teacher_cls, "score_pairs", dies_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
         score.run(cfg)
     folder = stage_dir(cfg, "score")
@@ -149,7 +149,7 @@ def test_killed_scoring_keeps_nothing_partial_and_resumes(make_cfg, monkeypatch)
     with pytest.raises(ArtifactError):
         train.run(cfg)
 
-    monkeypatch.setattr(teacher_cls, "score", original)
+    monkeypatch.setattr(teacher_cls, "score_pairs", original)
     resumed = score.run(cfg)
     assert resumed.counts["pairs_reused"] == 32  # two complete shards survived
     fresh = make_cfg(
@@ -165,15 +165,15 @@ def test_killed_scoring_keeps_nothing_partial_and_resumes(make_cfg, monkeypatch)
 def test_a_teacher_returning_nan_fails_naming_the_pair(make_cfg, monkeypatch):
     cfg = make_cfg()
     mine.run(cfg)
-    monkeypatch.setattr(score, "COVER", 2.0)  # pair by pair, through Teacher.score
+    monkeypatch.setattr(score, "COVER", 2.0)  # pair by pair, through score_pairs
     teacher_cls = type(score.context.teacher(cfg))
 
-    def nan_scores(self, queries, passages, pair_q, pair_p, *args, **kwargs):
-        out = np.ones(len(pair_q), dtype=np.float32)
+    def nan_scores(self, pairs, *args, **kwargs):
+        out = np.ones(len(pairs), dtype=np.float32)
         out[1] = np.nan
         return out
 
-    monkeypatch.setattr(teacher_cls, "score", nan_scores)
+    monkeypatch.setattr(teacher_cls, "score_pairs", nan_scores)
     with pytest.raises(DistillrankError, match=r"returned nan for \(qid=\S+, docid=\S+\)"):
         score.run(cfg)
     assert read_manifest(stage_dir(cfg, "score")) is None

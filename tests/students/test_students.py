@@ -10,6 +10,8 @@ from torch import nn
 from distillrank.errors import ConfigError
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.cross_encoder import CrossEncoderModel
+from distillrank.ranking import Pairs
+from distillrank.runtime import Runtime
 from distillrank.students import as_student, load_student, student_kind
 from distillrank.students.bi_encoder import BiEncoderStudent
 from distillrank.students.cross_encoder import CrossEncoderStudent
@@ -31,7 +33,7 @@ def test_bi_encoder_groups_are_the_in_batch_matrix_at_the_index(tiny_bi_encoder)
     out = _eval_scores(student, QUERIES, PASSAGES, INDEX)
     assert out.groups.shape == (2, 3) and out.matrix.shape == (2, 4)
     torch.testing.assert_close(out.groups, torch.gather(out.matrix, 1, INDEX))
-    pairs = student.rerank_scores(QUERIES, PASSAGES, [0, 0, 1], [0, 3, 1])
+    pairs = student.score_pairs(Pairs(QUERIES, PASSAGES, [0, 0, 1], [0, 3, 1]), Runtime())
     expected = out.matrix[[0, 0, 1], [0, 3, 1]].numpy()
     np.testing.assert_allclose(pairs, expected, rtol=1e-4, atol=1e-5)
 
@@ -79,7 +81,7 @@ def test_cross_encoder_export_loads_in_sentence_transformers(tiny_bi_encoder, tm
     path = student.save(tmp_path / "ce", model_card="# card\n")
     assert (path / "README.md").read_text() == "# card\n"
     assert student_kind(path) == "cross_encoder"
-    ours = student.rerank_scores(QUERIES, PASSAGES, [0, 0, 1, 1], [0, 2, 1, 3])
+    ours = student.score_pairs(Pairs(QUERIES, PASSAGES, [0, 0, 1, 1], [0, 2, 1, 3]), Runtime())
     st = CrossEncoder(str(path), device="cpu")
     theirs = np.asarray(
         st.predict(
@@ -97,7 +99,7 @@ def test_cross_encoder_export_loads_in_sentence_transformers(tiny_bi_encoder, tm
     reloaded = load_student(path)
     assert isinstance(reloaded, CrossEncoderStudent) and not reloaded.training
     np.testing.assert_allclose(
-        reloaded.rerank_scores(QUERIES, PASSAGES, [0, 0, 1, 1], [0, 2, 1, 3]), ours, rtol=1e-4, atol=1e-5
+        reloaded.score_pairs(Pairs(QUERIES, PASSAGES, [0, 0, 1, 1], [0, 2, 1, 3]), Runtime()), ours, rtol=1e-4, atol=1e-5
     )
 
 
@@ -108,8 +110,8 @@ def test_bi_encoder_export_reloads_as_a_bi_encoder_student(tiny_bi_encoder, tmp_
     reloaded = load_student(path)
     assert isinstance(reloaded, BiEncoderStudent)
     np.testing.assert_allclose(
-        reloaded.rerank_scores(QUERIES, PASSAGES, [0, 1], [0, 1]),
-        student.rerank_scores(QUERIES, PASSAGES, [0, 1], [0, 1]),
+        reloaded.score_pairs(Pairs(QUERIES, PASSAGES, [0, 1], [0, 1]), Runtime()),
+        student.score_pairs(Pairs(QUERIES, PASSAGES, [0, 1], [0, 1]), Runtime()),
         rtol=1e-5,
     )
 
@@ -136,7 +138,7 @@ def test_colbert_groups_in_batch_and_rerank_agree(tiny_bi_encoder, tmp_path):
     assert student_kind(path) == "colbert"
     reloaded = load_student(path)
     np.testing.assert_allclose(
-        reloaded.rerank_scores(QUERIES, PASSAGES, [0, 1], [3, 2]),
+        reloaded.score_pairs(Pairs(QUERIES, PASSAGES, [0, 1], [3, 2]), Runtime()),
         out.matrix[[0, 1], [3, 2]].numpy(),
         rtol=1e-4,
         atol=1e-5,

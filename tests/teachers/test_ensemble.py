@@ -5,17 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from distillrank.errors import ConfigError
+from distillrank.ranking import Pairs
+from distillrank.runtime import Runtime
 from distillrank.stages import mine, score
+from distillrank.teachers.base import Teacher
 from distillrank.teachers.ensemble import EnsembleTeacher
 from distillrank.teachers.normalize import normalize
 from distillrank.validation import compose
 from distillrank.workspace import stage_dir
 
 
-class ConstantTeacher:
+class ConstantTeacher(Teacher):
     """Scores a pair by a fixed table of passage values (plus an offset), for hand checks."""
 
     kind = "constant"
@@ -23,18 +25,18 @@ class ConstantTeacher:
     def __init__(self, values: dict[str, float], name: str) -> None:
         self.values, self.name = values, name
 
-    def fingerprint(self) -> str:
-        return self.name
+    def identity(self, runtime) -> dict:
+        return {"name": self.name}
 
-    def score(self, queries, passages, pair_q, pair_p, device, precision, progress=True, *, qids=None, docids=None):
-        return np.array([self.values[passages[p]] for p in pair_p], dtype=np.float32)
+    def score_pairs(self, pairs, runtime, *, batch_size=None, progress=False):
+        return np.array([self.values[p] for p in pairs.passage_texts()], dtype=np.float32)
 
 
 def test_combine_is_the_weighted_mean_of_normalised_members():
     a = ConstantTeacher({"x": 1.0, "y": 3.0, "z": 5.0}, "a")
     b = ConstantTeacher({"x": 100.0, "y": 0.0, "z": 50.0}, "b")
     ens = EnsembleTeacher([a, b], weights=[3, 1], normalize="minmax", scope="query")
-    out = ens.score(["q"], ["x", "y", "z"], np.array([0, 0, 0]), np.array([0, 1, 2]), torch.device("cpu"), "fp32")
+    out = ens.score_pairs(Pairs(["q"], ["x", "y", "z"], np.array([0, 0, 0]), np.array([0, 1, 2])), Runtime())
     # minmax: a -> [0, .5, 1], b -> [1, 0, .5]; 0.75 a + 0.25 b
     np.testing.assert_allclose(out, [0.25, 0.375, 0.875], rtol=1e-6)
 

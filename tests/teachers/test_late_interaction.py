@@ -14,11 +14,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distillrank.models.colbert import DENSE_DIR, ColBERTModel
+from distillrank.ranking import Pairs, Ranker
+from distillrank.runtime import Runtime
 from distillrank.teachers import ColBERTTeacher
-from distillrank.teachers.base import Teacher
 from distillrank.validation import check_targets, compose
 
-from .pairs import ATOL, CPU, PAIR_P, PAIR_Q, PASSAGES, QUERIES
+from .pairs import ATOL, PAIR_P, PAIR_Q, PASSAGES, QUERIES
 
 
 def _direct(model: ColBERTModel, queries: list[str], passages: list[str]) -> np.ndarray:
@@ -30,9 +31,9 @@ def _direct(model: ColBERTModel, queries: list[str], passages: list[str]) -> np.
     return np.array(out, dtype=np.float32)
 
 
-def test_signature_matches_the_teacher_protocol() -> None:
-    ours = inspect.signature(ColBERTTeacher.score)
-    proto = inspect.signature(Teacher.score)
+def test_signature_matches_the_ranker_protocol() -> None:
+    ours = inspect.signature(ColBERTTeacher.score_pairs)
+    proto = inspect.signature(Ranker.score_pairs)
     assert list(ours.parameters) == list(proto.parameters)
     for name, p in proto.parameters.items():
         assert ours.parameters[name].kind == p.kind and ours.parameters[name].default == p.default
@@ -45,16 +46,13 @@ def test_teacher_scores_equal_direct_maxsim(tiny_colbert: Path, batch_size: int,
         pair_batch_size=pair_batch_size,
     )
     assert teacher._model is None  # lazy: nothing loaded before the first use
-    scores = teacher.score(
-        QUERIES, PASSAGES, PAIR_Q, PAIR_P, CPU, "fp32", progress=False,
-        qids=[f"q{i}" for i in range(len(QUERIES))], docids=[f"d{i}" for i in range(len(PASSAGES))],
-    )
+    scores = teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P, qids=[f"q{i}" for i in range(len(QUERIES))], docids=[f"d{i}" for i in range(len(PASSAGES))]), Runtime(), progress=False)
     assert scores.dtype == np.float32 and scores.shape == (len(PAIR_Q),)
     model = ColBERTModel.load(tiny_colbert)
     expected = _direct(model, [QUERIES[i] for i in PAIR_Q], [PASSAGES[i] for i in PAIR_P])
     np.testing.assert_allclose(scores, expected, atol=ATOL, rtol=0)
     assert np.ptp(expected) > 0.1
-    assert not any(p.requires_grad for p in teacher.colbert(CPU).parameters())
+    assert not any(p.requires_grad for p in teacher.colbert(Runtime()).parameters())
 
 
 def test_repeated_pairs_and_texts_get_the_same_score(tiny_colbert: Path) -> None:
@@ -64,20 +62,20 @@ def test_repeated_pairs_and_texts_get_the_same_score(tiny_colbert: Path) -> None
     passages = [PASSAGES[1], PASSAGES[2], PASSAGES[1]]
     pair_q = np.array([0, 0, 2, 1, 1])
     pair_p = np.array([0, 0, 2, 1, 0])
-    scores = teacher.score(queries, passages, pair_q, pair_p, CPU, "fp32", progress=False)
+    scores = teacher.score_pairs(Pairs(queries, passages, pair_q, pair_p), Runtime(), progress=False)
     assert scores[0] == scores[1] == scores[2]
     assert scores[3] != scores[4]
     np.testing.assert_allclose(
-        scores[[0, 3]], teacher.score(QUERIES, PASSAGES, np.array([0, 2]), np.array([1, 2]), CPU, "fp32", False),
+        scores[[0, 3]], teacher.score_pairs(Pairs(QUERIES, PASSAGES, np.array([0, 2]), np.array([1, 2])), Runtime(), progress=False),
         atol=ATOL, rtol=0,
     )
 
 
 def test_teacher_overrides_reach_the_model(tiny_colbert: Path) -> None:
     teacher = ColBERTTeacher(str(tiny_colbert), query_max_length=8, passage_max_length=32, skiplist_words=[])
-    model = teacher.colbert(CPU)
+    model = teacher.colbert(Runtime())
     assert model.query_max_length == 8 and model.passage_max_length == 32 and model.skiplist_words == []
-    kept = ColBERTTeacher(str(tiny_colbert), query_max_length=16, passage_max_length=64).colbert(CPU)
+    kept = ColBERTTeacher(str(tiny_colbert), query_max_length=16, passage_max_length=64).colbert(Runtime())
     assert kept.skiplist_words and kept.attend_to_expansion_tokens is False
 
 
@@ -143,7 +141,7 @@ def test_score_stage_with_a_colbert_teacher(make_cfg, tiny_colbert: Path) -> Non
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_teacher_on_cuda_with_bf16_is_close_to_fp32(tiny_colbert: Path) -> None:
     teacher = ColBERTTeacher(str(tiny_colbert), query_max_length=16, passage_max_length=64)
-    fp32 = teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, CPU, "fp32", progress=False)
-    cuda = teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, torch.device("cuda"), "bf16", progress=False)
+    fp32 = teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(), progress=False)
+    cuda = teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(torch.device("cuda"), "bf16"), progress=False)
     assert cuda.dtype == np.float32
     np.testing.assert_allclose(cuda, fp32, atol=0.15, rtol=0.02)

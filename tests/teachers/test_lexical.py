@@ -12,6 +12,8 @@ import torch
 
 from distillrank.errors import ConfigError
 from distillrank.mining.bm25 import BM25Index
+from distillrank.ranking import Pairs
+from distillrank.runtime import Runtime
 from distillrank.stages import context, evaluate, mine, score, train
 from distillrank.teachers.lexical import BM25Teacher
 from distillrank.validation import compose
@@ -50,7 +52,8 @@ def test_scores_equal_bm25_retrieval_scores(bound):
     pair_q = np.array([q for q, _ in pairs])
     pair_p = np.array([col[doc_ids[r]] for _, r in pairs])
     passages = coll.passage_texts([coll.doc_row(d) for d in docids])
-    got = teacher.score(queries, passages, pair_q, pair_p, CPU, "fp32", False, qids=None, docids=docids)
+    scored = Pairs(queries, passages, pair_q, pair_p, docids=docids, collection=coll, cache_root=cache_dir(cfg))
+    got = teacher.score_pairs(scored, Runtime(), progress=False)
     want = np.array([expected[q][list(rows[q]).index(r)] for q, r in pairs], dtype=np.float32)
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
@@ -62,9 +65,10 @@ def test_passages_outside_the_index_score_as_if_they_were_in_it(bound):
     passages = coll.passage_texts(range(6))
     pair_q = np.repeat(np.arange(4), 6)
     pair_p = np.tile(np.arange(6), 4)
-    indexed = teacher.score(queries, passages, pair_q, pair_p, CPU, "fp32", False, docids=docids)
+    corpus = {"collection": coll, "cache_root": cache_dir(cfg)}
+    indexed = teacher.score_pairs(Pairs(queries, passages, pair_q, pair_p, docids=docids, **corpus), Runtime())
     unknown = [f"{d}#rewritten" for d in docids]  # same texts, ids the index does not know
-    from_text = teacher.score(queries, passages, pair_q, pair_p, CPU, "fp32", False, docids=unknown)
+    from_text = teacher.score_pairs(Pairs(queries, passages, pair_q, pair_p, docids=unknown, **corpus), Runtime())
     assert indexed.max() > 0
     np.testing.assert_allclose(from_text, indexed, rtol=1e-4, atol=1e-5)
 
@@ -80,13 +84,13 @@ def test_index_cached_before_its_statistics_gets_them(make_cfg, tmp_path):
     assert json.loads(stats.read_text())["avg_doc_len"] == pytest.approx(index.avg_doc_len)
 
 
-def test_unbound_teacher_is_a_config_error():
-    with pytest.raises(ConfigError, match="bind_collection"):
-        BM25Teacher().score(["q"], ["p"], np.array([0]), np.array([0]), CPU, "fp32", False, docids=["d"])
+def test_pairs_without_their_collection_are_a_config_error():
+    with pytest.raises(ConfigError, match="scores over a collection"):
+        BM25Teacher().score_pairs(Pairs(["q"], ["p"], np.array([0]), np.array([0]), docids=["d"]), Runtime(), progress=False)
 
 
 def test_fingerprint_follows_parameters_not_precision():
-    assert BM25Teacher().fingerprint() == BM25Teacher().fingerprint("int8")
+    assert BM25Teacher().fingerprint() == BM25Teacher().fingerprint(Runtime(precision="int8"))
     assert BM25Teacher(k1=1.2).fingerprint() != BM25Teacher().fingerprint()
 
 

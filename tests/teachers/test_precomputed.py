@@ -11,6 +11,8 @@ import torch
 from hydra.utils import instantiate
 
 from distillrank.errors import DataError, DistillrankError
+from distillrank.ranking import Pairs
+from distillrank.runtime import Runtime
 from distillrank.teachers import PrecomputedTeacher
 from distillrank.validation import check_targets, compose
 
@@ -32,7 +34,7 @@ def _score(teacher, pairs: list[tuple[str, str]]) -> np.ndarray:
     pair_q = np.array([uq.index(q) for q, _ in pairs])
     pair_p = np.array([ud.index(d) for _, d in pairs])
     texts_q, texts_p = [f"text of {q}" for q in uq], [f"text of {d}" for d in ud]
-    return teacher.score(texts_q, texts_p, pair_q, pair_p, CPU, "fp32", False, qids=uq, docids=ud)
+    return teacher.score_pairs(Pairs(texts_q, texts_p, pair_q, pair_p, qids=uq, docids=ud), Runtime(), progress=False)
 
 
 def test_scores_are_looked_up_by_id(triples):
@@ -59,7 +61,7 @@ def test_missing_pairs_are_counted_and_named(triples):
 def test_score_needs_the_ids(triples):
     teacher = PrecomputedTeacher(str(triples))
     with pytest.raises(DistillrankError, match="needs the qids= and docids="):
-        teacher.score(["a"], ["b"], np.array([0]), np.array([0]), CPU, "fp32", False)
+        teacher.score_pairs(Pairs(["a"], ["b"], np.array([0]), np.array([0])), Runtime(), progress=False)
 
 
 def test_unknown_ids_name_the_first_line_and_the_count(triples):

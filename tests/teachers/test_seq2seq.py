@@ -13,12 +13,14 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from distillrank.errors import ConfigError
+from distillrank.ranking import Pairs
+from distillrank.runtime import Runtime
 from distillrank.stages import mine, score
 from distillrank.teachers import MonoT5Teacher
 from distillrank.validation import check_targets, compose
 from distillrank.workspace import stage_dir
 
-from .pairs import ATOL, CPU, PAIR_P, PAIR_Q, PASSAGES, QUERIES
+from .pairs import ATOL, PAIR_P, PAIR_Q, PASSAGES, QUERIES
 
 
 def _by_hand(folder: Path, query: str, passage: str) -> float:
@@ -36,11 +38,11 @@ def _by_hand(folder: Path, query: str, passage: str) -> float:
 
 def test_score_equals_hand_computation(tiny_t5: Path) -> None:
     teacher = MonoT5Teacher(str(tiny_t5), max_length=128, batch_size=4)
-    got = teacher.score(QUERIES, PASSAGES, np.array([0]), np.array([4]), CPU, "fp32", progress=False)
+    got = teacher.score_pairs(Pairs(QUERIES, PASSAGES, np.array([0]), np.array([4])), Runtime(), progress=False)
     assert got.dtype == np.float32 and got.shape == (1,)
     assert got[0] == pytest.approx(_by_hand(tiny_t5, QUERIES[0], PASSAGES[4]), abs=ATOL)
     assert got[0] < 0
-    assert not any(p.requires_grad for p in teacher.seq2seq(CPU).parameters())
+    assert not any(p.requires_grad for p in teacher.seq2seq(Runtime()).parameters())
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 64])
@@ -48,11 +50,11 @@ def test_batching_and_length_sorting_do_not_change_scores(tiny_t5: Path, batch_s
     lengths = [len(QUERIES[q]) + len(PASSAGES[p]) for q, p in zip(PAIR_Q, PAIR_P, strict=True)]
     assert lengths != sorted(lengths, reverse=True)  # length sorting really permutes
     teacher = MonoT5Teacher(str(tiny_t5), max_length=128, batch_size=batch_size)
-    scores = teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, CPU, "fp32", progress=False, qids=None)
+    scores = teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(), progress=False)
     one_by_one = MonoT5Teacher(str(tiny_t5), max_length=128, batch_size=1)
     expected = np.array(
         [
-            one_by_one.score(QUERIES, PASSAGES, np.array([q]), np.array([p]), CPU, "fp32", progress=False)[0]
+            one_by_one.score_pairs(Pairs(QUERIES, PASSAGES, np.array([q]), np.array([p])), Runtime(), progress=False)[0]
             for q, p in zip(PAIR_Q, PAIR_P, strict=True)
         ]
     )
@@ -63,8 +65,8 @@ def test_batching_and_length_sorting_do_not_change_scores(tiny_t5: Path, batch_s
 
 def test_bf16_autocast_stays_close(tiny_t5: Path) -> None:
     teacher = MonoT5Teacher(str(tiny_t5), max_length=128)
-    fp32 = teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, CPU, "fp32", progress=False)
-    bf16 = teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, CPU, "bf16", progress=False)
+    fp32 = teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(), progress=False)
+    bf16 = teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(precision="bf16"), progress=False)
     assert bf16.dtype == np.float32
     np.testing.assert_allclose(bf16, fp32, atol=0.25, rtol=0)
 
@@ -80,13 +82,13 @@ def test_bf16_autocast_stays_close(tiny_t5: Path) -> None:
 def test_bad_answer_tokens_are_config_errors(tiny_t5: Path, kwargs: dict, match: str) -> None:
     teacher = MonoT5Teacher(str(tiny_t5), **kwargs)
     with pytest.raises(ConfigError, match=match):
-        teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, CPU, "fp32", progress=False)
+        teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(), progress=False)
 
 
 def test_a_causal_model_is_a_config_error(tiny_causal_lm: Path) -> None:
     teacher = MonoT5Teacher(str(tiny_causal_lm))
     with pytest.raises(ConfigError, match="encoder-decoder"):
-        teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, CPU, "fp32", progress=False)
+        teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(), progress=False)
 
 
 def test_prompt_without_fields_is_a_config_error() -> None:

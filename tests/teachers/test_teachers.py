@@ -13,10 +13,12 @@ from safetensors.torch import load_file, save_file
 
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.cross_encoder import CrossEncoderModel
+from distillrank.ranking import Pairs
+from distillrank.runtime import Runtime
 from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
 from distillrank.teachers.base import describe
 
-from .pairs import ATOL, CPU, PAIR_P, PAIR_Q, PASSAGES, QUERIES
+from .pairs import ATOL, PAIR_P, PAIR_Q, PASSAGES, QUERIES
 
 
 @pytest.fixture(scope="module")
@@ -90,17 +92,17 @@ def test_cross_encoder_teacher_scores_pairs(
     tiny_cross_encoder: Path, cross_encoder: CrossEncoderModel
 ) -> None:
     teacher = CrossEncoderTeacher(str(tiny_cross_encoder), max_length=128, batch_size=3)
-    scores = teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, CPU, "fp32", progress=False)
+    scores = teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(), progress=False)
     assert scores.dtype == np.float32 and scores.shape == (len(PAIR_Q),)
     expected = _one_by_one(cross_encoder, [QUERIES[i] for i in PAIR_Q], [PASSAGES[i] for i in PAIR_P])
     np.testing.assert_allclose(scores, expected, atol=ATOL, rtol=0)
-    assert not any(p.requires_grad for p in teacher.cross_encoder(CPU).parameters())
+    assert not any(p.requires_grad for p in teacher.cross_encoder(Runtime()).parameters())
 
 
 @pytest.mark.parametrize("similarity", [None, "cos"])
 def test_bi_encoder_teacher_scores_are_dot_products(tiny_bi_encoder: Path, similarity: str | None) -> None:
     teacher = BiEncoderTeacher(str(tiny_bi_encoder), batch_size=2, similarity=similarity)
-    scores = teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, CPU, "fp32", progress=False)
+    scores = teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(), progress=False)
     assert scores.dtype == np.float32 and scores.shape == (len(PAIR_Q),)
 
     enc = BiEncoder.load(tiny_bi_encoder, similarity=similarity)
@@ -112,7 +114,7 @@ def test_bi_encoder_teacher_scores_are_dot_products(tiny_bi_encoder: Path, simil
     assert np.ptp(expected) > 1e-3
     if similarity == "cos":
         assert np.all(np.abs(scores) <= 1 + 1e-5)
-    assert not any(p.requires_grad for p in teacher.encoder(CPU).parameters())
+    assert not any(p.requires_grad for p in teacher.encoder(Runtime()).parameters())
 
 
 def _copy_with_changed_weight(src: Path, dest: Path) -> Path:

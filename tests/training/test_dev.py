@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from distillrank.errors import ConfigError
 from distillrank.losses import MarginMSELoss
+from distillrank.runtime import Runtime
 from distillrank.stages import mine, score, train
 from distillrank.students import as_student
 from distillrank.students.base import Student
@@ -32,10 +33,9 @@ class _Lookup(Student):
         super().__init__(torch.nn.Linear(1, 1))
         self.table = table
 
-    def rerank_scores(self, queries, passages, pair_q, pair_p, batch_size=64, autocast=None):
-        return np.array(
-            [self.table[(queries[i], passages[j])] for i, j in zip(pair_q, pair_p, strict=True)], np.float32
-        )
+    def score_pairs(self, pairs, runtime, *, batch_size=None, progress=False):
+        return np.array([self.table[pair] for pair in zip(pairs.query_texts(), pairs.passage_texts(), strict=True)],
+                        np.float32)
 
 
 def test_evaluate_dev_reranks_the_candidates():
@@ -104,8 +104,7 @@ def _train(model, tmp_path, loss=None, **overrides):
         QUERIES,
         lambda ids: [PASSAGES[d] for d in ids],
         OmegaConf.create({**CFG, **overrides}),
-        torch.device("cpu"),
-        "fp32",
+        Runtime(),
         seed=3,
         log_path=tmp_path / "log.jsonl",
         dev=DEV,
@@ -132,8 +131,7 @@ def test_early_stopping_keeps_the_best_weights(tiny_bi_encoder, tmp_path, monkey
             QUERIES,
             lambda ids: [PASSAGES[d] for d in ids],
             OmegaConf.create(CFG),
-            torch.device("cpu"),
-            "fp32",
+            Runtime(),
             seed=3,
             log_path=tmp_path / "two.jsonl",
         )

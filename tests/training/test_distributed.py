@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
 from distillrank.losses import MarginMSELoss
+from distillrank.runtime import Runtime
 from distillrank.training.distributed import Dist
 from distillrank.training.loop import train_student
 
@@ -41,8 +42,7 @@ def _train(model: Path, out: Path, group: Dist) -> dict[str, torch.Tensor]:
         QUERIES,
         lambda ids: [PASSAGES[d] for d in ids],
         OmegaConf.create(CFG),
-        torch.device("cpu"),
-        "fp32",
+        Runtime(),
         seed=3,
         log_path=out / "log.jsonl",
         dist=group,

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from distillrank.models.bi_encoder import BiEncoder
+from distillrank.runtime import Runtime
 from distillrank.stages import context, pipeline, train
 from distillrank.students import load_student
 from distillrank.training.features import FeatureSet, cached_text_embeddings
@@ -50,7 +51,7 @@ def test_a_passage_sample_keeps_only_its_rows() -> None:
 def test_query_embeddings_are_cached(tmp_path, tiny_bi_encoder, monkeypatch) -> None:
     encoder = BiEncoder.load(tiny_bi_encoder)
     texts = ["cells divide", "mice and men"]
-    first = cached_text_embeddings(encoder, texts, "query", tmp_path, "fp", 8, torch.device("cpu"), "fp32",
+    first = cached_text_embeddings(encoder, texts, "query", tmp_path, "fp", 8, Runtime(),
                                    progress=False)
     torch.testing.assert_close(torch.from_numpy(first), encoder.encode(texts, "query"))
     assert len(list((tmp_path / "embeddings" / "texts").glob("*.npy"))) == 1
@@ -59,7 +60,7 @@ def test_query_embeddings_are_cached(tmp_path, tiny_bi_encoder, monkeypatch) -> 
         raise AssertionError("encoded again")
 
     monkeypatch.setattr(BiEncoder, "encode", fail)
-    again = cached_text_embeddings(encoder, texts, "query", tmp_path, "fp", 8, torch.device("cpu"), "fp32",
+    again = cached_text_embeddings(encoder, texts, "query", tmp_path, "fp", 8, Runtime(),
                                    progress=False)
     np.testing.assert_array_equal(first, again)
 

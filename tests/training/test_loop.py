@@ -14,6 +14,7 @@ from torch import nn
 from distillrank.errors import ConfigError, DistillrankError
 from distillrank.losses import MarginMSELoss
 from distillrank.models.bi_encoder import BiEncoder
+from distillrank.runtime import Runtime
 from distillrank.training.batching import QueryPool
 from distillrank.training.loop import train_student
 
@@ -66,8 +67,7 @@ def _train(path: Path, tmp_path: Path, loss=None, **overrides) -> BiEncoder:
         QUERIES,
         lambda ids: [PASSAGES[d] for d in ids],
         cfg,
-        torch.device("cpu"),
-        "fp32",
+        Runtime(),
         seed=3,
         log_path=tmp_path / "log.jsonl",
     )

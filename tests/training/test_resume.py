@@ -14,6 +14,7 @@ from torch import nn
 
 from distillrank.losses import MarginMSELoss
 from distillrank.models.bi_encoder import BiEncoder
+from distillrank.runtime import Runtime
 from distillrank.stages import mine, score, train
 from distillrank.training import loop
 from distillrank.training.loop import LAST, RUN_FILE, train_student
@@ -63,8 +64,7 @@ def _run(model: Path, work: Path, dropout: float, kill_after: int | None = None,
         QUERIES,
         lambda ids: [PASSAGES[d] for d in ids],
         cfg,
-        torch.device("cpu"),
-        "fp32",
+        Runtime(),
         seed=3,
         log_path=work / "log.jsonl",
         checkpoint_dir=work / "checkpoints",
@@ -200,8 +200,7 @@ def test_other_student_kinds_resume_exactly(tiny_bi_encoder, tmp_path, kind):
             QUERIES,
             lambda ids: [PASSAGES[d] for d in ids],
             cfg,
-            torch.device("cpu"),
-            "fp32",
+            Runtime(),
             seed=3,
             log_path=work / "log.jsonl",
             checkpoint_dir=work / "checkpoints",
