@@ -115,8 +115,6 @@ def test_the_loss_list_is_the_package():
     names = {cls.__name__ for cls in LOSS_CLASSES}
     assert {"MarginMSELoss", "KLDivergenceLoss", "FeatureDistillationLoss", "WeightedSum"} <= names
     assert {"MarginMSELoss", "KLDivergenceLoss", "InfoNCELoss", "WeightedSum"} <= set(LOSSES)
-    exported = {name for name in distillrank.losses.__all__ if name in names}
-    assert exported == names  # a config's `_target_: distillrank.losses.<Class>` reaches every loss
 
 
 def _targets(node) -> set[str]:
@@ -131,7 +129,14 @@ def _targets(node) -> set[str]:
 
 def test_every_loss_has_a_config() -> None:
     targets = set().union(*(_targets(OmegaConf.to_container(OmegaConf.load(path))) for path in CONFIGS))
-    missing = [cls.__name__ for cls in LOSS_CLASSES if f"distillrank.losses.{cls.__name__}" not in targets]
+    # a config names the class by its module (distillrank.losses.<module>.<Class>: a new loss is its
+    # module and its YAML, CONTRIBUTING.md) or by the package's re-export (distillrank.losses.<Class>)
+    missing = [
+        cls.__name__
+        for cls in LOSS_CLASSES
+        if not {f"{cls.__module__}.{cls.__name__}", f"distillrank.losses.{cls.__name__}"} & targets
+        or f"distillrank.losses.{cls.__name__}" in targets and getattr(distillrank.losses, cls.__name__, None) is not cls
+    ]
     assert not missing, f"no conf/loss/*.yaml builds {missing}"
 
 

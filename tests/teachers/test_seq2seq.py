@@ -112,7 +112,7 @@ def test_fingerprint_follows_weights_and_settings(tiny_t5: Path, tmp_path: Path)
 def test_loading_is_lazy(tmp_path: Path) -> None:
     teacher = MonoT5Teacher(str(tmp_path / "nowhere"))  # nothing is resolved or loaded at construction
     with pytest.raises(ConfigError, match="nowhere"):  # the missing model is found at first use
-        teacher.score(QUERIES, PASSAGES, PAIR_Q, PAIR_P, CPU, "fp32", progress=False)
+        teacher.score_pairs(Pairs(QUERIES, PASSAGES, PAIR_Q, PAIR_P), Runtime(), progress=False)
 
 
 def test_monot5_config_validates() -> None:
