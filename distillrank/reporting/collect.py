@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distillrank.artifacts import WORKSPACE_FOLDERS as SKIP_DIRS
 from distillrank.errors import DistillrankError
 from distillrank.workspace import MANIFEST, Manifest, read_manifest
 
@@ -24,7 +25,6 @@ log = logging.getLogger(__name__)
 
 STAGES = ("queries", "mine", "score", "train", "evaluate")
 UPSTREAM = ("queries", "mine", "score")  # stages a sweep job may take from its parent experiment
-SKIP_DIRS = {"_cache", "logs", "report", "multirun", "outputs"}
 
 
 @dataclass
