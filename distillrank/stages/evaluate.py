@@ -56,6 +56,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from distillrank import artifacts, keys
+from distillrank.builders import components
 from distillrank.config import DataConfig, conf_dir
 from distillrank.data.collection import Collection
 from distillrank.errors import ConfigError
@@ -82,7 +84,6 @@ from distillrank.mining.fusion import convex_fuse, rrf_fuse
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
 from distillrank.runtime import autocast, hardware
-from distillrank.stages import context, mine, train
 from distillrank.teachers import BiEncoderTeacher
 from distillrank.validation import allows_external, instantiate_checked
 from distillrank.workspace import (
@@ -95,7 +96,6 @@ from distillrank.workspace import (
     drop_unreadable,
     fingerprint,
     locked_stage,
-    require_stage,
     seal,
     stage_dir,
     to_plain,
@@ -216,21 +216,21 @@ def system_key(
 
     ``data``: that collection's data config (default ``cfg.data``), for the hybrid systems' dev split.
     """
-    coll = coll if coll is not None else context.collection(cfg)
+    coll = coll if coll is not None else components.collection(cfg)
     split = split or _split(cfg)
     if name in HYBRID:
         what = _hybrid_what(cfg, name, coll, split, data if data is not None else cfg.data)
     elif name == "bm25":
         what = {k: cfg.mining[k] for k in ("k1", "b", "stemmer", "stopwords")}
     elif name == "teacher":
-        what = {"teacher": context.teacher_fingerprint(cfg)}
+        what = {"teacher": components.teacher_fingerprint(cfg)}
     elif name == "student_init":
         what = {
-            "student": train.student_identity(cfg, training=False),
+            "student": keys.student_identity(cfg, training=False),
             "weights": dir_fingerprint(resolve_model(cfg.student.model)),
         }
     elif name == "student":
-        what = {"train": train.stage_key(cfg)}
+        what = {"train": keys.stage_key(cfg, artifacts.TRAIN)}
     else:
         what = {"checkpoint": dir_fingerprint(resolve_model(cfg.evaluate.checkpoints[name]))}
     if reranks(cfg, name):  # a re-ranker's results depend on its candidates
@@ -367,7 +367,7 @@ def _extra_split(cfg: DictConfig, name: str, data: DictConfig) -> tuple[Collecti
                 f"({qrels / f'{split}.tsv'} is missing; its qrels splits are "
                 f"{sorted(f.stem for f in qrels.glob('*.tsv'))})"
             )
-    coll = context.collection(OmegaConf.create({"workspace": cfg.workspace, "data": data}))
+    coll = components.collection(OmegaConf.create({"workspace": cfg.workspace, "data": data}))
     if not split or split not in coll.splits():
         raise ConfigError(
             f"evaluate.collections: collection {name!r} has no test split to evaluate on "
@@ -417,7 +417,7 @@ def _target(name: str, coll: Collection, split: str, folder: Path, rel: str, dat
 def targets(cfg: DictConfig) -> list[Target]:
     """The main collection (``data``, split ``evaluate.split`` or its test split), then the extras."""
     folder = stage_dir(cfg, STAGE)
-    coll = context.collection(cfg)
+    coll = components.collection(cfg)
     split = _split(cfg)
     if split not in coll.splits():
         raise ConfigError(
@@ -427,7 +427,7 @@ def targets(cfg: DictConfig) -> list[Target]:
     labelled = str(cfg.queries.method) == "none"  # else the student trained on synthetic queries
     if labelled and main.dev_split is not None and main.dev_split == cfg.data.get("train_split"):
         main.trained_on = True
-        held = stage_dir(cfg, train.STAGE) / train.DEV_QUERIES
+        held = stage_dir(cfg, artifacts.TRAIN) / artifacts.DEV_QUERIES
         if held.is_file():
             main.held_out = held.read_text().split()
     out = [main]
@@ -492,8 +492,8 @@ def _is_bi_encoder_target(target: str) -> bool:
 def _system_folder(cfg: DictConfig, name: str) -> Path | None:
     """The saved weights of a student system (None for the untrained student, built in memory)."""
     if name == "student":
-        _, train_dir = require_stage(cfg, train.STAGE, train.stage_key(cfg))
-        return train_dir / train.MODEL
+        _, train_dir = keys.require(cfg, artifacts.TRAIN)
+        return train_dir / artifacts.MODEL
     if name in ("student_init", "bm25", "teacher"):
         return None
     return resolve_model(cfg.evaluate.checkpoints[name])
@@ -553,7 +553,7 @@ class _FirstStage:
     def search(self, texts: list[str], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
         depth = int(self.cfg.evaluate.rerank_depth)
         if self.cfg.evaluate.first_stage == "bm25":
-            return mine.bm25_index(self.cfg, self.coll).search(texts, depth, progress=progress)
+            return components.bm25_index(self.cfg, self.coll).search(texts, depth, progress=progress)
         from distillrank.mining.dense import dense_search
 
         rows, scores, _ = dense_search(self._dense_cfg(), self.coll, texts, depth, progress=progress)
@@ -576,7 +576,7 @@ def _pair_scorer(cfg: DictConfig, name: str, device, precision, coll):
     ``coll``: the collection evaluated, bound to teachers that score over corpus statistics (BM25).
     """
     if name == "teacher":
-        teacher = context.bind_collection(context.teacher(cfg), coll, cache_dir(cfg))
+        teacher = components.bind_collection(components.teacher(cfg), coll, cache_dir(cfg))
         module = _teacher_module(teacher, device)
 
         def score_teacher(queries, passages, pair_q, pair_p, qids, docids, progress=True):
@@ -652,7 +652,7 @@ def _evaluate_system(cfg: DictConfig, name: str, coll, queries, device, precisio
     if reranks(cfg, name):
         return _rerank(cfg, name, coll, queries, first or _FirstStage(cfg, coll, queries), device, precision)
     if name == "bm25":
-        index = mine.bm25_index(cfg, coll)
+        index = components.bm25_index(cfg, coll)
         texts = [t for _, t in queries]
         rows, scores = index.search(texts, ev.top_k)
         doc_ids = coll.doc_ids()
@@ -674,14 +674,14 @@ def _open_dense(
     also the model's folder (None for a model built in memory)."""
     ev = cfg.evaluate
     if name == "teacher":
-        teacher = context.teacher(cfg)
+        teacher = components.teacher(cfg)
         if not isinstance(teacher, BiEncoderTeacher):
             raise ConfigError(f"cannot run teacher {cfg.teacher._target_} as a dense retriever")
         encoder = teacher.encoder(device, precision)
         # the frozen teacher's corpus embeddings are shared through the workspace cache with the
         # score stage and feature distillation: encoded once; the rate is then timed on a sample
         matrix, rate, _ = cached_corpus_embeddings(
-            encoder, coll, cache_dir(cfg), context.teacher_fingerprint(cfg), ev.batch_size, ev.chunk_size,
+            encoder, coll, cache_dir(cfg), components.teacher_fingerprint(cfg), ev.batch_size, ev.chunk_size,
             device, precision, name=name,
         )
         if rate is None:
@@ -795,7 +795,7 @@ def _evaluate_hybrid(
     depth = int(ev.top_k)
     dense_run = read_trec_run(target.folder / "student" / "run.trec")
     bm25_run = read_trec_run(target.folder / "bm25" / "run.trec")
-    bm25 = mine.bm25_index(cfg, target.coll)
+    bm25 = components.bm25_index(cfg, target.coll)
     doc_ids = target.coll.doc_ids()
     texts = [t for _, t in target.queries]
     parts = results["student"]

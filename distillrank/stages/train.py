@@ -35,13 +35,11 @@ import pyarrow.parquet as pq
 import yaml
 from omegaconf import DictConfig
 
-from distillrank import runtime
+from distillrank import artifacts, keys
+from distillrank.builders import components, training
 from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import CORPUS_CHUNK, cached_corpus_embeddings
-from distillrank.losses import uses_scores
 from distillrank.runtime import hardware, seed_everything
-from distillrank.stages import context, mine, score
-from distillrank.students import Student, as_student
 from distillrank.teachers.base import describe as describe_teacher
 from distillrank.teachers.base import embedding_source
 from distillrank.training.batching import QueryPool, query_pools
@@ -50,110 +48,36 @@ from distillrank.training.distributed import init_from_env
 from distillrank.training.features import FeatureSet, cached_text_embeddings
 from distillrank.training.loop import train_student
 from distillrank.training.trackers import Tracker, check_logger, make_tracker
-from distillrank.validation import allows_external, check_targets, instantiate_checked
+from distillrank.validation import check_targets
 from distillrank.workspace import (
     Manifest,
     atomic_rename,
     atomic_write_text,
     cache_dir,
     current_manifest,
-    fingerprint,
     locked_stage,
     replace_dir,
-    require_stage,
     stage_dir,
     to_plain,
 )
 
 log = logging.getLogger(__name__)
 
-STAGE = "train"
-MODEL = "model"
-LOG = "train_log.jsonl"
-CHECKPOINTS = "checkpoints"
-DEV_QUERIES = "dev_queries.txt"  # the training queries set aside by train.dev_queries, one qid a line
-TENSORBOARD = "tensorboard"
+STAGE = artifacts.TRAIN
+MODEL = artifacts.MODEL
+LOG = artifacts.TRAIN_LOG
+CHECKPOINTS = artifacts.CHECKPOINTS
+DEV_QUERIES = artifacts.DEV_QUERIES
+TENSORBOARD = artifacts.TENSORBOARD
 # the logs as they are written, renamed to LOG / TENSORBOARD when the model is committed: a log
 # under a manifest is always one whole run's (the stage lock keeps a second writer out meanwhile)
 WORK_LOG = f".{LOG}.partial"
 WORK_TENSORBOARD = f".{TENSORBOARD}.partial"
-# train.* keys that do not change the trained model: never in the stage key
-NOT_IN_KEY = ("checkpoint_every", "checkpoint_minutes", "logger")
-# train.* keys added after the first release: in the key only when set, so older keys stay valid
-KEY_IF_SET = {
-    "eval_every": 0,
-    "dev_queries": 0,
-    "dev_split": None,
-    "dev_depth": 30,
-    "dev_measure": "nDCG@10",
-    "dev_batch_size": 64,
-    "early_stopping_patience": 0,
-    "feature_batch_size": None,
-    "feature_passages": True,
-    "feature_queries": True,
-    "feature_max_passages": None,
-}
-# student.* keys that act only while training (eval mode ignores them), added after the first
-# release: in the train key only when set
-STUDENT_TRAINING_KEYS = {"dropout": None}
-
-
-def student_identity(cfg: DictConfig, training: bool = True) -> dict:
-    """``cfg.student`` as it decides a model: the training-only keys (``dropout``) are left out
-    when unset or, with ``training=False`` (an untrained student in eval mode), always."""
-    student = dict(to_plain(cfg.student))
-    for key, default in STUDENT_TRAINING_KEYS.items():
-        if key in student and (not training or student[key] == default):
-            del student[key]
-    return student
-
-
-def needs_scores(cfg: DictConfig) -> bool:
-    """Whether the loss learns from teacher scores, so training needs the mine and score stages.
-    A loss of feature terms only (``loss=feature``) trains on the collection's texts alone."""
-    return uses_scores(instantiate_checked(cfg.loss, "loss", allows_external(cfg)))
-
-
-def uses_features(cfg: DictConfig) -> bool:
-    """Whether the loss has a feature (embedding) term."""
-    return bool(getattr(instantiate_checked(cfg.loss, "loss", allows_external(cfg)), "uses_features", False))
-
-
-def _inputs_key(cfg: DictConfig) -> str | dict:
-    """What the training data comes from: the score stage's key, or, for a feature-only loss, the
-    collection, the synthetic queries' settings and the teacher (its embeddings are the targets)."""
-    if needs_scores(cfg):
-        return score.stage_key(cfg)
-    return {
-        "data": to_plain(cfg.data),
-        "queries": to_plain(cfg.queries),
-        "teacher": context.teacher_fingerprint(cfg),
-    }
 
 
 def stage_key(cfg: DictConfig) -> str:
-    """The scores, the student, the loss, the optimisation settings, the precision and the seed.
-
-    ``train.checkpoint_every``, ``train.checkpoint_minutes`` and ``train.logger`` are left out: they do
-    not change the results.
-    """
-    train = dict(to_plain(cfg.train))
-    for key in NOT_IN_KEY:
-        train.pop(key, None)
-    for key, default in KEY_IF_SET.items():
-        if key in train and train[key] == default:
-            del train[key]
-    return fingerprint(
-        {
-            "stage": STAGE,
-            "score": _inputs_key(cfg),
-            "student": student_identity(cfg),
-            "loss": to_plain(cfg.loss),
-            "train": train,
-            "precision": cfg.hardware.precision,
-            "seed": cfg.seed,
-        }
-    )
+    """This stage's key (:mod:`distillrank.keys`)."""
+    return keys.stage_key(cfg, STAGE)
 
 
 _USAGE = {
@@ -250,18 +174,18 @@ def dev_set(
                 "or train.dev_split=SPLIT"
             )
         return pools, None
-    coll = context.collection(cfg)
+    coll = components.collection(cfg)
     if n:
         if n >= len(pools):
             raise ConfigError(f"train.dev_queries={n} but only {len(pools)} training queries are usable")
         train_pools, dev_pools = carve_dev_pools(pools, n, cfg.seed)
         table = scores if isinstance(scores, pa.Table) else pq.read_table(scores, columns=["qid", "docid"])
-        qrels = context.train_qrels(cfg)
+        qrels = training.train_qrels(cfg)
         return train_pools, dev_from_pools(dev_pools, query_text, _candidates(table), qrels)
     if split not in coll.splits():
         raise ConfigError(f"train.dev_split={split!r} but '{coll.name}' has the qrels splits {coll.splits()}")
     queries = coll.split_queries(split)
-    rows, _, _ = mine.first_stage(cfg, coll, [text for _, text in queries])
+    rows, _, _ = components.mining_first_stage(cfg, coll, [text for _, text in queries])
     doc_ids = coll.doc_ids()
     depth = int(t.get("dev_depth", 30))
     candidates = {q: [doc_ids[int(r)] for r in rs[:depth]] for (q, _), rs in zip(queries, rows, strict=True)}
@@ -274,25 +198,21 @@ def _feature_queries(cfg: DictConfig) -> list[tuple[str, str]]:
     ones, or ``data.train_split`` when the collection has it), else none."""
     if not cfg.train.feature_queries:
         return []
-    coll = context.collection(cfg)
-    if cfg.queries.method == "none" and cfg.data.get("train_split") not in coll.splits():
+    coll = components.collection(cfg)
+    if cfg.queries.method == "none" and cfg.data.train_split not in coll.splits():
         return []  # a collection without training queries: passages alone
-    return context.train_queries(cfg)
+    return training.train_queries(cfg)
 
 
 def feature_set(cfg: DictConfig, device, precision: str) -> FeatureSet:
     """The texts of feature distillation with the teacher's embeddings of them (cached per teacher,
     collection and settings in ``_cache/embeddings``: computed once, shared by every experiment)."""
-    coll = context.collection(cfg)
-    full = context.teacher(cfg)
+    coll = components.collection(cfg)
+    full = components.teacher(cfg)
     teacher = embedding_source(full)
     encoder = teacher.encoder(device, precision)
     # an ensemble member is keyed as the score stage keys it (precision and backend included)
-    model_fp = (
-        context.teacher_fingerprint(cfg)
-        if teacher is full
-        else runtime.teacher_fingerprint(teacher, cfg.hardware.precision, context.backend(cfg))
-    )
+    model_fp = components.teacher_fingerprint(cfg) if teacher is full else components.member_fingerprint(cfg, teacher)
     t = cfg.train
     if t.feature_passages:
         targets, _, _ = cached_corpus_embeddings(
@@ -330,11 +250,6 @@ def commit_logs(folder: Path) -> None:
         replace_dir(folder / WORK_TENSORBOARD, folder / TENSORBOARD)  # an earlier run's, replaced whole
 
 
-def build_student(cfg: DictConfig) -> Student:
-    """The student of ``cfg.student`` behind the training protocol."""
-    return as_student(instantiate_checked(cfg.student, "student", allows_external(cfg)))
-
-
 @locked_stage(STAGE)
 def run(cfg: DictConfig) -> Manifest:
     """Train the student; skipped when the manifest matches."""
@@ -344,27 +259,27 @@ def run(cfg: DictConfig) -> Manifest:
         return done
     check_targets(cfg)
     check_logger(str(cfg.train.get("logger", "none")))
-    ranking = needs_scores(cfg)
+    ranking = components.needs_scores(cfg)
     inputs: dict[str, str] = {}
     if ranking:
-        score_manifest, score_dir = require_stage(cfg, score.STAGE, score.stage_key(cfg))
+        score_manifest, score_dir = keys.require(cfg, artifacts.SCORE)
         inputs["score"] = score_manifest.key
     start = time.perf_counter()
     seed_everything(cfg.seed)
     if cfg.hardware.precision == "int8":  # an inference precision (teachers); the student trains in fp32
         log.info("train: hardware.precision=int8 quantizes teachers only; the student trains in fp32")
     if ranking:
-        pools, dropped = query_pools(score_dir / score.OUTPUT)  # streamed by row groups
-        query_text = dict(context.train_queries(cfg))
-        pools, dev = dev_set(cfg, pools, score_dir / score.OUTPUT, query_text)
+        pools, dropped = query_pools(score_dir / artifacts.SCORES)  # streamed by row groups
+        query_text = dict(training.train_queries(cfg))
+        pools, dev = dev_set(cfg, pools, score_dir / artifacts.SCORES, query_text)
     else:  # feature terms only: the collection's texts, no query pools
         pools, dropped, query_text = [], 0, {}
         pools, dev = dev_set(cfg, pools, pa.table({"qid": [], "docid": []}), query_text)
-    student = build_student(cfg)
-    loss_fn = instantiate_checked(cfg.loss, "loss", allows_external(cfg))
+    student = components.student(cfg)
+    loss_fn = components.loss(cfg)
     warn_unreachable_margins(cfg, pools)
 
-    passage_text = context.passage_lookup(cfg)
+    passage_text = training.passages(cfg)
 
     checkpoint_dir = folder / CHECKPOINTS  # a checkpoint of this run found there is resumed
     with hardware(cfg.hardware) as (device, precision):

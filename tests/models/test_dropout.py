@@ -10,6 +10,7 @@ import torch
 from omegaconf import open_dict
 from torch import nn
 
+from distillrank import keys
 from distillrank.errors import ConfigError
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.colbert import ColBERTModel
@@ -85,6 +86,6 @@ def test_dropout_enters_the_train_key_only_when_set(make_cfg):
     assert "dropout" in unset.student
     assert train.stage_key(unset) == train.stage_key(plain)
     assert train.stage_key(off) != train.stage_key(unset)
-    assert "dropout" not in train.student_identity(unset)
+    assert "dropout" not in keys.student_identity(unset)
     # an untrained student is evaluated in eval mode: its results do not depend on the dropout
     assert evaluate.system_key(off, "student_init") == evaluate.system_key(unset, "student_init")

@@ -13,6 +13,7 @@ import pytest
 from conftest import tiny_overrides
 from typer.testing import CliRunner
 
+from distillrank import pipeline
 from distillrank.cli import app
 from distillrank.errors import DistillrankError
 from distillrank.reporting import plots, report
@@ -20,7 +21,7 @@ from distillrank.reporting.collect import Evaluation, discover
 from distillrank.reporting.deltas import query_deltas
 from distillrank.reporting.document import table_html
 from distillrank.reporting.scorers import StudentUnavailable, load_pair_scorer, sample_pairs
-from distillrank.stages import mine, pipeline, score
+from distillrank.stages import mine, score
 from distillrank.validation import compose
 from distillrank.workspace import Manifest
 

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from conftest import tiny_overrides
 
+from distillrank import pipeline
+from distillrank.builders import components
 from distillrank.errors import ConfigError
-from distillrank.stages import context, evaluate, pipeline
+from distillrank.stages import evaluate
 from distillrank.validation import compose
 from distillrank.workspace import stage_dir
 
@@ -180,7 +182,7 @@ def test_bad_extra_collections_are_config_errors(make_cfg, tiny_beir, second_bei
     cfg = make_cfg(f"evaluate.collections=[{no_test}]", "evaluate.systems=[bm25]")
     with pytest.raises(ConfigError, match=r"collection 'notest' has no test split .*\['train'\]"):
         evaluate.run(cfg)
-    context._collection.cache_clear()
+    components._collection.cache_clear()
 
 
 def test_model_card_command_through_the_cli(two, tiny_beir, tiny_bi_encoder, second_beir):

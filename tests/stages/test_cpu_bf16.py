@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from distillrank.stages import pipeline
+from distillrank import pipeline
 from distillrank.workspace import stage_dir
 
 

@@ -11,11 +11,13 @@ import pytest
 from conftest import tiny_overrides
 from omegaconf import OmegaConf
 
+from distillrank import pipeline
+from distillrank.builders import components
 from distillrank.errors import ConfigError
 from distillrank.evaluation.hybrid import ALPHA_GRID, DEFAULT_ALPHA, convex_runs, ranking, rrf_runs
 from distillrank.evaluation.metrics import compute_metrics
 from distillrank.evaluation.runs import read_trec_run
-from distillrank.stages import context, evaluate, pipeline
+from distillrank.stages import evaluate
 from distillrank.validation import compose
 from distillrank.workspace import read_manifest, stage_dir
 
@@ -203,7 +205,7 @@ def test_bad_hybrid_settings_fail_before_any_work(make_cfg, override, message):
 
 
 def test_dev_split_prefers_dev_then_train_never_test(make_cfg):
-    coll = context.collection(make_cfg())  # tiny: train and test qrels
+    coll = components.collection(make_cfg())  # tiny: train and test qrels
     data = OmegaConf.create({"dev_split": None, "train_split": "train"})
     assert evaluate.dev_split(data, coll, "test") == "train"
     assert evaluate.dev_split(data, coll, "train") is None  # never the split evaluated

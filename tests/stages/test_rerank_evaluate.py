@@ -6,8 +6,10 @@ import json
 
 import pytest
 
+from distillrank import pipeline
+from distillrank.builders import components
 from distillrank.errors import ConfigError
-from distillrank.stages import context, evaluate, mine, pipeline
+from distillrank.stages import evaluate
 from distillrank.validation import compose
 from distillrank.workspace import stage_dir
 
@@ -21,9 +23,9 @@ def _run_lists(cfg, system: str) -> dict[str, list[str]]:
 
 
 def _bm25_top(cfg, depth: int) -> dict[str, set[str]]:
-    coll = context.collection(cfg)
+    coll = components.collection(cfg)
     queries = [(q, t) for q, t in coll.split_queries(cfg.data.test_split) if q in coll.qrels[cfg.data.test_split]]
-    rows, _ = mine.bm25_index(cfg, coll).search([t for _, t in queries], depth, progress=False)
+    rows, _ = components.bm25_index(cfg, coll).search([t for _, t in queries], depth, progress=False)
     ids = coll.doc_ids()
     return {q: {ids[r] for r in rows[i] if r >= 0} for i, (q, _) in enumerate(queries)}
 
