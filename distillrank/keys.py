@@ -11,11 +11,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from distillrank.artifacts import MINE, QUERIES, SCORE, TRAIN
-from distillrank.builders import components
+from distillrank.artifacts import EVALUATE, MINE, QUERIES, SCORE, TRAIN
+from distillrank.builders import components, evaluation
+from distillrank.evaluation.hybrid import ALPHA_GRID, DEFAULT_ALPHA
+from distillrank.evaluation.hybrid_systems import HYBRID
+from distillrank.evaluation.targets import Target
 from distillrank.mining import denoise
 from distillrank.mining.dense import dense_key
-from distillrank.workspace import Manifest, fingerprint, require_stage, to_plain
+from distillrank.models.hub import resolve_model
+from distillrank.workspace import Manifest, dir_fingerprint, fingerprint, require_stage, to_plain
 
 # train.* keys that do not change the trained model: never in the stage key
 NOT_IN_KEY = ("checkpoint_every", "checkpoint_minutes", "logger")
@@ -51,7 +55,7 @@ def queries_key(cfg: DictConfig) -> str:
         settings.pop("filter_depth", None)
     else:
         what["teacher"] = components.teacher_fingerprint(cfg)
-        what["bm25"] = {k: to_plain(cfg.mining[k]) for k in ("k1", "b", "stemmer", "stopwords")}
+        what["bm25"] = bm25_identity(cfg)
     what["queries"] = settings
     return fingerprint(what)
 
@@ -144,11 +148,100 @@ def train_key(cfg: DictConfig) -> str:
     )
 
 
-_KEYS = {QUERIES: queries_key, MINE: mine_key, SCORE: score_key, TRAIN: train_key}
+def bm25_identity(cfg: DictConfig) -> dict:
+    """What decides a BM25 index's rankings: the mining config's BM25 parameters."""
+    return {k: cfg.mining[k] for k in ("k1", "b", "stemmer", "stopwords")}
+
+
+def _first_stage_key(cfg: DictConfig) -> dict:
+    ev = cfg.evaluate
+    if ev.first_stage == "bm25":
+        return {"bm25": bm25_identity(cfg), "depth": ev.rerank_depth}
+    return {"dense": dir_fingerprint(resolve_model(ev.first_stage_model)), "depth": ev.rerank_depth}
+
+
+def _hybrid_what(cfg: DictConfig, name: str, target: Target) -> dict:
+    """What decides a hybrid system's run: its parts' keys and the fusion (α, or how it is chosen)."""
+    ev = cfg.evaluate
+    what: dict = {
+        "hybrid": name,
+        "bm25": system_key(cfg, "bm25", target),
+        "student": system_key(cfg, "student", target),
+    }
+    if name == "hybrid_rrf":
+        return {**what, "k": int(ev.hybrid_rrf_k)}
+    if ev.hybrid_alpha is not None:
+        return {**what, "alpha": float(ev.hybrid_alpha)}
+    if target.dev_split is None:
+        return {**what, "alpha": "default", "default": DEFAULT_ALPHA}
+    return {
+        **what,
+        "alpha": "dev",
+        "dev_split": target.dev_split,
+        "dev_queries": ev.hybrid_dev_queries,
+        "seed": cfg.seed,
+        "measure": str(ev.hybrid_measure),
+        "grid": list(ALPHA_GRID),
+        "default": DEFAULT_ALPHA,
+        # on the main collection's training split: only the queries train.dev_queries held out
+        "held_out": target.trained_on and int(cfg.train.dev_queries) > 0,
+    }
+
+
+def system_key(cfg: DictConfig, name: str, target: Target | None = None) -> str:
+    """What decides one evaluated system's results on a collection's test split: the key its
+    saved results in ``evaluate/<system>/`` carry (default ``target``: the main collection)."""
+    target = target if target is not None else evaluation.main_target(cfg)
+    if name in HYBRID:
+        what = _hybrid_what(cfg, name, target)
+    elif name == "bm25":
+        what = bm25_identity(cfg)
+    elif name == "teacher":
+        what = {"teacher": components.teacher_fingerprint(cfg)}
+    elif name == "student_init":
+        what = {
+            "student": student_identity(cfg, training=False),
+            "weights": dir_fingerprint(resolve_model(cfg.student.model)),
+        }
+    elif name == "student":
+        what = {"train": train_key(cfg)}
+    else:
+        what = {"checkpoint": dir_fingerprint(resolve_model(cfg.evaluate.checkpoints[name]))}
+    if evaluation.reranks(cfg, name):  # a re-ranker's results depend on its candidates
+        what = {**what, "first_stage": _first_stage_key(cfg)}
+    return fingerprint(
+        {
+            "system": what,
+            "collection": target.coll.fingerprint,
+            "split": target.split,
+            "measures": list(cfg.evaluate.measures),
+            "top_k": cfg.evaluate.top_k,
+            "precision": cfg.hardware.precision,
+        }
+    )
+
+
+def evaluate_key(cfg: DictConfig) -> str:
+    """The whole evaluate stage: every system's key on every collection, plus the significance
+    settings (they change the table)."""
+    names = evaluation.system_names(cfg)
+    main, *extras = evaluation.targets(cfg)
+    what = {
+        "stage": EVALUATE,
+        "systems": {n: system_key(cfg, n, main) for n in names},
+        "baseline": cfg.evaluate.baseline,
+        "alpha": cfg.evaluate.alpha,
+    }
+    if extras:  # absent otherwise, so single-collection keys stay as they were
+        what["collections"] = {t.name: {n: system_key(cfg, n, t) for n in names} for t in extras}
+    return fingerprint(what)
+
+
+_KEYS = {QUERIES: queries_key, MINE: mine_key, SCORE: score_key, TRAIN: train_key, EVALUATE: evaluate_key}
 
 
 def stage_key(cfg: DictConfig, stage: str) -> str:
-    """The key of ``stage`` for ``cfg`` (queries, mine, score or train)."""
+    """The key of ``stage`` for ``cfg``."""
     return _KEYS[stage](cfg)
 
 

@@ -32,15 +32,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 from omegaconf import DictConfig
 
 from distillrank import artifacts, keys
 from distillrank.builders import components, training
 from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import CORPUS_CHUNK, cached_corpus_embeddings
+from distillrank.reporting import model_card
 from distillrank.runtime import hardware, seed_everything
-from distillrank.teachers.base import describe as describe_teacher
 from distillrank.teachers.base import embedding_source
 from distillrank.training.batching import QueryPool, query_pools
 from distillrank.training.dev import DevSet, carve_dev_pools, dev_from_pools
@@ -73,45 +72,12 @@ TENSORBOARD = artifacts.TENSORBOARD
 # under a manifest is always one whole run's (the stage lock keeps a second writer out meanwhile)
 WORK_LOG = f".{LOG}.partial"
 WORK_TENSORBOARD = f".{TENSORBOARD}.partial"
+CARD_SECTIONS = ("data", "mining", "teacher", "student", "loss", "train")  # the config in the model card
 
 
 def stage_key(cfg: DictConfig) -> str:
     """This stage's key (:mod:`distillrank.keys`)."""
     return keys.stage_key(cfg, STAGE)
-
-
-_USAGE = {
-    "bi_encoder": (
-        "a distilled bi-encoder",
-        "sentence-transformers",
-        "from sentence_transformers import SentenceTransformer\nmodel = SentenceTransformer(PATH)",
-    ),
-    "cross_encoder": (
-        "a distilled cross-encoder (re-ranker)",
-        "sentence-transformers",
-        "from sentence_transformers import CrossEncoder\nmodel = CrossEncoder(PATH)\n"
-        "scores = model.predict([(query, passage), ...])",
-    ),
-    "colbert": (
-        "a distilled ColBERT (late interaction)",
-        "distillrank",
-        "from distillrank.students import load_student\nstudent = load_student(PATH)",
-    ),
-}
-
-
-def model_card(cfg: DictConfig, counts: dict, kind: str = "bi_encoder") -> str:
-    """A README for the exported student: what it was distilled from, how, and on what."""
-    config = {k: to_plain(cfg[k]) for k in ("data", "mining", "teacher", "student", "loss", "train")}
-    title, library, usage = _USAGE[kind]
-    return (
-        f"---\nlibrary_name: {library}\ntags: [{library}, distillrank, knowledge-distillation]\n---\n"
-        f"# {cfg.experiment}: {title}\n\n"
-        f"Trained with [distillrank](https://pypi.org/project/distillrank/) from the teacher `{describe_teacher(to_plain(cfg.teacher))}` "
-        f"on the `{cfg.data.train_split}` queries of `{cfg.data.name}`, loss `{cfg.loss._target_}`.\n\n"
-        f"```python\n{usage}\n```\n\n"
-        f"## Training\n\n{counts}\n\n## Config\n\n```yaml\n{yaml.safe_dump(config, sort_keys=False)}```\n"
-    )
 
 
 COSINE_MARGIN = 2.0  # the largest score margin a cosine student can produce
@@ -349,7 +315,10 @@ def run(cfg: DictConfig) -> Manifest:
         wall_time_s=time.perf_counter() - start,
     )
     if dist.is_main:
-        student.cpu().save(folder / MODEL, model_card=model_card(cfg, counts, student.kind))
+        card = model_card.training_card(
+            str(cfg.experiment), student.kind, {k: to_plain(cfg[k]) for k in CARD_SECTIONS}, counts
+        )
+        student.cpu().save(folder / MODEL, model_card=card)
         log.info("train: %s", counts)
         shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)  # the model is saved: nothing left to resume
         commit_logs(folder)
