@@ -1,12 +1,30 @@
-"""Stage keys: what decides each stage's artifacts, for the stages that read another's.
+"""Stage keys: what decides each stage's artifacts, derived from the config sections it reads.
 
 A stage is skipped when its manifest carries its current key, and a stage that reads an upstream
-stage's artifacts finds them by that stage's key (:func:`require`). Layer 2, not a stage: every
-stage computes keys through here, so none imports another to know what it wrote.
+stage's artifacts finds them by that stage's key (:func:`require`). Layer 2, not a stage: each
+stage's key is declared here (:data:`STAGE_KEYS`), so no stage imports another to know what it wrote.
+
+A stage's key is the fingerprint of
+
+- :data:`KEY_VERSION` and the stage's name;
+- the config sections the stage reads, whole as composed (:func:`settings`), less the few keys it
+  declares ``excluded`` (they change how the stage runs, not what it writes) or ``by_content``
+  (they say where a component lies: its content's fingerprint stands for them);
+- the fingerprints of the components it builds (:func:`inputs`): the collection's content, the
+  teacher's, the query generator's, the dense retriever's weights; for evaluate, every system's key;
+- the keys of the upstream stages whose artifacts it reads (:func:`upstream`).
+
+So a key added to a section is in the key of every stage that reads the section, unless declared
+excluded here. Runtime settings (``hardware.*``) enter where they change results: through the
+identity of the components they affect (teacher, dense retriever) and in the sections of train and
+evaluate. Bump :data:`KEY_VERSION` when a stage writes something else for the same config: every
+stage then reruns once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -16,136 +34,145 @@ from distillrank.builders import components, evaluation
 from distillrank.evaluation.hybrid import ALPHA_GRID, DEFAULT_ALPHA
 from distillrank.evaluation.hybrid_systems import HYBRID
 from distillrank.evaluation.targets import Target
-from distillrank.mining import denoise
 from distillrank.mining.dense import dense_key
 from distillrank.models.hub import resolve_model
 from distillrank.workspace import Manifest, dir_fingerprint, fingerprint, require_stage, to_plain
 
-# train.* keys that do not change the trained model: never in the stage key
-NOT_IN_KEY = ("checkpoint_every", "checkpoint_minutes", "logger")
-# train.* keys added after the first release: in the key only when set, so older keys stay valid
-KEY_IF_SET = {
-    "eval_every": 0,
-    "dev_queries": 0,
-    "dev_split": None,
-    "dev_depth": 30,
-    "dev_measure": "nDCG@10",
-    "dev_batch_size": 64,
-    "early_stopping_patience": 0,
-    "feature_batch_size": None,
-    "feature_passages": True,
-    "feature_queries": True,
-    "feature_max_passages": None,
+KEY_VERSION = 2  # 2: keys derived from the declared sections (1: the hand-kept lists before)
+
+
+@dataclass(frozen=True)
+class StageKey:
+    """What a stage's key covers: config sections (top-level keys of the config) and exceptions."""
+
+    sections: tuple[str, ...]
+    excluded: Mapping[str, str] = field(default_factory=dict)  # "section.key" -> why it changes no artifact
+    by_content: Mapping[str, str] = field(default_factory=dict)  # "section.key" -> the input standing for it
+
+
+# where the collection lies, not what it holds: the collection's content fingerprint stands for them
+_COLLECTION = {key: "collection" for key in ("data.source", "data.path", "data.irds_id", "data.root")}
+# where models run, not what they compute
+_WHERE = {
+    "hardware.device": "the device",
+    "hardware.num_threads": "CPU threads",
+    "hardware.max_forward_texts": "a batch cut into several forwards gives the same results",
 }
-# student.* keys that act only while training (eval mode ignores them), added after the first
-# release: in the train key only when set
-STUDENT_TRAINING_KEYS = {"dropout": None}
+
+STAGE_KEYS: dict[str, StageKey] = {
+    QUERIES: StageKey(
+        sections=("queries", "seed"),
+        by_content={"queries.generator": "generator"},
+    ),
+    MINE: StageKey(
+        sections=("data", "mining", "seed"),
+        excluded={"mining.batch_size": "texts per encoding batch: the same embeddings"},
+        by_content={**_COLLECTION, "mining.model": "dense"},
+    ),
+    SCORE: StageKey(
+        sections=("score",),
+        excluded={
+            "score.progress": "progress bars",
+            "score.shard_size": "pairs per cache shard: how scores are stored, not what they are",
+        },
+    ),
+    TRAIN: StageKey(
+        sections=("data", "student", "loss", "train", "hardware", "seed"),
+        excluded={
+            "train.checkpoint_every": "resumable checkpoints: a resumed run ends identical",
+            "train.checkpoint_minutes": "resumable checkpoints: a resumed run ends identical",
+            "train.logger": "where the training curves also go (train_log.jsonl is written anyway)",
+            "train.dev_batch_size": "pairs per dev re-ranking batch: the same dev scores",
+            **_WHERE,
+        },
+        by_content=_COLLECTION,
+    ),
+    EVALUATE: StageKey(
+        sections=("data", "evaluate", "hardware", "seed"),
+        excluded={
+            "evaluate.batch_size": "texts per encoding batch: the same runs",
+            "evaluate.chunk_size": "corpus rows per block of the exact search: the same runs",
+            "evaluate.latency_queries": "how many queries are timed: timings are measured, not reproduced",
+            **_WHERE,
+        },
+        by_content=_COLLECTION,
+    ),
+}
+
+# student.* keys that act only while training: an untrained student, evaluated in eval mode, ignores them
+TRAINING_ONLY = ("dropout",)
 
 
-def queries_key(cfg: DictConfig) -> str:
-    """The collection, the queries config, the seed; the generator's weights, and for the filter the
-    teacher and the BM25 parameters."""
-    components.queries_enabled(cfg)
-    settings = dict(to_plain(cfg.queries))
-    what: dict = {"stage": QUERIES, "collection": components.collection(cfg).fingerprint, "seed": cfg.seed}
-    if cfg.queries.method == "generator":
-        settings.pop("generator", None)
-        what["generator"] = components.generator(cfg).fingerprint()
-    if components.consistency_filter(cfg) is None:
-        settings.pop("filter_depth", None)
-    else:
-        what["teacher"] = components.teacher_fingerprint(cfg)
-        what["bm25"] = bm25_identity(cfg)
-    what["queries"] = settings
-    return fingerprint(what)
+def settings(cfg: DictConfig, stage: str) -> dict:
+    """The config sections ``stage`` reads, as plain values, less its excluded and by-content keys."""
+    spec = STAGE_KEYS[stage]
+    out = {section: to_plain(cfg[section]) for section in spec.sections}
+    for dotted in (*spec.excluded, *spec.by_content):
+        section, _, key = dotted.partition(".")
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
+    return out
 
 
-def mine_key(cfg: DictConfig) -> str:
-    """Identifies the mine stage's output: the collection's content, the mining config and the seed;
-    for a dense retriever, the model folder's content (instead of its name) and the precision."""
-    retrievers = components.mining_retrievers(cfg)
-    coll = components.collection(cfg)
-    what = {
-        "stage": MINE,
-        "collection": coll.fingerprint,
-        "split": cfg.data.train_split,
-        "mining": to_plain(cfg.mining),
-        "seed": cfg.seed,
-    }
-    if components.queries_enabled(cfg):  # synthetic training queries: their stage's key, not the split
-        what["split"] = None
-        what["queries"] = queries_key(cfg)
-    if what["mining"].get("index", "exact") == "exact" or "dense" not in retrievers:
-        what["mining"].pop("index", None)  # the default search: keys stay those of runs made before FAISS
-        what["mining"].pop("faiss_factory", None)
-    if "dense" in retrievers:
-        # the model is identified by its folder's content, not by where it lies or how it is named
-        what["mining"].pop("model", None)
-        what["dense"] = dense_key(cfg)
-    return fingerprint(what)
+def inputs(cfg: DictConfig, stage: str) -> dict:
+    """The fingerprints of what ``stage`` builds that its config sections only name."""
+    if stage == QUERIES:
+        components.queries_enabled(cfg)  # an unknown method fails here, before any work
+        found: dict = {"collection": components.collection(cfg).fingerprint}
+        if cfg.queries.method == "generator":
+            found["generator"] = components.generator(cfg).fingerprint()
+        if components.consistency_filter(cfg) is not None:  # the teacher re-ranks BM25 candidates
+            found["teacher"] = components.teacher_fingerprint(cfg)
+            found["bm25"] = bm25_identity(cfg)
+        return found
+    if stage == MINE:
+        found = {"collection": components.collection(cfg).fingerprint}
+        if "dense" in components.mining_retrievers(cfg):
+            found["dense"] = dense_key(cfg)  # the weights' content, the precision and the backend
+        return found
+    if stage == SCORE:
+        return {"teacher": components.teacher_fingerprint(cfg)}
+    if stage == TRAIN:  # the passages and, for feature distillation, the teacher's embeddings
+        return {"collection": components.collection(cfg).fingerprint, "teacher": components.teacher_fingerprint(cfg)}
+    if stage == EVALUATE:
+        names = evaluation.system_names(cfg)
+        return {"systems": {t.name: {n: system_key(cfg, n, t) for n in names} for t in evaluation.targets(cfg)}}
+    raise KeyError(stage)
 
 
-def score_key(cfg: DictConfig) -> str:
-    """The mining output, the teacher (weights and settings), the de-noising and normalisation settings.
+def upstream(cfg: DictConfig, stage: str) -> list[str]:
+    """The stages whose artifacts ``stage`` reads for ``cfg``.
 
-    The de-noising / normalisation settings enter the key only when set, so runs without them keep
-    the key they had before these options existed.
-    """
-    parts = {"stage": SCORE, "mine": mine_key(cfg), "teacher": components.teacher_fingerprint(cfg)}
-    margin, relative = components.denoise_settings(cfg)
-    if denoise.enabled(margin, relative):
-        parts["denoise"] = {"margin": margin, "relative": relative}
-    method, scope = components.normalize_settings(cfg)
-    if method != "none":
-        parts["normalize"] = {"method": method, "scope": scope}
-    return fingerprint(parts)
-
-
-def student_identity(cfg: DictConfig, training: bool = True) -> dict:
-    """``cfg.student`` as it decides a model: the training-only keys (``dropout``) are left out
-    when unset or, with ``training=False`` (an untrained student in eval mode), always."""
-    student = dict(to_plain(cfg.student))
-    for key, default in STUDENT_TRAINING_KEYS.items():
-        if key in student and (not training or student[key] == default):
-            del student[key]
-    return student
+    Evaluate reads the trained student only as a system; its system key carries the train key."""
+    if stage == MINE:
+        return [QUERIES] if components.queries_enabled(cfg) else []
+    if stage == SCORE:
+        return [MINE]
+    if stage == TRAIN:
+        if components.needs_scores(cfg):
+            return [SCORE]
+        return [QUERIES] if components.queries_enabled(cfg) else []
+    return []
 
 
-def _train_inputs_key(cfg: DictConfig) -> str | dict:
-    """What the training data comes from: the score stage's key, or, for a feature-only loss, the
-    collection, the synthetic queries' settings and the teacher (its embeddings are the targets)."""
-    if components.needs_scores(cfg):
-        return score_key(cfg)
-    return {
-        "data": to_plain(cfg.data),
-        "queries": to_plain(cfg.queries),
-        "teacher": components.teacher_fingerprint(cfg),
-    }
-
-
-def train_key(cfg: DictConfig) -> str:
-    """The scores, the student, the loss, the optimisation settings, the precision and the seed.
-
-    ``train.checkpoint_every``, ``train.checkpoint_minutes`` and ``train.logger`` are left out: they do
-    not change the results.
-    """
-    train = dict(to_plain(cfg.train))
-    for key in NOT_IN_KEY:
-        train.pop(key, None)
-    for key, default in KEY_IF_SET.items():
-        if key in train and train[key] == default:
-            del train[key]
+def stage_key(cfg: DictConfig, stage: str) -> str:
+    """The key of ``stage`` for ``cfg``: :data:`KEY_VERSION`, :func:`settings`, :func:`inputs` and
+    the keys of the :func:`upstream` stages."""
     return fingerprint(
         {
-            "stage": TRAIN,
-            "score": _train_inputs_key(cfg),
-            "student": student_identity(cfg),
-            "loss": to_plain(cfg.loss),
-            "train": train,
-            "precision": cfg.hardware.precision,
-            "seed": cfg.seed,
+            "version": KEY_VERSION,
+            "stage": stage,
+            "config": settings(cfg, stage),
+            "inputs": inputs(cfg, stage),
+            "upstream": {name: stage_key(cfg, name) for name in upstream(cfg, stage)},
         }
     )
+
+
+def student_identity(cfg: DictConfig) -> dict:
+    """``cfg.student`` as it decides an untrained student evaluated in eval mode: without the keys
+    that act only while training (:data:`TRAINING_ONLY`)."""
+    return {k: v for k, v in to_plain(cfg.student).items() if k not in TRAINING_ONLY}
 
 
 def bm25_identity(cfg: DictConfig) -> dict:
@@ -200,11 +227,11 @@ def system_key(cfg: DictConfig, name: str, target: Target | None = None) -> str:
         what = {"teacher": components.teacher_fingerprint(cfg)}
     elif name == "student_init":
         what = {
-            "student": student_identity(cfg, training=False),
+            "student": student_identity(cfg),
             "weights": dir_fingerprint(resolve_model(cfg.student.model)),
         }
     elif name == "student":
-        what = {"train": train_key(cfg)}
+        what = {"train": stage_key(cfg, TRAIN)}
     else:
         what = {"checkpoint": dir_fingerprint(resolve_model(cfg.evaluate.checkpoints[name]))}
     if evaluation.reranks(cfg, name):  # a re-ranker's results depend on its candidates
@@ -219,30 +246,6 @@ def system_key(cfg: DictConfig, name: str, target: Target | None = None) -> str:
             "precision": cfg.hardware.precision,
         }
     )
-
-
-def evaluate_key(cfg: DictConfig) -> str:
-    """The whole evaluate stage: every system's key on every collection, plus the significance
-    settings (they change the table)."""
-    names = evaluation.system_names(cfg)
-    main, *extras = evaluation.targets(cfg)
-    what = {
-        "stage": EVALUATE,
-        "systems": {n: system_key(cfg, n, main) for n in names},
-        "baseline": cfg.evaluate.baseline,
-        "alpha": cfg.evaluate.alpha,
-    }
-    if extras:  # absent otherwise, so single-collection keys stay as they were
-        what["collections"] = {t.name: {n: system_key(cfg, n, t) for n in names} for t in extras}
-    return fingerprint(what)
-
-
-_KEYS = {QUERIES: queries_key, MINE: mine_key, SCORE: score_key, TRAIN: train_key, EVALUATE: evaluate_key}
-
-
-def stage_key(cfg: DictConfig, stage: str) -> str:
-    """The key of ``stage`` for ``cfg``."""
-    return _KEYS[stage](cfg)
 
 
 def require(cfg: DictConfig, stage: str) -> tuple[Manifest, Path]:

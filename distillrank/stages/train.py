@@ -130,11 +130,11 @@ def dev_set(
             more dev queries than training queries, an unknown split.
     """
     t = cfg.train
-    n, split = int(t.get("dev_queries", 0) or 0), t.get("dev_split")
+    n, split = int(t.dev_queries), t.dev_split
     if n and split:
         raise ConfigError("set train.dev_queries or train.dev_split, not both")
     if not n and not split:
-        if t.get("eval_every", 0):
+        if t.eval_every:
             raise ConfigError(
                 "train.eval_every needs a dev set: train.dev_queries=N (carved from the training queries) "
                 "or train.dev_split=SPLIT"
@@ -153,7 +153,7 @@ def dev_set(
     queries = coll.split_queries(split)
     rows, _, _ = components.mining_first_stage(cfg, coll, [text for _, text in queries])
     doc_ids = coll.doc_ids()
-    depth = int(t.get("dev_depth", 30))
+    depth = int(t.dev_depth)
     candidates = {q: [doc_ids[int(r)] for r in rs[:depth]] for (q, _), rs in zip(queries, rows, strict=True)}
     qrels = {q: dict(coll.qrels[split].get(q, {})) for q, _ in queries}
     return pools, DevSet(dict(queries), candidates, qrels)
@@ -224,7 +224,7 @@ def run(cfg: DictConfig) -> Manifest:
     if (done := current_manifest(cfg, STAGE, key)) is not None:
         return done
     check_targets(cfg)
-    check_logger(str(cfg.train.get("logger", "none")))
+    check_logger(str(cfg.train.logger))
     ranking = components.needs_scores(cfg)
     inputs: dict[str, str] = {}
     if ranking:
@@ -254,7 +254,7 @@ def run(cfg: DictConfig) -> Manifest:
         tracker: Tracker = Tracker()
         if dist.is_main:
             tracker = make_tracker(
-                str(cfg.train.get("logger", "none")),
+                str(cfg.train.logger),
                 folder / WORK_TENSORBOARD,
                 name=str(cfg.experiment),
                 config={k: to_plain(cfg[k]) for k in ("student", "loss", "train")},
@@ -301,8 +301,8 @@ def run(cfg: DictConfig) -> Manifest:
         )
     if dist.world > 1:
         counts["world_size"] = dist.world
-    outputs = [MODEL, LOG] + ([TENSORBOARD] if cfg.train.get("logger", "none") == "tensorboard" else [])
-    held_out = sorted(dev.queries) if dev is not None and int(cfg.train.get("dev_queries", 0) or 0) else []
+    outputs = [MODEL, LOG] + ([TENSORBOARD] if cfg.train.logger == "tensorboard" else [])
+    held_out = sorted(dev.queries) if dev is not None and int(cfg.train.dev_queries) else []
     if held_out:
         outputs.append(DEV_QUERIES)
     manifest = Manifest(
