@@ -181,7 +181,7 @@ def export_scores(
 @app.command("run", context_settings=HYDRA_ARGS)
 def run_all(ctx: typer.Context) -> None:
     """Run (queries,) mine, score, train and evaluate in order, skipping stages that are up to date."""
-    from distillrank.stages import pipeline
+    from distillrank import pipeline
 
     _invoke(ctx, "run", pipeline.run)
 

@@ -215,7 +215,7 @@ def name_problems(cfg: DictConfig) -> list[str]:
 
 # folders of the workspace that are not experiments (the shared cache, Hydra's multirun logs, the
 # report): an experiment there would mix with them, and the report would not list it
-from distillrank.reporting.collect import SKIP_DIRS as _RESERVED_EXPERIMENTS  # noqa: E402
+from distillrank.artifacts import WORKSPACE_FOLDERS as _RESERVED_EXPERIMENTS  # noqa: E402
 
 
 # A rule: (what the value must be, a test). Every numeric setting of the schema has one; a value

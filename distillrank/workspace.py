@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -54,16 +55,23 @@ def cache_dir(cfg: DictConfig) -> Path:
 
 
 def to_plain(obj: Any) -> Any:
-    """An OmegaConf node (or anything JSON-able) as plain Python containers, interpolations resolved,
-    the schema's enumerations (:class:`distillrank.config.Choice`) as their plain string values."""
+    """An OmegaConf node (or anything JSON-able) as plain Python containers, interpolations resolved
+    and enumeration values as their names' strings (``Enum`` options of the schema)."""
     if isinstance(obj, DictConfig | ListConfig):
         return OmegaConf.to_container(obj, resolve=True, enum_to_str=True)
+    if isinstance(obj, Enum):
+        return obj.name
     return obj
 
 
+def _json_default(obj: Any) -> Any:
+    return obj.name if isinstance(obj, Enum) else str(obj)
+
+
 def fingerprint(obj: Any) -> str:
-    """A stable sha256 hex digest of a JSON-able value (dict keys sorted)."""
-    blob = json.dumps(to_plain(obj), sort_keys=True, default=str, separators=(",", ":"))
+    """A stable sha256 hex digest of a JSON-able value (dict keys sorted; an ``Enum`` counts as its
+    name, as :func:`to_plain` writes it)."""
+    blob = json.dumps(to_plain(obj), sort_keys=True, default=_json_default, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -21,9 +21,11 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from torch import nn
 
+from distillrank import pipeline
+from distillrank.builders import components, evaluation, training
 from distillrank.ranking import Pairs, Ranker, RankerKind
 from distillrank.runtime import Runtime
-from distillrank.stages import context, evaluate, mine, pipeline, score, train
+from distillrank.stages import evaluate, mine, score, train
 from distillrank.students import factory
 from distillrank.students.base import BatchScores, Description, Student
 from distillrank.teachers.base import Teacher
@@ -135,10 +137,10 @@ def _run_lists(cfg, system: str) -> dict[str, dict[str, float]]:
 
 
 def _bm25_top(cfg, depth: int) -> dict[str, set[str]]:
-    coll = context.collection(cfg)
+    coll = components.collection(cfg)
     split = cfg.data.test_split
     queries = [(q, t) for q, t in coll.split_queries(split) if q in coll.qrels[split]]
-    rows, _ = mine.bm25_index(cfg, coll).search([t for _, t in queries], depth, progress=False)
+    rows, _ = components.bm25_index(cfg, coll).search([t for _, t in queries], depth, progress=False)
     ids = coll.doc_ids()
     return {q: {ids[r] for r in rows[i] if r >= 0} for i, (q, _) in enumerate(queries)}
 
@@ -155,19 +157,19 @@ def test_a_teacher_from_a_test_module_scores_and_re_ranks_through_the_stages(mak
                  "evaluate.latency_queries=2", "evaluate.baseline=null"),
         teacher={"_target_": target, "bonus": 0.5},
     )
-    assert evaluate.reranks(cfg, "teacher")  # it does not retrieve: it re-ranks the first stage
+    assert evaluation.reranks(cfg, "teacher")  # it does not retrieve: it re-ranks the first stage
     mine.run(cfg)
     manifest = score.run(cfg)
     assert manifest.counts["pairs_scored"] == manifest.counts["pairs"] > 0
     table = pq.read_table(stage_dir(cfg, "score") / score.OUTPUT).to_pandas()
-    query_text = dict(context.train_queries(cfg))
-    passages = context.passage_lookup(cfg)(list(table["docid"]))
+    query_text = dict(training.train_queries(cfg))
+    passages = training.passages(cfg)(list(table["docid"]))
     expected = [_overlap(query_text[q], p) + 0.5 for q, p in zip(table["qid"], passages, strict=True)]
     np.testing.assert_allclose(table["teacher"], expected)
 
     evaluate.run(cfg)
     run, first = _run_lists(cfg, "teacher"), _bm25_top(cfg, 5)
-    coll = context.collection(cfg)
+    coll = components.collection(cfg)
     queries = dict(coll.split_queries(cfg.data.test_split))
     for qid, scored in run.items():
         assert set(scored) == first[qid]  # BM25's top 5, re-ordered by the toy's scores
@@ -184,7 +186,7 @@ def test_a_student_kind_from_a_test_module_trains_exports_and_re_ranks(make_cfg,
         student={"_target_": target, "scale": 2.0},
     )
     assert factory.kind_of_builder(ToyModel) is ToyStudent
-    assert evaluate.reranks(cfg, "student") and not evaluate.hybrid_enabled(cfg)
+    assert evaluation.reranks(cfg, "student") and not evaluation.hybrid_enabled(cfg)
     outputs = pipeline.run(cfg)
     assert outputs["train"].counts["steps"] == 3
     folder = stage_dir(cfg, "train") / train.MODEL
@@ -194,7 +196,7 @@ def test_a_student_kind_from_a_test_module_trains_exports_and_re_ranks(make_cfg,
     assert isinstance(student, ToyStudent) and student.weights() == folder
 
     run, first = _run_lists(cfg, "student"), _bm25_top(cfg, 5)
-    coll = context.collection(cfg)
+    coll = components.collection(cfg)
     queries = dict(coll.split_queries(cfg.data.test_split))
     for qid, scored in run.items():
         assert set(scored) == first[qid]

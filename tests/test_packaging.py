@@ -23,6 +23,8 @@ def test_wheel_ships_conf_and_finds_it(tmp_path):
         names = zf.namelist()
         zf.extractall(site)
     assert "distillrank/conf/config.yaml" in names
+    modules = {str(f.relative_to(REPO)) for f in (REPO / "distillrank").rglob("*.py")}
+    assert modules <= set(names), f"not in the wheel (pyproject.toml packages): {sorted(modules - set(names))}"
     assert "distillrank/conf/exp/margin_mse.yaml" in names
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"

@@ -33,7 +33,7 @@ _CHUNK = 65536  # corpus rows per encoding block and per block of the top-k prod
 
 def mining_model_path(cfg: DictConfig) -> Path:
     """The local folder of ``mining.model`` (a ConfigError when it is unset)."""
-    if not cfg.mining.get("model"):
+    if not cfg.mining.model:
         raise ConfigError(
             f"mining.method={cfg.mining.method} needs mining.model: a bi-encoder folder or hub id, "
             "e.g. mining.model=runs/<experiment>/train/model"
@@ -94,7 +94,7 @@ def dense_search(
         name="mine",
         progress=progress,
     )
-    backend = m.get("index", "exact")
+    backend = m.index
     if backend == "faiss":
         index = faiss_index.load_or_build(matrix, folder, str(m.faiss_factory), seed=int(cfg.seed))
         q_emb = encoder.to(runtime.device).eval().encode(list(query_texts), "query", m.batch_size, runtime, progress=False)

@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distillrank.artifacts import WORKSPACE_FOLDERS as SKIP_DIRS
 from distillrank.errors import DistillrankError
+from distillrank.pipeline import STAGE_NAMES as STAGES
+from distillrank.pipeline import UPSTREAM  # stages a sweep job may take from its parent experiment
 from distillrank.workspace import MANIFEST, Manifest, read_manifest
 
 log = logging.getLogger(__name__)
-
-STAGES = ("queries", "mine", "score", "train", "evaluate")
-UPSTREAM = ("queries", "mine", "score")  # stages a sweep job may take from its parent experiment
-SKIP_DIRS = {"_cache", "logs", "report", "multirun", "outputs"}
 
 
 @dataclass

@@ -315,33 +315,20 @@ class _Builder:
         """Training query texts ``{qid: text}`` and a ``docids -> texts`` lookup, from the data config
         recorded in the ``mine`` manifest (the collection is read from the workspace cache); with a
         ``queries`` stage, its synthetic queries and rewritten passages (the kept rows)."""
-        import pyarrow.parquet as pq
-
-        from distillrank.stages import context
-        from distillrank.stages import queries as queries_stage
+        from distillrank.builders import components
+        from distillrank.data.training import passage_lookup, read_synthetic
 
         mine = exp.manifest("mine")
         data = (mine.config.get("data") if mine else None) or None
         if data is None:
             raise StudentUnavailable("the mine manifest does not record the collection, so texts are unknown")
-        cfg = OmegaConf.create(
-            {"workspace": str(self.workspace), "data": data, "queries": {"method": "none"}}
-        )
+        cfg = OmegaConf.create({"workspace": str(self.workspace), "data": data})
+        coll = components.collection(cfg)
         folder = exp.folder("queries")
         if folder is None:
-            return dict(context.train_queries(cfg)), context.passage_lookup(cfg)
-        table = pq.read_table(folder / queries_stage.OUTPUT, columns=["qid", "text", "kept"])
-        table = table.filter(table["kept"])
-        passages = pq.read_table(folder / queries_stage.PASSAGES)
-        extra = dict(zip(passages["docid"].to_pylist(), passages["text"].to_pylist(), strict=True))
-        corpus = context.passage_lookup(cfg)
-
-        def lookup(docids) -> list[str]:
-            docids = list(docids)
-            found = dict(zip(plain := [d for d in docids if d not in extra], corpus(plain), strict=True))
-            return [extra[d] if d in extra else found[d] for d in docids]
-
-        return dict(zip(table["qid"].to_pylist(), table["text"].to_pylist(), strict=True)), lookup
+            return dict(coll.split_queries(components.split_or_fail(cfg, coll, "train_split"))), passage_lookup(coll)
+        made = read_synthetic(folder, exp.manifest("queries").key)
+        return dict(made.queries), passage_lookup(coll, made.passages)
 
     def deltas(self, exp: Experiment, groups: list[tuple[str | None, Evaluation]]) -> None:
         self.add(Heading(3, f"Per-query {DELTA_MEASURE}: student vs baseline"))

@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
+from distillrank import artifacts, keys
 from distillrank.errors import ConfigError
-from distillrank.stages import score
 from distillrank.teachers.score_files import (
     EXTENSIONS,
     FORMATS,
@@ -25,7 +25,7 @@ from distillrank.teachers.score_files import (
     format_from_extension,
     write_scores,
 )
-from distillrank.workspace import require_stage, stage_dir
+from distillrank.workspace import stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ DEFAULT_NAME = "teacher_scores"
 
 def default_path(cfg: DictConfig, fmt: str) -> Path:
     """``<workspace>/<experiment>/score/teacher_scores.{tsv|trec|jsonl}``."""
-    return stage_dir(cfg, score.STAGE) / f"{DEFAULT_NAME}.{EXTENSIONS[fmt]}"
+    return stage_dir(cfg, artifacts.SCORE) / f"{DEFAULT_NAME}.{EXTENSIONS[fmt]}"
 
 
 def run(
@@ -61,8 +61,8 @@ def run(
             raise ConfigError(
                 f"cannot tell the format from the extension of {path}; name one of {', '.join(FORMATS)}"
             )
-    _, folder = require_stage(cfg, score.STAGE, score.stage_key(cfg))
-    table = pq.read_table(folder / score.OUTPUT)
+    _, folder = keys.require(cfg, artifacts.SCORE)
+    table = pq.read_table(folder / artifacts.SCORES)
     if "teacher_raw" in table.column_names and not normalized:
         table = table.drop_columns(["teacher"]).rename_columns(
             ["teacher" if name == "teacher_raw" else name for name in table.column_names if name != "teacher"]

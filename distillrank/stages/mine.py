@@ -21,19 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from distillrank.errors import ConfigError
-from distillrank.mining.bm25 import BM25Index
-from distillrank.mining.dense import dense_key, dense_search
-from distillrank.mining.fusion import rrf_fuse
+from distillrank import artifacts, keys
+from distillrank.builders import components, training
+from distillrank.mining.dense import dense_key
 from distillrank.mining.sampling import sample_negatives
-from distillrank.stages import context
-from distillrank.stages import queries as queries_stage
 from distillrank.workspace import (
     Manifest,
     atomic_path,
-    cache_dir,
     current_manifest,
-    fingerprint,
     locked_stage,
     stage_dir,
     to_plain,
@@ -41,88 +36,13 @@ from distillrank.workspace import (
 
 log = logging.getLogger(__name__)
 
-STAGE = "mine"
-OUTPUT = "candidates.parquet"
-
-
-def _check_method(cfg: DictConfig) -> None:
-    """``hybrid`` fuses at least one retriever, none twice (the schema checks their names)."""
-    if cfg.mining.method == "hybrid":
-        retrievers = list(cfg.mining.retrievers)
-        if not retrievers or len(set(retrievers)) != len(retrievers):
-            raise ConfigError(f"mining.retrievers={retrievers}; expected distinct retrievers for mining=hybrid")
-
-
-def _retrievers(cfg: DictConfig) -> list[str]:
-    """The first-stage retrievers the config runs (one, or the fused ones of ``hybrid``)."""
-    return list(cfg.mining.retrievers) if cfg.mining.method == "hybrid" else [cfg.mining.method]
+STAGE = artifacts.MINE
+OUTPUT = artifacts.CANDIDATES
 
 
 def stage_key(cfg: DictConfig) -> str:
-    """Identifies this stage's output: the collection's content, the mining config and the seed;
-    for a dense retriever, the model folder's content (instead of its name) and the precision."""
-    _check_method(cfg)
-    coll = context.collection(cfg)
-    what = {
-        "stage": STAGE,
-        "collection": coll.fingerprint,
-        "split": cfg.data.train_split,
-        "mining": to_plain(cfg.mining),
-        "seed": cfg.seed,
-    }
-    if queries_stage.enabled(cfg):  # synthetic training queries: their stage's key, not the split
-        what["split"] = None
-        what["queries"] = queries_stage.stage_key(cfg)
-    if what["mining"].get("index", "exact") == "exact" or "dense" not in _retrievers(cfg):
-        what["mining"].pop("index", None)  # the default search: keys stay those of runs made before FAISS
-        what["mining"].pop("faiss_factory", None)
-    if "dense" in _retrievers(cfg):
-        # the model is identified by its folder's content, not by where it lies or how it is named
-        what["mining"].pop("model", None)
-        what["dense"] = dense_key(cfg)
-    return fingerprint(what)
-
-
-def bm25_index(cfg: DictConfig, coll) -> BM25Index:
-    """The BM25 index of the collection with the mining config's parameters (cached)."""
-    m = cfg.mining
-    return BM25Index.build_or_load(coll, cache_dir(cfg), k1=m.k1, b=m.b, stemmer=m.stemmer, stopwords=m.stopwords)
-
-
-def first_stage(
-    cfg: DictConfig, coll, query_texts: list[str]
-) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
-    """Each query's ranked corpus rows and first-stage scores (best first, at most ``depth``).
-
-    Returns:
-        rows and scores per query, and info for the manifest counts.
-    """
-    depth = cfg.mining.depth
-    runs: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
-    info: dict = {}
-    for name in _retrievers(cfg):
-        if name == "bm25":
-            rows, scores = bm25_index(cfg, coll).search(query_texts, depth)
-        else:
-            rows, scores, dense_info = dense_search(cfg, coll, query_texts, depth)
-            info["embeddings_cached"] = dense_info["embeddings_cached"]
-            info["index"] = dense_info["index"]
-            if dense_info["passages_per_s"] is not None:
-                info["passages_per_s"] = dense_info["passages_per_s"]
-        valid = rows >= 0
-        runs[name] = (
-            [r[v] for r, v in zip(rows, valid, strict=True)],
-            [s[v] for s, v in zip(scores, valid, strict=True)],
-        )
-    if cfg.mining.method != "hybrid":
-        return *runs[cfg.mining.method], info
-    fused_rows: list[np.ndarray] = []
-    fused_scores: list[np.ndarray] = []
-    for i in range(len(query_texts)):
-        fused = rrf_fuse([runs[name][0][i].tolist() for name in runs], cfg.mining.rrf_k, depth)
-        fused_rows.append(np.array([r for r, _ in fused], dtype=np.int64))
-        fused_scores.append(np.array([s for _, s in fused], dtype=np.float32))
-    return fused_rows, fused_scores, info
+    """This stage's key (:mod:`distillrank.keys`)."""
+    return keys.stage_key(cfg, STAGE)
 
 
 @locked_stage(STAGE)
@@ -133,10 +53,10 @@ def run(cfg: DictConfig) -> Manifest:
     if (done := current_manifest(cfg, STAGE, key)) is not None:
         return done
     start = time.perf_counter()
-    coll = context.collection(cfg)
-    queries = context.train_queries(cfg)
-    qrels = context.train_qrels(cfg)
-    rows, scores, info = first_stage(cfg, coll, [text for _, text in queries])
+    coll = components.collection(cfg)
+    queries = training.train_queries(cfg)
+    qrels = training.train_qrels(cfg)
+    rows, scores, info = components.mining_first_stage(cfg, coll, [text for _, text in queries])
     doc_ids = coll.doc_ids()
     rng = np.random.default_rng(cfg.seed)
 
@@ -200,7 +120,7 @@ def run(cfg: DictConfig) -> Manifest:
     }
     log.info("mine (%s): %s", cfg.mining.method, counts)
     inputs = {"collection": coll.fingerprint}
-    if "dense" in _retrievers(cfg):
+    if "dense" in components.mining_retrievers(cfg):
         inputs["mining_model"] = dense_key(cfg)["weights"]
     manifest = Manifest(
         stage=STAGE,

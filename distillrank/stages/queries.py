@@ -2,7 +2,7 @@
 
 Most collections have a corpus and no labelled training queries. With ``queries=title|ict|generator``
 this stage writes training queries, each with its source passage as positive, and mine / score /
-train use them instead of ``data.train_split`` (:func:`distillrank.stages.context.train_queries`):
+train use them instead of ``data.train_split`` (:func:`distillrank.builders.training.train_queries`):
 
 * ``title`` / ``ict`` — :mod:`distillrank.queries.synthetic` (titles; the inverse cloze task);
 * ``generator`` — :class:`distillrank.queries.generator.QueryGenerator` (doc2query / GPL), ``per_doc``
@@ -23,88 +23,45 @@ ICT sentence, whose ids ``<source>#<method>-<hash>`` exist only in training).
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from distillrank import artifacts, keys
+from distillrank.builders import components
+from distillrank.data.training import passage_lookup
 from distillrank.errors import ConfigError
 from distillrank.queries.synthetic import SyntheticQuery, ict_queries, make_query, title_queries
 from distillrank.runtime import configure
-from distillrank.stages import context
-from distillrank.validation import allows_external, instantiate_checked
+from distillrank.teachers.cache import teacher_scores
 from distillrank.workspace import (
     Manifest,
     atomic_path,
+    cache_dir,
     current_manifest,
-    fingerprint,
     locked_stage,
-    require_stage,
     stage_dir,
     to_plain,
 )
 
 log = logging.getLogger(__name__)
 
-STAGE = "queries"
-OUTPUT = "queries.parquet"
-PASSAGES = "passages.parquet"
-
-
-def enabled(cfg: DictConfig) -> bool:
-    """Whether the config trains on synthetic queries (``queries.method`` other than ``none``)."""
-    return cfg.queries.method != "none"
-
-
-def _generator(cfg: DictConfig):
-    node = cfg.queries.get("generator")
-    if node is None or "_target_" not in node:
-        raise ConfigError("queries=generator needs queries.generator with a _target_ (see conf/queries/generator.yaml)")
-    return _build_generator(OmegaConf.to_yaml(node, resolve=True), allows_external(cfg))
-
-
-@functools.lru_cache(maxsize=4)
-def _build_generator(node_yaml: str, allow_external: bool = False):
-    return instantiate_checked(OmegaConf.create(node_yaml), "queries.generator", allow_external)
-
-
-def _filtering(cfg: DictConfig) -> int | None:
-    k = cfg.queries.get("filter_top_k")
-    if k is None or int(k) <= 0:
-        return None
-    if int(k) > int(cfg.queries.filter_depth) + 1:  # ranks go to depth + 1 (the positive and depth others)
-        raise ConfigError(
-            f"queries.filter_top_k={k} exceeds queries.filter_depth + 1 = {int(cfg.queries.filter_depth) + 1}: "
-            "it would keep every query"
-        )
-    return int(k)
+STAGE = artifacts.QUERIES
+OUTPUT = artifacts.SYNTHETIC_QUERIES
+PASSAGES = artifacts.REWRITTEN_PASSAGES
 
 
 def stage_key(cfg: DictConfig) -> str:
-    """The collection, the queries config, the seed; the generator's weights, and for the filter the
-    teacher and the BM25 parameters."""
-    settings = dict(to_plain(cfg.queries))
-    what: dict = {"stage": STAGE, "collection": context.collection(cfg).fingerprint, "seed": cfg.seed}
-    if cfg.queries.method == "generator":
-        settings.pop("generator", None)
-        what["generator"] = _generator(cfg).fingerprint()
-    if _filtering(cfg) is None:
-        settings.pop("filter_depth", None)
-    else:
-        what["teacher"] = context.teacher_fingerprint(cfg)
-        what["bm25"] = {k: to_plain(cfg.mining[k]) for k in ("k1", "b", "stemmer", "stopwords")}
-    what["queries"] = settings
-    return fingerprint(what)
+    """This stage's key (:mod:`distillrank.keys`)."""
+    return keys.stage_key(cfg, STAGE)
 
 
 def _source_rows(cfg: DictConfig, n_docs: int, rng: np.random.Generator) -> np.ndarray:
-    max_docs = cfg.queries.get("max_docs")
+    max_docs = cfg.queries.max_docs
     if max_docs is None or int(max_docs) >= n_docs:
         return np.arange(n_docs)
     return np.sort(rng.choice(n_docs, size=int(max_docs), replace=False))
@@ -118,7 +75,7 @@ def _make_queries(cfg: DictConfig, coll, rows: np.ndarray, rng: np.random.Genera
         return title_queries(docids, docs["title"], docs["text"])
     if q.method == "ict":
         return ict_queries(docids, docs["text"], int(q.per_doc), rng, float(q.remove_prob), list(q.span_words), int(q.min_words), titles=docs["title"])
-    generator = _generator(cfg)
+    generator = components.generator(cfg)
     texts = coll.passage_texts(rows.tolist())
     runtime = configure(cfg.hardware)
     generated = generator.generate(texts, int(q.per_doc), int(cfg.seed), runtime.device, runtime.precision, progress=True)
@@ -127,10 +84,8 @@ def _make_queries(cfg: DictConfig, coll, rows: np.ndarray, rng: np.random.Genera
 
 def _consistency_ranks(cfg: DictConfig, coll, queries: list[SyntheticQuery], k: int) -> np.ndarray:
     """The teacher rank (1 = best) of each query's positive among its BM25 candidates."""
-    from distillrank.stages import mine, score  # late: they import this module through context
-
     depth = int(cfg.queries.filter_depth)
-    rows, _ = mine.bm25_index(cfg, coll).search([s.text for s in queries], depth + 1)
+    rows, _ = components.bm25_index(cfg, coll).search([s.text for s in queries], depth + 1)
     doc_ids = coll.doc_ids()
     pairs: list[tuple[str, str]] = []
     spans: list[tuple[int, int]] = []
@@ -139,16 +94,12 @@ def _consistency_ranks(cfg: DictConfig, coll, queries: list[SyntheticQuery], k: 
         spans.append((len(pairs), len(others) + 1))
         pairs.append((s.qid, s.positive))
         pairs.extend((s.qid, d) for d in others)
-    extra = {s.positive: s.positive_text for s in queries if s.positive_text is not None}
-    def passage_text(docids: list[str]) -> list[str]:
-        missing = [d for d in docids if d not in extra]
-        found = dict(zip(missing, coll.passage_texts([coll.doc_row(d) for d in missing]), strict=True))
-        return [extra[d] if d in extra else found[d] for d in docids]
-
-    teacher = context.teacher(cfg)
-    scores, scored, seconds, _ = score.teacher_scores(
-        cfg, teacher, context.teacher_fingerprint(cfg), coll, pairs, {s.qid: s.text for s in queries}, passage_text,
-        configure(cfg.hardware),
+    passage_text = passage_lookup(coll, {s.positive: s.positive_text for s in queries if s.positive_text is not None})
+    teacher = components.teacher(cfg)
+    scores, scored, seconds, _ = teacher_scores(
+        teacher, components.teacher_fingerprint(cfg), coll, pairs, {s.qid: s.text for s in queries}, passage_text,
+        cache_root=cache_dir(cfg), runtime=configure(cfg.hardware),
+        shard_size=int(cfg.score.shard_size), progress=bool(cfg.score.progress),
     )
     log.info("queries: consistency filter scored %d pairs in %.1f s (top %d of BM25 top %d)", scored, seconds, k, depth)
     ranks = np.empty(len(queries), dtype=np.int32)
@@ -161,14 +112,14 @@ def _consistency_ranks(cfg: DictConfig, coll, queries: list[SyntheticQuery], k: 
 @locked_stage(STAGE)
 def run(cfg: DictConfig) -> Manifest:
     """Make (and filter) the synthetic training queries; skipped when the manifest matches."""
-    if not enabled(cfg):
+    if not components.queries_enabled(cfg):
         raise ConfigError("queries.method=none: there are no synthetic queries to make (choose queries=title|ict|generator)")
     folder = stage_dir(cfg, STAGE)
     key = stage_key(cfg)
     if (done := current_manifest(cfg, STAGE, key)) is not None:
         return done
     start = time.perf_counter()
-    coll = context.collection(cfg)
+    coll = components.collection(cfg)
     rng = np.random.default_rng(cfg.seed)
     rows = _source_rows(cfg, len(coll.corpus), rng)
     made = _make_queries(cfg, coll, rows, rng)
@@ -181,7 +132,7 @@ def run(cfg: DictConfig) -> Manifest:
             f"queries={cfg.queries.method} made no query from {len(rows)} documents of '{coll.name}' "
             "(no titles? passages shorter than queries.min_words?)"
         )
-    k = _filtering(cfg)
+    k = components.consistency_filter(cfg)
     ranks = _consistency_ranks(cfg, coll, queries, k) if k else np.zeros(len(queries), dtype=np.int32)
     kept = ranks <= k if k else np.ones(len(queries), dtype=bool)
     if not kept.any():
@@ -226,41 +177,10 @@ def run(cfg: DictConfig) -> Manifest:
         stage=STAGE,
         key=key,
         config={"queries": to_plain(cfg.queries), "seed": cfg.seed},
-        inputs={"collection": coll.fingerprint, **({"teacher": context.teacher_fingerprint(cfg)} if k else {})},
+        inputs={"collection": coll.fingerprint, **({"teacher": components.teacher_fingerprint(cfg)} if k else {})},
         counts=counts,
         outputs=[OUTPUT, PASSAGES],
         wall_time_s=time.perf_counter() - start,
     )
     manifest.write(folder)
     return manifest
-
-
-@dataclass(frozen=True)
-class TrainingQueries:
-    """The kept synthetic queries as the later stages read them."""
-
-    queries: list[tuple[str, str]]
-    qrels: dict[str, dict[str, int]]
-    passages: dict[str, str]
-
-
-def load(cfg: DictConfig) -> TrainingQueries:
-    """The queries stage's output for this config (which must be complete and current).
-
-    The qrels give each query its positive (relevance 1) and, when the positive is a rewrite, its
-    source document with relevance -1: never a sampled negative, never a positive.
-    """
-    manifest, folder = require_stage(cfg, STAGE, stage_key(cfg))
-    return _load(str(folder), manifest.key)
-
-
-@functools.lru_cache(maxsize=4)
-def _load(folder: str, key: str) -> TrainingQueries:
-    table = pq.read_table(Path(folder) / OUTPUT)
-    table = table.filter(table["kept"])
-    passages = pq.read_table(Path(folder) / PASSAGES)
-    queries = list(zip(table["qid"].to_pylist(), table["text"].to_pylist(), strict=True))
-    qrels: dict[str, dict[str, int]] = {}
-    for qid, source, positive in zip(table["qid"].to_pylist(), table["source"].to_pylist(), table["positive"].to_pylist(), strict=True):
-        qrels[qid] = {positive: 1} if positive == source else {positive: 1, source: -1}
-    return TrainingQueries(queries, qrels, dict(zip(passages["docid"].to_pylist(), passages["text"].to_pylist(), strict=True)))

@@ -7,11 +7,11 @@ Face folder, ``sentence_transformers.CrossEncoder(path)``; ColBERT: our own fold
 :func:`distillrank.students.load_student` — and ``train_log.jsonl`` (step, loss, lr, gradient norm,
 and dev metrics at evaluation steps); ``tensorboard/`` with ``train.logger=tensorboard``.
 
-With ``train.dev_queries`` or ``train.dev_split`` and ``train.eval_every``, the student is evaluated
-on dev re-ranking during training and the exported weights are the best dev ones
-(:mod:`distillrank.training.dev`). The ``train.dev_queries`` set aside (never trained on, with or
-without ``eval_every``) are listed in ``dev_queries.txt``, one qid a line: the evaluate stage
-chooses the hybrid systems' α on them.
+With ``train.dev_queries`` (or ``train.dev_fraction``) or ``train.dev_split`` and ``train.eval_every``,
+the student is evaluated on dev re-ranking during training and the exported weights are the best
+dev ones (:mod:`distillrank.training.dev`). The training queries ``train.dev_queries`` or
+``train.dev_fraction`` set aside (never trained on, with or without ``eval_every``) are listed in
+``dev_queries.txt``, one qid a line: the evaluate stage chooses the hybrid systems' α on them.
 
 Resumable checkpoints go to ``checkpoints/`` in the stage folder every ``train.checkpoint_minutes``
 (10 by default) and every ``train.checkpoint_every`` steps (0 = by time only; both 0 = none); a
@@ -32,17 +32,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 from omegaconf import DictConfig
 
+from distillrank import artifacts, keys
+from distillrank.builders import components, training
 from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import CORPUS_CHUNK, cached_corpus_embeddings
-from distillrank.losses import uses_scores
+from distillrank.reporting import model_card
 from distillrank.runtime import Runtime, configure, seed_everything
-from distillrank.stages import context, mine, score
-from distillrank.students import Student, as_student
-from distillrank.students.base import Description
-from distillrank.teachers.base import describe as describe_teacher
 from distillrank.teachers.base import embedding_source
 from distillrank.training.batching import QueryPool, query_pools
 from distillrank.training.dev import DevSet, carve_dev_pools, dev_from_pools, held_out_count
@@ -50,126 +47,37 @@ from distillrank.training.distributed import init_from_env
 from distillrank.training.features import FeatureSet, cached_text_embeddings
 from distillrank.training.loop import train_student
 from distillrank.training.trackers import Tracker, check_logger, make_tracker
-from distillrank.validation import allows_external, check_targets, instantiate_checked
+from distillrank.validation import check_targets
 from distillrank.workspace import (
     Manifest,
     atomic_rename,
     atomic_write_text,
     cache_dir,
     current_manifest,
-    fingerprint,
     locked_stage,
     replace_dir,
-    require_stage,
     stage_dir,
     to_plain,
 )
 
 log = logging.getLogger(__name__)
 
-STAGE = "train"
-MODEL = "model"
-LOG = "train_log.jsonl"
-CHECKPOINTS = "checkpoints"
-DEV_QUERIES = "dev_queries.txt"  # the training queries set aside by train.dev_queries, one qid a line
-TENSORBOARD = "tensorboard"
+STAGE = artifacts.TRAIN
+MODEL = artifacts.MODEL
+LOG = artifacts.TRAIN_LOG
+CHECKPOINTS = artifacts.CHECKPOINTS
+DEV_QUERIES = artifacts.DEV_QUERIES
+TENSORBOARD = artifacts.TENSORBOARD
 # the logs as they are written, renamed to LOG / TENSORBOARD when the model is committed: a log
 # under a manifest is always one whole run's (the stage lock keeps a second writer out meanwhile)
 WORK_LOG = f".{LOG}.partial"
 WORK_TENSORBOARD = f".{TENSORBOARD}.partial"
-# train.* keys that do not change the trained model: never in the stage key
-NOT_IN_KEY = ("checkpoint_every", "checkpoint_minutes", "logger")
-# train.* keys added after the first release: in the key only when set, so older keys stay valid
-KEY_IF_SET = {
-    "eval_every": 0,
-    "dev_queries": 0,
-    "dev_fraction": 0.0,
-    "dev_split": None,
-    "dev_depth": 30,
-    "dev_measure": "nDCG@10",
-    "dev_batch_size": 64,
-    "early_stopping_patience": 0,
-    "feature_batch_size": None,
-    "feature_passages": True,
-    "feature_queries": True,
-    "feature_max_passages": None,
-}
-# student.* keys that act only while training (eval mode ignores them), added after the first
-# release: in the train key only when set
-STUDENT_TRAINING_KEYS = {"dropout": None}
-
-
-def student_identity(cfg: DictConfig, training: bool = True) -> dict:
-    """``cfg.student`` as it decides a model: the training-only keys (``dropout``) are left out
-    when unset or, with ``training=False`` (an untrained student in eval mode), always."""
-    student = dict(to_plain(cfg.student))
-    for key, default in STUDENT_TRAINING_KEYS.items():
-        if key in student and (not training or student[key] == default):
-            del student[key]
-    return student
-
-
-def needs_scores(cfg: DictConfig) -> bool:
-    """Whether the loss learns from teacher scores, so training needs the mine and score stages.
-    A loss of feature terms only (``loss=feature``) trains on the collection's texts alone."""
-    return uses_scores(instantiate_checked(cfg.loss, "loss", allows_external(cfg)))
-
-
-def uses_features(cfg: DictConfig) -> bool:
-    """Whether the loss has a feature (embedding) term."""
-    return bool(getattr(instantiate_checked(cfg.loss, "loss", allows_external(cfg)), "uses_features", False))
-
-
-def _inputs_key(cfg: DictConfig) -> str | dict:
-    """What the training data comes from: the score stage's key, or, for a feature-only loss, the
-    collection, the synthetic queries' settings and the teacher (its embeddings are the targets)."""
-    if needs_scores(cfg):
-        return score.stage_key(cfg)
-    return {
-        "data": to_plain(cfg.data),
-        "queries": to_plain(cfg.queries),
-        "teacher": context.teacher_fingerprint(cfg),
-    }
+CARD_SECTIONS = ("data", "mining", "teacher", "student", "loss", "train")  # the config in the model card
 
 
 def stage_key(cfg: DictConfig) -> str:
-    """The scores, the student, the loss, the optimisation settings, the precision and the seed.
-
-    ``train.checkpoint_every``, ``train.checkpoint_minutes`` and ``train.logger`` are left out: they do
-    not change the results.
-    """
-    train = dict(to_plain(cfg.train))
-    for key in NOT_IN_KEY:
-        train.pop(key, None)
-    for key, default in KEY_IF_SET.items():
-        if key in train and train[key] == default:
-            del train[key]
-    return fingerprint(
-        {
-            "stage": STAGE,
-            "score": _inputs_key(cfg),
-            "student": student_identity(cfg),
-            "loss": to_plain(cfg.loss),
-            "train": train,
-            "precision": cfg.hardware.precision,
-            "seed": cfg.seed,
-        }
-    )
-
-
-def model_card(cfg: DictConfig, counts: dict, description: Description) -> str:
-    """A README for the exported student: what it was distilled from, how, and on what
-    (``description``: the student kind's, :meth:`~distillrank.students.base.Student.describe`)."""
-    config = {k: to_plain(cfg[k]) for k in ("data", "mining", "teacher", "student", "loss", "train")}
-    library, usage = description.library, description.usage
-    return (
-        f"---\nlibrary_name: {library}\ntags: [{library}, distillrank, knowledge-distillation]\n---\n"
-        f"# {cfg.experiment}: {description.title}\n\n"
-        f"Trained with [distillrank](https://pypi.org/project/distillrank/) from the teacher `{describe_teacher(to_plain(cfg.teacher))}` "
-        f"on the `{cfg.data.train_split}` queries of `{cfg.data.name}`, loss `{cfg.loss._target_}`.\n\n"
-        f"```python\n{usage}\n```\n\n"
-        f"## Training\n\n{counts}\n\n## Config\n\n```yaml\n{yaml.safe_dump(config, sort_keys=False)}```\n"
-    )
+    """This stage's key (:mod:`distillrank.keys`)."""
+    return keys.stage_key(cfg, STAGE)
 
 
 COSINE_MARGIN = 2.0  # the largest score margin a cosine student can produce
@@ -218,8 +126,8 @@ def dev_set(
     """The training pools left after setting dev queries aside, and the dev set (None without one).
 
     Raises:
-        ConfigError: both or neither of ``dev_queries`` / ``dev_split`` with ``eval_every`` set,
-            more dev queries than training queries, an unknown split.
+        ConfigError: more than one of ``dev_queries`` / ``dev_fraction`` / ``dev_split``, none of
+            them with ``eval_every`` set, more dev queries than training queries, an unknown split.
     """
     t = cfg.train
     n, fraction, split = int(t.dev_queries), float(t.dev_fraction), t.dev_split
@@ -234,21 +142,21 @@ def dev_set(
                 "from the training queries) or train.dev_split=SPLIT"
             )
         return pools, None
-    coll = context.collection(cfg)
+    coll = components.collection(cfg)
     if n:
         if n >= len(pools):
             asked = f"train.dev_fraction={fraction:g} sets aside {n}" if fraction else f"train.dev_queries={n}"
             raise ConfigError(f"{asked} but only {len(pools)} training queries are usable")
         train_pools, dev_pools = carve_dev_pools(pools, n, cfg.seed)
         table = scores if isinstance(scores, pa.Table) else pq.read_table(scores, columns=["qid", "docid"])
-        qrels = context.train_qrels(cfg)
+        qrels = training.train_qrels(cfg)
         return train_pools, dev_from_pools(dev_pools, query_text, _candidates(table), qrels)
     if split not in coll.splits():
         raise ConfigError(f"train.dev_split={split!r} but '{coll.name}' has the qrels splits {coll.splits()}")
     queries = coll.split_queries(split)
-    rows, _, _ = mine.first_stage(cfg, coll, [text for _, text in queries])
+    rows, _, _ = components.mining_first_stage(cfg, coll, [text for _, text in queries])
     doc_ids = coll.doc_ids()
-    depth = int(t.get("dev_depth", 30))
+    depth = int(t.dev_depth)
     candidates = {q: [doc_ids[int(r)] for r in rs[:depth]] for (q, _), rs in zip(queries, rows, strict=True)}
     qrels = {q: dict(coll.qrels[split].get(q, {})) for q, _ in queries}
     return pools, DevSet(dict(queries), candidates, qrels)
@@ -259,21 +167,21 @@ def _feature_queries(cfg: DictConfig) -> list[tuple[str, str]]:
     ones, or ``data.train_split`` when the collection has it), else none."""
     if not cfg.train.feature_queries:
         return []
-    coll = context.collection(cfg)
-    if cfg.queries.method == "none" and cfg.data.get("train_split") not in coll.splits():
+    coll = components.collection(cfg)
+    if cfg.queries.method == "none" and cfg.data.train_split not in coll.splits():
         return []  # a collection without training queries: passages alone
-    return context.train_queries(cfg)
+    return training.train_queries(cfg)
 
 
 def feature_set(cfg: DictConfig, runtime: Runtime) -> FeatureSet:
     """The texts of feature distillation with the teacher's embeddings of them (cached per teacher,
     collection and settings in ``_cache/embeddings``: computed once, shared by every experiment)."""
-    coll = context.collection(cfg)
-    full = context.teacher(cfg)
+    coll = components.collection(cfg)
+    full = components.teacher(cfg)
     teacher = embedding_source(full)
     encoder = teacher.encoder(runtime)
     # an ensemble member is keyed as the score stage keys it (precision and backend included)
-    model_fp = context.teacher_fingerprint(cfg) if teacher is full else teacher.fingerprint(runtime)
+    model_fp = components.teacher_fingerprint(cfg) if teacher is full else teacher.fingerprint(runtime)
     t = cfg.train
     if t.feature_passages:
         targets, _, _ = cached_corpus_embeddings(
@@ -311,11 +219,6 @@ def commit_logs(folder: Path) -> None:
         replace_dir(folder / WORK_TENSORBOARD, folder / TENSORBOARD)  # an earlier run's, replaced whole
 
 
-def build_student(cfg: DictConfig) -> Student:
-    """The student of ``cfg.student`` behind the training protocol."""
-    return as_student(instantiate_checked(cfg.student, "student", allows_external(cfg)))
-
-
 @locked_stage(STAGE)
 def run(cfg: DictConfig) -> Manifest:
     """Train the student; skipped when the manifest matches."""
@@ -324,28 +227,28 @@ def run(cfg: DictConfig) -> Manifest:
     if (done := current_manifest(cfg, STAGE, key)) is not None:
         return done
     check_targets(cfg)
-    check_logger(str(cfg.train.get("logger", "none")))
-    ranking = needs_scores(cfg)
+    check_logger(str(cfg.train.logger))
+    ranking = components.needs_scores(cfg)
     inputs: dict[str, str] = {}
     if ranking:
-        score_manifest, score_dir = require_stage(cfg, score.STAGE, score.stage_key(cfg))
+        score_manifest, score_dir = keys.require(cfg, artifacts.SCORE)
         inputs["score"] = score_manifest.key
     start = time.perf_counter()
     seed_everything(cfg.seed)
     if cfg.hardware.precision == "int8":  # an inference precision (teachers); the student trains in fp32
         log.info("train: hardware.precision=int8 quantizes teachers only; the student trains in fp32")
     if ranking:
-        pools, dropped = query_pools(score_dir / score.OUTPUT)  # streamed by row groups
-        query_text = dict(context.train_queries(cfg))
-        pools, dev = dev_set(cfg, pools, score_dir / score.OUTPUT, query_text)
+        pools, dropped = query_pools(score_dir / artifacts.SCORES)  # streamed by row groups
+        query_text = dict(training.train_queries(cfg))
+        pools, dev = dev_set(cfg, pools, score_dir / artifacts.SCORES, query_text)
     else:  # feature terms only: the collection's texts, no query pools
         pools, dropped, query_text = [], 0, {}
         pools, dev = dev_set(cfg, pools, pa.table({"qid": [], "docid": []}), query_text)
-    student = build_student(cfg)
-    loss_fn = instantiate_checked(cfg.loss, "loss", allows_external(cfg))
+    student = components.student(cfg)
+    loss_fn = components.loss(cfg)
     warn_unreachable_margins(cfg, pools)
 
-    passage_text = context.passage_lookup(cfg)
+    passage_text = training.passages(cfg)
 
     checkpoint_dir = folder / CHECKPOINTS  # a checkpoint of this run found there is resumed
     runtime = configure(cfg.hardware)
@@ -355,7 +258,7 @@ def run(cfg: DictConfig) -> Manifest:
     tracker: Tracker = Tracker()
     if dist.is_main:
         tracker = make_tracker(
-            str(cfg.train.get("logger", "none")),
+            str(cfg.train.logger),
             folder / WORK_TENSORBOARD,
             name=str(cfg.experiment),
             config={k: to_plain(cfg[k]) for k in ("student", "loss", "train")},
@@ -401,7 +304,7 @@ def run(cfg: DictConfig) -> Manifest:
         )
     if dist.world > 1:
         counts["world_size"] = dist.world
-    outputs = [MODEL, LOG] + ([TENSORBOARD] if cfg.train.get("logger", "none") == "tensorboard" else [])
+    outputs = [MODEL, LOG] + ([TENSORBOARD] if cfg.train.logger == "tensorboard" else [])
     held_out = sorted(dev.queries) if dev is not None and (cfg.train.dev_queries or cfg.train.dev_fraction) else []
     if held_out:
         outputs.append(DEV_QUERIES)
@@ -415,7 +318,10 @@ def run(cfg: DictConfig) -> Manifest:
         wall_time_s=time.perf_counter() - start,
     )
     if dist.is_main:
-        student.cpu().save(folder / MODEL, model_card=model_card(cfg, counts, student.describe()))
+        card = model_card.training_card(
+            str(cfg.experiment), student.describe(), {k: to_plain(cfg[k]) for k in CARD_SECTIONS}, counts
+        )
+        student.cpu().save(folder / MODEL, model_card=card)
         log.info("train: %s", counts)
         shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)  # the model is saved: nothing left to resume
         commit_logs(folder)

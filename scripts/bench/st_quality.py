@@ -87,10 +87,11 @@ def main(argv: list[str] | None = None) -> Path:
     )
     from sentence_transformers.sentence_transformer.losses import MarginMSELoss
 
+    from distillrank.builders.training import passages, train_queries
     from distillrank.errors import ConfigError
     from distillrank.models.bi_encoder import BiEncoder
     from distillrank.runtime import apply_threads
-    from distillrank.stages import context, score
+    from distillrank.stages import score
     from distillrank.training.batching import query_pools
     from distillrank.validation import compose
     from distillrank.workspace import atomic_dir, require_stage
@@ -103,8 +104,8 @@ def main(argv: list[str] | None = None) -> Path:
     apply_threads(args.threads or cfg.hardware.num_threads)
     _, score_dir = require_stage(cfg, score.STAGE, score.stage_key(cfg))
     pools, _ = query_pools(score_dir / score.OUTPUT)
-    query_text = dict(context.train_queries(cfg))
-    columns = st_columns(cfg, pools, query_text, context.passage_lookup(cfg))
+    query_text = dict(train_queries(cfg))
+    columns = st_columns(cfg, pools, query_text, passages(cfg))
     dataset = Dataset.from_dict(columns)
     student = instantiate(cfg.student)
     if not isinstance(student, BiEncoder):

@@ -10,11 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from distillrank import pipeline
+from distillrank.builders import components
 from distillrank.errors import ConfigError
 from distillrank.mining.fusion import rrf_fuse
 from distillrank.mining.sampling import sample_negatives
 from distillrank.models.bi_encoder import BiEncoder
-from distillrank.stages import context, mine, pipeline, train
+from distillrank.stages import mine, train
 from distillrank.workspace import cache_dir, read_manifest, stage_dir
 
 DENSE = (
@@ -65,7 +67,7 @@ def _candidates(cfg):
 
 def _direct_dense_topk(cfg, model: Path, k: int) -> dict[str, list[tuple[str, float]]]:
     """Top-k (docid, score) by a direct BiEncoder encode and dot product over the whole tiny collection."""
-    coll = context.collection(cfg)
+    coll = components.collection(cfg)
     encoder = BiEncoder.load(model)
     queries = coll.split_queries(cfg.data.train_split)
     docs = encoder.encode(coll.passage_texts(range(len(coll.corpus))), "passage")
@@ -133,9 +135,9 @@ def test_hybrid_fuses_bm25_and_dense(make_cfg, tiny_bi_encoder) -> None:
     )  # fmt: skip
     manifest = mine.run(cfg)
     assert manifest.config["method"] == "hybrid"
-    coll = context.collection(cfg)
+    coll = components.collection(cfg)
     queries = coll.split_queries(cfg.data.train_split)
-    bm_rows, _ = mine.bm25_index(cfg, coll).search([t for _, t in queries], 10)
+    bm_rows, _ = components.bm25_index(cfg, coll).search([t for _, t in queries], 10)
     dense = _direct_dense_topk(cfg, tiny_bi_encoder, 10)
     doc_ids = coll.doc_ids()
     got = _candidates(cfg)

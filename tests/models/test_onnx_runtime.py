@@ -11,6 +11,8 @@ import torch
 from scipy.stats import spearmanr
 
 from distillrank import runtime
+from distillrank.builders import components
+from distillrank.builders.training import train_queries
 from distillrank.errors import ConfigError
 from distillrank.models import onnx_runtime
 from distillrank.models.onnx_runtime import CACHE_ENV, OnnxBackbone
@@ -97,11 +99,11 @@ def test_missing_packages_are_a_config_error(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_the_score_stage_caches_onnx_scores_apart(make_cfg, onnx_cache: Path) -> None:
-    from distillrank.stages import context, mine, score
+    from distillrank.stages import mine, score
 
     cfg_torch = make_cfg()
     cfg_onnx = make_cfg("hardware=cpu_onnx")
-    assert context.teacher_fingerprint(cfg_onnx) != context.teacher_fingerprint(cfg_torch)
+    assert components.teacher_fingerprint(cfg_onnx) != components.teacher_fingerprint(cfg_torch)
     mine.run(cfg_onnx)
     manifest = score.run(cfg_onnx)
     assert manifest.counts["pairs_scored"] > 0
@@ -109,14 +111,13 @@ def test_the_score_stage_caches_onnx_scores_apart(make_cfg, onnx_cache: Path) ->
 
 def test_dense_mining_with_onnx_finds_the_same_candidates(make_cfg, tiny_bi_encoder: Path, onnx_cache: Path) -> None:
     from distillrank.mining.dense import dense_key, dense_search
-    from distillrank.stages import context
 
     overrides = ("mining=dense", f"mining.model={tiny_bi_encoder}")
     cfg_torch, cfg_onnx = make_cfg(*overrides), make_cfg(*overrides, "hardware=cpu_onnx")
     assert "backend" not in dense_key(cfg_torch)  # keys of PyTorch runs stay as they were
     assert dense_key(cfg_onnx)["backend"] == "onnx"
-    coll = context.collection(cfg_torch)
-    queries = [text for _, text in context.train_queries(cfg_torch)]
+    coll = components.collection(cfg_torch)
+    queries = [text for _, text in train_queries(cfg_torch)]
     rows_t, scores_t, info_t = dense_search(cfg_torch, coll, queries, 5, progress=False)
     rows_o, scores_o, info_o = dense_search(cfg_onnx, coll, queries, 5, progress=False)
     assert info_o["embeddings"] != info_t["embeddings"]  # corpus embeddings cached apart

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from distillrank import pipeline
 from distillrank import workspace as workspace_module
-from distillrank.stages import pipeline
 from distillrank.validation import compose
 from distillrank.workspace import FAULT_ENV, MANIFEST, reset_fault_injection
 

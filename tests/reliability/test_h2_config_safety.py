@@ -17,9 +17,9 @@ from conftest import tiny_overrides
 from omegaconf import OmegaConf, open_dict
 from typer.testing import CliRunner
 
+from distillrank.builders import components
 from distillrank.cli import app
 from distillrank.errors import ConfigError, DataError
-from distillrank.stages import context
 from distillrank.validation import check_config, compose, instantiate_checked
 
 runner = CliRunner()
@@ -32,7 +32,7 @@ BAD_INPUTS = [
     ((), {"student._target_": "subprocess.run"}, "outside distillrank"),
     ((), {"teacher.extra": {"_target_": "builtins.exec", "source": "x"}}, "teacher.extra._target_"),
     ((), {"teacher._target_": "distillrank.training.loop.torch.load"}, "resolves to torch.serialization"),
-    ((), {"teacher._target_": "distillrank.stages.context.OmegaConf.load"}, "outside distillrank"),
+    ((), {"teacher._target_": "distillrank.builders.components.OmegaConf.load"}, "outside distillrank"),
     ((), {"teacher._target_": "distillrank.no_such_module.X"}, "cannot be imported"),
     (("queries=generator",), {"queries.generator._target_": "os.system"}, "queries.generator._target_"),
     (("loss=kl_infonce",), {"loss.terms.kl.loss._target_": "torch.nn.KLDivLoss"}, "loss.terms.kl.loss._target_"),
@@ -166,7 +166,7 @@ def test_external_target_is_not_imported(make_cfg, planted_module):
     with pytest.raises(ConfigError, match="outside distillrank"):
         check_config(cfg)
     with pytest.raises(ConfigError, match="outside distillrank"):  # library use: stages check too
-        context.teacher(cfg)
+        components.teacher(cfg)
     with pytest.raises(ConfigError, match="outside distillrank"):
         instantiate_checked(OmegaConf.create({"a": [{"_target_": "h2_planted.build"}]}), "x", False)
     assert not planted_module.exists()
@@ -187,7 +187,7 @@ def test_sweep_folders_and_ir_datasets_ids_are_valid_names(make_cfg):
 
 
 def test_unexpected_exception_is_one_line_with_the_hint(tiny_args, monkeypatch):
-    from distillrank.stages import pipeline
+    from distillrank import pipeline
 
     def boom(cfg):
         raise RuntimeError("disk on fire\nsecond line")

@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from distillrank import pipeline
+from distillrank.builders import components
 from distillrank.data.collection import load_collection
 from distillrank.errors import ArtifactError
 from distillrank.evaluation.dense import cached_corpus_embeddings
@@ -23,7 +25,8 @@ from distillrank.mining.bm25 import BM25Index
 from distillrank.models import onnx_runtime
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.runtime import Runtime
-from distillrank.stages import context, pipeline, score
+from distillrank.stages import score
+from distillrank.teachers.cache import ScoreCache
 from distillrank.training.features import cached_text_embeddings
 from distillrank.validation import compose
 from distillrank.workspace import (
@@ -53,9 +56,9 @@ def fresh_process() -> None:
     """Forget what this process memoised (as a new process would): file hashes, loaded collections
     and teachers."""
     _FILE_FP.clear()
-    context._collection.cache_clear()
-    context._teacher.cache_clear()
-    context._teacher_fp.cache_clear()
+    components._collection.cache_clear()
+    components._teacher.cache_clear()
+    components._teacher_fp.cache_clear()
 
 
 def seal_of(entry: Path) -> dict:
@@ -204,7 +207,7 @@ def _state(cfg) -> dict:
     state["per_query"] = {name: json.loads((ev / name / "metrics.json").read_text())["per_query"] for name in metrics}
     state["runs"] = {name: (ev / name / "run.trec").read_text() for name in metrics}
     (cache,) = (cache_dir(cfg) / "scores").iterdir()
-    state["scores"] = score.ScoreCache(cache).load()
+    state["scores"] = ScoreCache(cache).load()
     return state
 
 

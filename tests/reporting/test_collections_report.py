@@ -10,9 +10,9 @@ import make_tiny_models
 import pytest
 from conftest import tiny_overrides
 
+from distillrank import pipeline
 from distillrank.reporting import report
 from distillrank.reporting.collect import discover, read_evaluation
-from distillrank.stages import pipeline
 from distillrank.validation import compose
 
 

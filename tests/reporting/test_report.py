@@ -14,6 +14,7 @@ from conftest import tiny_overrides
 from torch import nn
 from typer.testing import CliRunner
 
+from distillrank import pipeline
 from distillrank.cli import app
 from distillrank.errors import DistillrankError
 from distillrank.ranking import RankerKind
@@ -27,7 +28,7 @@ from distillrank.reporting.scorers import (
     sample_pairs,
     score_aligned,
 )
-from distillrank.stages import mine, pipeline, score
+from distillrank.stages import mine, score
 from distillrank.students.base import Description, Student
 from distillrank.validation import compose
 from distillrank.workspace import Manifest

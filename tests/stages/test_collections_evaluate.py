@@ -11,8 +11,12 @@ import numpy as np
 import pytest
 from conftest import tiny_overrides
 
+from distillrank import pipeline
+from distillrank.builders import components, evaluation
 from distillrank.errors import ConfigError
-from distillrank.stages import context, evaluate, pipeline
+from distillrank.evaluation import summary
+from distillrank.reporting import model_card
+from distillrank.stages import evaluate
 from distillrank.validation import compose
 from distillrank.workspace import stage_dir
 
@@ -132,15 +136,15 @@ def test_model_card_carries_the_student_metrics_per_collection(two):
 
 def test_replace_section_keeps_the_rest_and_fenced_comments():
     card = "# title\n\n## Config\n\n```yaml\n# a comment\nx: 1\n```\n"
-    once = evaluate.replace_section(card, "## Evaluation", "## Evaluation\n\nold\n")
+    once = model_card.replace_section(card, "## Evaluation", "## Evaluation\n\nold\n")
     assert once == card + "\n## Evaluation\n\nold\n"
-    twice = evaluate.replace_section(once, "## Evaluation", "## Evaluation\n\nnew\n")
+    twice = model_card.replace_section(once, "## Evaluation", "## Evaluation\n\nnew\n")
     assert twice == card + "\n## Evaluation\n\nnew\n"
     middle = "# t\n\n## Evaluation\n\nold\n```\n# not a heading\n```\n\n## Config\n\nkept\n"
-    assert evaluate.replace_section(middle, "## Evaluation", "## Evaluation\n\nnew\n") == (
+    assert model_card.replace_section(middle, "## Evaluation", "## Evaluation\n\nnew\n") == (
         "# t\n\n## Evaluation\n\nnew\n\n## Config\n\nkept\n"
     )
-    assert evaluate.replace_section("", "## Evaluation", "## Evaluation\n") == "## Evaluation\n"
+    assert model_card.replace_section("", "## Evaluation", "## Evaluation\n") == "## Evaluation\n"
 
 
 def test_macro_average_by_hand():
@@ -149,38 +153,38 @@ def test_macro_average_by_hand():
         "b": {"s": {"metrics": {"m": 0.6, "n": float("nan")}, "parameters": 7, "disk_mb": 1.5}},
         "c": {"s": {"metrics": {"m": 0.4}, "parameters": 7, "disk_mb": 1.5}},
     }
-    mean = evaluate.macro_average(per, ["m", "n"])
+    mean = summary.macro_average(per, ["m", "n"])
     assert mean["s"]["metrics"] == {"m": pytest.approx(0.4)}  # n is NaN in b, missing in c
     assert (mean["s"]["collections"], mean["s"]["parameters"], mean["s"]["disk_mb"]) == (3, 7, 1.5)
-    assert np.isclose(evaluate.macro_average({"a": per["a"]}, ["m"])["s"]["metrics"]["m"], 0.2)
+    assert np.isclose(summary.macro_average({"a": per["a"]}, ["m"])["s"]["metrics"]["m"], 0.2)
 
 
 def test_extra_data_from_a_data_option(make_cfg):
     cfg = make_cfg("data.root=/mirror")
-    data = evaluate.extra_data(cfg, "vaswani")
+    data = evaluation.extra_data(cfg, "vaswani")
     assert (data.name, data.irds_id, data.test_split, data.train_split, data.root) == (
         "vaswani", "vaswani", "test", None, "/mirror"
     )
     with pytest.raises(ConfigError, match=r"beir.yaml leaves \['path'\] unset"):
-        evaluate.extra_data(cfg, "beir")
+        evaluation.extra_data(cfg, "beir")
     with pytest.raises(ConfigError, match=r"'nope' is neither a data option .*scifact.*nor an existing BEIR folder"):
-        evaluate.extra_data(cfg, "nope")
+        evaluation.extra_data(cfg, "nope")
 
 
 def test_bad_extra_collections_are_config_errors(make_cfg, tiny_beir, second_beir, tmp_path):
     with pytest.raises(ConfigError, match="'tiny2'.*like another collection"):
-        evaluate.extra_collections(make_cfg(f"evaluate.collections=[{second_beir},{second_beir}]"))
+        evaluation.extra_collections(make_cfg(f"evaluate.collections=[{second_beir},{second_beir}]"))
     clash = tmp_path / "bm25"
     clash.symlink_to(second_beir)
     with pytest.raises(ConfigError, match=r"'bm25' cannot be the folder evaluate/bm25/"):
-        evaluate.extra_collections(make_cfg(f"evaluate.collections=[{clash}]"))
+        evaluation.extra_collections(make_cfg(f"evaluate.collections=[{clash}]"))
     no_test = tmp_path / "notest"
     shutil.copytree(second_beir, no_test)
     (no_test / "qrels" / "test.tsv").unlink()
     cfg = make_cfg(f"evaluate.collections=[{no_test}]", "evaluate.systems=[bm25]")
     with pytest.raises(ConfigError, match=r"collection 'notest' has no test split .*\['train'\]"):
         evaluate.run(cfg)
-    context._collection.cache_clear()
+    components._collection.cache_clear()
 
 
 def test_model_card_command_through_the_cli(two, tiny_beir, tiny_bi_encoder, second_beir):

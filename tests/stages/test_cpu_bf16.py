@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from distillrank.stages import pipeline, train
+from distillrank import pipeline
+from distillrank.stages import train
 from distillrank.workspace import dir_fingerprint, stage_dir
 
 

@@ -11,11 +11,13 @@ import pytest
 from conftest import tiny_overrides
 from omegaconf import OmegaConf
 
+from distillrank import keys, pipeline
+from distillrank.builders import components, evaluation
 from distillrank.errors import ConfigError
 from distillrank.evaluation.hybrid import ALPHA_GRID, DEFAULT_ALPHA, convex_runs, ranking, rrf_runs
 from distillrank.evaluation.metrics import compute_metrics
 from distillrank.evaluation.runs import read_trec_run
-from distillrank.stages import context, evaluate, pipeline
+from distillrank.stages import evaluate
 from distillrank.validation import compose
 from distillrank.workspace import read_manifest, stage_dir
 
@@ -131,8 +133,8 @@ def test_a_fixed_alpha_and_another_baseline_reuse_the_parts(done, tmp_path):
     before = {n: (folder / n / "run.trec").stat().st_mtime_ns for n in [*kept, "hybrid"]}
     cfg.evaluate.hybrid_alpha = 1.0
     cfg.evaluate.baseline = "teacher"
-    assert evaluate.system_key(cfg, "hybrid") != evaluate.system_key(done, "hybrid")
-    assert evaluate.system_key(cfg, "hybrid_rrf") == evaluate.system_key(done, "hybrid_rrf")
+    assert keys.system_key(cfg, "hybrid") != keys.system_key(done, "hybrid")
+    assert keys.system_key(cfg, "hybrid_rrf") == keys.system_key(done, "hybrid_rrf")
     evaluate.run(cfg)
     after = {n: (folder / n / "run.trec").stat().st_mtime_ns for n in [*kept, "hybrid"]}
     assert all(after[n] == before[n] for n in kept) and after["hybrid"] != before["hybrid"]
@@ -156,22 +158,22 @@ def test_a_fixed_alpha_and_another_baseline_reuse_the_parts(done, tmp_path):
 
 
 def test_the_dev_sample_and_measure_are_in_the_key(done):
-    base = evaluate.system_key(done, "hybrid")
+    base = keys.system_key(done, "hybrid")
     for key, value in (("hybrid_dev_queries", 5), ("hybrid_measure", "RR@10")):
         cfg = done.copy()
         cfg.evaluate[key] = value
-        assert evaluate.system_key(cfg, "hybrid") != base
-        assert evaluate.system_key(cfg, "student") == evaluate.system_key(done, "student")
+        assert keys.system_key(cfg, "hybrid") != base
+        assert keys.system_key(cfg, "student") == keys.system_key(done, "student")
     cfg = done.copy()
     cfg.seed = done.seed + 1
-    assert evaluate.system_key(cfg, "hybrid") != base
+    assert keys.system_key(cfg, "hybrid") != base
     cfg = done.copy()
     cfg.evaluate.hybrid_rrf_k = 10
-    assert evaluate.system_key(cfg, "hybrid_rrf") != evaluate.system_key(done, "hybrid_rrf")
+    assert keys.system_key(cfg, "hybrid_rrf") != keys.system_key(done, "hybrid_rrf")
 
 
 def test_hybrid_is_off_without_a_retrieving_bi_encoder_student(make_cfg):
-    names = evaluate._system_names
+    names = evaluation.system_names
     assert names(make_cfg()) == ["bm25", "teacher", "student_init", "student", "hybrid_rrf", "hybrid"]
     assert "hybrid" not in names(make_cfg("evaluate.hybrid=false"))
     assert "hybrid" not in names(make_cfg("evaluate.mode=rerank"))  # the student re-ranks BM25
@@ -203,12 +205,12 @@ def test_bad_hybrid_settings_fail_before_any_work(make_cfg, override, message):
 
 
 def test_dev_split_prefers_dev_then_train_never_test(make_cfg):
-    coll = context.collection(make_cfg())  # tiny: train and test qrels
+    coll = components.collection(make_cfg())  # tiny: train and test qrels
     data = OmegaConf.create({"dev_split": None, "train_split": "train"})
-    assert evaluate.dev_split(data, coll, "test") == "train"
-    assert evaluate.dev_split(data, coll, "train") is None  # never the split evaluated
-    assert evaluate.dev_split(OmegaConf.create({"dev_split": "test", "train_split": "train"}), coll, "x") == "test"
-    assert evaluate.dev_split(OmegaConf.create({"dev_split": "nope", "train_split": None}), coll, "test") is None
+    assert evaluation.dev_split(data, coll, "test") == "train"
+    assert evaluation.dev_split(data, coll, "train") is None  # never the split evaluated
+    assert evaluation.dev_split(OmegaConf.create({"dev_split": "test", "train_split": "train"}), coll, "x") == "test"
+    assert evaluation.dev_split(OmegaConf.create({"dev_split": "nope", "train_split": None}), coll, "test") is None
 
 
 def test_alpha_is_chosen_on_the_training_queries_held_out_of_training(tmp_path, tiny_beir, tiny_bi_encoder):
@@ -232,7 +234,7 @@ def test_alpha_is_chosen_on_the_training_queries_held_out_of_training(tmp_path, 
     assert chosen["dev_queries"] == 5 and chosen["dev_held_out"] is True and chosen["dev_trained_on"] is False
     assert f"α = {chosen['alpha']:g}, chosen on 5 held-out train queries by nDCG@10" in (folder / "results.md").read_text()
     # holding queries out changes how α is chosen, so the hybrid's key
-    assert evaluate.system_key(cfg, "hybrid") != evaluate.system_key(compose([
+    assert keys.system_key(cfg, "hybrid") != keys.system_key(compose([
         *tiny_overrides(tmp_path / "runs", tiny_beir, tiny_bi_encoder), "train.max_steps=2",
         "evaluate.latency_queries=0", "evaluate.systems=[bm25,student]",
     ]), "hybrid")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 
-from distillrank.stages import context, pipeline, score
+from distillrank import pipeline
+from distillrank.builders import components
+from distillrank.stages import score
 from distillrank.workspace import stage_dir
 
 
@@ -14,7 +16,7 @@ def test_int8_scores_are_cached_apart_and_the_pipeline_runs(make_cfg):
                     "evaluate.latency_queries=0")
     int8 = make_cfg("hardware=cpu_int8", "train.max_steps=2", "evaluate.systems=[teacher,student]",
                     "evaluate.baseline=null", "evaluate.latency_queries=0", "experiment=int8")
-    assert context.teacher_fingerprint(fp32) != context.teacher_fingerprint(int8)
+    assert components.teacher_fingerprint(fp32) != components.teacher_fingerprint(int8)
     pipeline.run(fp32)
     out = pipeline.run(int8)
     assert out["score"].counts["pairs_scored"] == out["score"].counts["pairs"]  # nothing reused from fp32

@@ -9,6 +9,7 @@ import json
 import pytest
 from conftest import tiny_overrides
 
+from distillrank.builders import components
 from distillrank.config import conf_dir
 from distillrank.errors import ConfigError
 from distillrank.ranking import Pairs
@@ -64,7 +65,7 @@ def test_every_student_and_loss_trains(scored_workspace, kind, loss):
     )
     # the train stage finds the scores of the base experiment (same key: student and loss are not in it)
     assert score.stage_key(cfg) == score.stage_key(base)
-    if kind == "cross_encoder" and train.uses_features(cfg):  # one score per pair: no embedding to distil
+    if kind == "cross_encoder" and components.uses_features(cfg):  # one score per pair: no embedding to distil
         with pytest.raises(ConfigError, match="cross_encoder student does not have"):
             train.run(cfg)
         return

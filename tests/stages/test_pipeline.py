@@ -9,8 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from distillrank import pipeline
+from distillrank.builders import components
 from distillrank.errors import ArtifactError, DistillrankError
-from distillrank.stages import evaluate, mine, pipeline, score, train
+from distillrank.stages import evaluate, mine, score, train
+from distillrank.teachers import cache as teacher_cache
 from distillrank.workspace import read_manifest, stage_dir
 
 
@@ -130,8 +133,8 @@ def test_a_stage_needs_its_upstream_artifacts(make_cfg):
 def test_killed_scoring_keeps_nothing_partial_and_resumes(make_cfg, monkeypatch):
     cfg = make_cfg("score.shard_size=16")
     mine.run(cfg)
-    monkeypatch.setattr(score, "COVER", 2.0)  # pair by pair, through score_pairs (not the corpus embeddings)
-    teacher_cls = type(score.context.teacher(cfg))
+    monkeypatch.setattr(teacher_cache, "COVER", 2.0)  # pair by pair, through score_pairs (not the corpus embeddings)
+    teacher_cls = type(components.teacher(cfg))
     original = teacher_cls.score_pairs
     calls = {"n": 0}
 
@@ -165,8 +168,8 @@ def test_killed_scoring_keeps_nothing_partial_and_resumes(make_cfg, monkeypatch)
 def test_a_teacher_returning_nan_fails_naming_the_pair(make_cfg, monkeypatch):
     cfg = make_cfg()
     mine.run(cfg)
-    monkeypatch.setattr(score, "COVER", 2.0)  # pair by pair, through score_pairs
-    teacher_cls = type(score.context.teacher(cfg))
+    monkeypatch.setattr(teacher_cache, "COVER", 2.0)  # pair by pair, through score_pairs
+    teacher_cls = type(components.teacher(cfg))
 
     def nan_scores(self, pairs, *args, **kwargs):
         out = np.ones(len(pairs), dtype=np.float32)
@@ -189,7 +192,7 @@ def test_bi_encoder_teacher_scores_through_the_shared_corpus_embeddings(make_cfg
     assert len(embeddings) == 1
     via_corpus = pq.read_table(stage_dir(cfg, "score") / score.OUTPUT).to_pandas()
 
-    monkeypatch.setattr(score, "COVER", 2.0)
+    monkeypatch.setattr(teacher_cache, "COVER", 2.0)
     pairs = make_cfg("experiment=pairs", "workspace=" + str(tmp_path / "pairs"))
     mine.run(pairs)
     score.run(pairs)
@@ -199,7 +202,7 @@ def test_bi_encoder_teacher_scores_through_the_shared_corpus_embeddings(make_cfg
     np.testing.assert_allclose(via_corpus["teacher"], by_pair["teacher"], rtol=0, atol=1e-5)
 
     # the teacher's evaluation reuses the matrix (one folder still) and still reports a rate
-    monkeypatch.setattr(score, "COVER", 0.5)
+    monkeypatch.setattr(teacher_cache, "COVER", 0.5)
     train.run(cfg)
     evaluate.run(make_cfg("evaluate.systems=[teacher]", "evaluate.baseline=null"))
     assert len(list((Path(cfg.workspace) / "_cache" / "embeddings").glob("*/corpus.npy"))) == 1

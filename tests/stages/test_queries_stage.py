@@ -5,8 +5,11 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
+from distillrank import pipeline
+from distillrank.builders import components
+from distillrank.builders.training import passages, train_queries
 from distillrank.errors import ConfigError
-from distillrank.stages import context, mine, pipeline, queries, score
+from distillrank.stages import mine, queries, score
 from distillrank.workspace import stage_dir
 
 
@@ -24,7 +27,7 @@ def test_ict_queries_train_end_to_end_without_a_train_split(make_cfg):
 
     table = _table(cfg)
     assert table["qid"].str.startswith("syn-").all()
-    training = dict(context.train_queries(cfg))
+    training = dict(train_queries(cfg))
     assert set(training) == set(table["qid"])
     candidates = pq.read_table(stage_dir(cfg, "mine") / mine.OUTPUT).to_pandas()
     positives = candidates[candidates["label"] > 0]
@@ -35,7 +38,7 @@ def test_ict_queries_train_end_to_end_without_a_train_split(make_cfg):
     negatives = candidates[candidates["label"] <= 0]
     assert not (negatives["docid"] == negatives["qid"].map(source)).any()
     # a rewritten positive is its source passage less the query sentence / span
-    lookup = context.passage_lookup(cfg)
+    lookup = passages(cfg)
     for qid, pos in rewritten.items():
         if pos != source[qid]:
             (text,), (original,) = lookup([pos]), lookup([source[qid]])
@@ -51,7 +54,7 @@ def test_consistency_filter_keeps_queries_whose_positive_the_teacher_ranks_high(
     assert (table["positive_rank"].between(1, 6)).all()
     assert (table["kept"] == (table["positive_rank"] <= 2)).all()
     assert m.counts["queries_kept"] == int(table["kept"].sum())
-    assert set(dict(context.train_queries(cfg))) == set(table.loc[table["kept"], "qid"])
+    assert set(dict(train_queries(cfg))) == set(table.loc[table["kept"], "qid"])
     # the filter's teacher scores went to the teacher's cache: scoring the positives again costs nothing
     mine.run(cfg)
     scored = score.run(cfg)
@@ -70,7 +73,7 @@ def test_title_queries_and_their_stage_key(make_cfg):
     m = queries.run(cfg)
     table = _table(cfg)
     assert m.counts["queries_kept"] == len(table) > 0
-    coll = context.collection(cfg)
+    coll = components.collection(cfg)
     title = dict(zip(coll.corpus["_id"], coll.corpus["title"], strict=True))
     assert (table["text"] == table["source"].map(title)).all()
     assert mine.stage_key(cfg) != mine.stage_key(make_cfg())  # synthetic queries change mining

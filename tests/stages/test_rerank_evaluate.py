@@ -6,8 +6,10 @@ import json
 
 import pytest
 
+from distillrank import keys, pipeline
+from distillrank.builders import components, evaluation
 from distillrank.errors import ConfigError
-from distillrank.stages import context, evaluate, mine, pipeline
+from distillrank.stages import evaluate
 from distillrank.validation import compose
 from distillrank.workspace import stage_dir
 
@@ -21,9 +23,9 @@ def _run_lists(cfg, system: str) -> dict[str, list[str]]:
 
 
 def _bm25_top(cfg, depth: int) -> dict[str, set[str]]:
-    coll = context.collection(cfg)
+    coll = components.collection(cfg)
     queries = [(q, t) for q, t in coll.split_queries(cfg.data.test_split) if q in coll.qrels[cfg.data.test_split]]
-    rows, _ = mine.bm25_index(cfg, coll).search([t for _, t in queries], depth, progress=False)
+    rows, _ = components.bm25_index(cfg, coll).search([t for _, t in queries], depth, progress=False)
     ids = coll.doc_ids()
     return {q: {ids[r] for r in rows[i] if r >= 0} for i, (q, _) in enumerate(queries)}
 
@@ -37,8 +39,8 @@ def _cross_encoder_student(tiny_args: list[str], *extra: str):
 def test_cross_encoder_student_re_ranks_bm25_and_keeps_its_candidates(tiny_args):
     cfg = _cross_encoder_student(tiny_args, "evaluate.rerank_depth=7",
                                  "evaluate.systems=[bm25,student_init,student]", "evaluate.baseline=bm25")
-    assert evaluate.reranks(cfg, "student") and evaluate.reranks(cfg, "student_init")
-    assert not evaluate.reranks(cfg, "bm25")
+    assert evaluation.reranks(cfg, "student") and evaluation.reranks(cfg, "student_init")
+    assert not evaluation.reranks(cfg, "bm25")
     pipeline.run(cfg)
     first = _bm25_top(cfg, 7)
     for system in ("student_init", "student"):
@@ -58,7 +60,7 @@ def test_dense_first_stage_and_its_key(tiny_args, tiny_bi_encoder):
     dense_cfg = _cross_encoder_student(tiny_args, "evaluate.systems=[student_init]", "evaluate.baseline=null",
                                        "evaluate.rerank_depth=5", "evaluate.first_stage=dense",
                                        f"evaluate.first_stage_model={tiny_bi_encoder}")
-    assert evaluate.system_key(bm25_cfg, "student_init") != evaluate.system_key(dense_cfg, "student_init")
+    assert keys.system_key(bm25_cfg, "student_init") != keys.system_key(dense_cfg, "student_init")
     evaluate.run(dense_cfg)
     lists = _run_lists(dense_cfg, "student_init")
     assert all(len(docs) == 5 for docs in lists.values())  # dense search always fills its depth
@@ -68,7 +70,7 @@ def test_colbert_teacher_is_evaluated_by_re_ranking(tiny_args, tiny_colbert):
     args = [a for a in tiny_args if not a.startswith("teacher.")]
     cfg = compose([*args, "teacher=colbert", f"teacher.model={tiny_colbert}", "evaluate.systems=[bm25,teacher]",
                    "evaluate.rerank_depth=4", "evaluate.latency_queries=0"])
-    assert evaluate.reranks(cfg, "teacher")
+    assert evaluation.reranks(cfg, "teacher")
     evaluate.run(cfg)
     first = _bm25_top(cfg, 4)
     assert {q: set(d) for q, d in _run_lists(cfg, "teacher").items()} == first
@@ -77,12 +79,12 @@ def test_colbert_teacher_is_evaluated_by_re_ranking(tiny_args, tiny_colbert):
 def test_rerank_mode_makes_bi_encoders_re_rank_too(make_cfg):
     cfg = make_cfg("evaluate.mode=rerank", "evaluate.rerank_depth=6", "evaluate.systems=[bm25,teacher]",
                    "evaluate.latency_queries=0")
-    assert evaluate.reranks(cfg, "teacher")
+    assert evaluation.reranks(cfg, "teacher")
     evaluate.run(cfg)
     first = _bm25_top(cfg, 6)
     for qid, docs in _run_lists(cfg, "teacher").items():
         assert set(docs) == first[qid]
     with pytest.raises(ConfigError, match="evaluate.mode"):
-        evaluate.reranks(make_cfg("evaluate.mode=sometimes"), "teacher")
+        evaluation.reranks(make_cfg("evaluate.mode=sometimes"), "teacher")
     with pytest.raises(ConfigError, match="first_stage"):
         evaluate.run(make_cfg("evaluate.mode=rerank", "evaluate.first_stage=splade", "experiment=x"))

@@ -115,7 +115,8 @@ def test_colbert_config_validates() -> None:
 
 
 def test_score_stage_with_a_colbert_teacher(make_cfg, tiny_colbert: Path) -> None:
-    from distillrank.stages import context, mine, score
+    from distillrank.builders import training
+    from distillrank.stages import mine, score
     from distillrank.workspace import stage_dir
 
     cfg = make_cfg("teacher=colbert", f"teacher.model={tiny_colbert}", "teacher.passage_max_length=64")
@@ -128,9 +129,9 @@ def test_score_stage_with_a_colbert_teacher(make_cfg, tiny_colbert: Path) -> Non
     assert np.isfinite(teacher).all() and np.ptp(teacher) > 0.1
 
     # The stage's scores are the model's MaxSim of the (query, passage) texts.
-    query_text = dict(context.train_queries(cfg))
+    query_text = dict(training.train_queries(cfg))
     rows = table.iloc[:6]
-    passages = context.passage_lookup(cfg)(list(rows["docid"]))
+    passages = training.passages(cfg)(list(rows["docid"]))
     model = ColBERTModel.load(tiny_colbert, query_max_length=32, passage_max_length=64)
     expected = _direct(model, [query_text[q] for q in rows["qid"]], passages)
     raw = rows["teacher_raw"] if "teacher_raw" in rows else rows["teacher"]

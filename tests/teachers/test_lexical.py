@@ -10,11 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from distillrank.builders import components
 from distillrank.errors import ConfigError
 from distillrank.mining.bm25 import BM25Index
 from distillrank.ranking import Pairs
 from distillrank.runtime import Runtime
-from distillrank.stages import context, evaluate, mine, score, train
+from distillrank.stages import evaluate, mine, score, train
+from distillrank.teachers.cache import ScoreCache
 from distillrank.teachers.lexical import BM25Teacher
 from distillrank.validation import compose
 from distillrank.workspace import cache_dir, stage_dir
@@ -35,14 +37,14 @@ def with_teacher(tiny_args):
 @pytest.fixture
 def bound(with_teacher):
     cfg = with_teacher("teacher=bm25")
-    teacher = context.teacher(cfg)
-    return cfg, teacher, context.collection(cfg)
+    teacher = components.teacher(cfg)
+    return cfg, teacher, components.collection(cfg)
 
 
 def test_scores_equal_bm25_retrieval_scores(bound):
     cfg, teacher, coll = bound
     queries = [coll.queries[i]["text"] for i in range(3)]
-    index = mine.bm25_index(cfg, coll)
+    index = components.bm25_index(cfg, coll)
     rows, expected = index.search(queries, 5, progress=False)
     doc_ids = coll.doc_ids()
     pairs = [(qi, int(r)) for qi in range(len(queries)) for r in rows[qi] if r >= 0]
@@ -75,7 +77,7 @@ def test_passages_outside_the_index_score_as_if_they_were_in_it(bound):
 
 def test_index_cached_before_its_statistics_gets_them(make_cfg, tmp_path):
     cfg = make_cfg()
-    coll = context.collection(cfg)
+    coll = components.collection(cfg)
     index = BM25Index.build_or_load(coll, tmp_path, progress=False)
     stats = next(tmp_path.glob("bm25/*/distillrank_stats.json"))
     stats.unlink()  # as an index built by an earlier version
@@ -107,7 +109,7 @@ def test_ensemble_with_a_bm25_member_scores_and_trains_through_the_stages(with_t
     assert np.isfinite(table["teacher"]).all() and table["teacher"].std() > 0
     # the BM25 member's cache holds exactly BM25's scores of the candidates
     bm25 = BM25Teacher()
-    bm25_cache = score.ScoreCache.for_teacher(cfg, bm25.fingerprint(), context.collection(cfg).fingerprint).load()
+    bm25_cache = ScoreCache.for_teacher(cache_dir(cfg), bm25.fingerprint(), components.collection(cfg).fingerprint).load()
     assert len(bm25_cache) == len(table)
     train.run(cfg)  # the model card names the ensemble (an ensemble config has no teacher.model)
     card = (stage_dir(cfg, "train") / train.MODEL / "README.md").read_text()

@@ -8,9 +8,11 @@ import json
 import numpy as np
 import torch
 
+from distillrank import pipeline
+from distillrank.builders import components
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.runtime import Runtime
-from distillrank.stages import context, pipeline, train
+from distillrank.stages import train
 from distillrank.students import load_student
 from distillrank.training.features import FeatureSet, cached_text_embeddings
 from distillrank.workspace import read_manifest, stage_dir
@@ -72,13 +74,13 @@ def test_label_free_training_skips_mine_and_score_and_moves_toward_the_teacher(m
         "data.train_split=null", "evaluate.systems=[student_init,student]", "evaluate.baseline=student_init",
         "evaluate.latency_queries=0",
     )
-    assert not train.needs_scores(cfg)
+    assert not components.needs_scores(cfg)
     manifests = pipeline.run(cfg)
     assert list(manifests) == ["train", "evaluate"]
     assert read_manifest(stage_dir(cfg, "mine")) is None and read_manifest(stage_dir(cfg, "score")) is None
     counts = manifests["train"].counts
     assert counts["feature_texts"]["queries"] == 0  # no training split: passages alone
-    assert counts["feature_texts"]["passages"] == len(context.collection(cfg).corpus) == 60
+    assert counts["feature_texts"]["passages"] == len(components.collection(cfg).corpus) == 60
     log = [json.loads(line) for line in (stage_dir(cfg, "train") / train.LOG).read_text().splitlines()]
     losses = [r["loss"] for r in log]
     third = max(len(losses) // 3, 1)
@@ -88,7 +90,7 @@ def test_label_free_training_skips_mine_and_score_and_moves_toward_the_teacher(m
 
 def test_feature_and_ranking_terms_train_together(make_cfg):
     cfg = make_cfg("loss=margin_mse_feature", "train.max_steps=3", "evaluate.systems=[bm25]")
-    assert train.needs_scores(cfg) and train.uses_features(cfg)
+    assert components.needs_scores(cfg) and components.uses_features(cfg)
     manifests = pipeline.run(cfg)
     assert list(manifests) == ["mine", "score", "train", "evaluate"]
     counts = manifests["train"].counts

@@ -1,0 +1,102 @@
+"""The evaluate stage's systems built from the config, for :func:`distillrank.evaluation.systems.evaluate_target`:
+the first stage re-rankers score, each system's :class:`~distillrank.ranking.Ranker` or corpus index,
+and its model folder."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from distillrank import artifacts, keys
+from distillrank.builders import components
+from distillrank.builders.evaluation import reranks
+from distillrank.errors import ConfigError
+from distillrank.evaluation.dense import ScratchIndex, cached_corpus_embeddings, encoding_rate, scratch_index
+from distillrank.mining.dense import dense_search
+from distillrank.mining.first_stage import RerankCandidates
+from distillrank.models.hub import resolve_model
+from distillrank.ranking import Ranker
+from distillrank.runtime import Runtime
+from distillrank.students.factory import as_student, load_student
+from distillrank.validation import allows_external, instantiate_checked
+from distillrank.workspace import cache_dir
+
+
+def system_folder(cfg: DictConfig, name: str) -> Path | None:
+    """The saved weights of a student system (None for the untrained student, built in memory)."""
+    if name == "student":
+        _, train_dir = keys.require(cfg, artifacts.TRAIN)
+        return train_dir / artifacts.MODEL
+    if name in ("student_init", "bm25", "teacher"):
+        return None
+    return resolve_model(cfg.evaluate.checkpoints[name])
+
+
+class ConfigSystems:
+    """The systems of ``cfg``'s evaluation, run under ``runtime`` (the stage's, from ``hardware``);
+    bi-encoders encode their corpus into ``scratch``."""
+
+    def __init__(self, cfg: DictConfig, runtime: Runtime, scratch: Path) -> None:
+        self.cfg, self.runtime, self.scratch = cfg, runtime, scratch
+        self.cache_root = cache_dir(cfg)
+
+    def reranks(self, name: str) -> bool:
+        return reranks(self.cfg, name)
+
+    def bm25(self, coll):
+        return components.bm25_index(self.cfg, coll)
+
+    def candidates(self, coll, queries) -> RerankCandidates:
+        """BM25 or a bi-encoder (``evaluate.first_stage``), top ``evaluate.rerank_depth``."""
+        ev = self.cfg.evaluate
+        if ev.first_stage == "dense" and not ev.first_stage_model:
+            raise ConfigError("evaluate.first_stage=dense needs evaluate.first_stage_model (a bi-encoder)")
+
+        def search(texts: list[str], depth: int, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+            if ev.first_stage == "bm25":
+                return self.bm25(coll).search(texts, depth, progress=progress)
+            dense_cfg = OmegaConf.create(OmegaConf.to_container(self.cfg, resolve=True))
+            dense_cfg.mining.model = ev.first_stage_model
+            rows, scores, _ = dense_search(dense_cfg, coll, texts, depth, progress=progress)
+            return rows, scores
+
+        return RerankCandidates(search, int(ev.rerank_depth), coll, queries)
+
+    def ranker(self, name: str) -> Ranker:
+        """The ranker of a system: the teacher, the untrained student (built in memory), or a saved
+        student (``student``, a checkpoint), loaded on the CPU in eval mode."""
+        cfg = self.cfg
+        if name == "teacher":
+            return components.teacher(cfg)
+        folder = system_folder(cfg, name)
+        if folder is None:
+            return as_student(instantiate_checked(cfg.student, "student", allows_external(cfg))).eval()
+        return load_student(folder)
+
+    def dense(self, name: str, coll, stack: ExitStack) -> tuple[ScratchIndex, Path | None]:
+        """A retrieving system's corpus encoded into a scratch index that lives as long as ``stack``;
+        also the model's folder (None for a model built in memory)."""
+        cfg, runtime = self.cfg, self.runtime
+        ev = cfg.evaluate
+        ranker = self.ranker(name)
+        if not ranker.retrieves:
+            raise ConfigError(f"cannot run {name} ({ranker.kind}) as a dense retriever")
+        encoder = ranker.encoder(runtime)
+        if name == "teacher":
+            # the frozen teacher's corpus embeddings are shared through the workspace cache with the
+            # score stage and feature distillation: encoded once; the rate is then timed on a sample
+            matrix, rate, _ = cached_corpus_embeddings(
+                encoder, coll, self.cache_root, components.teacher_fingerprint(cfg), ev.batch_size, ev.chunk_size,
+                runtime, name=name,
+            )
+            if rate is None:
+                rate = encoding_rate(encoder, coll, ev.batch_size, runtime, seed=cfg.seed)
+            index = ScratchIndex(encoder, coll, matrix, rate, ev.batch_size, ev.chunk_size, runtime)
+            return index, ranker.weights()
+        index = stack.enter_context(
+            scratch_index(encoder, coll, ev.batch_size, ev.chunk_size, runtime, self.scratch, name)
+        )
+        return index, ranker.weights()

@@ -1,0 +1,151 @@
+"""The layers of CONTRIBUTING.md ("Layers"), checked on the imports of every module of the package.
+
+0: errors, workspace, runtime, config, artifacts. 1: the domain code (the Ranker interface, data,
+queries, mining, models, teachers, students, losses, training, evaluation, and the model card's
+formatter).
+2: the stages, the builders, the keys, validation. 3: cli, the pipeline, reporting.
+A module imports only from its own layer or those below; a stage imports no other stage.
+Imports inside functions count as much as those at the top of a module.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "distillrank"
+
+# module (or package) -> layer; a module takes the layer of its longest listed prefix
+LAYERS = {
+    "distillrank": 0,  # the package itself (its __init__)
+    "distillrank.errors": 0,
+    "distillrank.workspace": 0,
+    "distillrank.runtime": 0,
+    "distillrank.config": 0,
+    "distillrank.artifacts": 0,
+    "distillrank.ranking": 1,  # the Ranker interface that teachers and students implement
+    "distillrank.data": 1,
+    "distillrank.queries": 1,
+    "distillrank.mining": 1,
+    "distillrank.models": 1,
+    "distillrank.teachers": 1,
+    "distillrank.students": 1,
+    "distillrank.losses": 1,
+    "distillrank.training": 1,
+    "distillrank.evaluation": 1,
+    "distillrank.reporting.model_card": 1,  # plain Markdown of a model card: the train and evaluate stages write it
+    "distillrank.builders": 2,
+    "distillrank.keys": 2,
+    "distillrank.validation": 2,
+    "distillrank.stages": 2,
+    "distillrank.cli": 3,
+    "distillrank.pipeline": 3,
+    "distillrank.reporting": 3,
+}
+
+# upward imports that another change removes; each must still exist (delete the entry with the import)
+KNOWN_UPWARD: set[tuple[str, str]] = set()
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(module: str, path: Path) -> set[str]:
+    """The distillrank modules ``module`` imports, anywhere in its code (``from a import b`` names
+    the module ``a.b`` when that is a module, else ``a``)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package, up level - 1
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *([base] if base else [])])
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
+    return {name for name in found if name == "distillrank" or name.startswith("distillrank.")}
+
+
+def layer(module: str) -> int:
+    """The layer of a module: that of its longest prefix in :data:`LAYERS`."""
+    parts = module.split(".")
+    for end in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:end])
+        if prefix in LAYERS:
+            return LAYERS[prefix]
+    raise KeyError(module)
+
+
+IMPORTS = {module: _imports(module, path) for module, path in MODULES.items()}
+
+
+def test_every_module_has_a_layer():
+    unplaced = []
+    for module in MODULES:
+        parts = module.split(".")
+        if not any(".".join(parts[:end]) in LAYERS for end in range(len(parts), 1, -1)) and module != "distillrank":
+            unplaced.append(module)
+    assert not unplaced, f"give these modules a layer in LAYERS (and CONTRIBUTING.md): {unplaced}"
+
+
+def test_no_module_imports_from_a_higher_layer():
+    upward = sorted(
+        (module, imported, layer(module), layer(imported))
+        for module, imported_set in IMPORTS.items()
+        for imported in imported_set
+        if layer(imported) > layer(module) and (module, imported) not in KNOWN_UPWARD
+    )
+    assert not upward, "imports from a higher layer (module, imported, its layer, imported's layer):\n" + "\n".join(
+        map(str, upward)
+    )
+
+
+@pytest.mark.parametrize("edge", sorted(KNOWN_UPWARD))
+def test_known_upward_imports_still_exist(edge):
+    module, imported = edge
+    assert imported in IMPORTS[module], f"{module} no longer imports {imported}: remove it from KNOWN_UPWARD"
+
+
+STAGE_MODULES = sorted(m for m in MODULES if m.startswith("distillrank.stages."))
+
+
+def test_the_stages_are_found():
+    names = {m.rpartition(".")[2] for m in STAGE_MODULES}
+    assert {"queries", "mine", "score", "train", "evaluate", "export_scores"} <= names
+
+
+@pytest.mark.parametrize("module", STAGE_MODULES)
+def test_a_stage_imports_no_other_stage(module):
+    siblings = sorted(i for i in IMPORTS[module] if i.startswith("distillrank.stages") and i != module)
+    assert not siblings, (
+        f"{module} imports {siblings}: what two stages share goes to layer 1, or to distillrank.keys / "
+        "distillrank.artifacts / distillrank.builders (CONTRIBUTING.md, Layers)"
+    )
+
+
+def test_the_checks_catch_what_they_are_for(tmp_path):
+    """The import parser sees a sibling stage and an upward import, at the top and in a function."""
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from distillrank.stages import mine\n"
+        "def f():\n"
+        "    from distillrank import pipeline\n"
+        "    import distillrank.reporting.report\n"
+    )
+    found = _imports("distillrank.stages.sample", sample)
+    assert {"distillrank.stages.mine", "distillrank.pipeline", "distillrank.reporting.report"} <= found
+    assert layer("distillrank.reporting.report") == 3 > layer("distillrank.stages.sample") == 2
+    assert layer("distillrank.reporting.model_card") == 1
