@@ -209,8 +209,9 @@ def _hybrid_what(cfg: DictConfig, name: str, target: Target) -> dict:
         "measure": str(ev.hybrid_measure),
         "grid": list(ALPHA_GRID),
         "default": DEFAULT_ALPHA,
-        # on the main collection's training split: only the queries train.dev_queries held out
-        "held_out": target.trained_on and int(cfg.train.dev_queries) > 0,
+        # on the main collection's training split: only the queries train.dev_queries (or
+        # train.dev_fraction) held out
+        "held_out": target.trained_on and (int(cfg.train.dev_queries) > 0 or float(cfg.train.dev_fraction) > 0),
     }
 
 

@@ -238,3 +238,14 @@ def test_alpha_is_chosen_on_the_training_queries_held_out_of_training(tmp_path, 
         *tiny_overrides(tmp_path / "runs", tiny_beir, tiny_bi_encoder), "train.max_steps=2",
         "evaluate.latency_queries=0", "evaluate.systems=[bm25,student]",
     ]), "hybrid")
+
+
+@pytest.mark.parametrize(
+    "overrides, held_out",
+    [((), False), (("train.dev_queries=3",), True), (("train.dev_fraction=0.2",), True)],
+)
+def test_the_hybrid_key_says_when_alpha_is_chosen_on_held_out_queries(make_cfg, overrides, held_out):
+    """``train.dev_fraction`` holds queries out as ``train.dev_queries`` does: the hybrid's key says so."""
+    cfg = make_cfg("evaluate.systems=[bm25,student]", *overrides)
+    what = keys._hybrid_what(cfg, "hybrid", evaluation.main_target(cfg))
+    assert what["alpha"] == "dev" and what["held_out"] is held_out
