@@ -32,12 +32,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from hydra.utils import get_object
 from omegaconf import DictConfig
 
 from distillrank import artifacts, keys
 from distillrank.builders import components, training
 from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import CORPUS_CHUNK, cached_corpus_embeddings
+from distillrank.losses.margin_mse import MarginMSELoss
 from distillrank.reporting import model_card
 from distillrank.runtime import Runtime, configure, seed_everything
 from distillrank.teachers.base import embedding_source
@@ -83,6 +85,12 @@ def stage_key(cfg: DictConfig) -> str:
 COSINE_MARGIN = 2.0  # the largest score margin a cosine student can produce
 
 
+def _is_margin_mse(loss: DictConfig) -> bool:
+    """Whether the loss config builds Margin-MSE (the class its ``_target_`` names, not the name's spelling)."""
+    built = get_object(str(loss._target_))
+    return isinstance(built, type) and issubclass(built, MarginMSELoss)
+
+
 def warn_unreachable_margins(cfg: DictConfig, pools: list[QueryPool]) -> float | None:
     """Warn when Margin-MSE asks a cosine student for teacher margins it cannot produce.
 
@@ -91,7 +99,7 @@ def warn_unreachable_margins(cfg: DictConfig, pools: list[QueryPool]) -> float |
     z-scored ensemble) set targets it cannot reach. Returns the share of |margins| above 2 (None
     when the check does not apply).
     """
-    if not str(cfg.loss.get("_target_", "")).endswith("MarginMSELoss") or cfg.student.get("similarity") != "cos":
+    if not _is_margin_mse(cfg.loss) or cfg.student.get("similarity") != "cos":
         return None
     if cfg.loss.get("learn_scale"):  # the learned factor reaches any margin
         return None
