@@ -52,7 +52,10 @@ def _new_value(value, hint):
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if isinstance(value, list):
         element = typing.get_args(args[0] if args and typing.get_origin(args[0]) is list else hint)
-        return [*value, 7 if element and element[0] is int else "changed"]
+        kind = element[0] if element else None
+        if isinstance(kind, type) and issubclass(kind, enum.Enum):  # a list of enumeration values
+            return [*value, next((m for m in kind if m not in value), next(iter(kind)))]
+        return [*value, 7 if kind is int else "changed"]
     if isinstance(value, dict):
         return {**value, "changed": "changed"}
     assert value is None, value
