@@ -182,7 +182,8 @@ def _hybrid_what(cfg: DictConfig, name: str, coll: Collection, split: str, data:
     if ev.hybrid_alpha is not None:
         return {**what, "alpha": float(ev.hybrid_alpha)}
     dev = dev_split(data, coll, split)
-    if dev is None:
+    trained_on = data.name == cfg.data.name and trains_on(cfg, dev)
+    if dev is None or trained_on and not holds_out(cfg):
         return {**what, "alpha": "default", "default": DEFAULT_ALPHA}
     return {
         **what,
@@ -193,10 +194,19 @@ def _hybrid_what(cfg: DictConfig, name: str, coll: Collection, split: str, data:
         "measure": str(ev.hybrid_measure),
         "grid": list(ALPHA_GRID),
         "default": DEFAULT_ALPHA,
-        # on the main collection's training split: only the queries train.dev_queries held out
-        "held_out": data.name == cfg.data.name and str(cfg.queries.method) == "none" and dev == data.get("train_split")
-        and int(cfg.train.dev_queries or 0) > 0,
+        "held_out": trained_on,  # on the main collection's training split: only the held-out queries
     }
+
+
+def trains_on(cfg: DictConfig, split: str | None) -> bool:
+    """Whether the student is trained on the judged queries of the main collection's ``split``
+    (its training split, unless the training queries are synthetic)."""
+    return split is not None and str(cfg.queries.method) == "none" and split == cfg.data.train_split
+
+
+def holds_out(cfg: DictConfig) -> bool:
+    """Whether training sets training queries aside (``train.dev_queries`` / ``train.dev_fraction``)."""
+    return bool(cfg.train.dev_queries or cfg.train.dev_fraction)
 
 
 def system_key(
@@ -383,10 +393,10 @@ class Target:
     rel: str  # folder relative to evaluate/ ("." or the name)
     data: DictConfig | None = None  # the collection's data config (the hybrid systems' dev split)
     dev_split: str | None = None  # the split the hybrid α is chosen on (None: the default α)
-    # dev_split is the split the student trained on: the queries train.dev_queries held out of
-    # training (None: none were; then α is chosen on queries the student was trained on)
+    # when dev_split is the split the student trained on: the queries train.dev_queries /
+    # train.dev_fraction held out of training, α's only dev queries
     held_out: list[str] | None = None
-    trained_on: bool = False  # dev_split is the student's training split
+    default_why: str | None = None  # why α is the default (dev_split None)
 
     @property
     def header(self) -> str:
@@ -418,12 +428,16 @@ def targets(cfg: DictConfig) -> list[Target]:
             f"evaluate split {split!r} is not among the qrels splits {coll.splits()} of '{coll.name}'"
         )
     main = _target(str(cfg.data.name), coll, split, folder, ".", cfg.data)
-    labelled = str(cfg.queries.method) == "none"  # else the student trained on synthetic queries
-    if labelled and main.dev_split is not None and main.dev_split == cfg.data.get("train_split"):
-        main.trained_on = True
+    if trains_on(cfg, main.dev_split):  # the student's own training queries are no dev queries
         held = stage_dir(cfg, train.STAGE) / train.DEV_QUERIES
-        if held.is_file():
+        if holds_out(cfg) and held.is_file():
             main.held_out = held.read_text().split()
+        else:
+            main.default_why = (
+                f"the judged {main.dev_split} queries of {main.name} are the student's training queries; "
+                "train.dev_fraction holds some out to choose α on"
+            )
+            main.dev_split = None
     out = [main]
     for name, data in extra_collections(cfg):
         extra, extra_split = _extra_split(cfg, name, data)
@@ -715,19 +729,11 @@ def _alpha(cfg: DictConfig, target: Target, student: ScratchIndex | None, bm25) 
     if ev.hybrid_alpha is not None:
         return float(ev.hybrid_alpha), {"alpha": float(ev.hybrid_alpha), "alpha_from": "fixed"}
     if target.dev_split is None:
-        return DEFAULT_ALPHA, {
-            "alpha": DEFAULT_ALPHA,
-            "alpha_from": "default",
-            "why": f"{target.name} has no judged dev or train split besides {target.split!r}",
-        }
+        why = target.default_why or f"{target.name} has no judged dev or train split besides {target.split!r}"
+        log.info("evaluate: hybrid α = %g, the default: %s", DEFAULT_ALPHA, why)
+        return DEFAULT_ALPHA, {"alpha": DEFAULT_ALPHA, "alpha_from": "default", "why": why}
     queries, qrels = _dev_set(cfg, target)
     held_out = target.held_out is not None
-    if target.trained_on and not held_out:
-        log.warning(
-            "evaluate: hybrid α is chosen on %s queries the student was trained on, which favours the "
-            "student; set train.dev_fraction=F (or train.dev_queries=N) to hold some out of training for it",
-            target.dev_split,
-        )
     log.info(
         "evaluate: hybrid α on %d %s%s queries of %s",
         len(queries), "held-out " if held_out else "", target.dev_split, target.name,
@@ -742,7 +748,6 @@ def _alpha(cfg: DictConfig, target: Target, student: ScratchIndex | None, bm25) 
         "dev_split": target.dev_split,
         "dev_queries": record.pop("queries"),
         "dev_held_out": held_out,
-        "dev_trained_on": target.trained_on and not held_out,
         "measure": record.pop("measure"),
         "dev_value": record.pop("value"),
         "curve": record.pop("curve"),
