@@ -627,7 +627,7 @@ def _rerank(cfg: DictConfig, name: str, coll, queries, first: _FirstStage, runti
         "passages_per_s": rate,  # (query, passage) pairs re-ranked per second
         "parameters": _params(module) if module is not None else None,
         "latency": latency,
-        "disk_mb": _disk_mb(ranker.weights()),
+        "disk_mb": _disk_mb(ranker.weights_folder()),
     }
 
 
@@ -673,11 +673,11 @@ def _open_dense(
         if rate is None:
             rate = encoding_rate(encoder, coll, ev.batch_size, runtime, seed=cfg.seed)
         index = ScratchIndex(encoder, coll, matrix, rate, ev.batch_size, ev.chunk_size, runtime)
-        return index, ranker.weights()
+        return index, ranker.weights_folder()
     index = stack.enter_context(
         scratch_index(encoder, coll, ev.batch_size, ev.chunk_size, runtime, scratch, name)
     )
-    return index, ranker.weights()
+    return index, ranker.weights_folder()
 
 
 def _dense_result(cfg: DictConfig, index: ScratchIndex, folder: Path | None, queries) -> dict:
