@@ -126,6 +126,6 @@ class Ranker(Protocol):
         None for a ranker without weights."""
         ...
 
-    def weights(self) -> Path | None:
+    def weights_folder(self) -> Path | None:
         """The folder of the ranker's weights on disk (for their size); None when it has none there."""
         ...

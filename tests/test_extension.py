@@ -193,7 +193,7 @@ def test_a_student_kind_from_a_test_module_trains_exports_and_re_ranks(make_cfg,
     assert factory.detect(folder) is ToyStudent
     assert "# " + str(cfg.experiment) + ": a toy overlap student" in (folder / "README.md").read_text()
     student = factory.load_student(folder)
-    assert isinstance(student, ToyStudent) and student.weights() == folder
+    assert isinstance(student, ToyStudent) and student.weights_folder() == folder
 
     run, first = _run_lists(cfg, "student"), _bm25_top(cfg, 5)
     coll = components.collection(cfg)

@@ -283,9 +283,16 @@ def main_target(cfg: DictConfig) -> Target:
     main = make_target(str(cfg.data.name), coll, split, folder, ".", dev_split(cfg.data, coll, split))
     labelled = str(cfg.queries.method) == "none"  # else the student trained on synthetic queries
     if labelled and main.dev_split is not None and main.dev_split == cfg.data.train_split:
+        # the student's own training queries are no dev queries: α is chosen only on those held out
         main.trained_on = True
         held = stage_dir(cfg, artifacts.TRAIN) / artifacts.DEV_QUERIES
-        if held.is_file():
+        if not (cfg.train.dev_queries or cfg.train.dev_fraction):
+            main.default_why = (
+                f"the judged {main.dev_split} queries of {main.name} are the student's training queries; "
+                "train.dev_fraction holds some out to choose α on"
+            )
+            main.dev_split = None
+        elif held.is_file():
             main.held_out = held.read_text().split()
     return main
 

@@ -95,8 +95,8 @@ class ConfigSystems:
             if rate is None:
                 rate = encoding_rate(encoder, coll, ev.batch_size, runtime, seed=cfg.seed)
             index = ScratchIndex(encoder, coll, matrix, rate, ev.batch_size, ev.chunk_size, runtime)
-            return index, ranker.weights()
+            return index, ranker.weights_folder()
         index = stack.enter_context(
             scratch_index(encoder, coll, ev.batch_size, ev.chunk_size, runtime, self.scratch, name)
         )
-        return index, ranker.weights()
+        return index, ranker.weights_folder()

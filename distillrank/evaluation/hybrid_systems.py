@@ -57,19 +57,11 @@ def _alpha(settings: Settings, target: Target, student: ScratchIndex | None, bm2
     if settings.hybrid_alpha is not None:
         return float(settings.hybrid_alpha), {"alpha": float(settings.hybrid_alpha), "alpha_from": "fixed"}
     if target.dev_split is None:
-        return DEFAULT_ALPHA, {
-            "alpha": DEFAULT_ALPHA,
-            "alpha_from": "default",
-            "why": f"{target.name} has no judged dev or train split besides {target.split!r}",
-        }
+        why = target.default_why or f"{target.name} has no judged dev or train split besides {target.split!r}"
+        log.info("evaluate: hybrid α = %g, the default: %s", DEFAULT_ALPHA, why)
+        return DEFAULT_ALPHA, {"alpha": DEFAULT_ALPHA, "alpha_from": "default", "why": why}
     queries, qrels = _dev_set(settings, target)
     held_out = target.held_out is not None
-    if target.trained_on and not held_out:
-        log.warning(
-            "evaluate: hybrid α is chosen on %s queries the student was trained on, which favours the "
-            "student; set train.dev_fraction=F (or train.dev_queries=N) to hold some out of training for it",
-            target.dev_split,
-        )
     log.info(
         "evaluate: hybrid α on %d %s%s queries of %s",
         len(queries), "held-out " if held_out else "", target.dev_split, target.name,
@@ -84,7 +76,6 @@ def _alpha(settings: Settings, target: Target, student: ScratchIndex | None, bm2
         "dev_split": target.dev_split,
         "dev_queries": record.pop("queries"),
         "dev_held_out": held_out,
-        "dev_trained_on": target.trained_on and not held_out,
         "measure": record.pop("measure"),
         "dev_value": record.pop("value"),
         "curve": record.pop("curve"),

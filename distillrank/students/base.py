@@ -150,7 +150,7 @@ class Student(nn.Module):
         """The student itself (its parameters are the model's)."""
         return self
 
-    def weights(self) -> Path | None:
+    def weights_folder(self) -> Path | None:
         """The folder the student was loaded from (None: built in memory)."""
         return self.source
 

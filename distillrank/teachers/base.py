@@ -70,7 +70,7 @@ class Teacher:
         """The loaded torch module that scores (None: this teacher has no weights)."""
         return None
 
-    def weights(self) -> Path | None:
+    def weights_folder(self) -> Path | None:
         """The folder of the teacher's weights (None: it has none)."""
         return None
 

@@ -101,5 +101,5 @@ class BiEncoderTeacher(Teacher):
     def module(self, runtime: Runtime) -> BiEncoder:
         return self.encoder(runtime)
 
-    def weights(self) -> Path:
+    def weights_folder(self) -> Path:
         return resolve_model(self.model)

@@ -82,5 +82,5 @@ class CrossEncoderTeacher(Teacher):
     def module(self, runtime: Runtime) -> CrossEncoderModel:
         return self.cross_encoder(runtime)
 
-    def weights(self) -> Path:
+    def weights_folder(self) -> Path:
         return resolve_model(self.model)

@@ -89,7 +89,7 @@ class ColBERTTeacher(Teacher):
     def module(self, runtime: Runtime) -> ColBERTModel:
         return self.colbert(runtime)
 
-    def weights(self) -> Path:
+    def weights_folder(self) -> Path:
         return resolve_model(self.model)
 
 

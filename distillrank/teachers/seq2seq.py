@@ -206,5 +206,5 @@ class MonoT5Teacher(Teacher):
     def module(self, runtime: Runtime) -> torch.nn.Module:
         return self.seq2seq(runtime)
 
-    def weights(self) -> Path:
+    def weights_folder(self) -> Path:
         return resolve_model(self.model)

@@ -76,6 +76,20 @@ def test_colbert_teacher_is_evaluated_by_re_ranking(tiny_args, tiny_colbert):
     assert {q: set(d) for q, d in _run_lists(cfg, "teacher").items()} == first
 
 
+def test_ensemble_teacher_with_bm25_is_evaluated_by_re_ranking(tiny_args, tiny_bi_encoder):
+    """The demo's teacher kind (a bi-encoder + BM25 ensemble, which cannot retrieve): it re-ranks
+    BM25's candidates and is timed per query, its disk size that of no single folder."""
+    args = [a for a in tiny_args if not a.startswith("teacher.")]
+    member = f"{{_target_: distillrank.teachers.BiEncoderTeacher, model: '{tiny_bi_encoder}'}}"
+    cfg = compose([*args, "teacher=ensemble_bm25", f"teacher.members=[{member},{{_target_: distillrank.teachers.BM25Teacher}}]",
+                   "evaluate.systems=[bm25,teacher]", "evaluate.rerank_depth=4", "evaluate.latency_queries=2"])
+    assert evaluate.reranks(cfg, "teacher")
+    evaluate.run(cfg)
+    assert {q: set(d) for q, d in _run_lists(cfg, "teacher").items()} == _bm25_top(cfg, 4)
+    teacher = json.loads((stage_dir(cfg, "evaluate") / "metrics.json").read_text())["teacher"]
+    assert teacher["latency"]["queries"] == 2 and teacher["passages_per_s"] > 0
+
+
 def test_rerank_mode_makes_bi_encoders_re_rank_too(make_cfg):
     cfg = make_cfg("evaluate.mode=rerank", "evaluate.rerank_depth=6", "evaluate.systems=[bm25,teacher]",
                    "evaluate.latency_queries=0")
