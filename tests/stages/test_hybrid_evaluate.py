@@ -98,29 +98,26 @@ def test_hybrid_systems_fuse_the_student_and_bm25_run_files(done, tiny_beir, sec
             assert saved["per_query"] and saved["hybrid"] == systems[fused]["hybrid"]
 
 
-def test_alpha_is_chosen_on_train_queries_or_is_the_default(done):
+def test_alpha_is_the_default_without_queries_the_student_never_trained_on(done):
+    """tiny's only judged split besides test is the student's training split, and no query was
+    held out of training: its queries are no dev queries, so α is the documented default; so it is
+    for the BEIR folder without a train split."""
     folder = stage_dir(done, "evaluate")
     metrics = json.loads((folder / "metrics.json").read_text())
-    chosen = metrics["collections"]["tiny"]["systems"]["hybrid"]["hybrid"]
-    assert chosen["alpha_from"] == "dev" and chosen["dev_split"] == "train" and chosen["measure"] == "nDCG@10"
-    assert chosen["dev_queries"] == 16  # every judged train query of tiny (fewer than hybrid_dev_queries)
-    curve = {float(a): v for a, v in chosen["curve"].items()}
-    assert sorted(curve) == list(ALPHA_GRID)
-    best = max(curve.values())
-    assert chosen["dev_value"] == curve[chosen["alpha"]] == best
-    assert chosen["alpha"] == min((a for a, v in curve.items() if v >= best - 1e-12), key=lambda a: (abs(a - 0.5), a))
-    # the BEIR folder has no train split in its config: the documented default
-    default = metrics["collections"]["tiny2"]["systems"]["hybrid"]["hybrid"]
-    assert default["alpha"] == DEFAULT_ALPHA == 0.5 and default["alpha_from"] == "default"
-    assert "curve" not in default
+    for name in ("tiny", "tiny2"):
+        default = metrics["collections"][name]["systems"]["hybrid"]["hybrid"]
+        assert default["alpha"] == DEFAULT_ALPHA == 0.5 and default["alpha_from"] == "default"
+        assert "curve" not in default
     text = (folder / "results.md").read_text()
     assert "| hybrid_rrf |" in text and "| hybrid |" in text
-    assert chosen["dev_trained_on"] is True and chosen["dev_held_out"] is False
-    assert f"α = {chosen['alpha']:g}, chosen on 16 train queries (the student trained on them) by nDCG@10" in text
+    assert (
+        "α = 0.5, the default (the judged train queries of tiny are the student's training queries; "
+        "train.dev_fraction holds some out to choose α on)" in text
+    )
     assert "α = 0.5, the default (tiny2 has no judged dev or train split besides 'test')" in text
     assert "k = 60" in text
     manifest = read_manifest(folder)
-    assert manifest.counts["hybrid_alpha"] == {"tiny": chosen["alpha"], "tiny2": 0.5}
+    assert manifest.counts["hybrid_alpha"] == {"tiny": 0.5, "tiny2": 0.5}
     assert "hybrid/run.trec" in manifest.outputs and "tiny2/hybrid_rrf/run.trec" in manifest.outputs
 
 
@@ -158,13 +155,19 @@ def test_a_fixed_alpha_and_another_baseline_reuse_the_parts(done, tmp_path):
 
 
 def test_the_dev_sample_and_measure_are_in_the_key(done):
-    base = keys.system_key(done, "hybrid")
+    held = done.copy()
+    held.train.dev_fraction = 0.25  # α chosen on held-out training queries
+    base = keys.system_key(held, "hybrid")
+    assert base != keys.system_key(done, "hybrid")  # the default α without them
     for key, value in (("hybrid_dev_queries", 5), ("hybrid_measure", "RR@10")):
-        cfg = done.copy()
+        cfg = held.copy()
         cfg.evaluate[key] = value
         assert keys.system_key(cfg, "hybrid") != base
-        assert keys.system_key(cfg, "student") == keys.system_key(done, "student")
-    cfg = done.copy()
+        assert keys.system_key(cfg, "student") == keys.system_key(held, "student")
+        done_too = done.copy()
+        done_too.evaluate[key] = value  # the default α does not depend on how it would be chosen
+        assert keys.system_key(done_too, "hybrid") == keys.system_key(done, "hybrid")
+    cfg = held.copy()
     cfg.seed = done.seed + 1
     assert keys.system_key(cfg, "hybrid") != base
     cfg = done.copy()
@@ -215,7 +218,8 @@ def test_dev_split_prefers_dev_then_train_never_test(make_cfg):
 
 def test_alpha_is_chosen_on_the_training_queries_held_out_of_training(tmp_path, tiny_beir, tiny_bi_encoder):
     """``train.dev_queries=N``: the train stage lists the N queries it set aside, and α is chosen on
-    those alone, not on queries the student was trained on."""
+    those alone (a grid search, ties broken toward the default), not on queries the student was
+    trained on."""
     cfg = compose([
         *tiny_overrides(tmp_path / "runs", tiny_beir, tiny_bi_encoder),
         "train.max_steps=2",
@@ -231,7 +235,13 @@ def test_alpha_is_chosen_on_the_training_queries_held_out_of_training(tmp_path, 
     assert manifest.counts["dev_queries"] == 5 and manifest.counts["queries"] == 16 - 5  # not trained on
     folder = stage_dir(cfg, "evaluate")
     chosen = json.loads((folder / "metrics.json").read_text())["hybrid"]["hybrid"]
-    assert chosen["dev_queries"] == 5 and chosen["dev_held_out"] is True and chosen["dev_trained_on"] is False
+    assert chosen["alpha_from"] == "dev" and chosen["dev_split"] == "train" and chosen["measure"] == "nDCG@10"
+    assert chosen["dev_queries"] == 5 and chosen["dev_held_out"] is True
+    curve = {float(a): v for a, v in chosen["curve"].items()}
+    assert sorted(curve) == list(ALPHA_GRID)
+    best = max(curve.values())
+    assert chosen["dev_value"] == curve[chosen["alpha"]] == best
+    assert chosen["alpha"] == min((a for a, v in curve.items() if v >= best - 1e-12), key=lambda a: (abs(a - 0.5), a))
     assert f"α = {chosen['alpha']:g}, chosen on 5 held-out train queries by nDCG@10" in (folder / "results.md").read_text()
     # holding queries out changes how α is chosen, so the hybrid's key
     assert keys.system_key(cfg, "hybrid") != keys.system_key(compose([
@@ -248,4 +258,7 @@ def test_the_hybrid_key_says_when_alpha_is_chosen_on_held_out_queries(make_cfg, 
     """``train.dev_fraction`` holds queries out as ``train.dev_queries`` does: the hybrid's key says so."""
     cfg = make_cfg("evaluate.systems=[bm25,student]", *overrides)
     what = keys._hybrid_what(cfg, "hybrid", evaluation.main_target(cfg))
-    assert what["alpha"] == "dev" and what["held_out"] is held_out
+    if held_out:
+        assert what["alpha"] == "dev" and what["held_out"] is True
+    else:  # the student's own training queries are no dev queries: the default α
+        assert what["alpha"] == "default"

@@ -83,7 +83,7 @@ def test_ensemble_teacher_with_bm25_is_evaluated_by_re_ranking(tiny_args, tiny_b
     member = f"{{_target_: distillrank.teachers.BiEncoderTeacher, model: '{tiny_bi_encoder}'}}"
     cfg = compose([*args, "teacher=ensemble_bm25", f"teacher.members=[{member},{{_target_: distillrank.teachers.BM25Teacher}}]",
                    "evaluate.systems=[bm25,teacher]", "evaluate.rerank_depth=4", "evaluate.latency_queries=2"])
-    assert evaluate.reranks(cfg, "teacher")
+    assert evaluation.reranks(cfg, "teacher")
     evaluate.run(cfg)
     assert {q: set(d) for q, d in _run_lists(cfg, "teacher").items()} == _bm25_top(cfg, 4)
     teacher = json.loads((stage_dir(cfg, "evaluate") / "metrics.json").read_text())["teacher"]
