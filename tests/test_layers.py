@@ -45,10 +45,6 @@ LAYERS = {
     "distillrank.reporting": 3,
 }
 
-# upward imports that another change removes; each must still exist (delete the entry with the import)
-KNOWN_UPWARD: set[tuple[str, str]] = set()
-
-
 def _modules() -> dict[str, Path]:
     out = {}
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -106,17 +102,11 @@ def test_no_module_imports_from_a_higher_layer():
         (module, imported, layer(module), layer(imported))
         for module, imported_set in IMPORTS.items()
         for imported in imported_set
-        if layer(imported) > layer(module) and (module, imported) not in KNOWN_UPWARD
+        if layer(imported) > layer(module)
     )
     assert not upward, "imports from a higher layer (module, imported, its layer, imported's layer):\n" + "\n".join(
         map(str, upward)
     )
-
-
-@pytest.mark.parametrize("edge", sorted(KNOWN_UPWARD))
-def test_known_upward_imports_still_exist(edge):
-    module, imported = edge
-    assert imported in IMPORTS[module], f"{module} no longer imports {imported}: remove it from KNOWN_UPWARD"
 
 
 STAGE_MODULES = sorted(m for m in MODULES if m.startswith("distillrank.stages."))
