@@ -120,6 +120,7 @@ def inputs(cfg: DictConfig, stage: str) -> dict:
         found: dict = {"collection": components.collection(cfg).fingerprint}
         if cfg.queries.method == "generator":
             found["generator"] = components.generator(cfg).fingerprint()
+            found["generator_precision"] = str(cfg.hardware.precision)  # bf16 samples other queries
         if components.consistency_filter(cfg) is not None:  # the teacher re-ranks BM25 candidates
             found["teacher"] = components.teacher_fingerprint(cfg)
             found["bm25"] = bm25_identity(cfg)

@@ -155,3 +155,13 @@ def test_an_enum_value_counts_as_its_name():
 
     assert to_plain(node) == {"method": "bm25"}
     assert fingerprint({"method": Method.bm25}) == fingerprint({"method": "bm25"}) == fingerprint(node)
+
+
+def test_generated_queries_are_keyed_on_the_precision_they_are_sampled_in(make_cfg, tiny_t5):
+    """bf16 sampling draws other queries than fp32: the queries key changes with hardware.precision
+    when a generator writes them, and not otherwise (the title method reads no model)."""
+    gen = ("queries=generator", f"queries.generator.model={tiny_t5}")
+    assert keys.stage_key(make_cfg(*gen), QUERIES) != keys.stage_key(make_cfg(*gen, "hardware.precision=bf16"), QUERIES)
+    assert keys.stage_key(make_cfg("queries=title"), QUERIES) == keys.stage_key(
+        make_cfg("queries=title", "hardware.precision=bf16"), QUERIES
+    )

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     import torch
     from datasets import Dataset
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
     from sentence_transformers import (
         SentenceTransformer,
         SentenceTransformerTrainer,
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     from distillrank.builders.training import passages, train_queries
     from distillrank.errors import ConfigError
+    from distillrank.losses.margin_mse import MarginMSELoss as MarginMSE
     from distillrank.models.bi_encoder import BiEncoder
     from distillrank.runtime import apply_threads
     from distillrank.stages import score
@@ -97,8 +98,9 @@ def main(argv: list[str] | None = None) -> Path:
     from distillrank.workspace import atomic_dir, require_stage
 
     cfg = compose(list(args.overrides))
-    if not str(cfg.loss.get("_target_", "")).endswith("MarginMSELoss"):
-        raise ConfigError(f"st_quality compares Margin-MSE trainers; the experiment's loss is {cfg.loss.get('_target_')}")
+    target = str(cfg.loss.get("_target_", ""))
+    if not (target.startswith("distillrank.") and issubclass(get_class(target), MarginMSE)):
+        raise ConfigError(f"st_quality compares Margin-MSE trainers; the experiment's loss is {target}")
     if int(cfg.train.grad_accum_steps) != 1:
         raise ConfigError("st_quality needs train.grad_accum_steps=1")
     apply_threads(args.threads or cfg.hardware.num_threads)
