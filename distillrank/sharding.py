@@ -9,9 +9,11 @@ result does not depend on the number of workers.
 * ``torchrun --nproc_per_node=N``: ``RANK`` / ``WORLD_SIZE`` (and ``LOCAL_RANK``, the GPU of the
   rank). The ranks form a ``torch.distributed`` group (:func:`join_group`); after a
   :func:`barrier`, rank 0 writes what needs every share.
-* a SLURM array (``sbatch --array=0-N``, or submitit): ``SLURM_ARRAY_TASK_ID`` (less
-  ``SLURM_ARRAY_TASK_MIN``) / ``SLURM_ARRAY_TASK_COUNT``. There is no group: each task does its
-  share and exits, and a later single run finds everything done and writes the output.
+* a SLURM array (``sbatch --array=0-N``, or submitit) whose tasks set ``DISTILLRANK_SHARD_ARRAY=1``:
+  ``SLURM_ARRAY_TASK_ID`` (less ``SLURM_ARRAY_TASK_MIN``) / ``SLURM_ARRAY_TASK_COUNT``. There is no
+  group: each task does its share and exits, and a later single run finds everything done and
+  writes the output. Without ``DISTILLRANK_SHARD_ARRAY=1`` the array variables are ignored: the
+  tasks of a Hydra sweep on the submitit launcher are array tasks too, each a whole job.
 * both (each array task runs ``torchrun``): the array's tasks times the ranks of each.
 """
 
@@ -72,6 +74,7 @@ class Share:
 
 
 WHOLE = Share()  # one process does everything
+ARRAY_ENV = "DISTILLRANK_SHARD_ARRAY"  # "1": the tasks of this SLURM array share one job's work
 
 
 def _int(environ: Mapping[str, str], name: str, default: int | None = None) -> int:
@@ -88,18 +91,26 @@ def _int(environ: Mapping[str, str], name: str, default: int | None = None) -> i
 
 def from_env(environ: Mapping[str, str]) -> Share:
     """This process's share, from the variables ``torchrun`` and SLURM arrays set (:data:`WHOLE`
-    without them).
+    without them); a SLURM array's only with ``DISTILLRANK_SHARD_ARRAY=1``.
 
     Raises:
-        ConfigError: a variable that is not an integer, a rank outside its world, or a SLURM array
-            whose task ids are not consecutive (``--array=0-N`` or ``1-N``, no step or list).
+        ConfigError: a variable that is not an integer, a rank outside its world,
+            ``DISTILLRANK_SHARD_ARRAY=1`` outside an array, or a SLURM array whose task ids are not
+            consecutive (``--array=0-N`` or ``1-N``, no step or list).
     """
     world = _int(environ, "WORLD_SIZE", 1)
     rank = _int(environ, "RANK", 0)
     if world < 1 or not 0 <= rank < world:
         raise ConfigError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
     tasks, task = 1, 0
-    if environ.get("SLURM_ARRAY_TASK_ID") not in (None, ""):
+    array = environ.get(ARRAY_ENV, "0")
+    if array not in ("", "0", "1"):
+        raise ConfigError(f"${ARRAY_ENV}={array!r}; expected 1 (the array's tasks share the work) or 0")
+    if array == "1":
+        if environ.get("SLURM_ARRAY_TASK_ID") in (None, ""):
+            raise ConfigError(
+                f"${ARRAY_ENV}=1 but this is not a SLURM array task ($SLURM_ARRAY_TASK_ID is not set)"
+            )
         task_id = _int(environ, "SLURM_ARRAY_TASK_ID")
         tasks = _int(environ, "SLURM_ARRAY_TASK_COUNT")
         first = _int(environ, "SLURM_ARRAY_TASK_MIN", 0)

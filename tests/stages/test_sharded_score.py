@@ -46,11 +46,13 @@ def single(make_cfg, tmp_path):
 
 
 def _array_task(monkeypatch, task: int, tasks: int) -> None:
+    monkeypatch.setenv("DISTILLRANK_SHARD_ARRAY", "1")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(task))
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", str(tasks))
 
 
 def _no_array(monkeypatch) -> None:
+    monkeypatch.delenv("DISTILLRANK_SHARD_ARRAY", raising=False)
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
     monkeypatch.delenv("SLURM_ARRAY_TASK_COUNT", raising=False)
 
