@@ -1,6 +1,6 @@
 """The layers of CONTRIBUTING.md ("Layers"), checked on the imports of every module of the package.
 
-0: errors, workspace, runtime, config, artifacts. 1: the domain code (the Ranker interface, data,
+0: errors, workspace, runtime, config, artifacts, sharding. 1: the domain code (the Ranker interface, data,
 queries, mining, models, teachers, students, losses, training, evaluation, and the model card's
 formatter).
 2: the stages, the builders, the keys, validation. 3: cli, the pipeline, reporting.
@@ -25,6 +25,7 @@ LAYERS = {
     "distillrank.runtime": 0,
     "distillrank.config": 0,
     "distillrank.artifacts": 0,
+    "distillrank.sharding": 0,  # which share of a job's work a torchrun rank or SLURM array task does
     "distillrank.ranking": 1,  # the Ranker interface that teachers and students implement
     "distillrank.data": 1,
     "distillrank.queries": 1,

@@ -87,13 +87,15 @@ def _consistency_ranks(cfg: DictConfig, coll, queries: list[SyntheticQuery], k: 
     depth = int(cfg.queries.filter_depth)
     rows, _ = components.bm25_index(cfg, coll).search([s.text for s in queries], depth + 1)
     doc_ids = coll.doc_ids()
-    pairs: list[tuple[str, str]] = []
+    qids: list[str] = []
+    docids: list[str] = []
     spans: list[tuple[int, int]] = []
     for s, ranked in zip(queries, rows, strict=True):
         others = [doc_ids[r] for r in ranked if r >= 0 and doc_ids[r] not in (s.source, s.positive)][:depth]
-        spans.append((len(pairs), len(others) + 1))
-        pairs.append((s.qid, s.positive))
-        pairs.extend((s.qid, d) for d in others)
+        spans.append((len(docids), len(others) + 1))
+        qids.extend([s.qid] * (len(others) + 1))
+        docids.extend([s.positive, *others])
+    pairs = pa.table({"qid": pa.array(qids, pa.string()), "docid": pa.array(docids, pa.string())})
     passage_text = passage_lookup(coll, {s.positive: s.positive_text for s in queries if s.positive_text is not None})
     teacher = components.teacher(cfg)
     scores, scored, seconds, _ = teacher_scores(

@@ -14,31 +14,39 @@ settings reruns this stage without scoring a single pair again.
 rewrites the ``teacher`` column students learn from and keeps the raw scores as ``teacher_raw``;
 de-noising always reads raw scores. An ensemble teacher (``teacher=ensemble``) is scored member by
 member, each through its own cache, and combined over all candidates.
+
+Sharded scoring (docs/SCALE.md, "Sharded scoring"): under ``torchrun`` or in a SLURM array
+(:mod:`distillrank.sharding`) each worker scores its share of the missing pairs into the shared
+cache; then ``torchrun``'s rank 0, or a later single ``distillrank score``, writes ``scores.parquet``
+from the cache, identical to one process's.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from distillrank import artifacts, keys
+from distillrank import artifacts, keys, sharding
 from distillrank.builders import components, training
 from distillrank.mining import denoise
 from distillrank.runtime import configure
 from distillrank.teachers import normalize
 from distillrank.teachers.base import members as teacher_members
-from distillrank.teachers.cache import teacher_scores
+from distillrank.teachers.cache import score_share, teacher_scores
 from distillrank.workspace import (
     Manifest,
     atomic_path,
     cache_dir,
     current_manifest,
     locked_stage,
+    read_manifest,
     stage_dir,
     to_plain,
 )
@@ -54,13 +62,70 @@ def stage_key(cfg: DictConfig) -> str:
     return keys.stage_key(cfg, STAGE)
 
 
-@locked_stage(STAGE)
-def run(cfg: DictConfig) -> Manifest:
+def run(cfg: DictConfig) -> Manifest | None:
     """Score the mined candidates with the teacher; skipped when the manifest matches.
 
     An ensemble teacher scores member by member, each with its own cache, and combines the members
     over all candidates at the end.
+
+    Under ``torchrun`` or in a SLURM array (:func:`distillrank.sharding.from_env`), this worker first
+    scores its share of the missing pairs into the caches. ``torchrun``'s ranks then wait for each
+    other; rank 0 writes the output and the manifest, and every rank returns the manifest. A SLURM
+    array task returns None: a later ``distillrank score`` (one process) finds every pair cached and
+    writes the output.
     """
+    share = sharding.from_env(os.environ)
+    if share.whole:
+        return _run(cfg)
+    if (done := current_manifest(cfg, STAGE, stage_key(cfg))) is not None:
+        return done
+    _score_share(cfg, share)
+    sharding.barrier(share)  # every rank's share is in the caches
+    if share.assembles:
+        _run(cfg)
+    sharding.barrier(share)  # the manifest is written
+    if share.group == 1:
+        return None
+    return read_manifest(stage_dir(cfg, STAGE))
+
+
+def _inputs(cfg: DictConfig):
+    """The collection, teacher, its fingerprint, the mine stage's manifest and candidates, and the texts."""
+    mine_manifest, mine_dir = keys.require(cfg, artifacts.MINE)
+    coll = components.collection(cfg)
+    teacher = components.teacher(cfg)
+    teacher_fp = components.teacher_fingerprint(cfg)
+    candidates = pq.read_table(mine_dir / artifacts.CANDIDATES)
+    query_text = dict(training.train_queries(cfg))
+    passage_text = training.passages(cfg)
+    return coll, teacher, teacher_fp, mine_manifest, candidates, query_text, passage_text
+
+
+def _score_share(cfg: DictConfig, share: sharding.Share) -> None:
+    """Score this worker's share of the pairs missing from the caches (outside the stage's lock:
+    it writes only into the caches, which the workers share)."""
+    runtime = configure(cfg.hardware)
+    runtime = runtime.on(sharding.join_group(share, runtime.device))  # a torchrun rank's GPU
+    coll, teacher, teacher_fp, _, candidates, query_text, passage_text = _inputs(cfg)
+    scored, seconds = score_share(
+        teacher,
+        teacher_fp,
+        coll,
+        candidates.select(["qid", "docid"]),
+        query_text,
+        passage_text,
+        cache_root=cache_dir(cfg),
+        runtime=runtime,
+        shard_size=int(cfg.score.shard_size),
+        progress=bool(cfg.score.progress),
+        share=share,
+    )
+    log.info("score: %s scored %d pairs in %.1f s", share.describe(), scored, seconds)
+
+
+@locked_stage(STAGE)
+def _run(cfg: DictConfig) -> Manifest:
+    """The stage in one process: score what the caches lack, write the output and the manifest."""
     folder = stage_dir(cfg, STAGE)
     key = stage_key(cfg)
     if (done := current_manifest(cfg, STAGE, key)) is not None:
@@ -68,22 +133,20 @@ def run(cfg: DictConfig) -> Manifest:
     margin, relative = components.denoise_settings(cfg)
     denoise.check_settings(margin, relative)
     norm_method, norm_scope = components.normalize_settings(cfg)
-    mine_manifest, mine_dir = keys.require(cfg, artifacts.MINE)
     start = time.perf_counter()
-    coll = components.collection(cfg)
-    teacher = components.teacher(cfg)
-    teacher_fp = components.teacher_fingerprint(cfg)
-    candidates = pq.read_table(mine_dir / artifacts.CANDIDATES)
-    qids = candidates["qid"].to_pylist()
-    docids = candidates["docid"].to_pylist()
-    pairs = list(zip(qids, docids, strict=True))
-    query_text = dict(training.train_queries(cfg))
-    passage_text = training.passages(cfg)
-    groups = candidates["qid"].to_numpy(zero_copy_only=False)
+    coll, teacher, teacher_fp, mine_manifest, candidates, query_text, passage_text = _inputs(cfg)
 
     raw, scored, score_time, caches = teacher_scores(
-        teacher, teacher_fp, coll, pairs, query_text, passage_text, cache_root=cache_dir(cfg),
-        runtime=configure(cfg.hardware), shard_size=int(cfg.score.shard_size), progress=bool(cfg.score.progress),
+        teacher,
+        teacher_fp,
+        coll,
+        candidates.select(["qid", "docid"]),
+        query_text,
+        passage_text,
+        cache_root=cache_dir(cfg),
+        runtime=configure(cfg.hardware),
+        shard_size=int(cfg.score.shard_size),
+        progress=bool(cfg.score.progress),
     )
     members = teacher_members(teacher)
 
@@ -100,19 +163,20 @@ def run(cfg: DictConfig) -> Manifest:
             denoised.queries_without_negatives,
         )
     if norm_method != "none":  # de-noising reads raw scores; training reads the normalised ones
+        groups = pc.index_in(candidates["qid"], value_set=pc.unique(candidates["qid"])).to_numpy()
         normalised = normalize.normalize(raw, groups, norm_method, norm_scope)
         column = table.schema.get_field_index("teacher")
         table = table.set_column(column, "teacher", pa.array(normalised, pa.float32()))
         table = table.append_column("teacher_raw", pa.array(raw, pa.float32()))
     with atomic_path(folder / OUTPUT) as tmp:
         pq.write_table(table, tmp)
-    total_pairs = len(pairs) * len(members)
+    total_pairs = candidates.num_rows * len(members)
     counts = {
-        "pairs": len(qids),
+        "pairs": candidates.num_rows,
         "pairs_scored": scored,
         "pairs_reused": total_pairs - scored,
         "pairs_per_s": round(scored / score_time, 2) if scored else None,
-        "teacher_score_mean": float(np.mean(table["teacher"].to_numpy())) if len(qids) else None,
+        "teacher_score_mean": float(np.mean(table["teacher"].to_numpy())) if candidates.num_rows else None,
         "normalize": {"method": norm_method, "scope": norm_scope},
         **denoised.counts(),
     }
@@ -122,8 +186,16 @@ def run(cfg: DictConfig) -> Manifest:
     manifest = Manifest(
         stage=STAGE,
         key=key,
-        config={"teacher": to_plain(cfg.teacher), "score": to_plain(cfg.score), "hardware": to_plain(cfg.hardware)},
-        inputs={"mine": mine_manifest.key, "teacher": teacher_fp, "cache": caches[0] if len(caches) == 1 else caches},
+        config={
+            "teacher": to_plain(cfg.teacher),
+            "score": to_plain(cfg.score),
+            "hardware": to_plain(cfg.hardware),
+        },
+        inputs={
+            "mine": mine_manifest.key,
+            "teacher": teacher_fp,
+            "cache": caches[0] if len(caches) == 1 else caches,
+        },
         counts=counts,
         outputs=[OUTPUT],
         wall_time_s=time.perf_counter() - start,

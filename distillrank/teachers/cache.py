@@ -4,6 +4,16 @@ Scores are cached per (teacher fingerprint, collection) in ``<cache root>/scores
 shards of ``qid, docid, score``: any later run — another experiment, a deeper mining, the queries
 stage's consistency filter — scores only the pairs missing there, and a killed run resumes after
 its last complete shard. An ensemble teacher is scored member by member, each through its own cache.
+
+Pairs are held as columns, never as a Python object per pair: the ids as Arrow arrays, each
+distinct pair as one int64 key (:class:`PairIndex`), the cache joined to them shard by shard with
+integer keys (:meth:`ScoreCache.lookup`); texts are looked up one shard at a time.
+
+The work can be shared by several workers (:mod:`distillrank.sharding`): the distinct pairs, in
+``(docid, qid)`` order, are cut into blocks of ``shard_size`` pairs and block ``b`` is worker
+``b % count``'s; each worker scores the missing pairs of its blocks into shards of its own
+(:func:`score_share`). With an empty cache each shard is one whole block, as in a single process,
+so the scores do not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -12,15 +22,18 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from distillrank.errors import DistillrankError
+from distillrank.errors import DataError, DistillrankError
 from distillrank.evaluation.dense import (
     CORPUS_CHUNK,
     EMBEDDINGS_META,
@@ -30,6 +43,7 @@ from distillrank.evaluation.dense import (
 )
 from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
+from distillrank.sharding import WHOLE, Share
 from distillrank.teachers.base import members as teacher_members
 from distillrank.workspace import (
     atomic_path,
@@ -46,6 +60,71 @@ log = logging.getLogger(__name__)
 COVER = 0.5  # a bi-encoder teacher encodes the whole corpus once when the pairs cover this much of it
 
 
+@dataclass(frozen=True)
+class PairIndex:
+    """Distinct (qid, docid) pairs as int64 keys, without a Python object per pair.
+
+    Attributes:
+        qids / docids: the distinct ids, sorted (Arrow string order: that of Python's ``str``).
+        keys: the distinct pairs, sorted: ``doc_code * len(qids) + query_code``, so in the order of
+            ``(docid, qid)``.
+    """
+
+    qids: pa.Array
+    docids: pa.Array
+    keys: np.ndarray
+
+    @classmethod
+    def of(
+        cls, qids: pa.ChunkedArray | pa.Array, docids: pa.ChunkedArray | pa.Array
+    ) -> tuple[PairIndex, np.ndarray]:
+        """The index of the pairs ``(qids[i], docids[i])`` and, per pair, its position in ``keys``.
+
+        Raises:
+            DataError: a null id.
+        """
+        qids, docids = _strings(qids), _strings(docids)
+        if qids.null_count or docids.null_count:
+            raise DataError("a candidate pair has no qid or no docid (null)")
+        uq, ud = _sorted_distinct(qids), _sorted_distinct(docids)
+        index = cls(uq, ud, np.zeros(0, np.int64))
+        keys = index.codes(qids, docids)
+        distinct, position = np.unique(keys, return_inverse=True)
+        return cls(uq, ud, distinct), position.astype(np.int64, copy=False)
+
+    def codes(self, qids: pa.ChunkedArray | pa.Array, docids: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        """The key of each pair ``(qids[i], docids[i])``; -1 where an id is not in this index."""
+        q = _positions(_strings(qids), self.qids)
+        d = _positions(_strings(docids), self.docids)
+        keys = d * len(self.qids) + q
+        keys[(q < 0) | (d < 0)] = -1
+        return keys
+
+    def query_codes(self, keys: np.ndarray) -> np.ndarray:
+        """The position in ``qids`` of each key's query."""
+        return keys % len(self.qids)
+
+    def ids(self, keys: np.ndarray) -> tuple[list[str], list[str]]:
+        """The qids and docids of ``keys`` (a batch of them: one Python string per id)."""
+        n = len(self.qids)
+        return self.qids.take(keys % n).to_pylist(), self.docids.take(keys // n).to_pylist()
+
+
+def _strings(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    return column if column.type == pa.string() else column.cast(pa.string())
+
+
+def _sorted_distinct(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    distinct = pc.unique(column)
+    return distinct.take(pc.sort_indices(distinct))
+
+
+def _positions(column: pa.ChunkedArray | pa.Array, values: pa.Array) -> np.ndarray:
+    """Where each entry of ``column`` is in ``values`` (int64), -1 where it is not there."""
+    found = pc.fill_null(pc.index_in(column, value_set=values), -1)
+    return np.asarray(found.to_numpy(), dtype=np.int64)
+
+
 class ScoreCache:
     """Teacher scores of (qid, docid) pairs for one teacher and one collection, as Parquet shards."""
 
@@ -57,15 +136,15 @@ class ScoreCache:
         """The cache of a teacher's scores on a collection under the workspace cache ``cache_root``."""
         return cls(Path(cache_root) / "scores" / f"{teacher_fp[:16]}-{collection_fp[:16]}")
 
-    def load(self) -> dict[tuple[str, str], float]:
-        """Every cached score (complete shards only: partial ones never get their final name).
+    def shards(self) -> Iterator[pa.Table]:
+        """Every complete shard as a table ``qid, docid, score``, in name order (partial ones never
+        get their final name).
 
         A shard that does not match its checksums (truncated, zeroed) or cannot be read is dropped
         with a warning: its pairs are scored again.
         """
-        cached: dict[tuple[str, str], float] = {}
         if not self.folder.is_dir():
-            return cached
+            return
         for shard in sorted(self.folder.glob("shard-*.parquet")):
             # a shard without checksums (written before they were kept, or killed between its
             # rename and its seal) is kept, and sealed, when it reads in full: scoring is costly
@@ -73,21 +152,58 @@ class ScoreCache:
             if not legacy and not usable_entry(shard, "teacher score shard"):
                 continue
             try:
-                table = pq.read_table(shard)
-                pairs = zip(table["qid"].to_pylist(), table["docid"].to_pylist(), strict=True)
-                cached.update(zip(pairs, table["score"].to_pylist(), strict=True))
+                table = pq.read_table(shard, columns=["qid", "docid", "score"])
             except (OSError, ValueError, KeyError, pa.ArrowException) as err:
                 drop_unreadable(shard, "teacher score shard", err)
                 continue
             if legacy:
                 seal(shard)
-        return cached
+            yield table
 
-    def add(self, qids: list[str], docids: list[str], scores: np.ndarray) -> Path:
-        """Write one shard atomically."""
+    def load(self) -> pa.Table:
+        """Every cached score, as one table ``qid, docid, score`` (a pair in two shards appears twice)."""
+        tables = list(self.shards())
+        if not tables:
+            return pa.table(
+                {
+                    "qid": pa.array([], pa.string()),
+                    "docid": pa.array([], pa.string()),
+                    "score": pa.array([], pa.float32()),
+                }
+            )
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def lookup(self, index: PairIndex) -> tuple[np.ndarray, np.ndarray]:
+        """Which pairs of ``index`` are cached (bool, per key of ``index.keys``) and their scores
+        (float32, per key; 0 where not cached).
+
+        Shards are read one at a time and only the pairs of ``index`` are kept, so the memory is that
+        of the pairs asked for, whatever else the cache holds. A pair cached twice takes the score of
+        the last shard in name order (and of its last row there).
+        """
+        found = np.zeros(len(index.keys), dtype=bool)
+        scores = np.zeros(len(index.keys), dtype=np.float32)
+        for table in self.shards():
+            codes = index.codes(table["qid"], table["docid"])
+            at = np.minimum(np.searchsorted(index.keys, codes), max(len(index.keys) - 1, 0))
+            rows = np.flatnonzero((codes >= 0) & (index.keys[at] == codes)) if len(index.keys) else codes[:0]
+            _, last = np.unique(at[rows][::-1], return_index=True)  # a pair twice in a shard: its last row
+            rows = rows[::-1][last]
+            found[at[rows]] = True
+            scores[at[rows]] = np.asarray(table["score"].to_numpy(), dtype=np.float32)[rows]
+        return found, scores
+
+    def add(self, qids: list[str], docids: list[str], scores: np.ndarray, share: Share = WHOLE) -> Path:
+        """Write one shard atomically (named after ``share``'s worker when the work is shared).
+
+        A single process also removes the temporary files killed writers left; a worker of a shared
+        job does not (another worker, maybe on another machine, may be writing them).
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(self.folder, anywhere=True)  # shard names are never reused: clean by folder
-        path = self.folder / f"shard-{time.time_ns()}-{os.getpid()}.parquet"
+        if share.whole:  # shard names are never reused: clean by folder
+            remove_stale_temps(self.folder, anywhere=True)
+        worker = "" if share.whole else f"-w{share.index}"
+        path = self.folder / f"shard-{time.time_ns()}-{os.getpid()}{worker}.parquet"
         table = pa.table(
             {"qid": pa.array(qids, pa.string()), "docid": pa.array(docids, pa.string()), "score": scores}
         )
@@ -97,13 +213,28 @@ class ScoreCache:
         return path
 
 
-def _score_shard(teacher, passage_text, query_text: dict[str, str], qids: list[str], docids: list[str],
-                 coll, cache_root: Path, runtime: Runtime, progress):
+def _score_shard(
+    teacher,
+    passage_text,
+    query_text,
+    qids: list[str],
+    docids: list[str],
+    coll,
+    cache_root: Path,
+    runtime: Runtime,
+    progress: bool,
+) -> np.ndarray:
     uq, pair_q = np.unique(np.asarray(qids, dtype=object), return_inverse=True)
     ud, pair_p = np.unique(np.asarray(docids, dtype=object), return_inverse=True)
     pairs = Pairs(
-        [query_text[q] for q in uq], passage_text(list(ud)), pair_q, pair_p, qids=list(uq), docids=list(ud),
-        collection=coll, cache_root=cache_root,
+        [query_text[q] for q in uq],
+        passage_text(list(ud)),
+        pair_q,
+        pair_p,
+        qids=list(uq),
+        docids=list(ud),
+        collection=coll,
+        cache_root=cache_root,
     )
     scores = teacher.score_pairs(pairs, runtime, progress=progress)
     return _checked(scores.astype(np.float32), qids, docids)
@@ -121,31 +252,64 @@ def _checked(scores: np.ndarray, qids: list[str], docids: list[str]) -> np.ndarr
     return scores
 
 
-def _corpus_embeddings(cache_root: Path, teacher, teacher_fp: str, coll, todo, query_text, runtime: Runtime,
-                       progress: bool):
+def _first_seen(codes: np.ndarray) -> np.ndarray:
+    """The distinct values of ``codes`` in the order they first appear."""
+    _, first = np.unique(codes, return_index=True)
+    return codes[np.sort(first)]
+
+
+def _corpus_embeddings(
+    cache_root: Path,
+    teacher,
+    teacher_fp: str,
+    coll,
+    index: PairIndex,
+    missing: np.ndarray,
+    query_text,
+    runtime: Runtime,
+    progress: bool,
+):
     """For a teacher that retrieves (a bi-encoder), a scorer of (qids, docids) through its corpus embeddings in the
     workspace cache (those feature distillation and the teacher's evaluation read), when every
     passage is a corpus row and the embeddings are cached already or the pairs to score cover at
     least ``COVER`` of the corpus (encoding the whole corpus then costs at most twice the candidates,
     and is shared); else None (score pair by pair).
+
+    ``missing`` are the keys of every pair to score (of all workers): every worker decides alike and
+    encodes the same queries in the same order, so a pair's score does not depend on who scores it.
     """
-    if not todo or not teacher.retrieves:
+    if not len(missing) or not teacher.retrieves:
         return None
-    corpus_ids = set(coll.doc_ids())
-    if any(d not in corpus_ids for _, d in todo):  # passages made by the queries stage (ICT) are not rows
-        return None
+    n_q = len(index.qids)
+    docids = index.docids.take(np.unique(missing // n_q))
+    if not pc.all(pc.is_in(docids, value_set=pa.array(coll.doc_ids(), pa.string()))).as_py():
+        return None  # passages made by the queries stage (ICT) are not rows
     encoder = teacher.encoder(runtime)
-    folder = embeddings_dir(cache_root, teacher_fp, coll.fingerprint, embedding_settings(encoder, runtime.precision))
+    folder = embeddings_dir(
+        cache_root, teacher_fp, coll.fingerprint, embedding_settings(encoder, runtime.precision)
+    )
     n_docs = len(coll.corpus)
-    if not (folder / EMBEDDINGS_META).is_file() and len({d for _, d in todo}) < COVER * n_docs:
+    if not (folder / EMBEDDINGS_META).is_file() and len(docids) < COVER * n_docs:
         return None
     matrix, _, _ = cached_corpus_embeddings(
-        encoder, coll, cache_root, teacher_fp, teacher.batch_size, CORPUS_CHUNK, runtime,
-        name="teacher", progress=progress,
+        encoder,
+        coll,
+        cache_root,
+        teacher_fp,
+        teacher.batch_size,
+        CORPUS_CHUNK,
+        runtime,
+        name="teacher",
+        progress=progress,
     )
-    qids = list(dict.fromkeys(q for q, _ in todo))
+    qids = index.qids.take(_first_seen(index.query_codes(missing))).to_pylist()
     q_emb = encoder.encode(
-        [query_text[q] for q in qids], "query", teacher.batch_size, runtime, progress, "teacher: queries",
+        [query_text[q] for q in qids],
+        "query",
+        teacher.batch_size,
+        runtime,
+        progress,
+        "teacher: queries",
     )
     q_row = {q: i for i, q in enumerate(qids)}
 
@@ -160,53 +324,82 @@ def _corpus_embeddings(cache_root: Path, teacher, teacher_fp: str, coll, todo, q
 
 
 def _fill_cache(
-    cache_root: Path, teacher, teacher_fp: str, coll, pairs: list[tuple[str, str]], query_text, passage_text, name: str,
-    runtime: Runtime, shard_size: int, progress: bool,
-) -> tuple[dict[tuple[str, str], float], int, float]:
-    """Score the pairs missing from ``teacher``'s cache, shard by shard.
+    cache_root: Path,
+    teacher,
+    teacher_fp: str,
+    coll,
+    index: PairIndex,
+    query_text,
+    passage_text,
+    name: str,
+    runtime: Runtime,
+    shard_size: int,
+    progress: bool,
+    share: Share,
+) -> tuple[np.ndarray | None, int, float]:
+    """Score ``share``'s part of the pairs of ``index`` missing from ``teacher``'s cache, shard by shard.
 
     Returns:
-        the cached scores (complete for ``pairs``), the number of pairs scored now, and the seconds spent.
+        the scores of ``index.keys`` (float32; None unless ``share`` is whole: another worker scores
+        the rest), the number of pairs scored now, and the seconds spent.
     """
     lookup = teacher.kind is RankerKind.PRECOMPUTED  # scores looked up by id in a file
     if lookup:  # ids the collection lacks are an input error
         known_qids = set(coll.queries.with_format("arrow")[:].column("_id").to_pylist()) | set(query_text)
         teacher.check_ids(known_qids, set(coll.doc_ids()))
     cache = ScoreCache.for_teacher(cache_root, teacher_fp, coll.fingerprint)
-    with locked(cache.folder, "teacher score cache"):  # one process scores a teacher at a time
-        cached = cache.load()
-        if lookup:  # every pair the file lacks, named at once
-            teacher.check_pairs([p for p in pairs if p not in cached])
-        # by passage, then query: a shard holds a contiguous range of passages, so a teacher that encodes
-        # each distinct text once per call (bi-encoder, ColBERT) encodes a passage in one shard only;
-        # queries, short, repeat across shards instead
-        todo = sorted({pair for pair in pairs if pair not in cached}, key=lambda p: (p[1], p[0]))
+    # one process scores a teacher at a time; the workers of one job share it, each on its own pairs
+    with locked(cache.folder, "teacher score cache", shared=not share.whole):
+        is_cached, scores = cache.lookup(index)
+        # by passage, then query (the order of the keys): a shard holds a contiguous range of passages,
+        # so a teacher that encodes each distinct text once per call (bi-encoder, ColBERT) encodes a
+        # passage in one shard only; queries, short, repeat across shards instead
+        missing = np.flatnonzero(~is_cached)  # positions in index.keys
+        if lookup and len(missing):  # every pair the file lacks, named at once
+            teacher.check_pairs(zip(*index.ids(index.keys[missing]), strict=True))
         start = time.perf_counter()
-        via = _corpus_embeddings(cache_root, teacher, teacher_fp, coll, todo, query_text, runtime, progress)
-        n_shards = math.ceil(len(todo) / shard_size) if todo else 0
+        via = _corpus_embeddings(
+            cache_root, teacher, teacher_fp, coll, index, index.keys[missing], query_text, runtime, progress
+        )
+        todo = missing[share.owns(missing // shard_size)]  # this worker's blocks of the distinct pairs
+        if not share.whole:
+            scores = None  # another worker scores the rest
+        del is_cached, missing
+        n_shards = math.ceil(len(todo) / shard_size) if len(todo) else 0
         # one bar over every pair of the run (pairs/s, ETA); the teacher's own bars show within a shard
-        bar = tqdm(total=len(todo), desc=f"score: {name}", unit="pair", disable=not progress or not todo)
+        bar = tqdm(total=len(todo), desc=f"score: {name}", unit="pair", disable=not progress or not len(todo))
         with bar:
             for s in range(n_shards):
                 part = todo[s * shard_size : (s + 1) * shard_size]
-                pq_ids, pd_ids = [q for q, _ in part], [d for _, d in part]
-                scores = (
+                pq_ids, pd_ids = index.ids(index.keys[part])
+                got = (
                     via(pq_ids, pd_ids)
                     if via is not None
-                    else _score_shard(teacher, passage_text, query_text, pq_ids, pd_ids, coll, cache_root, runtime,
-                                      progress)
+                    else _score_shard(
+                        teacher, passage_text, query_text, pq_ids, pd_ids, coll, cache_root, runtime, progress
+                    )
                 )
-                cache.add(pq_ids, pd_ids, scores)
-                cached.update(zip(part, scores.tolist(), strict=True))
+                cache.add(pq_ids, pd_ids, got, share)
+                if scores is not None:
+                    scores[part] = got
                 bar.update(len(part))
-        return cached, len(todo), time.perf_counter() - start
+        return scores, len(todo), time.perf_counter() - start
+
+
+def _pair_columns(pairs: pa.Table) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    try:
+        return pairs["qid"], pairs["docid"]
+    except KeyError:
+        raise DataError(
+            f"the pairs to score need columns qid and docid; they have {pairs.column_names}"
+        ) from None
 
 
 def teacher_scores(
     teacher,
     teacher_fp: str,
     coll,
-    pairs: list[tuple[str, str]],
+    pairs: pa.Table,
     query_text,
     passage_text,
     *,
@@ -223,6 +416,7 @@ def teacher_scores(
 
     Args:
         teacher_fp: the teacher's fingerprint under the precision and backend it runs in.
+        pairs: a table with columns ``qid`` and ``docid`` (others are ignored).
         query_text: qid -> text; ``passage_text``: docids -> texts.
         cache_root: the workspace cache (``<workspace>/_cache``).
         runtime: where and how the teacher runs (device, precision, backend).
@@ -233,6 +427,7 @@ def teacher_scores(
         the cache folders.
     """
     cache_root = Path(cache_root)
+    index, position = PairIndex.of(*_pair_columns(pairs))
     members = teacher_members(teacher)
     member_scores: list[np.ndarray] = []
     caches: list[str] = []
@@ -241,17 +436,82 @@ def teacher_scores(
     for i, member in enumerate(members):
         member_fp = teacher_fp if member is teacher else member.fingerprint(runtime)
         name = "pairs" if member is teacher else f"member {i + 1}/{len(members)} ({member.kind})"
-        cached, n, seconds = _fill_cache(
-            cache_root, member, member_fp, coll, pairs, query_text, passage_text, name, runtime,
-            int(shard_size), bool(progress),
+        distinct, n, seconds = _fill_cache(
+            cache_root,
+            member,
+            member_fp,
+            coll,
+            index,
+            query_text,
+            passage_text,
+            name,
+            runtime,
+            int(shard_size),
+            bool(progress),
+            WHOLE,
         )
-        member_scores.append(np.array([cached[p] for p in pairs], dtype=np.float32))
+        member_scores.append(distinct[position])
         caches.append(str(ScoreCache.for_teacher(cache_root, member_fp, coll.fingerprint).folder))
         scored += n
         score_time += seconds
     if member_scores[0].size == 0:
         return np.zeros(0, np.float32), scored, score_time, caches
     if teacher.kind is RankerKind.ENSEMBLE:
-        groups = np.array([q for q, _ in pairs], dtype=object)
-        return teacher.combine(member_scores, groups), scored, score_time, caches
+        return (
+            teacher.combine(member_scores, index.query_codes(index.keys[position])),
+            scored,
+            score_time,
+            caches,
+        )
     return member_scores[0], scored, score_time, caches
+
+
+def score_share(
+    teacher,
+    teacher_fp: str,
+    coll,
+    pairs: pa.Table,
+    query_text,
+    passage_text,
+    *,
+    cache_root: str | Path,
+    runtime: Runtime,
+    shard_size: int,
+    progress: bool,
+    share: Share,
+) -> tuple[int, float]:
+    """Score ``share``'s part of the pairs missing from the caches, into the caches (every member's
+    of an ensemble); the scores of all the pairs are then read with :func:`teacher_scores` once every
+    worker is done. Arguments as for :func:`teacher_scores`.
+
+    Returns:
+        the number of pairs this worker scored (over all members), and the seconds spent.
+    """
+    cache_root = Path(cache_root)
+    index, _ = PairIndex.of(*_pair_columns(pairs))
+    members = teacher_members(teacher)
+    scored, score_time = 0, 0.0
+    for i, member in enumerate(members):
+        member_fp = teacher_fp if member is teacher else member.fingerprint(runtime)
+        name = (
+            f"{share.describe()}"
+            if member is teacher
+            else f"{share.describe()}, member {i + 1}/{len(members)}"
+        )
+        _, n, seconds = _fill_cache(
+            cache_root,
+            member,
+            member_fp,
+            coll,
+            index,
+            query_text,
+            passage_text,
+            name,
+            runtime,
+            int(shard_size),
+            bool(progress),
+            share,
+        )
+        scored += n
+        score_time += seconds
+    return scored, score_time

@@ -207,7 +207,9 @@ def _state(cfg) -> dict:
     state["per_query"] = {name: json.loads((ev / name / "metrics.json").read_text())["per_query"] for name in metrics}
     state["runs"] = {name: (ev / name / "run.trec").read_text() for name in metrics}
     (cache,) = (cache_dir(cfg) / "scores").iterdir()
-    state["scores"] = ScoreCache(cache).load()
+    table = ScoreCache(cache).load()  # as a mapping: shards rescored after damage come last
+    pairs = zip(table["qid"].to_pylist(), table["docid"].to_pylist(), strict=True)
+    state["scores"] = dict(zip(pairs, table["score"].to_pylist(), strict=True))
     return state
 
 

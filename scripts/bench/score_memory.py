@@ -1,0 +1,162 @@
+"""Memory per pair of the score stage's data path (docs/SCALE.md, "Memory per pair").
+
+A synthetic candidates table (``--pairs`` rows: qid, docid, label, rank, first_stage_score; 100
+candidates a query) is scored by a trivial teacher (a function of the pair's indices: no model, so
+what is measured is the pipeline's own bookkeeping), the way the score stage does it: read the
+candidates, :func:`distillrank.teachers.cache.teacher_scores` through the score cache, append the
+``teacher`` column, write ``scores.parquet``. Two phases, each in a fresh process:
+
+* ``cold``: an empty cache; every pair is scored and written into cache shards.
+* ``warm``: every pair is cached already (a rerun, a resume, or the final pass after sharded
+  scoring); the cache is read and joined with the candidates.
+
+Peak RSS is reset before the phase (``/proc/self/clear_refs``) and read after it (``VmHWM``); the
+figure is (peak - RSS before) / pairs.
+
+    python scripts/bench/score_memory.py --pairs 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from distillrank.ranking import RankerKind
+from distillrank.runtime import Runtime
+from distillrank.teachers.cache import teacher_scores
+
+PER_QUERY = 100
+
+
+def _status(field: str) -> int:
+    """A ``/proc/self/status`` field in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def make_candidates(path: Path, pairs: int, seed: int = 0) -> None:
+    """``pairs`` rows, ``PER_QUERY`` a query, docids drawn from 50 times as many passages as queries."""
+    rng = np.random.default_rng(seed)
+    n_queries = max(1, pairs // PER_QUERY)
+    q = np.repeat(np.arange(n_queries), PER_QUERY)[:pairs]
+    d = rng.integers(0, 50 * n_queries, size=pairs)
+    table = pa.table(
+        {
+            "qid": pa.array([str(1_000_000 + int(x)) for x in q], pa.string()),
+            "docid": pa.array([str(7_000_000 + int(x)) for x in d], pa.string()),
+            "label": pa.array((np.arange(pairs) % PER_QUERY == 0).astype(np.int32)),
+            "rank": pa.array((np.arange(pairs) % PER_QUERY).astype(np.int32)),
+            "first_stage_score": pa.array(rng.random(pairs, dtype=np.float32)),
+        }
+    )
+    pq.write_table(table, path)
+
+
+class TrivialTeacher:
+    """Scores a pair from its indices, vectorised: no model, no text read."""
+
+    kind = RankerKind.CROSS_ENCODER
+    retrieves = False
+
+    def score_pairs(self, pairs, runtime, *, batch_size=None, progress=False):
+        return ((pairs.pair_q * 31 + pairs.pair_p) % 997).astype(np.float32) / 997
+
+
+class Collection:
+    fingerprint = "synthetic-collection"
+
+
+def _phase(work: Path) -> dict:
+    teacher, coll = TrivialTeacher(), Collection()
+    query_text = _Texts("query ")
+
+    def passage_text(docids: list[str]) -> list[str]:
+        return ["passage " + d for d in docids]
+
+    rss = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    start = time.perf_counter()
+    candidates = pq.read_table(work / "candidates.parquet")
+    raw, scored, _, _ = teacher_scores(
+        teacher,
+        "trivial-teacher",
+        coll,
+        candidates.select(["qid", "docid"]),
+        query_text,
+        passage_text,
+        cache_root=work / "cache",
+        runtime=Runtime(),
+        shard_size=20000,
+        progress=False,
+    )
+    table = candidates.append_column("teacher", pa.array(raw, pa.float32()))
+    pq.write_table(table, work / "scores.parquet")
+    seconds = time.perf_counter() - start
+    peak = _status("VmHWM")
+    return {
+        "pairs": candidates.num_rows,
+        "scored": scored,
+        "seconds": round(seconds, 1),
+        "rss_before_mb": round(rss / 2**20),
+        "peak_delta_mb": round((peak - rss) / 2**20, 1),
+        "bytes_per_pair": round((peak - rss) / candidates.num_rows),
+    }
+
+
+class _Texts(dict):
+    """qid -> text, made on lookup (the stage's query texts are per query, not per pair)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def __missing__(self, key: str) -> str:
+        return self.prefix + key
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, nargs="+", default=[250_000, 1_000_000])
+    parser.add_argument("--phase", choices=["cold", "warm"], help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(_phase(args.work)))
+        return
+    peaks: dict[str, list[tuple[int, int]]] = {"cold": [], "warm": []}
+    for pairs in args.pairs:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            make_candidates(work / "candidates.parquet", pairs)
+            for phase in ("cold", "warm"):
+                out = (
+                    subprocess.run(
+                        [sys.executable, __file__, "--phase", phase, "--work", str(work)],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    )
+                    .stdout.strip()
+                    .splitlines()[-1]
+                )
+                print(phase, out, flush=True)
+                peaks[phase].append((pairs, json.loads(out)["peak_delta_mb"]))
+    for phase, points in peaks.items():
+        if len(points) >= 2:  # the slope: bytes each further pair costs, without the fixed part
+            (n1, m1), (n2, m2) = points[0], points[-1]
+            print(f"{phase}: {(m2 - m1) * 2**20 / (n2 - n1):.0f} bytes per further pair ({n1} -> {n2} pairs)")
+
+
+if __name__ == "__main__":
+    main()
