@@ -55,7 +55,10 @@ def _batching(old: bool):
         return batching
     root = Path(__file__).resolve().parents[1]
     source = subprocess.run(
-        ["git", "show", f"{OLD_COMMIT}:distillrank/training/batching.py"], cwd=root, check=True, capture_output=True
+        ["git", "show", f"{OLD_COMMIT}:distillrank/training/batching.py"],
+        cwd=root,
+        check=True,
+        capture_output=True,
     ).stdout
     path = Path(tempfile.mkdtemp()) / "old_batching.py"
     path.write_bytes(source)
