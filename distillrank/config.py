@@ -150,6 +150,9 @@ class TrainConfig:
     dev_batch_size: int = 64
     early_stopping_patience: int = 0  # stop after this many evaluations without improvement; 0 = never
     logger: Logger = Logger.none  # none | tensorboard | wandb (not in the stage key)
+    # Data parallelism (torchrun --nproc_per_node=N): in-batch negatives span the global micro-batch,
+    # passage embeddings all-gathered over the ranks (bi-encoder; one process: no effect)
+    gather_negatives: bool = False
     # Feature distillation (a loss with a feature term, e.g. loss=feature or loss=margin_mse_feature):
     # the student's embeddings of the collection's texts regress the teacher's (distillrank/training/features.py)
     feature_batch_size: int | None = None  # texts per micro-batch; None = batch_size

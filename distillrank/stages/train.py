@@ -43,7 +43,7 @@ from distillrank.losses.margin_mse import MarginMSELoss
 from distillrank.reporting import model_card
 from distillrank.runtime import Runtime, configure, seed_everything
 from distillrank.teachers.base import embedding_source
-from distillrank.training.batching import QueryPool, query_pools
+from distillrank.training.batching import Pools, QueryPool, as_pools, query_pools
 from distillrank.training.dev import DevSet, carve_dev_pools, dev_from_pools, held_out_count
 from distillrank.training.distributed import init_from_env
 from distillrank.training.features import FeatureSet, cached_text_embeddings
@@ -91,7 +91,7 @@ def _is_margin_mse(loss: DictConfig) -> bool:
     return isinstance(built, type) and issubclass(built, MarginMSELoss)
 
 
-def warn_unreachable_margins(cfg: DictConfig, pools: list[QueryPool]) -> float | None:
+def warn_unreachable_margins(cfg: DictConfig, pools: Pools | list[QueryPool]) -> float | None:
     """Warn when Margin-MSE asks a cosine student for teacher margins it cannot produce.
 
     Margin-MSE regresses the student's margin s(q, p) - s(q, n) onto the teacher's. A cosine
@@ -103,9 +103,7 @@ def warn_unreachable_margins(cfg: DictConfig, pools: list[QueryPool]) -> float |
         return None
     if cfg.loss.get("learn_scale"):  # the learned factor reaches any margin
         return None
-    margins = np.array(
-        [abs(p - n) for pool in pools for _, p in pool.positives[:1] for _, n in pool.negatives], dtype=np.float64
-    )
+    margins = as_pools(pools).first_positive_margins()
     if not margins.size:
         return None
     share = float(np.mean(margins > COSINE_MARGIN))
@@ -129,8 +127,8 @@ def _candidates(table: pa.Table) -> dict[str, list[str]]:
 
 
 def dev_set(
-    cfg: DictConfig, pools: list[QueryPool], scores: pa.Table | Path, query_text: dict[str, str]
-) -> tuple[list[QueryPool], DevSet | None]:
+    cfg: DictConfig, pools: Pools, scores: pa.Table | Path, query_text: dict[str, str]
+) -> tuple[Pools, DevSet | None]:
     """The training pools left after setting dev queries aside, and the dev set (None without one).
 
     Raises:
@@ -250,7 +248,7 @@ def run(cfg: DictConfig) -> Manifest:
         query_text = dict(training.train_queries(cfg))
         pools, dev = dev_set(cfg, pools, score_dir / artifacts.SCORES, query_text)
     else:  # feature terms only: the collection's texts, no query pools
-        pools, dropped, query_text = [], 0, {}
+        pools, dropped, query_text = Pools.empty(), 0, {}
         pools, dev = dev_set(cfg, pools, pa.table({"qid": [], "docid": []}), query_text)
     student = components.student(cfg)
     loss_fn = components.loss(cfg)

@@ -14,6 +14,9 @@ the wrapped weights. Its ``forward`` is the training-time scoring of a batch:
   cross-encoder would have to score B × P pairs).
 
 It returns :class:`BatchScores`: ``groups`` [B, L] and ``matrix`` [B, P] or None, differentiable.
+A student with ``supports_gather`` (the bi-encoder) also takes ``gather``: a function from the
+embeddings of ``passages`` (this rank's share) to those of the whole global batch (the data-parallel
+``train.gather_negatives``), which ``index`` and the matrix's columns then refer to.
 Making this the ``forward`` keeps every student usable under ``torch.nn.parallel`` wrappers.
 
 :meth:`Student.score_pairs` scores arbitrary (query, passage) pairs without gradients: a student is
@@ -75,6 +78,7 @@ class Student(nn.Module):
     retrieves: bool = False  # a bi-encoder: encoder(runtime) embeds a corpus once
     batch_size: int = 64  # texts (or pairs) per inference batch when score_pairs is given none
     supports_in_batch: bool = False
+    supports_gather: bool = False  # forward(..., gather=f): in-batch passages gathered over the ranks
     supports_features: bool = False  # has one embedding per text (feature distillation)
 
     def __init__(self, model: nn.Module, source: str | Path | None = None) -> None:

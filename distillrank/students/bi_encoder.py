@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ class BiEncoderStudent(Student):
     )
     retrieves = True
     supports_in_batch = True
+    supports_gather = True
     supports_features = True
 
     @classmethod
@@ -40,10 +41,17 @@ class BiEncoderStudent(Student):
         return cls(BiEncoder.load(folder), source=folder).eval()
 
     def forward(
-        self, queries: Sequence[str], passages: Sequence[str], index: torch.Tensor, in_batch: bool = False
+        self,
+        queries: Sequence[str],
+        passages: Sequence[str],
+        index: torch.Tensor,
+        in_batch: bool = False,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> BatchScores:
         q_emb = self.model(list(queries), "query").float()  # [B, d]
         p_emb = self.model(list(passages), "passage").float()  # [P, d]
+        if gather is not None:  # this rank's passages -> the global batch's (index refers to those)
+            p_emb = gather(p_emb)
         index = index.to(p_emb.device)
         groups = torch.einsum("bd,bld->bl", q_emb, p_emb[index])  # [B, L]
         return BatchScores(groups, q_emb @ p_emb.T if in_batch else None)

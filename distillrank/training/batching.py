@@ -1,13 +1,28 @@
-"""Training examples from the scored candidates: one query, one positive, n negatives."""
+"""Training examples from the scored candidates: one query, one positive, n negatives.
+
+The scored candidates are held columnar (:class:`Pools`): every usable query's rows grouped in one
+CSR layout of numpy arrays — ``offsets`` (where each query's rows start), ``n_pos`` (how many of them,
+first, are positives), ``docs`` (int32 codes into one docid dictionary, an Arrow string array) and
+``teacher`` (the teacher's scores) — about 8 bytes per scored pair plus the distinct docids once,
+where a list of Python tuples took 110–250 bytes. An epoch's examples are an :class:`EpochPlan` of
+row indices into those arrays (a few bytes per pair); each batch's :class:`Example` objects are made
+from it when the batch is trained on, never the whole epoch's.
+
+The draws are those of the list-of-objects code this replaced, in the same order from the same
+generator, so a seed gives the same examples in the same order (``tests/training/test_columnar_pools.py``
+pins it against a reference implementation of the old code).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from distillrank.errors import DataError
@@ -15,7 +30,7 @@ from distillrank.errors import DataError
 
 @dataclass
 class QueryPool:
-    """One training query's scored candidates."""
+    """One training query's scored candidates (the row view of one query of :class:`Pools`)."""
 
     qid: str
     positives: list[tuple[str, float]]  # (docid, teacher score)
@@ -35,6 +50,162 @@ SCORE_COLUMNS = ("qid", "docid", "label", "teacher")
 BATCH_ROWS = 65_536
 
 
+def _strings(values: Sequence[str] | pa.Array) -> pa.Array:
+    return values if isinstance(values, pa.Array) else pa.array(list(values), pa.string())
+
+
+def _hash_strings(digest, values: pa.Array) -> None:
+    """Feed an Arrow string array's content (offsets relative to its first value, then its bytes)."""
+    if not len(values):
+        return
+    kind = np.int64 if pa.types.is_large_string(values.type) else np.int32
+    buffer = values.buffers()[1]
+    offsets = np.frombuffer(buffer, dtype=kind)[values.offset : values.offset + len(values) + 1].astype(
+        np.int64
+    )
+    digest.update((offsets - offsets[0]).tobytes())
+    data = values.buffers()[2]
+    if data is not None:
+        digest.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
+
+
+class Pools:
+    """Every usable training query's scored candidates, columnar.
+
+    Query ``i`` (``qids[i]``) owns rows ``offsets[i]:offsets[i + 1]``; the first ``n_pos[i]`` of them
+    are its positives, the rest its negatives, each group in table order. Row ``r`` is the candidate
+    ``docids[docs[r]]`` with teacher score ``teacher[r]``.
+    """
+
+    def __init__(
+        self,
+        qids: Sequence[str] | pa.Array,
+        offsets: np.ndarray,
+        n_pos: np.ndarray,
+        docs: np.ndarray,
+        teacher: np.ndarray,
+        docids: Sequence[str] | pa.Array,
+    ) -> None:
+        self.qids = _strings(qids)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.n_pos = np.asarray(n_pos, dtype=np.int64)
+        self.docs = np.asarray(docs, dtype=np.int32)
+        self.teacher = np.asarray(teacher)
+        self.docids = _strings(docids)
+        if len(self.offsets) != len(self.qids) + 1 or len(self.n_pos) != len(self.qids):
+            raise ValueError("Pools: offsets must have one entry more than qids, n_pos one per qid")
+
+    @classmethod
+    def from_query_pools(cls, pools: Sequence[QueryPool]) -> Pools:
+        """The columnar form of row-wise pools (tests, benchmarks; teacher scores kept as float64)."""
+        slot: dict[str, int] = {}
+        docs: list[int] = []
+        teacher: list[float] = []
+        sizes, n_pos = [], []
+        for pool in pools:
+            for docid, score in pool.positives + pool.negatives:
+                docs.append(slot.setdefault(docid, len(slot)))
+                teacher.append(score)
+            sizes.append(len(pool.positives) + len(pool.negatives))
+            n_pos.append(len(pool.positives))
+        offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        return cls([p.qid for p in pools], offsets, n_pos, docs, np.asarray(teacher, np.float64), list(slot))
+
+    @classmethod
+    def empty(cls) -> Pools:
+        return cls([], np.zeros(1, np.int64), [], [], np.zeros(0, np.float32), [])
+
+    def __len__(self) -> int:
+        return len(self.qids)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.docs)
+
+    def n_negatives(self) -> np.ndarray:
+        """Negatives per query [Q]."""
+        return np.diff(self.offsets) - self.n_pos
+
+    def _decode(self, rows: np.ndarray | slice) -> list[str]:
+        return self.docids.take(pa.array(self.docs[rows])).to_pylist()
+
+    def __getitem__(self, i: int) -> QueryPool:
+        start, mid, end = int(self.offsets[i]), int(self.offsets[i] + self.n_pos[i]), int(self.offsets[i + 1])
+        docids, scores = self._decode(slice(start, end)), self.teacher[start:end].tolist()
+        k = mid - start
+        return QueryPool(
+            self.qids[i].as_py(),
+            list(zip(docids[:k], scores[:k], strict=True)),
+            list(zip(docids[k:], scores[k:], strict=True)),
+        )
+
+    def __iter__(self) -> Iterator[QueryPool]:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Pools):
+            return NotImplemented
+        return (
+            self.qids.equals(other.qids)
+            and np.array_equal(self.offsets, other.offsets)
+            and np.array_equal(self.n_pos, other.n_pos)
+            and np.array_equal(self.teacher, other.teacher)
+            and self._decode(slice(None)) == other._decode(slice(None))
+        )
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> Pools:
+        """The pools of queries ``indices``, in that order (the docid dictionary shared)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        starts, sizes = self.offsets[idx], np.diff(self.offsets)[idx]
+        offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        rows = np.repeat(starts - offsets[:-1], sizes) + np.arange(offsets[-1], dtype=np.int64)
+        return Pools(
+            self.qids.take(pa.array(idx)),
+            offsets,
+            self.n_pos[idx],
+            self.docs[rows],
+            self.teacher[rows],
+            self.docids,
+        )
+
+    def positives(self, queries: Sequence[int] | np.ndarray) -> dict[str, set[str]]:
+        """qid -> its positive docids, for the queries ``queries`` (indices)."""
+        out: dict[str, set[str]] = {}
+        for i in np.unique(np.asarray(queries, dtype=np.int64)).tolist():
+            start = int(self.offsets[i])
+            out[self.qids[i].as_py()] = set(self._decode(slice(start, start + int(self.n_pos[i]))))
+        return out
+
+    def first_positive_margins(self) -> np.ndarray:
+        """|teacher(first positive) - teacher(negative)| for every negative of every query (float64)."""
+        sizes = np.diff(self.offsets)
+        query = np.repeat(np.arange(len(self)), sizes)
+        rank = np.arange(self.n_rows) - self.offsets[query]
+        negative = rank >= self.n_pos[query]
+        teacher = self.teacher.astype(np.float64)
+        return np.abs(teacher[self.offsets[query[negative]]] - teacher[negative])
+
+    def fingerprint(self) -> str:
+        """sha256 of the content (qids, layout, docid codes and dictionary, teacher scores)."""
+        digest = hashlib.sha256()
+        _hash_strings(digest, self.qids)
+        _hash_strings(digest, self.docids)
+        for array in (self.offsets, self.n_pos, self.docs, self.teacher):
+            digest.update(str(array.dtype).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
+    def nbytes(self) -> int:
+        """Bytes held by the arrays and the two string dictionaries."""
+        arrays = sum(a.nbytes for a in (self.offsets, self.n_pos, self.docs, self.teacher))
+        return arrays + self.qids.nbytes + self.docids.nbytes
+
+
+def as_pools(pools: Pools | Sequence[QueryPool]) -> Pools:
+    """``pools`` columnar (row-wise :class:`QueryPool` lists converted)."""
+    return pools if isinstance(pools, Pools) else Pools.from_query_pools(list(pools))
+
+
 def _record_batches(scores: pa.Table | str | Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
     """Record batches of the needed columns: a table's own chunks, or a Parquet file read row group
     by row group (``batch_rows`` rows at a time), never the whole file."""
@@ -49,20 +220,30 @@ def _record_batches(scores: pa.Table | str | Path, batch_rows: int) -> Iterator[
     names = parquet.schema_arrow.names
     missing = [c for c in SCORE_COLUMNS if c not in names]
     if missing:
-        raise DataError(f"{path}: the score table lacks the columns {missing}; expected {list(SCORE_COLUMNS)} (+ dropped)")
+        raise DataError(
+            f"{path}: the score table lacks the columns {missing}; expected {list(SCORE_COLUMNS)} (+ dropped)"
+        )
     columns = list(SCORE_COLUMNS) + (["dropped"] if "dropped" in names else [])
     yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
 
 
-def query_pools(scores: pa.Table | str | Path, batch_rows: int = BATCH_ROWS) -> tuple[list[QueryPool], int]:
+def _unified(chunks: list[pa.DictionaryArray]) -> tuple[pa.Array, np.ndarray]:
+    """One dictionary for the dictionary-encoded chunks (values in order of first appearance) and
+    every row's int32 code in it."""
+    unified = pa.chunked_array(chunks).unify_dictionaries()
+    codes = [c.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False) for c in unified.chunks]
+    return unified.chunk(0).dictionary, np.concatenate(codes)
+
+
+def query_pools(scores: pa.Table | str | Path, batch_rows: int = BATCH_ROWS) -> tuple[Pools, int]:
     """Group the scores table by query; returns the pools and the number of queries dropped
-    (no positive or no negative among the candidates), in first-appearance order.
+    (no positive or no negative among the candidates), queries in first-appearance order.
 
     ``scores`` is an Arrow table or the path of a ``scores.parquet`` (columns qid, docid, label,
-    teacher, optionally dropped). A path is streamed ``batch_rows`` rows at a time, so memory is
-    the pools themselves (one ``(docid, score)`` tuple per kept row, docid strings shared between
-    queries) plus one batch, not the whole table in Arrow and again as Python lists. Both give
-    identical pools.
+    teacher, optionally dropped). A path is streamed ``batch_rows`` rows at a time: each batch is
+    dictionary-encoded (qid, docid) and reduced to int32 codes, a teacher score and a positive flag
+    (about 13 bytes a row while reading); the codes are then stably sorted by query, positives
+    first, table order within each. Both give identical pools.
 
     Rows whose ``dropped`` column is true (negatives removed by the score stage's de-noising) are
     skipped; a query left without negatives by them counts as dropped. A table without the column
@@ -71,44 +252,120 @@ def query_pools(scores: pa.Table | str | Path, batch_rows: int = BATCH_ROWS) -> 
     Raises:
         DataError: a path that is not a Parquet file, or lacks one of the columns.
     """
-    pools: dict[str, QueryPool] = {}
-    docids: dict[str, str] = {}  # one string object per distinct docid
+    qid_chunks: list[pa.DictionaryArray] = []
+    doc_chunks: list[pa.DictionaryArray] = []
+    keeps, teachers, positives = [], [], []
     for batch in _record_batches(scores, batch_rows):
-        n = batch.num_rows
         names = batch.schema.names
-        dropped = batch.column(names.index("dropped")).to_pylist() if "dropped" in names else [False] * n
-        qid_col, doc_col, label_col, teacher_col = (batch.column(names.index(c)).to_pylist() for c in SCORE_COLUMNS)
-        for qid, docid, label, teacher, skip in zip(qid_col, doc_col, label_col, teacher_col, dropped, strict=True):
-            pool = pools.get(qid)
-            if pool is None:
-                pool = pools[qid] = QueryPool(qid, [], [])
-            if skip:
-                continue
-            docid = docids.setdefault(docid, docid)
-            (pool.positives if label > 0 else pool.negatives).append((docid, float(teacher)))
-    usable = [p for p in pools.values() if p.positives and p.negatives]
-    return usable, len(pools) - len(usable)
+        column = batch.column  # by name
+        if "dropped" in names:
+            keep = pc.invert(pc.fill_null(column("dropped"), False))
+        else:
+            keep = pa.array(np.ones(batch.num_rows, dtype=bool))
+        qid_chunks.append(pc.dictionary_encode(column("qid")))  # every row: a query all dropped still counts
+        doc_chunks.append(pc.dictionary_encode(column("docid").filter(keep)))
+        keeps.append(keep.to_numpy(zero_copy_only=False))
+        teacher = column("teacher").filter(keep).to_numpy(zero_copy_only=False)
+        teachers.append(teacher if teacher.dtype == np.float64 else teacher.astype(np.float32, copy=False))
+        positives.append(pc.greater(column("label").filter(keep), 0).to_numpy(zero_copy_only=False))
+    if not qid_chunks:
+        return Pools.empty(), 0
+    qids, qcode = _unified(qid_chunks)
+    del qid_chunks
+    qcode = qcode[np.concatenate(keeps)]
+    del keeps
+    docids, docs = _unified(doc_chunks)
+    del doc_chunks
+    teacher = np.concatenate(teachers)
+    positive = np.concatenate(positives)
+    del teachers, positives
+    n_queries = len(qids)
+    sizes = np.bincount(qcode, minlength=n_queries)
+    n_pos = np.bincount(qcode[positive], minlength=n_queries)
+    usable = (n_pos > 0) & (sizes > n_pos)
+    order = np.lexsort((~positive, qcode))  # stable: by query, positives first, table order within
+    order = order[usable[qcode[order]]]
+    offsets = np.concatenate([[0], np.cumsum(sizes[usable], dtype=np.int64)])
+    pools = Pools(qids.filter(pa.array(usable)), offsets, n_pos[usable], docs[order], teacher[order], docids)
+    return pools, int(n_queries - usable.sum())
 
 
-def epoch_examples(pools: list[QueryPool], negatives_per_example: int, rng: np.random.Generator) -> list[Example]:
+@dataclass
+class EpochPlan:
+    """One epoch's examples as rows of :class:`Pools`: example ``e`` is query ``query[e]`` with the
+    positive row ``rows[e, 0]`` and the negative rows ``rows[e, 1:]``."""
+
+    query: np.ndarray  # [E] query indices
+    rows: np.ndarray  # [E, 1 + n] row indices
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+    def examples(self, pools: Pools, start: int, stop: int) -> list[Example]:
+        """Examples ``start:stop`` of the epoch, made from the pools' arrays."""
+        rows = self.rows[start:stop]
+        qids = pools.qids.take(pa.array(self.query[start:stop])).to_pylist()
+        docids = pools._decode(rows.reshape(-1))
+        teacher = pools.teacher[rows].tolist()
+        width = rows.shape[1]
+        return [Example(qid, docids[b * width : (b + 1) * width], teacher[b]) for b, qid in enumerate(qids)]
+
+    def batch(self, pools: Pools, j: int, batch_size: int) -> tuple[list[Example], np.ndarray]:
+        """Micro-batch ``j`` (its examples and their query indices), starting over when the
+        examples run out (an epoch can be longer than the ranking stream when feature texts are
+        more); ([], []) without examples."""
+        if not len(self):
+            return [], np.zeros(0, np.int64)
+        n = -(-len(self) // batch_size)
+        start = (j % n) * batch_size
+        stop = min(start + batch_size, len(self))
+        return self.examples(pools, start, stop), self.query[start:stop]
+
+
+def examples_per_epoch(pools: Pools | Sequence[QueryPool], negatives_per_example: int) -> int:
+    """How many examples :func:`epoch_plan` makes (no draw needed: max(1, negatives // n) per query)."""
+    pools = as_pools(pools)
+    return int(np.maximum(pools.n_negatives() // negatives_per_example, 1).sum()) if len(pools) else 0
+
+
+def epoch_plan(
+    pools: Pools | Sequence[QueryPool], negatives_per_example: int, rng: np.random.Generator
+) -> EpochPlan:
     """This epoch's examples: each query's negatives reshuffled and split into groups of n, each group
     paired with one of the query's positives (in turn); the examples shuffled.
 
     Every mined negative is seen once per epoch (a query with fewer than n negatives yields one group
-    padded by resampling), and the grouping changes from epoch to epoch.
+    padded by resampling), and the grouping changes from epoch to epoch. The generator is drawn from
+    per query exactly as the list-of-objects code did (negatives permuted, padded by a resample when
+    fewer than n, positives permuted), then once to shuffle the examples.
     """
+    pools = as_pools(pools)
     n = negatives_per_example
-    examples: list[Example] = []
-    for pool in pools:
-        order = rng.permutation(len(pool.negatives))
+    total = examples_per_epoch(pools, n)
+    query = np.empty(total, dtype=np.int32 if len(pools) < 2**31 else np.int64)
+    rows = np.empty((total, 1 + n), dtype=np.int32 if pools.n_rows < 2**31 else np.int64)
+    e = 0
+    for i, (start, n_pos, n_neg) in enumerate(
+        zip(pools.offsets[:-1].tolist(), pools.n_pos.tolist(), pools.n_negatives().tolist(), strict=True)
+    ):
+        order = rng.permutation(n_neg)
         if len(order) < n:
-            order = rng.choice(len(pool.negatives), size=n, replace=True)
-        groups = [order[i : i + n] for i in range(0, len(order) - n + 1, n)]
-        pos_order = rng.permutation(len(pool.positives))
-        for g, group in enumerate(groups):
-            pos_id, pos_score = pool.positives[pos_order[g % len(pos_order)]]
-            negs = [pool.negatives[j] for j in group]
-            examples.append(
-                Example(pool.qid, [pos_id] + [d for d, _ in negs], [pos_score] + [s for _, s in negs])
-            )
-    return [examples[i] for i in rng.permutation(len(examples))]
+            order = rng.choice(n_neg, size=n, replace=True)
+        k = len(order) // n
+        pos_order = rng.permutation(n_pos)
+        query[e : e + k] = i
+        rows[e : e + k, 0] = start + pos_order[np.arange(k) % n_pos]
+        rows[e : e + k, 1:] = (start + n_pos) + order[: k * n].reshape(k, n)
+        e += k
+    perm = rng.permutation(total)
+    return EpochPlan(query[perm], rows[perm])
+
+
+def epoch_examples(
+    pools: Pools | Sequence[QueryPool], negatives_per_example: int, rng: np.random.Generator
+) -> list[Example]:
+    """This epoch's examples as objects (:func:`epoch_plan` made whole; for tools and tests — the
+    training loop makes each batch's alone)."""
+    pools = as_pools(pools)
+    plan = epoch_plan(pools, negatives_per_example, rng)
+    return plan.examples(pools, 0, len(plan))

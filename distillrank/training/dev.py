@@ -25,7 +25,7 @@ from distillrank.evaluation.metrics import compute_metrics
 from distillrank.ranking import Pairs
 from distillrank.runtime import Runtime
 from distillrank.students.base import Student
-from distillrank.training.batching import QueryPool
+from distillrank.training.batching import Pools, QueryPool
 from distillrank.training.distributed import Dist
 
 
@@ -50,8 +50,9 @@ def held_out_count(total: int, fraction: float) -> int:
     return max(1, round(fraction * total)) if fraction > 0 else 0
 
 
-def carve_dev_pools(pools: list[QueryPool], n: int, seed: int) -> tuple[list[QueryPool], list[QueryPool]]:
-    """Split the training pools into (train, dev): ``n`` pools chosen by a seeded permutation.
+def carve_dev_pools(pools: Pools | list[QueryPool], n: int, seed: int):
+    """Split the training pools into (train, dev): ``n`` pools chosen by a seeded permutation
+    (columnar :class:`Pools` give two :class:`Pools`, a list two lists).
 
     The choice depends only on the pools (their order) and the seed, so a rerun (or a resumed run)
     sets aside the same queries.
@@ -59,13 +60,18 @@ def carve_dev_pools(pools: list[QueryPool], n: int, seed: int) -> tuple[list[Que
     if n <= 0:
         return pools, []
     chosen = set(np.random.default_rng(seed).permutation(len(pools))[:n].tolist())
+    if isinstance(pools, Pools):
+        return (
+            pools.take([i for i in range(len(pools)) if i not in chosen]),
+            pools.take(sorted(chosen)),
+        )
     train = [p for i, p in enumerate(pools) if i not in chosen]
     dev = [p for i, p in enumerate(pools) if i in chosen]
     return train, dev
 
 
 def dev_from_pools(
-    dev_pools: list[QueryPool],
+    dev_pools: Pools | list[QueryPool],
     query_text: dict[str, str],
     candidates: dict[str, list[str]],
     qrels: dict[str, dict[str, int]],

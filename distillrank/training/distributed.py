@@ -1,12 +1,29 @@
-"""Data-parallel training over ``torch.distributed`` (launched by ``torchrun``).
+"""Data-parallel training over ``torch.distributed`` (launched by ``torchrun``), with
+``torch.nn.parallel.DistributedDataParallel`` as the engine.
 
-Why plain ``torch.distributed`` collectives and not ``DistributedDataParallel`` or accelerate: the
-loop already sums weighted per-micro-batch gradients for accumulation; data parallelism is the same
-sum spread over ranks — each rank backpropagates its shard with weight ``|shard| / |global step|``
-and one all-reduce (SUM) of the flattened gradients makes every rank hold the gradient of the whole
-step. That is exactly the gradient of a single-process run on the same global batch (up to float
-summation order), works for every student's scoring method (no wrapped ``forward`` to route through,
-no unused-parameter bookkeeping for the pooler a bi-encoder never uses) and keeps resume exact.
+Why DDP (and not the hand-written all-reduce it replaced, accelerate or Lightning Fabric): the loop
+owns its schedule, accumulation, checkpoints and mixed precision already, so what it needs from an
+engine is the gradient reduction alone; DDP is that and nothing else — bucketed all-reduces that
+start while backward still runs (communication overlapped with computation), ``no_sync()`` for the
+micro-batches of gradient accumulation, and the reduction of parameters a step did not use.
+accelerate and Fabric would wrap the same DDP and add an optimizer/dataloader/precision layer the
+loop would have to route around.
+
+How the loop uses it (:mod:`distillrank.training.loop`): one module computes a micro-batch's loss
+in its ``forward`` (the student's scores, its feature embeddings and the loss's own parameters: a
+student scored outside ``forward``, e.g. through ``embed``, still goes through the wrapped call),
+and DDP wraps it with ``find_unused_parameters=True`` (a bi-encoder's pooler, a loss term's
+projection on a micro-batch without features: parameters unused by every rank keep no gradient, as
+in one process). Each rank backpropagates its shard with weight ``world × |shard| / |global step|``;
+DDP's average over the ranks makes that the gradient of the whole global step, i.e. that of one
+process on the same global batch (up to float summation order). Each rank takes a contiguous share
+of every global micro-batch (:meth:`Dist.shard`); a rank whose share is empty backpropagates one
+example with weight 0, so every rank joins every reduction.
+
+With ``train.gather_negatives``, the passages of the global micro-batch are split over the ranks,
+each rank encodes its share, and :meth:`Dist.all_gather_rows` (``torch.distributed.nn.functional``:
+the gradient flows back to the rank that encoded each row) gives every rank all of them, so the
+in-batch negatives of a query span the global batch as in one process.
 
 ``torchrun --nproc_per_node=N distillrank train ...`` sets ``WORLD_SIZE``, ``RANK`` and
 ``LOCAL_RANK``; :func:`init_from_env` joins the group (NCCL on CUDA, gloo on CPU).
@@ -20,6 +37,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 
 
 @dataclass
@@ -45,20 +63,21 @@ class Dist:
         n, w, r = len(items), self.world, self.rank
         return items[r * n // w : (r + 1) * n // w]
 
-    def all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
-        """Sum every parameter's gradient over the ranks (a missing gradient counts as zero)."""
+    def shard_sizes(self, n: int) -> list[int]:
+        """How many of ``n`` items :meth:`shard` gives each rank, in rank order."""
+        w = self.world
+        return [(r + 1) * n // w - r * n // w for r in range(w)]
+
+    def all_gather_rows(self, rows: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """Every rank's ``rows`` concatenated in rank order (rank ``r`` contributes its first
+        ``sizes[r]`` rows), differentiable: the gradient of each row flows back to the rank that
+        computed it (``torch.distributed.nn.functional.all_gather``)."""
         if not self.enabled:
-            return
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        offset = 0
-        for p in params:
-            n = p.grad.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
-            offset += n
+            return rows[: sizes[0]]
+        longest = max(sizes)
+        pad = rows.new_zeros((longest - rows.shape[0], *rows.shape[1:]))
+        parts = dist_nn.all_gather(torch.cat([rows, pad]) if len(pad) else rows)
+        return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
 
     def sum(self, value: float, device: torch.device) -> float:
         """The sum of a number over the ranks."""

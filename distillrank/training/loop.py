@@ -27,14 +27,22 @@ With a dev set and ``train.eval_every > 0``, the student re-ranks the dev candid
 (:mod:`distillrank.training.dev`); the best weights by ``train.dev_measure`` are kept and loaded
 back at the end, and ``train.early_stopping_patience`` evaluations without improvement stop the run.
 
+The pools are columnar (:class:`~distillrank.training.batching.Pools`); each epoch draws an
+:class:`~distillrank.training.batching.EpochPlan` of row indices, and each micro-batch's examples
+are made from it as the batch comes up.
+
 Under ``torchrun`` (:mod:`distillrank.training.distributed`), every global micro-batch of
-``train.batch_size`` examples is split over the ranks; gradients are summed over the ranks before
-each optimizer step, so the update equals that of one process on the same global batch. Rank 0
-writes the log, the trackers and the checkpoints.
+``train.batch_size`` examples is split over the ranks and the step's loss module is wrapped in
+``DistributedDataParallel`` (gradients averaged over the ranks during the last micro-batch's
+backward, ``no_sync()`` before), so the update equals that of one process on the same global batch.
+``train.gather_negatives`` makes the in-batch negatives span the global micro-batch. A checkpoint
+holds the global position (step, epoch, example offset), so a run resumes under another world size.
+Rank 0 writes the log, the trackers and the checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -49,6 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
@@ -59,7 +68,7 @@ from distillrank.losses.infonce import InBatch
 from distillrank.runtime import Runtime
 from distillrank.students.base import Student
 from distillrank.students.factory import as_student
-from distillrank.training.batching import Example, QueryPool, epoch_examples
+from distillrank.training.batching import Example, Pools, QueryPool, as_pools, epoch_plan, examples_per_epoch
 from distillrank.training.dev import DevSet, evaluate_dev
 from distillrank.training.distributed import Dist
 from distillrank.training.features import FeatureSet, iter_texts
@@ -103,14 +112,30 @@ def student_scores(
     passage_text: Callable[[list[str]], list[str]],
     in_batch: bool = False,
     positives: dict[str, set[str]] | None = None,
+    global_batch: Sequence[Example] | None = None,
+    dist: Dist | None = None,
 ) -> tuple[torch.Tensor, InBatch | None]:
     """Student scores [B, 1 + n] of a batch (each distinct passage scored once) and, with
     ``in_batch``, the :class:`InBatch` scores [B, P] over the batch's P distinct passages, with each
-    query's other known ``positives`` (qid -> docids) excluded from its negatives."""
-    unique = list(dict.fromkeys(d for ex in examples for d in ex.docids))
+    query's other known ``positives`` (qid -> docids) excluded from its negatives.
+
+    With ``global_batch`` (the global micro-batch ``examples`` is this rank's share of) and ``dist``:
+    the P passages are the global batch's; each rank encodes its share of them and the student
+    gathers the embeddings over the ranks (``train.gather_negatives``)."""
+    unique = list(
+        dict.fromkeys(d for ex in (examples if global_batch is None else global_batch) for d in ex.docids)
+    )
     slot = {d: i for i, d in enumerate(unique)}
     index = torch.tensor([[slot[d] for d in ex.docids] for ex in examples], dtype=torch.long)
-    out = student([query_text[ex.qid] for ex in examples], passage_text(unique), index, in_batch)
+    queries = [query_text[ex.qid] for ex in examples]
+    if global_batch is None or dist is None:
+        out = student(queries, passage_text(unique), index, in_batch)
+    else:
+        sizes = dist.shard_sizes(len(unique))
+        mine = dist.shard(unique) or unique[:1]  # an empty share still joins the gather (its row dropped)
+        out = student(
+            queries, passage_text(mine), index, in_batch, gather=lambda emb: dist.all_gather_rows(emb, sizes)
+        )
     if not in_batch:
         return out.groups.float(), None
     assert out.matrix is not None
@@ -123,21 +148,73 @@ def student_scores(
     return out.groups.float(), InBatch(out.matrix.float(), index.to(device), exclude.to(device))
 
 
-def _cycled(examples: list[Example], j: int, batch_size: int) -> list[Example]:
-    """Ranking micro-batch ``j`` of the epoch, starting over when the examples run out (an epoch
-    can be longer than the ranking stream when feature texts are more); [] without examples."""
-    if not examples:
-        return []
-    n = math.ceil(len(examples) / batch_size)
-    start = (j % n) * batch_size
-    return examples[start : start + batch_size]
-
-
 def _features(student: Student, features: FeatureSet, ids) -> Features:
     """The student's embeddings of feature texts ``ids`` and the teacher's targets."""
     batch = features.batch(ids)
     emb = torch.cat([student.embed(texts, kind) for kind, texts in iter_texts(batch)])
     return Features(emb, batch.targets.to(emb.device))
+
+
+class _Step(nn.Module):
+    """One micro-batch's loss as a module's ``forward``: the module ``DistributedDataParallel``
+    wraps, so its hooks see every parameter a step uses — the student's, scored through its
+    ``forward`` or its ``embed`` (feature texts), and the loss's own (a feature projection)."""
+
+    def __init__(
+        self,
+        student: Student,
+        loss_fn: nn.Module,
+        query_text: dict[str, str],
+        passage_text: Callable[[list[str]], list[str]],
+        runtime: Runtime,
+        in_batch: bool,
+        wants_features: bool,
+        features: FeatureSet | None,
+        dist: Dist,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.loss_fn = loss_fn
+        self.query_text, self.passage_text, self.runtime = query_text, passage_text, runtime
+        self.in_batch, self.wants_features, self.features, self.dist = (
+            in_batch,
+            wants_features,
+            features,
+            dist,
+        )
+
+    def forward(
+        self,
+        shard: list[Example],
+        feature_shard: list,
+        positives: dict[str, set[str]] | None,
+        global_batch: list[Example] | None,
+    ) -> torch.Tensor:
+        with self.runtime.autocast():
+            scores, extra = (
+                student_scores(
+                    self.student,
+                    shard,
+                    self.query_text,
+                    self.passage_text,
+                    self.in_batch,
+                    positives,
+                    global_batch,
+                    self.dist,
+                )
+                if shard
+                else (None, None)
+            )
+            feats = _features(self.student, self.features, feature_shard) if feature_shard else None
+        kwargs: dict[str, Any] = {}
+        if extra is not None:
+            kwargs["in_batch"] = extra
+        if self.wants_features:
+            kwargs["features"] = feats
+        teacher = (
+            torch.tensor([ex.teacher for ex in shard], device=scores.device) if scores is not None else None
+        )
+        return self.loss_fn(scores, teacher, **kwargs)
 
 
 @dataclass
@@ -166,16 +243,15 @@ class _Best:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _run_identity(
-    cfg, pools: list[QueryPool], seed: int, precision: str, resume_key: str | None, world: int = 1
-) -> str:
+def _run_identity(cfg, pools: Pools, seed: int, precision: str, resume_key: str | None) -> str:
     """A fingerprint of what decides the run's trajectory (``checkpoint_every`` and ``logger`` left
-    out), so a checkpoint of another configuration is never resumed."""
+    out), so a checkpoint of another configuration is never resumed. The world size is not in it:
+    a checkpoint holds the global position, and another number of ranks resumes it."""
     plain = to_plain(cfg)
     plain = dict(plain) if isinstance(plain, dict) else {"cfg": str(plain)}
     for key in NOT_IN_IDENTITY:
         plain.pop(key, None)
-    pool_fp = fingerprint([[p.qid, p.positives, p.negatives] for p in pools])
+    pool_fp = pools.fingerprint()
     identity = {
         "cfg": plain,
         "seed": seed,
@@ -183,8 +259,6 @@ def _run_identity(
         "pools": pool_fp,
         "resume_key": resume_key,
     }
-    if world > 1:
-        identity["world"] = world
     return fingerprint(identity)
 
 
@@ -258,7 +332,9 @@ def _checkpoint_step(folder: Path, identity: str) -> int | None:
     run_file = folder / RUN_FILE
     if not run_file.is_file():
         if (folder / STATE).exists():
-            log.warning("ignoring checkpoint %s: no %s (incomplete, or of an older version)", folder, RUN_FILE)
+            log.warning(
+                "ignoring checkpoint %s: no %s (incomplete, or of an older version)", folder, RUN_FILE
+            )
         return None
     try:
         run = json.loads(run_file.read_text(encoding="utf-8"))
@@ -321,7 +397,7 @@ def _optimizer(student: nn.Module, cfg, loss_fn: nn.Module | None = None) -> tor
 def train_student(
     student: nn.Module,
     loss_fn: nn.Module,
-    pools: list[QueryPool],
+    pools: Pools | Sequence[QueryPool],
     query_text: dict[str, str],
     passage_text: Callable[[list[str]], list[str]],
     cfg,
@@ -345,7 +421,8 @@ def train_student(
         cfg: the ``train`` config node (epochs, max_steps, batch_size, negatives_per_example, lr, …;
             optionally ``checkpoint_minutes`` (minutes between checkpoints, default 10),
             ``checkpoint_every`` (optimizer steps between checkpoints; both 0 = off), ``eval_every``,
-            ``dev_measure``, ``early_stopping_patience``, ``dev_batch_size``).
+            ``dev_measure``, ``early_stopping_patience``, ``dev_batch_size``, ``gather_negatives``).
+        pools: the scored candidates (:class:`Pools`; a list of :class:`QueryPool` is converted).
         passage_text: doc ids -> passage texts (one Arrow read per batch).
         runtime: the device the student trains on, its autocast precision, and the forward cap of
             dev re-ranking.
@@ -367,6 +444,7 @@ def train_student(
     dist = dist or Dist()
     tracker = tracker or Tracker()
     student = as_student(student)
+    pools = as_pools(pools)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed + dist.rank)
     device = runtime.device
@@ -390,9 +468,9 @@ def train_student(
         features = None
     ranking = uses_scores(loss_fn)
     if not ranking:
-        pools = []
+        pools = Pools.empty()
     feature_batch_size = int(cfg.get("feature_batch_size") or cfg.batch_size)
-    n_per_epoch = len(epoch_examples(pools, cfg.negatives_per_example, np.random.default_rng(0)))
+    n_per_epoch = examples_per_epoch(pools, cfg.negatives_per_example)
     rank_batches = math.ceil(n_per_epoch / cfg.batch_size)
     feat_batches = features.n_batches(feature_batch_size) if features is not None else 0
     micro_per_epoch = max(rank_batches, feat_batches)
@@ -414,7 +492,15 @@ def train_student(
             "example's own hard negatives only",
             student.kind,
         )
-    positives = {p.qid: {d for d, _ in p.positives} for p in pools} if in_batch else None
+    gather = bool(cfg.get("gather_negatives", False)) and dist.enabled
+    if gather and not in_batch:
+        log.warning("train.gather_negatives: the loss uses no in-batch negatives; nothing is gathered")
+        gather = False
+    if gather and not student.supports_gather:
+        raise ConfigError(
+            f"train.gather_negatives gathers passage embeddings over the ranks, which a {student.kind} "
+            "student does not have (one vector per passage); use a bi_encoder student or turn it off"
+        )
 
     eval_every = int(cfg.get("eval_every", 0) or 0) if dev is not None and len(dev) else 0
     measure = str(cfg.get("dev_measure", "nDCG@10"))
@@ -429,7 +515,7 @@ def train_student(
             f"train.checkpoint_every={checkpoint_every}, train.checkpoint_minutes={minutes}: "
             "expected >= 0 (0 = that trigger off)"
         )
-    identity = _run_identity(cfg, pools, seed, runtime.precision, resume_key, dist.world)
+    identity = _run_identity(cfg, pools, seed, runtime.precision, resume_key)
     step = seen = 0
     first_epoch = first_offset = 0
     loss_value = float("nan")
@@ -449,17 +535,35 @@ def train_student(
         best = _Best(**state["best"])
         step, seen, loss_value = pos.step, pos.seen, pos.loss_value
         first_epoch, first_offset, epoch_rng_override = pos.epoch, pos.offset, pos.epoch_rng
-        _set_rng_states(state["rngs"][dist.rank])
+        if len(state["rngs"]) == dist.world:
+            _set_rng_states(state["rngs"][dist.rank])
+        else:  # saved by another number of ranks: the position is global, the dropout RNGs per rank
+            torch.manual_seed(int(np.random.SeedSequence([seed, dist.rank, step]).generate_state(1)[0]))
+            log.info(
+                "train: a checkpoint of %d ranks resumed by %d; dropout RNGs reseeded",
+                len(state["rngs"]),
+                dist.world,
+            )
         if dist.is_main:  # the log as it was at the checkpoint; later lines dropped
             log_path.write_bytes(state["log"])
         log_mode = "a"
         log.info("train: resuming from step %d", step)
 
+    step_loss = _Step(
+        student, loss_fn, query_text, passage_text, runtime, in_batch, wants_features, features, dist
+    )
+    ddp: DistributedDataParallel | None = None
+    if dist.enabled:  # after loading a checkpoint: DDP broadcasts rank 0's weights
+        ddp = DistributedDataParallel(
+            step_loss,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,  # the pooler; a loss term without its inputs in a micro-batch
+        )
+    compute_loss = ddp if ddp is not None else step_loss
+
     def run_dev() -> dict[str, float]:
         """Evaluate, update the best weights; the metrics (every rank gets the same)."""
-        metrics = evaluate_dev(
-            student, dev, passage_text, [measure], dist, dev_batch_size, runtime
-        )
+        metrics = evaluate_dev(student, dev, passage_text, [measure], dist, dev_batch_size, runtime)
         value = metrics[measure]
         best.history.append({"step": step, **metrics})
         if value > best.metric:
@@ -483,7 +587,7 @@ def train_student(
                 rng.bit_generator.state = epoch_rng_override
                 epoch_rng_override = None
             epoch_rng = copy.deepcopy(rng.bit_generator.state)
-            examples = epoch_examples(pools, cfg.negatives_per_example, rng)
+            plan = epoch_plan(pools, cfg.negatives_per_example, rng)
             feature_ids = features.batches(feature_batch_size, rng) if features is not None else []
             step_size = cfg.batch_size * accum
             offset = first_offset if epoch == first_epoch else 0
@@ -495,35 +599,31 @@ def train_student(
                 first = b // cfg.batch_size
                 micro = range(first, min(first + accum, micro_per_epoch))
                 micro_batches = [
-                    (_cycled(examples, j, cfg.batch_size), feature_ids[j % len(feature_ids)] if feature_ids else None)
+                    (
+                        *plan.batch(pools, j, cfg.batch_size),
+                        feature_ids[j % len(feature_ids)] if feature_ids else None,
+                    )
                     for j in micro
                 ]
                 # each micro-batch's share of the step: by ranking examples, else by feature texts
-                n_step = sum(len(mb) if ranking else len(fb) for mb, fb in micro_batches)
+                n_step = sum(len(mb) if ranking else len(fb) for mb, _, fb in micro_batches)
                 local_loss = 0.0
-                for batch, feature_batch in micro_batches:
+                for k, (batch, batch_queries, feature_batch) in enumerate(micro_batches):
                     shard = dist.shard(batch)
                     feature_shard = dist.shard(list(feature_batch)) if feature_batch is not None else []
-                    if not shard and not feature_shard:
-                        continue
-                    with runtime.autocast():
-                        scores, extra = (
-                            student_scores(student, shard, query_text, passage_text, in_batch, positives)
-                            if shard
-                            else (None, None)
-                        )
-                        feats = _features(student, features, feature_shard) if feature_shard else None
-                    kwargs: dict[str, Any] = {}
-                    if extra is not None:
-                        kwargs["in_batch"] = extra
-                    if wants_features:
-                        kwargs["features"] = feats
-                    teacher = (
-                        torch.tensor([ex.teacher for ex in shard], device=scores.device) if scores is not None else None
-                    )
-                    loss = loss_fn(scores, teacher, **kwargs)
                     share = (len(shard) if ranking else len(feature_shard)) / n_step
-                    (loss * share).backward()
+                    if ddp is None and not shard and not feature_shard:
+                        continue
+                    if ddp is not None:  # every rank joins every reduction and gather: an empty share
+                        if ranking and not shard:  # backpropagates one example with weight 0
+                            shard = batch[:1]
+                        elif not ranking and not feature_shard:
+                            feature_shard = list(feature_batch)[:1]
+                    positives = pools.positives(batch_queries) if in_batch else None
+                    last = k == len(micro_batches) - 1
+                    with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
+                        loss = compute_loss(shard, feature_shard, positives, batch if gather else None)
+                        (loss * (share * dist.world if ddp is not None else share)).backward()
                     local_loss += loss.item() * share
                 loss_value = dist.sum(local_loss, device)
                 if not math.isfinite(loss_value):
@@ -532,7 +632,6 @@ def train_student(
                         f"{[ex.qid for ex in micro_batches[0][0][:5]]}…); lower train.lr or check the teacher "
                         "scores; the last checkpoint (if any) is kept"
                     )
-                dist.all_reduce_grads(params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()

@@ -53,14 +53,13 @@ def test_streamed_pools_equal_the_whole_table_ones(tmp_path: Path, dropped: bool
         assert kept < table.num_rows
 
 
-def test_streamed_pools_share_docid_strings(tmp_path: Path) -> None:
+def test_streamed_pools_hold_each_docid_once(tmp_path: Path) -> None:
+    table = _scores(40, 9, dropped=False)
     path = tmp_path / "scores.parquet"
-    pq.write_table(_scores(40, 9, dropped=False), path, row_group_size=30)
+    pq.write_table(table, path, row_group_size=30)
     pools, _ = query_pools(path)
-    by_text: dict[str, int] = {}
-    for pool in pools:
-        for docid, _ in pool.positives + pool.negatives:
-            assert by_text.setdefault(docid, id(docid)) == id(docid)
+    assert pools.docids.to_pylist() == list(dict.fromkeys(table["docid"].to_pylist()))  # one dictionary
+    assert pools.docs.dtype == np.int32 and pools.n_rows == len(pools.docs) < table.num_rows
 
 
 def test_a_bad_score_file_is_a_data_error(tmp_path: Path) -> None:
