@@ -181,19 +181,47 @@ def search(
     batch_size: int,
     chunk_size: int,
     runtime: Runtime,
+    resident: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode the queries and take the exact top-k of their dot products with ``matrix``'s rows.
+    """Encode the queries and take the exact top-k of their dot products with ``matrix``'s rows,
+    on the runtime's device (:func:`~distillrank.evaluation.retrieval.exact_topk`: by corpus
+    blocks and query batches).
+
+    Args:
+        resident: ``matrix`` already on the runtime's device (:func:`device_copy`), read instead
+            of the memory map.
 
     Returns:
-        scores [Q, k] (descending) and corpus rows [Q, k] (int64), k = min(top_k, N).
+        scores [Q, k] (descending) and corpus rows [Q, k] (int64), k = min(top_k, N), on the CPU.
     """
     encoder = encoder.to(runtime.device).eval()
     q_emb = encoder.encode(list(query_texts), "query", batch_size, runtime, progress=False)
 
     def doc_block(start: int, end: int) -> torch.Tensor:
+        if resident is not None:
+            return resident[start:end]
         return torch.from_numpy(np.array(matrix[start:end]))  # a writable copy of one block
 
-    return exact_topk(q_emb, matrix.shape[0], doc_block, top_k, chunk_size)
+    return exact_topk(q_emb, matrix.shape[0], doc_block, top_k, chunk_size, device=runtime.device)
+
+
+def device_copy(
+    matrix: np.ndarray, device: torch.device, chunk_size: int, share: float = 0.5
+) -> torch.Tensor | None:
+    """``matrix`` copied block by block onto a CUDA ``device`` when it takes at most ``share`` of
+    the device's free memory, so that searches (one query at a time, for the latency) do not
+    stream the corpus over PCIe each time; None on the CPU or when it does not fit."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    if matrix.nbytes > share * free:
+        return None
+    out = torch.empty(tuple(matrix.shape), dtype=torch.float32, device=device)
+    for start in range(0, matrix.shape[0], chunk_size):
+        end = min(start + chunk_size, matrix.shape[0])
+        out[start:end] = torch.from_numpy(np.array(matrix[start:end], dtype=np.float32)).to(device)
+    return out
 
 
 def latency_ms(answer_one, texts: Sequence[str], n: int) -> dict[str, float] | None:
@@ -235,6 +263,15 @@ class ScratchIndex:
         self.encoder, self.collection, self.matrix, self.rate = encoder, collection, matrix, rate
         self.batch_size, self.chunk_size = batch_size, chunk_size
         self.runtime = runtime
+        self._resident: torch.Tensor | None = None
+        self._placed = False
+
+    def resident(self) -> torch.Tensor | None:
+        """The matrix on the runtime's GPU (copied once, when it fits; :func:`device_copy`)."""
+        if not self._placed:
+            self._resident = device_copy(self.matrix, self.runtime.device, self.chunk_size)
+            self._placed = True
+        return self._resident
 
     def search(
         self, texts: Sequence[str], top_k: int, batch_size: int | None = None
@@ -248,6 +285,7 @@ class ScratchIndex:
             batch_size or self.batch_size,
             self.chunk_size,
             self.runtime,
+            self.resident(),
         )
 
     def retrieve(self, queries: Sequence[tuple[str, str]], top_k: int) -> dict[str, dict[str, float]]:
@@ -290,7 +328,7 @@ def scratch_index(
         try:
             yield index
         finally:
-            index.matrix = None
+            index.matrix = index._resident = None
             del matrix  # close the memmap before its folder is removed
 
 

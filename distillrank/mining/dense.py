@@ -4,8 +4,9 @@ The model is ``mining.model``: a folder or hub id, or the student checkpoint of 
 (re-mining with a trained student, ANCE-style). The corpus embeddings are cached under
 ``<workspace>/_cache/embeddings/`` (see :func:`distillrank.evaluation.dense.cached_corpus_embeddings`),
 so a second mining run with the same model and settings does not re-encode the corpus.
-Search is exact and chunked by default; ``mining.index=faiss`` uses a FAISS index instead
-(:mod:`distillrank.mining.faiss_index`, ``mining.faiss_factory``).
+Search is exact, by corpus blocks and query batches on the runtime's device, by default;
+``mining.index=faiss`` uses a FAISS index instead (:mod:`distillrank.mining.faiss_index`,
+``mining.faiss_factory``), searched on the GPU when faiss-gpu is installed and the device is CUDA.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def dense_search(
     if backend == "faiss":
         index = faiss_index.load_or_build(matrix, folder, str(m.faiss_factory), seed=int(cfg.seed))
         q_emb = encoder.to(runtime.device).eval().encode(list(query_texts), "query", m.batch_size, runtime, progress=False)
-        rows_np, scores_np = faiss_index.search(index, q_emb.float().cpu().numpy(), depth)
+        rows_np, scores_np = faiss_index.search(index, q_emb.float().cpu().numpy(), depth, runtime.device)
     elif backend == "exact":
         scores, rows = search(encoder, matrix, query_texts, depth, m.batch_size, _CHUNK, runtime)
         rows_np, scores_np = rows.numpy().astype(np.int64), scores.numpy().astype(np.float32)
