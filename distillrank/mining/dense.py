@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import cached_corpus_embeddings, search
+from distillrank.evaluation.ranks import Ranks
 from distillrank.mining import faiss_index
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
@@ -94,6 +95,7 @@ def dense_search(
         runtime,
         name="mine",
         progress=progress,
+        ranks=Ranks.from_env(),  # under torchrun each rank encodes its share of the corpus
     )
     backend = m.index
     if backend == "faiss":
