@@ -34,7 +34,9 @@ from distillrank.evaluation.retrieval import exact_topk
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.runtime import Runtime
 from distillrank.workspace import (
+    MUTABLE_OUTPUTS,
     atomic_write_text,
+    dir_fingerprint,
     drop_unreadable,
     fingerprint,
     locked,
@@ -118,6 +120,14 @@ def embedding_settings(encoder: BiEncoder, precision: str) -> dict:
         "precision": precision,
         "version": EMBEDDINGS_VERSION,
     }
+
+
+def model_key(folder: Path, backend: str = "torch") -> str:
+    """The model part of a corpus-embedding cache key: the files of the model ``folder`` but its
+    model card (which evaluate rewrites), and the backend when not PyTorch. The dense miner keys
+    ``mining.model`` and evaluate a saved student by it, so the two share one encoding."""
+    weights = dir_fingerprint(folder, skip=MUTABLE_OUTPUTS)
+    return weights if backend == "torch" else fingerprint({"weights": weights, "backend": backend})
 
 
 def embeddings_dir(cache_root: Path, model_fp: str, collection_fp: str, settings: dict) -> Path:

@@ -19,14 +19,14 @@ import numpy as np
 from omegaconf import DictConfig
 
 from distillrank.errors import ConfigError
-from distillrank.evaluation.dense import cached_corpus_embeddings, search
+from distillrank.evaluation.dense import cached_corpus_embeddings, model_key, search
 from distillrank.evaluation.ranks import Ranks
 from distillrank.mining import faiss_index
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
 from distillrank.models.onnx_runtime import OnnxBackbone
 from distillrank.runtime import configure, configured_backend
-from distillrank.workspace import cache_dir, dir_fingerprint, fingerprint
+from distillrank.workspace import cache_dir, dir_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ def dense_key(cfg: DictConfig) -> dict:
 
 
 def _embeddings_model_key(cfg: DictConfig) -> str:
-    """The model part of the corpus-embedding cache key: the weights, and the backend when not PyTorch."""
-    weights, backend = mining_model_fingerprint(cfg), configured_backend(cfg.hardware)
-    return weights if backend == "torch" else fingerprint({"weights": weights, "backend": backend})
+    """The model part of the corpus-embedding cache key (:func:`~distillrank.evaluation.dense.model_key`:
+    the weights, and the backend when not PyTorch), the same as evaluate's for a saved student."""
+    return model_key(mining_model_path(cfg), configured_backend(cfg.hardware))
 
 
 def load_mining_encoder(cfg: DictConfig) -> BiEncoder:
