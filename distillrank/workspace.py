@@ -92,14 +92,16 @@ def file_fingerprint(path: str | Path) -> str:
     return _FILE_FP[memo_key]
 
 
-def dir_fingerprint(path: str | Path) -> str:
+def dir_fingerprint(path: str | Path, skip: tuple[str, ...] = ()) -> str:
     """sha256 over the relative names and contents of every file under a folder.
 
     Hidden files and folders (``.git``, the ``.cache`` of ``hf download``) are left out: they
-    change without the model changing.
+    change without the model changing; so are the relative names in ``skip`` (e.g.
+    :data:`MUTABLE_OUTPUTS`, the model card evaluate rewrites).
     """
     root = Path(path)
-    return fingerprint([(str(p.relative_to(root)), file_fingerprint(p)) for p in _content_files(root)])
+    files = [(name, p) for p in _content_files(root) if (name := str(p.relative_to(root))) not in skip]
+    return fingerprint([(name, file_fingerprint(p)) for name, p in files])
 
 
 def _content_files(root: Path) -> list[Path]:

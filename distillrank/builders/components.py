@@ -127,9 +127,18 @@ def uses_features(cfg: DictConfig) -> bool:
 
 # --------------------------------------------------------------------------- first stage
 def bm25_index(cfg: DictConfig, coll: Collection) -> BM25Index:
-    """The BM25 index of the collection with the mining config's parameters (cached)."""
+    """The BM25 index of the collection with the mining config's parameters (cached); it retrieves
+    on ``hardware.num_threads`` threads, or every CPU this process may use when that is unset."""
     m = cfg.mining
-    return BM25Index.build_or_load(coll, cache_dir(cfg), k1=m.k1, b=m.b, stemmer=m.stemmer, stopwords=m.stopwords)
+    return BM25Index.build_or_load(
+        coll,
+        cache_dir(cfg),
+        k1=m.k1,
+        b=m.b,
+        stemmer=m.stemmer,
+        stopwords=m.stopwords,
+        threads=getattr(cfg.hardware, "num_threads", None),
+    )
 
 
 def mining_retrievers(cfg: DictConfig) -> list[str]:

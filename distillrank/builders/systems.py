@@ -14,7 +14,15 @@ from distillrank import artifacts, keys
 from distillrank.builders import components
 from distillrank.builders.evaluation import reranks
 from distillrank.errors import ConfigError
-from distillrank.evaluation.dense import ScratchIndex, cached_corpus_embeddings, encoding_rate, scratch_index
+from distillrank.evaluation.dense import (
+    ScratchIndex,
+    cached_corpus_embeddings,
+    encoding_rate,
+    model_key,
+    scratch_index,
+)
+from distillrank.evaluation.ranks import Ranks
+from distillrank.evaluation.systems import KeptRuns
 from distillrank.mining.dense import dense_search
 from distillrank.mining.first_stage import RerankCandidates
 from distillrank.models.hub import resolve_model
@@ -42,12 +50,16 @@ class ConfigSystems:
     def __init__(self, cfg: DictConfig, runtime: Runtime, scratch: Path) -> None:
         self.cfg, self.runtime, self.scratch = cfg, runtime, scratch
         self.cache_root = cache_dir(cfg)
+        self._bm25: dict[str, KeptRuns] = {}  # collection fingerprint -> its index, loaded once
 
     def reranks(self, name: str) -> bool:
         return reranks(self.cfg, name)
 
-    def bm25(self, coll):
-        return components.bm25_index(self.cfg, coll)
+    def bm25(self, coll) -> KeptRuns:
+        """The collection's BM25 index, loaded once per evaluation; its runs are kept (:class:`KeptRuns`)."""
+        if coll.fingerprint not in self._bm25:
+            self._bm25[coll.fingerprint] = KeptRuns(components.bm25_index(self.cfg, coll))
+        return self._bm25[coll.fingerprint]
 
     def candidates(self, coll, queries) -> RerankCandidates:
         """BM25 or a bi-encoder (``evaluate.first_stage``), top ``evaluate.rerank_depth``."""
@@ -63,7 +75,13 @@ class ConfigSystems:
             rows, scores, _ = dense_search(dense_cfg, coll, texts, depth, progress=progress)
             return rows, scores
 
-        return RerankCandidates(search, int(ev.rerank_depth), coll, queries)
+        run_search = None
+        if ev.first_stage == "bm25":  # BM25's run of these queries at this depth, when made already
+
+            def run_search(texts: list[str], depth: int, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                return self.bm25(coll).run(texts, depth, progress=progress)
+
+        return RerankCandidates(search, int(ev.rerank_depth), coll, queries, run_search)
 
     def ranker(self, name: str) -> Ranker:
         """The ranker of a system: the teacher, the untrained student (built in memory), or a saved
@@ -85,17 +103,22 @@ class ConfigSystems:
         if not ranker.retrieves:
             raise ConfigError(f"cannot run {name} ({ranker.kind}) as a dense retriever")
         encoder = ranker.encoder(runtime)
-        if name == "teacher":
-            # the frozen teacher's corpus embeddings are shared through the workspace cache with the
-            # score stage and feature distillation: encoded once; the rate is then timed on a sample
+        folder = None if name == "teacher" else system_folder(cfg, name)
+        if name == "teacher" or (folder is not None and runtime.backend == "torch"):
+            # corpus embeddings through the workspace cache, encoded once per model and settings:
+            # the frozen teacher's are shared with the score stage and feature distillation, a saved
+            # student's (keyed by its weights, as the dense miner keys mining.model) with a
+            # re-mining by it and with later evaluations; the rate is then timed on a sample
+            model_fp = components.teacher_fingerprint(cfg) if name == "teacher" else model_key(folder)
             matrix, rate, _ = cached_corpus_embeddings(
-                encoder, coll, self.cache_root, components.teacher_fingerprint(cfg), ev.batch_size, ev.chunk_size,
-                runtime, name=name,
-            )
+                encoder, coll, self.cache_root, model_fp, ev.batch_size, ev.chunk_size, runtime, name=name,
+                ranks=Ranks.from_env(),
+            )  # fmt: skip
             if rate is None:
                 rate = encoding_rate(encoder, coll, ev.batch_size, runtime, seed=cfg.seed)
             index = ScratchIndex(encoder, coll, matrix, rate, ev.batch_size, ev.chunk_size, runtime)
             return index, ranker.weights_folder()
+        # the untrained student (built in memory, no weights to key it by)
         index = stack.enter_context(
             scratch_index(encoder, coll, ev.batch_size, ev.chunk_size, runtime, self.scratch, name)
         )

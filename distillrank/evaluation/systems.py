@@ -58,8 +58,34 @@ class Systems(Protocol):
     def dense(self, name: str, coll, stack: ExitStack) -> tuple[ScratchIndex, Path | None]:
         """A bi-encoder's corpus index, living as long as ``stack``, and its model folder."""
 
-    def bm25(self, coll):
-        """The BM25 index of ``coll``."""
+    def bm25(self, coll) -> KeptRuns:
+        """The BM25 index of ``coll``, loaded once, its whole-query-set runs kept."""
+
+
+class KeptRuns:
+    """A first-stage index (BM25) whose runs over a whole query set are kept for the evaluation:
+    BM25 as a system, as the re-rankers' first stage and as the hybrid systems' half runs once
+    when they ask for the same queries at the same depth (``evaluate.top_k`` and
+    ``evaluate.rerank_depth`` are both 100 by default). A run at another depth is its own search,
+    as before: the top of a deeper list may order equal scores differently. Single queries
+    (:meth:`search`, timed for the latency) are searched each time."""
+
+    def __init__(self, index) -> None:
+        self.index = index
+        self._runs: dict[tuple[tuple[str, ...], int], tuple[np.ndarray, np.ndarray]] = {}
+        self.searches = 0  # whole-set searches made (the rest were kept runs)
+
+    def run(self, texts: Sequence[str], depth: int, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and scores [Q, depth] of ``texts`` (:meth:`search`), searched once per evaluation."""
+        key = (tuple(texts), int(depth))
+        if key not in self._runs:
+            self.searches += 1
+            self._runs[key] = self.index.search(list(texts), int(depth), progress=progress)
+        return self._runs[key]
+
+    def search(self, texts: Sequence[str], depth: int, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The index's own search, not kept."""
+        return self.index.search(texts, depth, progress=progress)
 
 
 def params(model) -> int:
@@ -127,10 +153,10 @@ def _rerank(systems: Systems, name: str, coll, queries, first: RerankCandidates,
     }
 
 
-def _bm25(index, coll, queries, settings: Settings) -> dict:
-    """BM25 retrieving over the whole corpus."""
+def _bm25(index: KeptRuns, coll, queries, settings: Settings) -> dict:
+    """BM25 retrieving over the whole corpus (its run kept for the re-rankers' first stage)."""
     texts = [t for _, t in queries]
-    rows, scores = index.search(texts, settings.top_k)
+    rows, scores = index.run(texts, settings.top_k)
     doc_ids = coll.doc_ids()
     run = {
         qid: {doc_ids[r]: float(s) for r, s in zip(rows[i], scores[i], strict=True) if r >= 0}

@@ -1,9 +1,19 @@
-"""BM25 over a collection with bm25s: built once per (collection, parameters), cached on disk."""
+"""BM25 over a collection with bm25s: built once per (collection, parameters), cached on disk.
+
+Retrieval runs queries in batches (:data:`QUERY_BATCH`, so memory holds one batch's work beside the
+results) on every CPU this process may use (:func:`available_threads`), each query scored by
+bm25s' numpy scorer or, when ``numba`` is installed (``pip install 'distillrank[scale]'``), by
+bm25s' numba scorer compiled to release the GIL. The top k of each query is always bm25s' numpy
+selection: the numba selection of bm25s breaks ties between equal scores otherwise, and the
+results (rows, scores, order of ties) are those of a single-threaded numpy run either way.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +33,36 @@ log = logging.getLogger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # its DEBUG lines drown the stage logs
 
 _CHUNK = 50_000
+QUERY_BATCH = 8192  # queries per bm25s retrieve call: bounds the per-call result lists
 _STATS = "distillrank_stats.json"  # beside bm25s' files: corpus statistics bm25s does not save
+
+
+def available_threads() -> int:
+    """The CPUs this process may run on (its affinity mask, which ``taskset`` and batch schedulers
+    set), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=1)
+def numba_scorer():
+    """bm25s' per-query scorer compiled by numba without the GIL (threads then score in parallel),
+    or None when numba is not installed or ``NUMBA_DISABLE_JIT`` is set.
+
+    It adds a query's precomputed term scores into a float32 vector in the same order as bm25s'
+    numpy scorer (``np.add.at`` term by term), so its scores are the same to the bit.
+    """
+    if os.environ.get("NUMBA_DISABLE_JIT"):
+        return None
+    try:
+        from numba import njit
+    except ImportError:
+        return None
+    from bm25s.scoring import _compute_relevance_from_scores_jit_ready
+
+    return njit(nogil=True)(_compute_relevance_from_scores_jit_ready)
 
 
 class BM25Index:
@@ -34,14 +73,26 @@ class BM25Index:
         tokenizer: the bm25s tokenizer whose vocabulary the index uses.
         avg_doc_len: the corpus' mean passage length in index tokens (needed only to score passages
             that are not in the index, :meth:`score_texts`).
+        threads: threads that retrieve (None: :func:`available_threads`; 1: the calling thread only).
+        use_numba: score with bm25s' numba scorer when numba is installed (the same scores).
     """
 
     def __init__(
-        self, retriever: bm25s.BM25, tokenizer: bm25s.tokenization.Tokenizer, avg_doc_len: float | None = None
+        self,
+        retriever: bm25s.BM25,
+        tokenizer: bm25s.tokenization.Tokenizer,
+        avg_doc_len: float | None = None,
+        threads: int | None = None,
+        use_numba: bool = True,
     ) -> None:
         self.retriever = retriever
         self.tokenizer = tokenizer
         self.avg_doc_len = avg_doc_len
+        self.threads = threads
+        self.scorer = "numpy"
+        if use_numba and (jitted := numba_scorer()) is not None:
+            retriever._compute_relevance_from_scores = jitted  # what bm25s' activate_numba_scorer() sets
+            self.scorer = "numba"
 
     @staticmethod
     def _tokenizer(stemmer: str | None, stopwords: str | None) -> bm25s.tokenization.Tokenizer:
@@ -62,8 +113,10 @@ class BM25Index:
         stemmer: str | None = "english",
         stopwords: str | None = "en",
         progress: bool = True,
+        threads: int | None = None,
     ) -> BM25Index:
-        """Load the cached index of this collection and parameters, or build and cache it."""
+        """Load the cached index of this collection and parameters, or build and cache it
+        (``threads``: see :class:`BM25Index`; it decides the speed, never the results)."""
         params = {"k1": k1, "b": b, "stemmer": stemmer, "stopwords": stopwords, "version": bm25s.__version__}
         folder = Path(cache_root) / "bm25" / f"{collection.name}-{collection.fingerprint[:16]}-{fingerprint(params)[:12]}"
         with cache_entry(folder, "bm25 index") as present:
@@ -73,7 +126,7 @@ class BM25Index:
                     tokenizer.load_vocab(str(folder))
                     tokenizer.load_stopwords(str(folder))
                     avg = float(json.loads((folder / _STATS).read_text())["avg_doc_len"])
-                    return cls(bm25s.BM25.load(str(folder), mmap=True), tokenizer, avg)
+                    return cls(bm25s.BM25.load(str(folder), mmap=True), tokenizer, avg, threads)
                 except (OSError, ValueError, KeyError, TypeError) as err:
                     drop_unreadable(folder, "bm25 index", err)
             tokenizer = cls._tokenizer(stemmer, stopwords)
@@ -91,7 +144,7 @@ class BM25Index:
                 (Path(tmp) / _STATS).write_text(json.dumps({"avg_doc_len": avg}), encoding="utf-8")
                 seal(tmp)
             log.info("bm25 index of %d docs cached in %s", len(ids), folder)
-            return cls(retriever, tokenizer, avg)
+            return cls(retriever, tokenizer, avg, threads)
 
     @staticmethod
     def _tokenize_corpus(collection, tokenizer, update_vocab: bool, progress: bool) -> list[list[int]]:
@@ -152,16 +205,31 @@ class BM25Index:
             out[i] = total
         return out
 
-    def search(self, queries: Sequence[str], k: int, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: Sequence[str], k: int, progress: bool = True, batch_size: int = QUERY_BATCH
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k corpus rows and scores per query, [Q, k] each, best first.
 
         Rows with a score of 0 match no query term; they are filler and marked with row -1.
+        Queries are tokenised and retrieved ``batch_size`` at a time on :attr:`threads` threads;
+        the results do not depend on either.
         """
         n_docs = int(self.retriever.scores["num_docs"])
         k = min(k, n_docs)
-        tokens = self.query_ids(queries)
-        rows, scores = self.retriever.retrieve(tokens, k=k, show_progress=progress, n_threads=0)
-        rows = np.asarray(rows, dtype=np.int64)
-        scores = np.asarray(scores, dtype=np.float32)
+        threads = max(1, int(self.threads or available_threads()))
+        rows = np.empty((len(queries), k), dtype=np.int64)
+        scores = np.empty((len(queries), k), dtype=np.float32)
+        bar = tqdm(total=len(queries), desc="bm25: retrieve", unit="q", disable=not progress)
+        for start in range(0, len(queries), max(1, int(batch_size))):
+            end = min(start + max(1, int(batch_size)), len(queries))
+            tokens = self.query_ids(list(queries[start:end]))
+            # n_threads=0: bm25s' sequential map; otherwise its thread pool, same function per query
+            found, found_scores = self.retriever.retrieve(
+                tokens, k=k, show_progress=False, n_threads=0 if threads == 1 else threads
+            )
+            rows[start:end] = found
+            scores[start:end] = found_scores
+            bar.update(end - start)
+        bar.close()
         rows[scores <= 0] = -1
         return rows, scores

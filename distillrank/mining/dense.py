@@ -4,8 +4,9 @@ The model is ``mining.model``: a folder or hub id, or the student checkpoint of 
 (re-mining with a trained student, ANCE-style). The corpus embeddings are cached under
 ``<workspace>/_cache/embeddings/`` (see :func:`distillrank.evaluation.dense.cached_corpus_embeddings`),
 so a second mining run with the same model and settings does not re-encode the corpus.
-Search is exact and chunked by default; ``mining.index=faiss`` uses a FAISS index instead
-(:mod:`distillrank.mining.faiss_index`, ``mining.faiss_factory``).
+Search is exact, by corpus blocks and query batches on the runtime's device, by default;
+``mining.index=faiss`` uses a FAISS index instead (:mod:`distillrank.mining.faiss_index`,
+``mining.faiss_factory``), searched on the GPU when faiss-gpu is installed and the device is CUDA.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import numpy as np
 from omegaconf import DictConfig
 
 from distillrank.errors import ConfigError
-from distillrank.evaluation.dense import cached_corpus_embeddings, search
+from distillrank.evaluation.dense import cached_corpus_embeddings, model_key, search
+from distillrank.evaluation.ranks import Ranks
 from distillrank.mining import faiss_index
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.hub import resolve_model
 from distillrank.models.onnx_runtime import OnnxBackbone
 from distillrank.runtime import configure, configured_backend
-from distillrank.workspace import cache_dir, dir_fingerprint, fingerprint
+from distillrank.workspace import cache_dir, dir_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,9 @@ def dense_key(cfg: DictConfig) -> dict:
 
 
 def _embeddings_model_key(cfg: DictConfig) -> str:
-    """The model part of the corpus-embedding cache key: the weights, and the backend when not PyTorch."""
-    weights, backend = mining_model_fingerprint(cfg), configured_backend(cfg.hardware)
-    return weights if backend == "torch" else fingerprint({"weights": weights, "backend": backend})
+    """The model part of the corpus-embedding cache key (:func:`~distillrank.evaluation.dense.model_key`:
+    the weights, and the backend when not PyTorch), the same as evaluate's for a saved student."""
+    return model_key(mining_model_path(cfg), configured_backend(cfg.hardware))
 
 
 def load_mining_encoder(cfg: DictConfig) -> BiEncoder:
@@ -93,12 +95,13 @@ def dense_search(
         runtime,
         name="mine",
         progress=progress,
+        ranks=Ranks.from_env(),  # under torchrun each rank encodes its share of the corpus
     )
     backend = m.index
     if backend == "faiss":
         index = faiss_index.load_or_build(matrix, folder, str(m.faiss_factory), seed=int(cfg.seed))
         q_emb = encoder.to(runtime.device).eval().encode(list(query_texts), "query", m.batch_size, runtime, progress=False)
-        rows_np, scores_np = faiss_index.search(index, q_emb.float().cpu().numpy(), depth)
+        rows_np, scores_np = faiss_index.search(index, q_emb.float().cpu().numpy(), depth, runtime.device)
     elif backend == "exact":
         scores, rows = search(encoder, matrix, query_texts, depth, m.batch_size, _CHUNK, runtime)
         rows_np, scores_np = rows.numpy().astype(np.int64), scores.numpy().astype(np.float32)

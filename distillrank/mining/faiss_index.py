@@ -64,7 +64,32 @@ def load_or_build(matrix: np.ndarray, embeddings_folder: Path, factory: str, tra
         return index
 
 
-def search(index, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows [Q, k] (int64; -1 where fewer hits) and scores [Q, k] (float32), best first."""
+def on_device(index, device):
+    """``index`` copied to the CUDA ``device`` when this FAISS is built with GPU support
+    (faiss-gpu) and supports the index type there; otherwise ``index`` itself, searched on the CPU.
+
+    The index is built (and trained) on the CPU and cached as such, so that a cached index is the
+    same whichever machine built it; only searches move to the GPU.
+    """
+    import torch
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    faiss = _faiss()
+    if device.type != "cuda" or not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        if device.type == "cuda":
+            log.info("mine: this FAISS has no GPU support (faiss-cpu); searching on the CPU")
+        return index
+    try:
+        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device.index or 0, index)
+    except RuntimeError as err:  # index types FAISS cannot run on a GPU (HNSW, ...)
+        log.info("mine: FAISS cannot search this index on %s (%s); searching on the CPU", device, err)
+        return index
+
+
+def search(index, queries: np.ndarray, depth: int, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows [Q, k] (int64; -1 where fewer hits) and scores [Q, k] (float32), best first; on a
+    CUDA ``device`` when FAISS can (:func:`on_device`). FAISS bounds its own memory in the number
+    of queries (it scores them in blocks)."""
+    index = on_device(index, device)
     scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), int(depth))
     return rows.astype(np.int64), scores.astype(np.float32)

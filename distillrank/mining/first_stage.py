@@ -62,10 +62,20 @@ class RerankCandidates:
         search: ``(texts, depth, progress) -> (rows, scores)`` of the first stage, [Q, depth] each.
         coll: the collection searched (its doc ids name the rows).
         queries: ``(qid, text)`` of the queries evaluated.
+        run_search: the same for the whole query set (:meth:`run`), when it can come from a run
+            another system made already (BM25's); None: ``search``.
     """
 
-    def __init__(self, search: Callable[..., tuple[np.ndarray, np.ndarray]], depth: int, coll, queries) -> None:
+    def __init__(
+        self,
+        search: Callable[..., tuple[np.ndarray, np.ndarray]],
+        depth: int,
+        coll,
+        queries,
+        run_search: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> None:
         self._search, self.depth, self.coll, self.queries = search, int(depth), coll, queries
+        self._run_search = run_search or search
         self._run: dict[str, list[tuple[str, float]]] | None = None
 
     def search(self, texts: list[str], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +84,7 @@ class RerankCandidates:
     def run(self) -> dict[str, list[tuple[str, float]]]:
         """``{qid: [(docid, first-stage score), ...]}``, best first."""
         if self._run is None:
-            rows, scores = self.search([t for _, t in self.queries])
+            rows, scores = self._run_search([t for _, t in self.queries], self.depth, True)
             doc_ids = self.coll.doc_ids()
             self._run = {
                 qid: [(doc_ids[r], float(sc)) for r, sc in zip(rows[i], scores[i], strict=True) if r >= 0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -119,3 +120,64 @@ def test_second_build_loads_from_cache(
     with pytest.raises(AssertionError, match="cached index was not used"):
         BM25Index.build_or_load(collection, cache_root, k1=1.2, progress=False)
     assert len(list((cache_root / "bm25").iterdir())) == 1  # the failed build left nothing
+
+
+# --------------------------------------------------------------------------- at scale: threads, batches, numba
+def _single_thread_numpy(
+    folder: Path, index: BM25Index, texts: list[str], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The search as it was before threads and batches: one bm25s retrieve of every query on the
+    calling thread (``n_threads=0``), by a freshly loaded index with bm25s' own numpy scorer."""
+    plain = bm25s.BM25.load(str(folder), mmap=True)
+    assert plain.backend == "numpy"
+    rows, scores = plain.retrieve(index.query_ids(texts), k=k, show_progress=False, n_threads=0)
+    rows, scores = np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+    rows[scores <= 0] = -1
+    return rows, scores
+
+
+@pytest.mark.parametrize(("threads", "batch_size"), [(1, 3), (2, 5), (4, 1000)])
+def test_threads_and_batches_give_the_single_thread_results(
+    collection: Collection, cache_root: Path, index: BM25Index, threads: int, batch_size: int
+) -> None:
+    # every split's queries, twice over and with unknown words: many equal scores (ties) at every
+    # depth, and queries that match nothing; k = the whole corpus, so every tie is ordered
+    texts = [t for split in ("train", "test") for _, t in collection.split_queries(split)]
+    texts = texts + [t.split()[0] for t in texts] + ["zzzqqq", "the", "glacier zzzqqq"]
+    k = len(collection.corpus)
+    (folder,) = (cache_root / "bm25").iterdir()
+    want_rows, want_scores = _single_thread_numpy(folder, index, texts, k)
+    index.threads = threads
+    try:
+        rows, scores = index.search(texts, k, progress=False, batch_size=batch_size)
+    finally:
+        index.threads = None
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(scores, want_scores)  # bit for bit, tie order included
+    assert (np.diff(scores, axis=1) == 0).any()  # ties were there to order
+
+
+def test_threads_follow_the_affinity_mask(index: BM25Index) -> None:
+    from distillrank.mining.bm25 import available_threads
+
+    assert available_threads() == len(os.sched_getaffinity(0))
+
+
+def test_numba_scorer_gives_the_numpy_scores(collection: Collection, cache_root: Path) -> None:
+    pytest.importorskip("numba")  # installed with the [scale] and [dev] extras
+    numba_index = BM25Index.build_or_load(collection, cache_root, progress=False, threads=2)
+    assert numba_index.scorer == "numba"
+    numpy_index = BM25Index.build_or_load(collection, cache_root, progress=False)
+    numpy_index.retriever._compute_relevance_from_scores = bm25s.BM25._compute_relevance_from_scores
+    texts = [t for _, t in collection.split_queries("train")] + ["zzzqqq"]
+    k = len(collection.corpus)
+    (folder,) = (cache_root / "bm25").iterdir()
+    want_rows, want_scores = _single_thread_numpy(folder, numpy_index, texts, k)
+    rows, scores = numba_index.search(texts, k, progress=False, batch_size=4)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(scores, want_scores)
+    ids = numba_index.query_ids(texts[:3])
+    for q in ids:
+        np.testing.assert_array_equal(
+            numba_index.scores_of_rows(q, np.arange(k)), numpy_index.scores_of_rows(q, np.arange(k))
+        )
