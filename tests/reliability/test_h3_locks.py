@@ -120,12 +120,14 @@ def test_two_trainings_of_one_experiment_one_waits_nothing_interleaved(tmp_path,
     log and 6 in 10 aborted)."""
     args = tiny_overrides(tmp_path / "runs", tiny_beir, tiny_bi_encoder)
     first, second = compose(args), compose([*args, "train.lr=2e-3"])
-    mine.run(first)
-    score.run(first)
     folder = stage_dir(first, train.STAGE)
     log = tmp_path / "second.log"
     with locked(folder, "the 'train' stage folder"):
+        # the second process starts first and waits at the train stage's lock, which it takes before
+        # reading any input; meanwhile this one mines and scores (its interpreter start overlaps them)
         child = _child(RUN, log, "train", *args, "train.lr=2e-3", "hydra.run.dir=" + str(tmp_path / "hydra"), cwd=tmp_path)
+        mine.run(first)
+        score.run(first)
         assert "waiting for it to finish" in _wait_for(log, f"PID {os.getpid()}", child)
         ours = train.run(first)  # this process holds the lock already: re-entrant
         assert read_manifest(folder).key == ours.key and read_manifest(folder).damaged(folder) is None
