@@ -52,8 +52,9 @@ MiningMethod = _choice("MiningMethod", "bm25", "dense", "hybrid")  # mining.meth
 Retriever = _choice("Retriever", "bm25", "dense")  # mining.retrievers (hybrid)
 Sampling = _choice("Sampling", "window", "top", "all")  # mining.sampling
 DenseIndex = _choice("DenseIndex", "exact", "faiss")  # mining.index
-Precision = _choice("Precision", "fp32", "bf16", "fp16", "int8")  # hardware.precision
-Backend = _choice("Backend", "torch", "onnx")  # hardware.backend
+# hardware.precision / hardware.backend; auto: chosen per model by measurement (distillrank/calibration.py)
+Precision = _choice("Precision", "fp32", "bf16", "fp16", "int8", "auto")
+Backend = _choice("Backend", "torch", "onnx", "auto")
 Scheduler = _choice("Scheduler", "linear", "cosine")  # train.scheduler
 Logger = _choice("Logger", "none", "tensorboard", "wandb")  # train.logger
 QueryMethod = _choice("QueryMethod", "none", "title", "ict", "generator")  # queries.method
@@ -110,7 +111,8 @@ class HardwareConfig:
     """Where and in which precision models run."""
 
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
-    precision: Precision = Precision.fp32  # fp32 | bf16 | fp16 (autocast) | int8 (frozen teachers on the CPU)
+    # fp32 | bf16 | fp16 (autocast) | int8 (frozen teachers on the CPU) | auto (measured per model: hardware=auto)
+    precision: Precision = Precision.fp32
     num_threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
     # texts (or pairs) per inference forward (encoding, cross-encoder scoring); a larger batch runs
     # as several forwards with the same result. None = the whole batch (GPUs). Training batches are
@@ -118,7 +120,7 @@ class HardwareConfig:
     max_forward_texts: int | None = None
     # what runs frozen encoders at inference (bi-encoder / cross-encoder teachers, the dense mining
     # encoder): torch, or onnx (ONNX Runtime, CPU only; pip install 'distillrank[onnx]'). Students
-    # always train and evaluate in torch.
+    # always train and evaluate in torch. auto: measured per model (hardware=auto, docs/HARDWARE.md)
     backend: Backend = Backend.torch
 
 

@@ -17,7 +17,9 @@ A stage's key is the fingerprint of
 So a key added to a section is in the key of every stage that reads the section, unless declared
 excluded here. Runtime settings (``hardware.*``) enter where they change results: through the
 identity of the components they affect (teacher, dense retriever) and in the sections of train and
-evaluate. Bump :data:`KEY_VERSION` when a stage writes something else for the same config: every
+evaluate. Under ``hardware=auto`` they enter as resolved for each model
+(:mod:`distillrank.builders.hardware`): a key is the one the resolved hardware written out gives.
+Bump :data:`KEY_VERSION` when a stage writes something else for the same config: every
 stage then reruns once.
 """
 
@@ -30,7 +32,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from distillrank.artifacts import EVALUATE, MINE, QUERIES, SCORE, TRAIN
-from distillrank.builders import components, evaluation
+from distillrank.builders import components, evaluation, hardware
 from distillrank.evaluation.hybrid import ALPHA_GRID, DEFAULT_ALPHA
 from distillrank.evaluation.hybrid_systems import HYBRID
 from distillrank.evaluation.targets import Target
@@ -107,6 +109,8 @@ def settings(cfg: DictConfig, stage: str) -> dict:
     """The config sections ``stage`` reads, as plain values, less its excluded and by-content keys."""
     spec = STAGE_KEYS[stage]
     out = {section: to_plain(cfg[section]) for section in spec.sections}
+    if stage == TRAIN:  # under hardware=auto: the precision the student trains in, as if written out
+        out["hardware"] = to_plain(hardware.node(cfg, "student"))
     for dotted in (*spec.excluded, *spec.by_content):
         section, _, key = dotted.partition(".")
         if isinstance(out.get(section), dict):
@@ -120,7 +124,7 @@ def inputs(cfg: DictConfig, stage: str) -> dict:
         found: dict = {"collection": components.collection(cfg).fingerprint}
         if cfg.queries.method == "generator":
             found["generator"] = components.generator(cfg).fingerprint()
-            found["generator_precision"] = str(cfg.hardware.precision)  # bf16 samples other queries
+            found["generator_precision"] = str(hardware.node(cfg, "generator").precision)  # bf16 samples other queries
         if components.consistency_filter(cfg) is not None:  # the teacher re-ranks BM25 candidates
             found["teacher"] = components.teacher_fingerprint(cfg)
             found["bm25"] = bm25_identity(cfg)
@@ -128,7 +132,7 @@ def inputs(cfg: DictConfig, stage: str) -> dict:
     if stage == MINE:
         found = {"collection": components.collection(cfg).fingerprint}
         if "dense" in components.mining_retrievers(cfg):
-            found["dense"] = dense_key(cfg)  # the weights' content, the precision and the backend
+            found["dense"] = dense_key(hardware.for_role(cfg, "mining"))  # the weights' content, precision, backend
         return found
     if stage == SCORE:
         return {"teacher": components.teacher_fingerprint(cfg)}
@@ -244,7 +248,7 @@ def system_key(cfg: DictConfig, name: str, target: Target | None = None) -> str:
             "split": target.split,
             "measures": list(cfg.evaluate.measures),
             "top_k": cfg.evaluate.top_k,
-            "precision": cfg.hardware.precision,
+            "precision": str(hardware.node(cfg, "teacher" if name == "teacher" else "student").precision),
         }
     )
 

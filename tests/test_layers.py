@@ -27,6 +27,7 @@ LAYERS = {
     "distillrank.artifacts": 0,
     "distillrank.sharding": 0,  # which share of a job's work a torchrun rank or SLURM array task does
     "distillrank.ranking": 1,  # the Ranker interface that teachers and students implement
+    "distillrank.calibration": 1,  # hardware=auto: backend and precision measured per model
     "distillrank.data": 1,
     "distillrank.queries": 1,
     "distillrank.mining": 1,

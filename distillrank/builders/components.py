@@ -78,10 +78,12 @@ def _teacher_fp(teacher_yaml: str, precision: str, backend: str = "torch", allow
 
 def teacher_fingerprint(cfg: DictConfig) -> str:
     """The teacher's fingerprint under ``hardware.precision`` and ``hardware.backend`` (int8 and
-    ONNX Runtime scores are cached apart)."""
+    ONNX Runtime scores are cached apart), as resolved for the teacher under ``hardware=auto``."""
+    from distillrank.builders import hardware  # it builds the teacher through here
+
+    hw = hardware.node(cfg, "teacher")
     return _teacher_fp(
-        OmegaConf.to_yaml(cfg.teacher, resolve=True), str(cfg.hardware.precision), str(cfg.hardware.backend),
-        allows_external(cfg),
+        OmegaConf.to_yaml(cfg.teacher, resolve=True), str(hw.precision), str(hw.backend), allows_external(cfg)
     )
 
 
@@ -154,7 +156,9 @@ def mining_retrievers(cfg: DictConfig) -> list[str]:
 
 
 def _dense(cfg: DictConfig, coll: Collection, texts, depth: int):
-    rows, scores, dense_info = dense_search(cfg, coll, texts, depth)
+    from distillrank.builders import hardware  # it builds the teacher through here
+
+    rows, scores, dense_info = dense_search(hardware.for_role(cfg, "mining"), coll, texts, depth)
     info = {"embeddings_cached": dense_info["embeddings_cached"], "index": dense_info["index"]}
     if dense_info["passages_per_s"] is not None:
         info["passages_per_s"] = dense_info["passages_per_s"]

@@ -11,7 +11,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from distillrank import artifacts, keys
-from distillrank.builders import components
+from distillrank.builders import components, hardware
 from distillrank.builders.evaluation import reranks
 from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import (
@@ -44,13 +44,23 @@ def system_folder(cfg: DictConfig, name: str) -> Path | None:
 
 
 class ConfigSystems:
-    """The systems of ``cfg``'s evaluation, run under ``runtime`` (the stage's, from ``hardware``);
-    bi-encoders encode their corpus into ``scratch``."""
+    """The systems of ``cfg``'s evaluation, each run under its model's runtime (:meth:`runtime_for`:
+    ``hardware``, resolved per model under ``hardware=auto``); bi-encoders encode their corpus into
+    ``scratch``."""
 
-    def __init__(self, cfg: DictConfig, runtime: Runtime, scratch: Path) -> None:
-        self.cfg, self.runtime, self.scratch = cfg, runtime, scratch
+    def __init__(self, cfg: DictConfig, scratch: Path) -> None:
+        self.cfg, self.scratch = cfg, scratch
         self.cache_root = cache_dir(cfg)
         self._bm25: dict[str, KeptRuns] = {}  # collection fingerprint -> its index, loaded once
+        self._runtimes: dict[str, Runtime] = {}
+
+    def runtime_for(self, name: str) -> Runtime:
+        """The runtime of a system: the teacher's for ``teacher``, the student's (the precision it
+        trained in) for every other."""
+        role = "teacher" if name == "teacher" else "student"
+        if role not in self._runtimes:
+            self._runtimes[role] = hardware.runtime(self.cfg, role)
+        return self._runtimes[role]
 
     def reranks(self, name: str) -> bool:
         return reranks(self.cfg, name)
@@ -72,6 +82,7 @@ class ConfigSystems:
                 return self.bm25(coll).search(texts, depth, progress=progress)
             dense_cfg = OmegaConf.create(OmegaConf.to_container(self.cfg, resolve=True))
             dense_cfg.mining.model = ev.first_stage_model
+            dense_cfg = hardware.for_role(dense_cfg, "mining")
             rows, scores, _ = dense_search(dense_cfg, coll, texts, depth, progress=progress)
             return rows, scores
 
@@ -97,7 +108,7 @@ class ConfigSystems:
     def dense(self, name: str, coll, stack: ExitStack) -> tuple[ScratchIndex, Path | None]:
         """A retrieving system's corpus encoded into a scratch index that lives as long as ``stack``;
         also the model's folder (None for a model built in memory)."""
-        cfg, runtime = self.cfg, self.runtime
+        cfg, runtime = self.cfg, self.runtime_for(name)
         ev = cfg.evaluate
         ranker = self.ranker(name)
         if not ranker.retrieves:

@@ -41,10 +41,13 @@ log = logging.getLogger(__name__)
 
 class Systems(Protocol):
     """The systems of an evaluation, built (:class:`distillrank.builders.systems.ConfigSystems`),
-    run under ``runtime``; ``cache_root``: the workspace cache (where a BM25 teacher's index lies)."""
+    each run under ``runtime_for(name)``; ``cache_root``: the workspace cache (where a BM25
+    teacher's index lies)."""
 
-    runtime: Runtime
     cache_root: Path
+
+    def runtime_for(self, name: str) -> Runtime:
+        """The runtime the system's model runs in."""
 
     def reranks(self, name: str) -> bool:
         """Whether the system re-ranks the first stage's candidates instead of retrieving."""
@@ -106,7 +109,7 @@ def disk_mb(folder: Path | None) -> float | None:
 
 def _rerank(systems: Systems, name: str, coll, queries, first: RerankCandidates, settings: Settings) -> dict:
     """Re-rank the first stage's candidates with one system."""
-    ranker, runtime = systems.ranker(name), systems.runtime
+    ranker, runtime = systems.ranker(name), systems.runtime_for(name)
     # the parameters of its float weights (an int8 copy keeps its linear weights outside parameters())
     module = ranker.module(dataclasses.replace(runtime, precision="fp32"))
     if module is not None:

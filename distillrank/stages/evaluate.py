@@ -33,14 +33,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from distillrank import artifacts, keys
-from distillrank.builders import evaluation
+from distillrank.builders import evaluation, hardware
 from distillrank.builders.systems import ConfigSystems, system_folder
 from distillrank.evaluation.metrics import parse_measures
 from distillrank.evaluation.summary import Summary, summarise
 from distillrank.evaluation.systems import evaluate_target
 from distillrank.evaluation.targets import Target
 from distillrank.reporting import model_card
-from distillrank.runtime import configure
 from distillrank.workspace import (
     Manifest,
     atomic_write_json,
@@ -78,7 +77,7 @@ def run(cfg: DictConfig) -> Manifest:
     names = evaluation.system_names(cfg)
     settings = evaluation.settings(cfg)
     per_collection: dict[str, dict[str, dict]] = {}
-    systems = ConfigSystems(cfg, configure(cfg.hardware), folder / artifacts.SCRATCH)
+    systems = ConfigSystems(cfg, folder / artifacts.SCRATCH)
     for target in evaluated:
         system_keys = {n: keys.system_key(cfg, n, target) for n in names}
         per_collection[target.name] = evaluate_target(target, names, system_keys, systems, settings, bool(cfg.force))
@@ -98,7 +97,10 @@ def run(cfg: DictConfig) -> Manifest:
             for t in evaluated
             for n, r in per_collection[t.name].items()
         },
-        counts=_counts(evaluated, per_collection, summary, measures, baseline),
+        counts={
+            **_counts(evaluated, per_collection, summary, measures, baseline),
+            **hardware.report(cfg, *({"teacher": "teacher"}.get(n, "student") for n in names if n != "bm25")),
+        },
         outputs=[
             artifacts.METRICS,
             artifacts.RESULTS,

@@ -32,11 +32,10 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from distillrank import artifacts, keys
-from distillrank.builders import components
+from distillrank.builders import components, hardware
 from distillrank.data.training import passage_lookup
 from distillrank.errors import ConfigError
 from distillrank.queries.synthetic import SyntheticQuery, ict_queries, make_query, title_queries
-from distillrank.runtime import configure
 from distillrank.teachers.cache import teacher_scores
 from distillrank.workspace import (
     Manifest,
@@ -77,7 +76,7 @@ def _make_queries(cfg: DictConfig, coll, rows: np.ndarray, rng: np.random.Genera
         return ict_queries(docids, docs["text"], int(q.per_doc), rng, float(q.remove_prob), list(q.span_words), int(q.min_words), titles=docs["title"])
     generator = components.generator(cfg)
     texts = coll.passage_texts(rows.tolist())
-    runtime = configure(cfg.hardware)
+    runtime = hardware.runtime(cfg, "generator")
     generated = generator.generate(texts, int(q.per_doc), int(cfg.seed), runtime.device, runtime.precision, progress=True)
     return [make_query("generator", text, docid) for docid, queries in zip(docids, generated, strict=True) for text in queries]
 
@@ -100,7 +99,7 @@ def _consistency_ranks(cfg: DictConfig, coll, queries: list[SyntheticQuery], k: 
     teacher = components.teacher(cfg)
     scores, scored, seconds, _ = teacher_scores(
         teacher, components.teacher_fingerprint(cfg), coll, pairs, {s.qid: s.text for s in queries}, passage_text,
-        cache_root=cache_dir(cfg), runtime=configure(cfg.hardware),
+        cache_root=cache_dir(cfg), runtime=hardware.runtime(cfg, "teacher"),
         shard_size=int(cfg.score.shard_size), progress=bool(cfg.score.progress),
     )
     log.info("queries: consistency filter scored %d pairs in %.1f s (top %d of BM25 top %d)", scored, seconds, k, depth)
@@ -174,6 +173,7 @@ def run(cfg: DictConfig) -> Manifest:
     }
     if k:
         counts["positive_rank_median"] = float(np.median(ranks))
+    counts.update(hardware.report(cfg, *(["generator"] if cfg.queries.method == "generator" else []), *(["teacher"] if k else [])))
     log.info("queries (%s): %s", cfg.queries.method, counts)
     manifest = Manifest(
         stage=STAGE,

@@ -34,9 +34,8 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from distillrank import artifacts, keys, sharding
-from distillrank.builders import components, training
+from distillrank.builders import components, hardware, training
 from distillrank.mining import denoise
-from distillrank.runtime import configure
 from distillrank.teachers import normalize
 from distillrank.teachers.base import members as teacher_members
 from distillrank.teachers.cache import score_share, teacher_scores
@@ -104,7 +103,7 @@ def _inputs(cfg: DictConfig):
 def _score_share(cfg: DictConfig, share: sharding.Share) -> None:
     """Score this worker's share of the pairs missing from the caches (outside the stage's lock:
     it writes only into the caches, which the workers share)."""
-    runtime = configure(cfg.hardware)
+    runtime = hardware.runtime(cfg, "teacher")
     runtime = runtime.on(sharding.join_group(share, runtime.device))  # a torchrun rank's GPU
     coll, teacher, teacher_fp, _, candidates, query_text, passage_text = _inputs(cfg)
     scored, seconds = score_share(
@@ -144,7 +143,7 @@ def _run(cfg: DictConfig) -> Manifest:
         query_text,
         passage_text,
         cache_root=cache_dir(cfg),
-        runtime=configure(cfg.hardware),
+        runtime=hardware.runtime(cfg, "teacher"),
         shard_size=int(cfg.score.shard_size),
         progress=bool(cfg.score.progress),
     )
@@ -179,6 +178,7 @@ def _run(cfg: DictConfig) -> Manifest:
         "teacher_score_mean": float(np.mean(table["teacher"].to_numpy())) if candidates.num_rows else None,
         "normalize": {"method": norm_method, "scope": norm_scope},
         **denoised.counts(),
+        **hardware.report(cfg, "teacher"),
     }
     if len(members) > 1:
         counts["members"] = len(members)

@@ -36,12 +36,12 @@ from hydra.utils import get_object
 from omegaconf import DictConfig
 
 from distillrank import artifacts, keys
-from distillrank.builders import components, training
+from distillrank.builders import components, hardware, training
 from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import CORPUS_CHUNK, cached_corpus_embeddings
 from distillrank.losses.margin_mse import MarginMSELoss
 from distillrank.reporting import model_card
-from distillrank.runtime import Runtime, configure, seed_everything
+from distillrank.runtime import Runtime, seed_everything
 from distillrank.teachers.base import embedding_source
 from distillrank.training.batching import Pools, QueryPool, as_pools, query_pools
 from distillrank.training.dev import DevSet, carve_dev_pools, dev_from_pools, held_out_count
@@ -257,10 +257,11 @@ def run(cfg: DictConfig) -> Manifest:
     passage_text = training.passages(cfg)
 
     checkpoint_dir = folder / CHECKPOINTS  # a checkpoint of this run found there is resumed
-    runtime = configure(cfg.hardware)
+    runtime = hardware.runtime(cfg, "student")
     dist, device = init_from_env(runtime.device)
     runtime = runtime.on(device)  # this rank's device
-    features = feature_set(cfg, runtime) if getattr(loss_fn, "uses_features", False) else None
+    uses_features = getattr(loss_fn, "uses_features", False)
+    features = feature_set(cfg, hardware.runtime(cfg, "teacher").on(device)) if uses_features else None
     tracker: Tracker = Tracker()
     if dist.is_main:
         tracker = make_tracker(
@@ -310,6 +311,7 @@ def run(cfg: DictConfig) -> Manifest:
         )
     if dist.world > 1:
         counts["world_size"] = dist.world
+    counts.update(hardware.report(cfg, "student", *(["teacher"] if features is not None else [])))
     outputs = [MODEL, LOG] + ([TENSORBOARD] if cfg.train.logger == "tensorboard" else [])
     held_out = sorted(dev.queries) if dev is not None and (cfg.train.dev_queries or cfg.train.dev_fraction) else []
     if held_out:

@@ -1,0 +1,266 @@
+"""The hardware each model of a config runs on: ``hardware`` as written, or, under ``hardware=auto``
+(``hardware.precision`` and/or ``hardware.backend`` ``auto``), the backend and precision measured
+fastest within fp32's fidelity for that model on this machine (:mod:`distillrank.calibration`).
+
+Roles (what a stage runs): ``teacher`` (score, the consistency filter of ``queries``, the evaluated
+teacher, feature distillation's teacher embeddings), ``student`` (train, and every evaluated student:
+they run in the precision the student trained in), ``mining`` (the dense mining encoder, and the
+dense first stage of evaluate) and ``generator`` (synthetic queries: fp32, see :func:`choice`).
+
+Every stage and the keys read hardware through here, so a stage under ``auto`` has the key it
+would have with the resolved hardware written out: its scores, embeddings and models are cached
+per backend and precision as before. A choice is computed once per process and model (then read
+from the calibration cache) and logged once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from distillrank import calibration
+from distillrank.builders import components
+from distillrank.calibration import AUTO, CacheKey, Choice, cached_choice, unmeasured
+from distillrank.errors import ConfigError
+from distillrank.mining.dense import load_mining_encoder, mining_model_path
+from distillrank.models.hub import resolve_model
+from distillrank.ranking import Pairs, RankerKind
+from distillrank.runtime import Runtime, configured_backend, resolve_device
+from distillrank.teachers.base import members
+from distillrank.teachers.bi_encoder import BiEncoderTeacher
+from distillrank.workspace import cache_dir, dir_fingerprint, to_plain
+
+log = logging.getLogger(__name__)
+
+ROLES = ("teacher", "student", "mining", "generator")
+QUERIES, PASSAGES = (
+    16,
+    8,
+)  # the calibration batch: judged queries, and passages per query (its positive first)
+TRAIN_QUERIES, TRAIN_STEPS = 8, 3  # training calibration: queries per step, steps from the same weights
+
+
+def is_auto(hardware) -> bool:
+    """Whether a hardware config leaves its precision or backend to measurement."""
+    return str(hardware.precision) == AUTO or configured_backend(hardware) == AUTO
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"unknown hardware role {role!r}; expected one of {ROLES}")
+
+
+def choice(cfg: DictConfig, role: str) -> Choice | None:
+    """The calibrated choice for ``role``'s model under ``hardware=auto``; None when the hardware is
+    written out. The generator is not calibrated: sampled text has no fidelity measure against fp32
+    (bf16 samples other queries), so it generates in fp32 unless ``hardware.precision`` says otherwise."""
+    _check_role(role)
+    if not is_auto(cfg.hardware):
+        return None
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return _choice(OmegaConf.to_yaml(OmegaConf.create(plain)), role)
+
+
+@functools.lru_cache(maxsize=16)
+def _choice(cfg_yaml: str, role: str) -> Choice:
+    cfg = OmegaConf.create(cfg_yaml)
+    hw = cfg.hardware
+    precision, backend = str(hw.precision), configured_backend(hw)
+    base = Runtime(
+        device=resolve_device(str(hw.device)),
+        max_forward_texts=hw.get("max_forward_texts"),
+        num_threads=hw.get("num_threads"),
+    ).apply_threads()
+    if role == "generator":
+        made = dataclasses.replace(
+            unmeasured("generation: no fidelity measure against fp32"), precision=_fixed(precision, "fp32")
+        )
+    elif role == "student":
+        made = _student(cfg, base, precision)
+    else:
+        made = _inference(cfg, base, role, precision, backend)
+    what = {
+        "teacher": "teacher",
+        "student": "student (training)",
+        "mining": "dense mining encoder",
+        "generator": "query generator",
+    }[role]
+    log.info(made.describe(f"{what} {_model_name(cfg, role)}"))
+    return made
+
+
+def _fixed(value: str, default: str) -> str:
+    return default if value == AUTO else value
+
+
+def _model_name(cfg: DictConfig, role: str) -> str:
+    if role == "mining":
+        return str(cfg.mining.model)
+    section = {"teacher": cfg.teacher, "student": cfg.student, "generator": cfg.queries.generator}[role]
+    return str(section.get("model", "") or "") if isinstance(section, DictConfig) else ""
+
+
+def node(cfg: DictConfig, role: str) -> DictConfig:
+    """``cfg.hardware`` with the precision and backend ``role``'s model runs in (the written-out
+    node itself when nothing is ``auto``)."""
+    made = choice(cfg, role)
+    if made is None:
+        return cfg.hardware
+    resolved = OmegaConf.create(to_plain(cfg.hardware))
+    resolved.precision, resolved.backend = made.precision, made.backend
+    return resolved
+
+
+def for_role(cfg: DictConfig, role: str) -> DictConfig:
+    """``cfg`` with its ``hardware`` resolved for ``role`` (``cfg`` itself when nothing is ``auto``),
+    for code that reads the hardware from a config (the dense miner)."""
+    if not is_auto(cfg.hardware):
+        return cfg
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    out.hardware = node(cfg, role)
+    return out
+
+
+def runtime(cfg: DictConfig, role: str) -> Runtime:
+    """The checked :class:`Runtime` ``role``'s model runs in, with torch's threads set."""
+    return Runtime.from_config(node(cfg, role)).apply_threads()
+
+
+def report(cfg: DictConfig, *roles: str) -> dict:
+    """For a manifest: each role's choice under ``hardware=auto`` (precision, backend, every
+    candidate's speed and fidelity); empty when the hardware is written out."""
+    out = {}
+    for role in roles:
+        if (made := choice(cfg, role)) is not None:
+            out[role] = made.as_dict()
+    return {"hardware_auto": out} if out else {}
+
+
+# --------------------------------------------------------------------------- the calibration batch
+def calibration_pairs(cfg: DictConfig) -> tuple[Pairs, np.ndarray]:
+    """Real texts of the collection to calibrate on: the first :data:`QUERIES` judged queries of
+    ``data.train_split`` (else of the first judged split), each with its first positive and
+    passages from evenly spaced corpus rows, :data:`PASSAGES` in all; and each pair's query.
+
+    Raises:
+        ConfigError: the collection has no judged queries.
+    """
+    coll = components.collection(cfg)
+    splits = coll.splits()
+    if not splits:
+        raise ConfigError(
+            f"hardware=auto calibrates on judged queries, and collection '{coll.name}' has none; "
+            "write the hardware out (e.g. hardware=cpu)"
+        )
+    split = cfg.data.train_split if cfg.data.train_split in splits else splits[0]
+    queries = coll.split_queries(split)[:QUERIES]
+    docids = coll.doc_ids()
+    step = max(1, len(docids) // PASSAGES)
+    pair_q, pair_p, passages, slot = [], [], [], {}
+    for qi, (qid, _) in enumerate(queries):
+        positives = sorted(d for d, rel in coll.qrels[split].get(qid, {}).items() if rel > 0)
+        rows = ([coll.doc_row(positives[0])] if positives else []) + list(range(qi % step, len(docids), step))
+        for row in list(dict.fromkeys(rows))[:PASSAGES]:
+            if row not in slot:
+                slot[row] = len(passages)
+                passages.append(row)
+            pair_q.append(qi)
+            pair_p.append(slot[row])
+    pairs = Pairs([text for _, text in queries], coll.passage_texts(passages), pair_q, pair_p)
+    return pairs, np.asarray(pair_q)
+
+
+# --------------------------------------------------------------------------- inference: teacher, dense miner
+def _inference(cfg: DictConfig, base: Runtime, role: str, precision: str, backend: str) -> Choice:
+    if role == "teacher":
+        ranker = components.teacher(cfg)
+        if any(m.kind in (RankerKind.LEXICAL, RankerKind.PRECOMPUTED) for m in members(ranker)):
+            return unmeasured("a teacher with BM25 or a score file has nothing to calibrate")
+        int8, onnx, identity = ranker.supports_int8, ranker.supports_onnx, ranker.fingerprint()
+    else:  # the dense mining encoder, scored as a bi-encoder (it encodes in fp32 / bf16, or ONNX Runtime fp32)
+        m = cfg.mining
+        ranker = BiEncoderTeacher(
+            str(mining_model_path(cfg)),
+            **{k: int(m[k]) for k in ("query_max_length", "passage_max_length") if m.get(k)},
+        )
+        load_mining_encoder(cfg)  # fails early, as mining would, on a folder that is not a bi-encoder
+        int8, onnx, identity = False, True, ranker.fingerprint()
+    candidates = calibration.inference_candidates(base, precision, backend, int8=int8, onnx=onnx)
+    pairs, groups = calibration_pairs(cfg)
+    key = CacheKey(
+        calibration.machine_identity(base.device),
+        {
+            "role": role,
+            "model": identity,
+            "candidates": [[c.precision, c.backend] for c in candidates],
+            "fixed": [precision, backend],
+            "max_forward_texts": base.max_forward_texts,
+            "fidelity": dataclasses.asdict(calibration.FIDELITY),
+        },
+    )
+
+    def calibrate() -> Choice:
+        return calibration.calibrate_scores(
+            lambda rt: ranker.score_pairs(pairs, rt, progress=False), candidates, groups,
+            precision=precision, backend=backend,
+        )  # fmt: skip
+
+    return cached_choice(cache_dir(cfg), key, calibrate)
+
+
+# --------------------------------------------------------------------------- training: the student
+def _student(cfg: DictConfig, base: Runtime, precision: str) -> Choice:
+    if precision == "int8":  # an inference precision: the student trains in fp32, as under hardware=cpu_int8
+        precision = "fp32"
+    candidates = calibration.training_candidates(base, precision)
+    key = CacheKey(
+        calibration.machine_identity(base.device),
+        {
+            "role": "student",
+            "student": to_plain(cfg.student),
+            "weights": dir_fingerprint(resolve_model(cfg.student.model)),
+            "lr": float(cfg.train.lr),
+            "candidates": [c.precision for c in candidates],
+            "fixed": precision,
+            "fidelity": dataclasses.asdict(calibration.FIDELITY),
+        },
+    )
+    pairs, groups = calibration_pairs(cfg)
+    queries = sorted(set(groups.tolist()))[:TRAIN_QUERIES]
+    rows = [np.flatnonzero(groups == q) for q in queries]
+    width = min(len(r) for r in rows)
+    if width < 2:
+        return unmeasured("too few passages per query to calibrate training")
+    index = torch.tensor([pairs.pair_p[r[:width]].tolist() for r in rows], dtype=torch.long)
+    query_texts = [pairs.queries[q] for q in queries]
+
+    def steps(rt: Runtime) -> tuple[list[float], list[float]]:
+        devices = [rt.device] if rt.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the training's random streams are left as they were
+            torch.manual_seed(0)
+            student = components.student(cfg).to(rt.device).train()
+            optimizer = torch.optim.AdamW(student.parameters(), lr=float(cfg.train.lr))
+            target = torch.zeros(len(queries), dtype=torch.long, device=rt.device)  # the positive is first
+            losses, times = [], []
+            for _ in range(TRAIN_STEPS):
+                start = time.perf_counter()
+                with rt.autocast():
+                    scores = student(query_texts, list(pairs.passages), index.to(rt.device)).groups
+                loss = F.cross_entropy(scores.float(), target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                times.append(time.perf_counter() - start)
+            return losses, times
+
+    return cached_choice(
+        cache_dir(cfg), key, lambda: calibration.calibrate_training(steps, candidates, precision=precision)
+    )
