@@ -79,6 +79,7 @@ def test_enumerations_serialise_as_plain_strings():
 def test_the_enumerations_match_what_the_code_accepts():
     """A value the schema accepts but no code handles would fail only when its stage runs."""
     from distillrank import runtime
+    from distillrank.calibration import AUTO  # hardware=auto: resolved per model by the builders
     from distillrank.data.collection import SOURCES
     from distillrank.mining.sampling import SAMPLINGS
     from distillrank.teachers import normalize
@@ -86,8 +87,8 @@ def test_the_enumerations_match_what_the_code_accepts():
     from distillrank.training.trackers import LOGGERS
 
     for enum, accepted in [
-        (config.Precision, runtime.PRECISIONS),
-        (config.Backend, runtime.BACKENDS),
+        (config.Precision, (*runtime.PRECISIONS, AUTO)),
+        (config.Backend, (*runtime.BACKENDS, AUTO)),
         (config.Source, SOURCES),
         (config.Sampling, SAMPLINGS),
         (config.Normalize, normalize.METHODS),
