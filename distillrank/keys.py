@@ -124,7 +124,8 @@ def inputs(cfg: DictConfig, stage: str) -> dict:
         found: dict = {"collection": components.collection(cfg).fingerprint}
         if cfg.queries.method == "generator":
             found["generator"] = components.generator(cfg).fingerprint()
-            found["generator_precision"] = str(hardware.node(cfg, "generator").precision)  # bf16 samples other queries
+            # bf16 samples other queries
+            found["generator_precision"] = str(hardware.node(cfg, "generator").precision)
         if components.consistency_filter(cfg) is not None:  # the teacher re-ranks BM25 candidates
             found["teacher"] = components.teacher_fingerprint(cfg)
             found["bm25"] = bm25_identity(cfg)
@@ -132,7 +133,8 @@ def inputs(cfg: DictConfig, stage: str) -> dict:
     if stage == MINE:
         found = {"collection": components.collection(cfg).fingerprint}
         if "dense" in components.mining_retrievers(cfg):
-            found["dense"] = dense_key(hardware.for_role(cfg, "mining"))  # the weights' content, precision, backend
+            # the weights' content, the precision and the backend
+            found["dense"] = dense_key(hardware.for_role(cfg, "mining"))
         return found
     if stage == SCORE:
         return {"teacher": components.teacher_fingerprint(cfg)}

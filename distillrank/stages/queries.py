@@ -173,7 +173,8 @@ def run(cfg: DictConfig) -> Manifest:
     }
     if k:
         counts["positive_rank_median"] = float(np.median(ranks))
-    counts.update(hardware.report(cfg, *(["generator"] if cfg.queries.method == "generator" else []), *(["teacher"] if k else [])))
+    roles = (["generator"] if cfg.queries.method == "generator" else []) + (["teacher"] if k else [])
+    counts.update(hardware.report(cfg, *roles))
     log.info("queries (%s): %s", cfg.queries.method, counts)
     manifest = Manifest(
         stage=STAGE,
