@@ -1,10 +1,19 @@
-"""Which share of a job's work this process does: one worker of ``torchrun`` or of a SLURM array.
+"""Where this process stands among the workers of one job, and the operations of their group: the
+one place that reads the variables of ``torchrun`` and of SLURM arrays.
 
-:func:`from_env` reads the environment once, in the stage that is launched, and the resulting
-:class:`Share` is passed down as a plain value. Work is split by *block*: the work items are put in
-one order that does not depend on the number of workers, cut into blocks, and block ``b`` goes to
-worker ``b % count`` (:meth:`Share.owns`). Each block is done the same way whoever does it, so the
-result does not depend on the number of workers.
+:func:`from_env` reads the environment, in the stage (or builder) that is launched, and the
+resulting :class:`Share` is passed down as a plain value to the work split by worker:
+
+* the score stage splits the missing pairs by *block* (:meth:`Share.owns`): the work items are put in
+  one order that does not depend on the number of workers, cut into blocks, and block ``b`` goes to
+  worker ``b % count``. Each block is done the same way whoever does it, so the result does not
+  depend on the number of workers.
+* corpus encoding (:func:`distillrank.evaluation.dense.cached_corpus_embeddings`) and data-parallel
+  training (:mod:`distillrank.training.distributed`) split among the ranks of the ``torchrun`` group
+  (:attr:`Share.rank` of :attr:`Share.group`) in contiguous parts (:meth:`Share.span`,
+  :meth:`Share.split`).
+
+Launchers:
 
 * ``torchrun --nproc_per_node=N``: ``RANK`` / ``WORLD_SIZE`` (and ``LOCAL_RANK``, the GPU of the
   rank). The ranks form a ``torch.distributed`` group (:func:`join_group`); after a
@@ -15,18 +24,28 @@ result does not depend on the number of workers.
   writes the output. Without ``DISTILLRANK_SHARD_ARRAY=1`` the array variables are ignored: the
   tasks of a Hydra sweep on the submitit launcher are array tasks too, each a whole job.
 * both (each array task runs ``torchrun``): the array's tasks times the ranks of each.
+
+Group operations (:func:`join_group`, :func:`barrier`, :func:`broadcast`, :func:`gather`,
+:func:`total`) are no-ops for a worker without an initialised group; ranks that share no group but
+share a file system wait for each other's files with :func:`wait_until`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from distillrank.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,10 +71,30 @@ class Share:
                 f"worker {self.index} of {self.count} (process group of {self.group}) is not a valid share"
             )
 
+    @classmethod
+    def rank_of(cls, rank: int, world: int, local_rank: int = 0) -> Share:
+        """Rank ``rank`` of a ``torchrun`` group of ``world`` processes (and no SLURM array)."""
+        return cls(index=rank, count=world, group=world, local_rank=local_rank)
+
     @property
     def whole(self) -> bool:
         """Whether this worker does all the work (a single process)."""
         return self.count == 1
+
+    @property
+    def rank(self) -> int:
+        """This worker's rank in its ``torchrun`` group (``RANK``; 0 without one)."""
+        return self.index % self.group
+
+    @property
+    def main(self) -> bool:
+        """Whether this worker is rank 0 of its ``torchrun`` group (or has no group)."""
+        return self.rank == 0
+
+    @property
+    def grouped(self) -> bool:
+        """Whether this worker's ``torchrun`` group is an initialised ``torch.distributed`` group."""
+        return self.group > 1 and dist.is_available() and dist.is_initialized()
 
     @property
     def assembles(self) -> bool:
@@ -67,6 +106,32 @@ class Share:
     def owns(self, blocks: np.ndarray) -> np.ndarray:
         """Which of the blocks ``blocks`` (integers) are this worker's: ``block % count == index``."""
         return np.asarray(blocks) % self.count == self.index
+
+    def span(self, n: int) -> range:
+        """This rank's contiguous part of ``n`` items among the ranks of its group (sizes differ by
+        at most one; all of them without a group)."""
+        r, w = self.rank, self.group
+        return range(r * n // w, (r + 1) * n // w)
+
+    def split(self, items: list) -> list:
+        """This rank's contiguous part of ``items`` (:meth:`span`)."""
+        if self.group == 1:
+            return items
+        part = self.span(len(items))
+        return items[part.start : part.stop]
+
+    def split_sizes(self, n: int) -> list[int]:
+        """How many of ``n`` items :meth:`split` gives each rank of the group, in rank order."""
+        w = self.group
+        return [(r + 1) * n // w - r * n // w for r in range(w)]
+
+    def device(self, device: torch.device) -> torch.device:
+        """This rank's device: ``cuda:LOCAL_RANK`` for a CUDA device without an index when the
+        group has several ranks, else ``device``."""
+        device = torch.device(device)
+        if self.group > 1 and device.type == "cuda" and device.index is None:
+            return torch.device("cuda", self.local_rank)
+        return device
 
     def describe(self) -> str:
         """``worker i of n``, for logs."""
@@ -89,15 +154,17 @@ def _int(environ: Mapping[str, str], name: str, default: int | None = None) -> i
         raise ConfigError(f"${name}={value!r} is not an integer") from None
 
 
-def from_env(environ: Mapping[str, str]) -> Share:
-    """This process's share, from the variables ``torchrun`` and SLURM arrays set (:data:`WHOLE`
-    without them); a SLURM array's only with ``DISTILLRANK_SHARD_ARRAY=1``.
+def from_env(environ: Mapping[str, str] | None = None) -> Share:
+    """This process's share, from the variables ``torchrun`` and SLURM arrays set in ``environ``
+    (``os.environ`` by default; :data:`WHOLE` without them); a SLURM array's only with
+    ``DISTILLRANK_SHARD_ARRAY=1``.
 
     Raises:
         ConfigError: a variable that is not an integer, a rank outside its world,
             ``DISTILLRANK_SHARD_ARRAY=1`` outside an array, or a SLURM array whose task ids are not
             consecutive (``--array=0-N`` or ``1-N``, no step or list).
     """
+    environ = os.environ if environ is None else environ
     world = _int(environ, "WORLD_SIZE", 1)
     rank = _int(environ, "RANK", 0)
     if world < 1 or not 0 <= rank < world:
@@ -131,7 +198,7 @@ def join_group(share: Share, device: torch.device) -> torch.device:
     return this worker's device: ``cuda:LOCAL_RANK`` on CUDA, else ``device``.
 
     The group is gloo on the CPU; on CUDA it is gloo for CPU tensors and NCCL for CUDA tensors, so
-    the data-parallel training that may run next in the same process uses NCCL.
+    the data-parallel training that may run in the same process reduces its gradients with NCCL.
     """
     if share.group == 1:
         return device
@@ -144,11 +211,55 @@ def join_group(share: Share, device: torch.device) -> torch.device:
 
 
 def barrier(share: Share) -> None:
-    """Wait for every rank of this worker's ``torchrun`` group (nothing without one). Runs on a CPU
-    tensor when the group has gloo, so it needs no GPU."""
-    if share.group == 1 or not dist.is_initialized():
+    """Wait for every rank of this worker's ``torchrun`` group (nothing without an initialised
+    one). Runs on a CPU tensor when the group has gloo, so it needs no GPU."""
+    if not share.grouped:
         return
     if "gloo" in str(dist.get_backend()):
         dist.all_reduce(torch.zeros(1))
     else:
         dist.barrier()
+
+
+def broadcast(share: Share, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank of the group (``obj`` itself without a group): how the ranks
+    take one decision that every one of them must follow (a collective they all join)."""
+    if not share.grouped:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(share: Share, obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` without a group)."""
+    if not share.grouped:
+        return [obj]
+    out: list[Any] = [None] * share.group
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def total(share: Share, value: float, device: torch.device) -> float:
+    """The sum of a number over the ranks of the group (``value`` without a group), reduced on
+    ``device`` (the group's backend for it: NCCL for a CUDA device)."""
+    if not share.grouped:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item())
+
+
+POLL_S = 0.5  # how often a worker without a group looks for another's files
+
+
+def wait_until(ready: Callable[[], bool], what: str) -> None:
+    """The barrier of workers without a group (or that must not hold a collective open for long):
+    poll ``ready()`` every :data:`POLL_S` seconds until it holds, saying once a minute what is
+    awaited. The workers must share the file system ``ready`` looks at."""
+    start = last = time.monotonic()
+    while not ready():
+        if time.monotonic() - last >= 60:
+            log.info("waiting for %s (%.0f s)", what, time.monotonic() - start)
+            last = time.monotonic()
+        time.sleep(POLL_S)

@@ -336,10 +336,12 @@ def locked(path: str | Path, what: str, shared: bool = False) -> Iterator[None]:
     processes at once. Re-entrant within a process: a path this process already holds is not locked
     again. Ranks other than 0 of a ``torchrun`` job take no locks (rank 0 holds them for the job).
     """
+    from distillrank.sharding import from_env  # here: sharding imports torch, this module does not
+
     path = Path(path)
     held = _held()
     name = str(path.resolve())
-    if name in held.files or os.environ.get("RANK", "0") != "0":
+    if name in held.files or not from_env().main:
         yield
         return
     file = lock_file(path)

@@ -25,7 +25,7 @@ LAYERS = {
     "distillrank.runtime": 0,
     "distillrank.config": 0,
     "distillrank.artifacts": 0,
-    "distillrank.sharding": 0,  # which share of a job's work a torchrun rank or SLURM array task does
+    "distillrank.sharding": 0,  # a torchrun rank's or SLURM array task's share of a job, and the group's operations
     "distillrank.ranking": 1,  # the Ranker interface that teachers and students implement
     "distillrank.calibration": 1,  # hardware=auto: backend and precision measured per model
     "distillrank.data": 1,

@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 
 from distillrank.errors import ConfigError
-from distillrank.sharding import ARRAY_ENV, WHOLE, Share, barrier, from_env, join_group
+from distillrank.sharding import (
+    ARRAY_ENV,
+    WHOLE,
+    Share,
+    barrier,
+    broadcast,
+    from_env,
+    gather,
+    join_group,
+    total,
+    wait_until,
+)
 
 ARRAY = {ARRAY_ENV: "1"}
 
@@ -82,3 +93,55 @@ def test_without_a_group_joining_and_waiting_do_nothing():
     share = from_env({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2", **ARRAY})
     assert join_group(share, torch.device("cpu")) == torch.device("cpu")
     barrier(share)  # returns at once: no torch.distributed group
+
+
+def test_a_torchrun_rank_from_the_environment_its_part_and_its_device(monkeypatch):
+    """What the corpus encoding and DDP training read: the rank in the group, its contiguous part,
+    its GPU; ``os.environ`` by default (moved from the former ``evaluation.ranks.Ranks``)."""
+    import torch
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", ARRAY_ENV):
+        monkeypatch.delenv(key, raising=False)
+    assert from_env() == WHOLE and not WHOLE.grouped and WHOLE.main
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    share = from_env()
+    assert (share.rank, share.group, share.local_rank) == (3, 4, 1) and share == Share.rank_of(3, 4, 1)
+    assert not share.main and not share.grouped  # no group joined
+    assert list(share.span(10)) == [7, 8, 9] and list(Share.rank_of(0, 4).span(10)) == [0, 1]
+    assert share.split(list("abcdefghij")) == ["h", "i", "j"] and WHOLE.split([1, 2]) == [1, 2]
+    assert share.split_sizes(10) == [2, 3, 2, 3] and sum(share.split_sizes(3)) == 3
+    assert share.device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert share.device(torch.device("cuda", 0)) == torch.device("cuda", 0)  # an explicit index is kept
+    assert share.device(torch.device("cpu")) == torch.device("cpu")
+    assert WHOLE.device(torch.device("cuda")) == torch.device("cuda")
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ConfigError, match=r"RANK=4 is not in \[0, WORLD_SIZE=4\)"):
+        from_env()
+
+
+def test_the_rank_in_a_group_inside_an_array_task():
+    env = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "RANK": "1", "WORLD_SIZE": "4", **ARRAY}
+    share = from_env(env)
+    assert (share.index, share.rank, share.group) == (5, 1, 4)  # the corpus is split among the 4 ranks
+    assert list(share.span(8)) == [2, 3]
+
+
+def test_without_a_group_the_collectives_are_the_identity(tmp_path):
+    import torch
+
+    share = Share.rank_of(1, 2)  # a rank whose group was never joined
+    assert broadcast(share, "mine") == "mine" and gather(share, 3) == [3]
+    assert total(share, 2.5, torch.device("cpu")) == 2.5
+    flag = tmp_path / "flag"
+    calls = []
+
+    def ready() -> bool:  # the file appears on the second look
+        calls.append(1)
+        if len(calls) == 2:
+            flag.touch()
+        return flag.exists()
+
+    wait_until(ready, "the flag")
+    assert len(calls) == 2

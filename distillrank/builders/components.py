@@ -13,11 +13,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from distillrank import sharding
 from distillrank.data.collection import Collection, load_collection
 from distillrank.errors import ConfigError
 from distillrank.losses import uses_scores
 from distillrank.mining.bm25 import BM25Index
-from distillrank.mining.dense import dense_search
+from distillrank.mining.dense import MiningEmbeddings, dense_search
 from distillrank.mining.first_stage import Search, first_stage
 from distillrank.runtime import Runtime
 from distillrank.students import Student, as_student
@@ -155,25 +156,35 @@ def mining_retrievers(cfg: DictConfig) -> list[str]:
     return retrievers
 
 
-def _dense(cfg: DictConfig, coll: Collection, texts, depth: int):
+def _dense(cfg: DictConfig, coll: Collection, texts, depth: int, embeddings: MiningEmbeddings | None = None):
     from distillrank.builders import hardware  # it builds the teacher through here
 
-    rows, scores, dense_info = dense_search(hardware.for_role(cfg, "mining"), coll, texts, depth)
+    share = sharding.from_env() if embeddings is None else sharding.WHOLE
+    rows, scores, dense_info = dense_search(
+        hardware.for_role(cfg, "mining"), coll, texts, depth, share=share, embeddings=embeddings
+    )
     info = {"embeddings_cached": dense_info["embeddings_cached"], "index": dense_info["index"]}
     if dense_info["passages_per_s"] is not None:
         info["passages_per_s"] = dense_info["passages_per_s"]
     return rows, scores, info
 
 
-def mining_first_stage(cfg: DictConfig, coll: Collection, query_texts: list[str]):
+def mining_first_stage(
+    cfg: DictConfig, coll: Collection, query_texts: list[str], embeddings: MiningEmbeddings | None = None
+):
     """The mining first stage (``mining.method``, to ``mining.depth``) of ``query_texts``:
-    rows, scores per query and info for the manifest (:func:`distillrank.mining.first_stage.first_stage`)."""
+    rows, scores per query and info for the manifest (:func:`distillrank.mining.first_stage.first_stage`).
+
+    The dense retriever searches ``embeddings`` when given (the mine stage's ranks encoded them
+    together); else it takes them from the cache or encodes them, under ``torchrun`` each rank its
+    part (:func:`distillrank.sharding.from_env`: every rank must then call this).
+    """
     retrievers: dict[str, Search] = {}
     for name in mining_retrievers(cfg):
         if name == "bm25":
             retrievers[name] = lambda texts, depth: (*bm25_index(cfg, coll).search(texts, depth), {})
         else:
-            retrievers[name] = functools.partial(_dense, cfg, coll)
+            retrievers[name] = functools.partial(_dense, cfg, coll, embeddings=embeddings)
     rrf_k = int(cfg.mining.rrf_k) if cfg.mining.method == "hybrid" else None
     return first_stage(retrievers, query_texts, int(cfg.mining.depth), rrf_k)
 

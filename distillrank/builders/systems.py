@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from distillrank import artifacts, keys
+from distillrank import artifacts, keys, sharding
 from distillrank.builders import components, hardware
 from distillrank.builders.evaluation import reranks
 from distillrank.errors import ConfigError
@@ -21,7 +21,6 @@ from distillrank.evaluation.dense import (
     model_key,
     scratch_index,
 )
-from distillrank.evaluation.ranks import Ranks
 from distillrank.evaluation.systems import KeptRuns
 from distillrank.mining.dense import dense_search
 from distillrank.mining.first_stage import RerankCandidates
@@ -83,7 +82,7 @@ class ConfigSystems:
             dense_cfg = OmegaConf.create(OmegaConf.to_container(self.cfg, resolve=True))
             dense_cfg.mining.model = ev.first_stage_model
             dense_cfg = hardware.for_role(dense_cfg, "mining")
-            rows, scores, _ = dense_search(dense_cfg, coll, texts, depth, progress=progress)
+            rows, scores, _ = dense_search(dense_cfg, coll, texts, depth, progress, sharding.from_env())
             return rows, scores
 
         run_search = None
@@ -123,7 +122,7 @@ class ConfigSystems:
             model_fp = components.teacher_fingerprint(cfg) if name == "teacher" else model_key(folder)
             matrix, rate, _ = cached_corpus_embeddings(
                 encoder, coll, self.cache_root, model_fp, ev.batch_size, ev.chunk_size, runtime, name=name,
-                ranks=Ranks.from_env(),
+                share=sharding.from_env(),  # under torchrun each rank encodes its part
             )  # fmt: skip
             if rate is None:
                 rate = encoding_rate(encoder, coll, ev.batch_size, runtime, seed=cfg.seed)

@@ -29,10 +29,10 @@ import torch
 from tqdm.auto import tqdm
 
 from distillrank.errors import ArtifactError
-from distillrank.evaluation.ranks import Ranks
 from distillrank.evaluation.retrieval import exact_topk
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.runtime import Runtime
+from distillrank.sharding import WHOLE, Share, barrier, broadcast, wait_until
 from distillrank.workspace import (
     MUTABLE_OUTPUTS,
     atomic_write_text,
@@ -147,14 +147,14 @@ def cached_corpus_embeddings(
     runtime: Runtime,
     name: str = "dense",
     progress: bool = True,
-    ranks: Ranks | None = None,
+    share: Share = WHOLE,
 ) -> tuple[np.memmap, float | None, Path]:
     """The corpus embeddings of ``encoder`` from the workspace cache, encoded and cached on a miss.
 
     A miss is encoded block by block (``chunk_size`` passages) into a partial matrix beside the
     entry (:func:`partial_dir`), each block marked done once written, so an interrupted encoding
-    resumes with the blocks that are not. With ``ranks`` of several processes (``torchrun``,
-    :meth:`Ranks.from_env`; every rank must call this), each rank encodes a contiguous share of the
+    resumes with the blocks that are not. With a ``share`` in a ``torchrun`` group of several ranks
+    (:func:`distillrank.sharding.from_env`; every rank must call this), each rank encodes a contiguous share of the
     blocks into the same memory-mapped matrix, on its own GPU, and rank 0 seals the entry once
     every block is done: after a barrier when a ``torch.distributed`` group is initialised, else
     by watching the block markers (the other ranks then wait for the sealed entry). Each block is
@@ -163,14 +163,15 @@ def cached_corpus_embeddings(
     Args:
         model_fp: fingerprint of the encoder's weights (``dir_fingerprint`` of its folder).
         cache_root: the workspace's ``_cache`` folder.
-        ranks: this process among the job's ranks; None: a single process.
+        share: this process among the job's workers (its ``torchrun`` rank and group decide;
+            SLURM array tasks encode as single processes, one after the other through the lock).
 
     Returns:
         the read-only memmapped matrix [N, dim], the encoding rate of this process (None when it
         encoded nothing: the embeddings came from the cache) and the cache folder.
     """
-    ranks = ranks or Ranks()
-    runtime = runtime.on(ranks.device(runtime.device))
+    rank, world, grouped = share.rank, share.group, share.grouped
+    runtime = runtime.on(share.device(runtime.device))
     settings = embedding_settings(encoder, runtime.precision)
     folder = embeddings_dir(cache_root, model_fp, collection.fingerprint, settings)
     n_docs = len(collection.corpus)
@@ -179,9 +180,9 @@ def cached_corpus_embeddings(
     # take no lock: rank 0 holds it for the job, and with a group decides for every rank);
     # embeddings that do not match their checksums (truncated, zeroed) or cannot be opened are
     # dropped and encoded again
-    with locked(folder, what) if ranks.rank == 0 else contextlib.nullcontext():
-        present = usable_entry(folder, what) if ranks.rank == 0 or not ranks.grouped else None
-        present = ranks.broadcast(present)
+    with locked(folder, what) if rank == 0 else contextlib.nullcontext():
+        present = usable_entry(folder, what) if rank == 0 or not grouped else None
+        present = broadcast(share, present)
         if present:
             try:
                 matrix = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
@@ -193,26 +194,26 @@ def cached_corpus_embeddings(
                 )
             except (OSError, ValueError) as err:
                 drop_unreadable(folder, what, err)
-            if ranks.world > 1:
+            if world > 1:
                 raise ArtifactError(f"{what} in {folder} cannot be read; remove it and run again")
         remove_stale_temps(folder)
         partial = partial_dir(folder, chunk_size, batch_size)
         chunks = [(s, min(s + chunk_size, n_docs)) for s in range(0, n_docs, chunk_size)]
         matrix = _open_partial(partial, (n_docs, encoder.dim))
         todo = [c for c in chunks if not _done(partial, c)]
-        if ranks.grouped:  # rank 0's list, split evenly: a resumed job shares out what is missing
-            todo = ranks.broadcast(todo if ranks.rank == 0 else None)
-            mine = [todo[i] for i in ranks.share(len(todo))]
+        if grouped:  # rank 0's list, split evenly: a resumed job shares out what is missing
+            todo = broadcast(share, todo if rank == 0 else None)
+            mine = [todo[i] for i in share.span(len(todo))]
         else:  # without a group each rank keeps its own blocks (ranks may start at different times)
-            mine = [c for i, c in enumerate(chunks) if i in ranks.share(len(chunks)) and c in todo]
+            mine = [c for i, c in enumerate(chunks) if i in share.span(len(chunks)) and c in todo]
         rate = _encode_chunks(
-            encoder, collection, matrix, partial, mine, batch_size, runtime, name, ranks, progress
+            encoder, collection, matrix, partial, mine, batch_size, runtime, name, share, progress
         )
         del matrix  # close the memmap before the folder is renamed
-        ranks.barrier()  # with a group: every rank's blocks are written
-        if ranks.rank == 0:
-            if not ranks.grouped:
-                _wait(
+        barrier(share)  # with a group: every rank's blocks are written
+        if rank == 0:
+            if not grouped:
+                wait_until(
                     lambda: all(_done(partial, c) for c in chunks), f"{what}: the blocks of the other ranks"
                 )
             if missing := [c for c in chunks if not _done(partial, c)]:
@@ -228,15 +229,14 @@ def cached_corpus_embeddings(
             seal(partial)
             replace_dir(partial, folder)  # sealed, then renamed into place whole
             log.info("%s: corpus embeddings of %d passages cached in %s", name, n_docs, folder)
-        if ranks.grouped:
-            ranks.barrier()  # rank 0 has sealed the entry
-        elif ranks.rank != 0:
-            _wait(lambda: (folder / EMBEDDINGS_META).is_file(), f"{what}: rank 0 sealing {folder}")
+        if grouped:
+            barrier(share)  # rank 0 has sealed the entry
+        elif rank != 0:
+            wait_until(lambda: (folder / EMBEDDINGS_META).is_file(), f"{what}: rank 0 sealing {folder}")
         return np.load(folder / EMBEDDINGS_FILE, mmap_mode="r"), rate, folder
 
 
 _CHUNKS = "chunks"  # the partial matrix's block markers: <start>-<end>.done
-POLL_S = 0.5  # how often ranks without a process group look for each other's work
 
 
 def partial_dir(folder: Path, chunk_size: int, batch_size: int) -> Path:
@@ -290,7 +290,7 @@ def _encode_chunks(
     batch_size: int,
     runtime: Runtime,
     name: str,
-    ranks: Ranks,
+    share: Share,
     progress: bool,
 ) -> float | None:
     """Encode ``chunks`` into ``matrix``, each flushed to disk before its marker is written; the
@@ -299,7 +299,7 @@ def _encode_chunks(
         return None
     encoder = encoder.to(runtime.device).eval()
     total = sum(end - start for start, end in chunks)
-    desc = f"{name}: encode corpus" + (f" (rank {ranks.rank}/{ranks.world})" if ranks.world > 1 else "")
+    desc = f"{name}: encode corpus" + (f" (rank {share.rank}/{share.group})" if share.group > 1 else "")
     bar = tqdm(total=total, desc=desc, unit="p", disable=not progress)
     encode_time = 0.0
     for start, end in chunks:
@@ -311,20 +311,10 @@ def _encode_chunks(
         matrix[start:end] = encoder.encode(texts, "passage", batch_size, runtime, progress=False).numpy()
         encode_time += time.perf_counter() - t0
         matrix.flush()
-        atomic_write_text(partial / _CHUNKS / f"{start}-{end}.done", f"{ranks.rank}\n")
+        atomic_write_text(partial / _CHUNKS / f"{start}-{end}.done", f"{share.rank}\n")
         bar.update(end - start)
     bar.close()
     return total / max(encode_time, 1e-9)
-
-
-def _wait(ready, what: str) -> None:
-    """Poll ``ready()`` every :data:`POLL_S` seconds, saying once a minute what is awaited."""
-    start = last = time.monotonic()
-    while not ready():
-        if time.monotonic() - last >= 60:
-            log.info("waiting for %s (%.0f s)", what, time.monotonic() - start)
-            last = time.monotonic()
-        time.sleep(POLL_S)
 
 
 def search(

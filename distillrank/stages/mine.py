@@ -9,27 +9,38 @@ Output ``candidates.parquet``, one row per (query, document):
 ``qid, docid, label`` (the qrels relevance; 0 for a sampled negative), ``rank`` (1-based first-stage
 rank, 0 when not retrieved) and ``first_stage_score`` (the BM25, dense or RRF score; NaN when not
 retrieved).
+
+Under ``torchrun`` (:mod:`distillrank.sharding`) the ranks join a ``torch.distributed`` group and
+every rank encodes its part of the dense retriever's corpus embeddings (the corpus is encoded once,
+split over the ranks); rank 0 alone searches, samples and writes ``candidates.parquet`` and the
+manifest, and the other ranks wait for that manifest (on the file system, so a long search by rank
+0 hits no collective's timeout) and return it. The candidates are those of one process, to the byte.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from distillrank import artifacts, keys
+from distillrank import artifacts, keys, sharding
 from distillrank.builders import components, training
-from distillrank.mining.dense import dense_key
+from distillrank.mining.dense import corpus_embeddings, dense_key
 from distillrank.mining.sampling import sample_negatives
+from distillrank.runtime import configure
 from distillrank.workspace import (
+    MANIFEST,
     Manifest,
     atomic_path,
     current_manifest,
     locked_stage,
+    read_manifest,
     stage_dir,
     to_plain,
 )
@@ -45,18 +56,62 @@ def stage_key(cfg: DictConfig) -> str:
     return keys.stage_key(cfg, STAGE)
 
 
-@locked_stage(STAGE)
 def run(cfg: DictConfig) -> Manifest:
-    """Mine candidates for the training split; skipped when the manifest matches."""
+    """Mine candidates for the training split; skipped when the manifest matches.
+
+    Under ``torchrun`` (:func:`distillrank.sharding.from_env`) every rank must call this: the ranks
+    encode the dense corpus embeddings together, rank 0 writes the output and the manifest, and
+    every rank returns that manifest.
+    """
+    share = sharding.from_env()
+    if share.group == 1:
+        return _run(cfg)
+    sharding.join_group(share, configure(cfg.hardware).device)
+    if share.main:
+        return _run(cfg, share)
+    # rank 0's decision, taken under the stage's lock: whether the stage runs, and with it the encoding
+    runs, dense, before = sharding.broadcast(share, None)
+    folder = stage_dir(cfg, STAGE)
+    if runs:
+        if dense:  # this rank's part of the corpus embeddings (a collective with rank 0's)
+            corpus_embeddings(cfg, components.collection(cfg), share=share)
+        key = stage_key(cfg)
+        sharding.wait_until(
+            lambda: _stamp(folder) != before and getattr(read_manifest(folder), "key", None) == key,
+            f"mine: rank 0 writing {folder}",
+        )
+    return read_manifest(folder)
+
+
+def _stamp(folder: Path) -> tuple[int, int] | None:
+    """Which manifest file the stage folder holds (inode and modification time; None: none), so
+    ranks that wait for rank 0's manifest do not take a stale one (``force=true``) for it."""
+    try:
+        st = os.stat(folder / MANIFEST)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+@locked_stage(STAGE)
+def _run(cfg: DictConfig, share: sharding.Share = sharding.WHOLE) -> Manifest:
+    """The stage in one process, or as rank 0 of a ``torchrun`` group (``share``): it tells the
+    other ranks whether the stage runs, encodes the dense corpus embeddings with them, and mines."""
     folder = stage_dir(cfg, STAGE)
     key = stage_key(cfg)
-    if (done := current_manifest(cfg, STAGE, key)) is not None:
+    done = current_manifest(cfg, STAGE, key)
+    dense = done is None and "dense" in components.mining_retrievers(cfg)
+    sharding.broadcast(share, (done is None, dense, _stamp(folder)))
+    if done is not None:
         return done
     start = time.perf_counter()
     coll = components.collection(cfg)
+    embeddings = None
+    if dense and share.group > 1:
+        embeddings = corpus_embeddings(cfg, coll, share=share)
     queries = training.train_queries(cfg)
     qrels = training.train_qrels(cfg)
-    rows, scores, info = components.mining_first_stage(cfg, coll, [text for _, text in queries])
+    rows, scores, info = components.mining_first_stage(cfg, coll, [text for _, text in queries], embeddings)
     doc_ids = coll.doc_ids()
     rng = np.random.default_rng(cfg.seed)
 

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from hydra.utils import get_object
 from omegaconf import DictConfig
 
-from distillrank import artifacts, keys
+from distillrank import artifacts, keys, sharding
 from distillrank.builders import components, hardware, training
 from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import CORPUS_CHUNK, cached_corpus_embeddings
@@ -45,7 +45,6 @@ from distillrank.runtime import Runtime, seed_everything
 from distillrank.teachers.base import embedding_source
 from distillrank.training.batching import Pools, QueryPool, as_pools, query_pools
 from distillrank.training.dev import DevSet, carve_dev_pools, dev_from_pools, held_out_count
-from distillrank.training.distributed import init_from_env
 from distillrank.training.features import FeatureSet, cached_text_embeddings
 from distillrank.training.loop import train_student
 from distillrank.training.trackers import Tracker, check_logger, make_tracker
@@ -258,12 +257,13 @@ def run(cfg: DictConfig) -> Manifest:
 
     checkpoint_dir = folder / CHECKPOINTS  # a checkpoint of this run found there is resumed
     runtime = hardware.runtime(cfg, "student")
-    dist, device = init_from_env(runtime.device)
-    runtime = runtime.on(device)  # this rank's device
+    dist = sharding.from_env()  # this rank of a torchrun group (rank 0 of 1 without one)
+    device = sharding.join_group(dist, runtime.device)  # this rank's device
+    runtime = runtime.on(device)
     uses_features = getattr(loss_fn, "uses_features", False)
     features = feature_set(cfg, hardware.runtime(cfg, "teacher").on(device)) if uses_features else None
     tracker: Tracker = Tracker()
-    if dist.is_main:
+    if dist.main:
         tracker = make_tracker(
             str(cfg.train.logger),
             folder / WORK_TENSORBOARD,
@@ -296,7 +296,7 @@ def run(cfg: DictConfig) -> Manifest:
         "steps": result.steps,
         "examples": result.examples,
         "final_loss": result.final_loss,
-        "examples_per_s": round(result.examples_per_s * dist.world, 2),
+        "examples_per_s": round(result.examples_per_s * dist.group, 2),
     }
     if result.in_batch:
         counts["in_batch_negatives"] = True
@@ -309,8 +309,8 @@ def run(cfg: DictConfig) -> Manifest:
             best_dev=result.best_dev,
             stopped_early=result.stopped_early,
         )
-    if dist.world > 1:
-        counts["world_size"] = dist.world
+    if dist.group > 1:
+        counts["world_size"] = dist.group
     counts.update(hardware.report(cfg, "student", *(["teacher"] if features is not None else [])))
     outputs = [MODEL, LOG] + ([TENSORBOARD] if cfg.train.logger == "tensorboard" else [])
     held_out = sorted(dev.queries) if dev is not None and (cfg.train.dev_queries or cfg.train.dev_fraction) else []
@@ -325,7 +325,7 @@ def run(cfg: DictConfig) -> Manifest:
         outputs=outputs,
         wall_time_s=time.perf_counter() - start,
     )
-    if dist.is_main:
+    if dist.main:
         card = model_card.training_card(
             str(cfg.experiment), student.describe(), {k: to_plain(cfg[k]) for k in CARD_SECTIONS}, counts
         )
@@ -336,5 +336,5 @@ def run(cfg: DictConfig) -> Manifest:
         if held_out:
             atomic_write_text(folder / DEV_QUERIES, "".join(f"{q}\n" for q in held_out))
         manifest.write(folder)
-    dist.barrier()
+    sharding.barrier(dist)
     return manifest

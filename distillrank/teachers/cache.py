@@ -13,7 +13,8 @@ The work can be shared by several workers (:mod:`distillrank.sharding`): the dis
 ``(docid, qid)`` order, are cut into blocks of ``shard_size`` pairs and block ``b`` is worker
 ``b % count``'s; each worker scores the missing pairs of its blocks into shards of its own
 (:func:`score_share`). With an empty cache each shard is one whole block, as in a single process,
-so the scores do not depend on the number of workers.
+so the scores do not depend on the number of workers. A bi-encoder teacher that scores through its
+corpus embeddings has them encoded once, the ranks of a ``torchrun`` group each encoding a part.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from distillrank.evaluation.dense import (
 )
 from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
-from distillrank.sharding import WHOLE, Share
+from distillrank.sharding import WHOLE, Share, barrier, broadcast
 from distillrank.teachers.base import members as teacher_members
 from distillrank.workspace import (
     atomic_path,
@@ -268,6 +269,7 @@ def _corpus_embeddings(
     query_text,
     runtime: Runtime,
     progress: bool,
+    share: Share = WHOLE,
 ):
     """For a teacher that retrieves (a bi-encoder), a scorer of (qids, docids) through its corpus embeddings in the
     workspace cache (those feature distillation and the teacher's evaluation read), when every
@@ -277,20 +279,25 @@ def _corpus_embeddings(
 
     ``missing`` are the keys of every pair to score (of all workers): every worker decides alike and
     encodes the same queries in the same order, so a pair's score does not depend on who scores it.
+    The ranks of a ``torchrun`` group follow rank 0's decision and encode the corpus together, each
+    its part (:func:`~distillrank.evaluation.dense.cached_corpus_embeddings`, a collective): every
+    rank of the group must call this.
     """
-    if not len(missing) or not teacher.retrieves:
+    if not teacher.retrieves:  # the same on every rank: no decision to share
         return None
-    n_q = len(index.qids)
-    docids = index.docids.take(np.unique(missing // n_q))
-    if not pc.all(pc.is_in(docids, value_set=pa.array(coll.doc_ids(), pa.string()))).as_py():
-        return None  # passages made by the queries stage (ICT) are not rows
-    encoder = teacher.encoder(runtime)
-    folder = embeddings_dir(
-        cache_root, teacher_fp, coll.fingerprint, embedding_settings(encoder, runtime.precision)
-    )
-    n_docs = len(coll.corpus)
-    if not (folder / EMBEDDINGS_META).is_file() and len(docids) < COVER * n_docs:
+    encoder = folder = None
+    use = False
+    if len(missing):
+        n_q = len(index.qids)
+        docids = index.docids.take(np.unique(missing // n_q))
+        # passages made by the queries stage (ICT) are not rows
+        if pc.all(pc.is_in(docids, value_set=pa.array(coll.doc_ids(), pa.string()))).as_py():
+            encoder, folder = _teacher_encoder(teacher, teacher_fp, coll, cache_root, runtime)
+            use = (folder / EMBEDDINGS_META).is_file() or len(docids) >= COVER * len(coll.corpus)
+    if not broadcast(share, use):  # rank 0's decision, which every rank of a group follows
         return None
+    if encoder is None:
+        encoder, folder = _teacher_encoder(teacher, teacher_fp, coll, cache_root, runtime)
     matrix, _, _ = cached_corpus_embeddings(
         encoder,
         coll,
@@ -301,7 +308,10 @@ def _corpus_embeddings(
         runtime,
         name="teacher",
         progress=progress,
+        share=share,
     )
+    if not len(missing):  # this rank joined the encoding of the others and has nothing to score
+        return None
     qids = index.qids.take(_first_seen(index.query_codes(missing))).to_pylist()
     q_emb = encoder.encode(
         [query_text[q] for q in qids],
@@ -321,6 +331,13 @@ def _corpus_embeddings(
 
     log.info("score: the bi-encoder teacher scores through its cached corpus embeddings (%s)", folder)
     return scores
+
+
+def _teacher_encoder(teacher, teacher_fp: str, coll, cache_root: Path, runtime: Runtime):
+    """The teacher's bi-encoder and the cache folder of its corpus embeddings."""
+    encoder = teacher.encoder(runtime)
+    settings = embedding_settings(encoder, runtime.precision)
+    return encoder, embeddings_dir(cache_root, teacher_fp, coll.fingerprint, settings)
 
 
 def _fill_cache(
@@ -351,6 +368,7 @@ def _fill_cache(
     # one process scores a teacher at a time; the workers of one job share it, each on its own pairs
     with locked(cache.folder, "teacher score cache", shared=not share.whole):
         is_cached, scores = cache.lookup(index)
+        barrier(share)  # every rank of a torchrun group looks the pairs up before any writes a shard
         # by passage, then query (the order of the keys): a shard holds a contiguous range of passages,
         # so a teacher that encodes each distinct text once per call (bi-encoder, ColBERT) encodes a
         # passage in one shard only; queries, short, repeat across shards instead
@@ -359,7 +377,16 @@ def _fill_cache(
             teacher.check_pairs(zip(*index.ids(index.keys[missing]), strict=True))
         start = time.perf_counter()
         via = _corpus_embeddings(
-            cache_root, teacher, teacher_fp, coll, index, index.keys[missing], query_text, runtime, progress
+            cache_root,
+            teacher,
+            teacher_fp,
+            coll,
+            index,
+            index.keys[missing],
+            query_text,
+            runtime,
+            progress,
+            share,
         )
         todo = missing[share.owns(missing // shard_size)]  # this worker's blocks of the distinct pairs
         if not share.whole:

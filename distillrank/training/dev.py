@@ -21,12 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from distillrank import sharding
 from distillrank.evaluation.metrics import compute_metrics
 from distillrank.ranking import Pairs
 from distillrank.runtime import Runtime
+from distillrank.sharding import WHOLE, Share
 from distillrank.students.base import Student
 from distillrank.training.batching import Pools, QueryPool
-from distillrank.training.distributed import Dist
 
 
 @dataclass
@@ -90,7 +91,7 @@ def evaluate_dev(
     dev: DevSet,
     passage_text: Callable[[list[str]], list[str]],
     measures: list[str],
-    dist: Dist | None = None,
+    dist: Share | None = None,
     batch_size: int = 64,
     runtime: Runtime | None = None,
 ) -> dict[str, float]:
@@ -99,8 +100,8 @@ def evaluate_dev(
     With several ranks, each scores its share of the queries and the runs are gathered, so every
     rank returns the same metrics (early stopping decides alike everywhere).
     """
-    dist = dist or Dist()
-    qids = dist.shard(sorted(dev.queries))
+    dist = dist or WHOLE
+    qids = dist.split(sorted(dev.queries))
     passages = list(dict.fromkeys(d for q in qids for d in dev.candidates[q]))
     slot = {d: i for i, d in enumerate(passages)}
     pair_q = [i for i, q in enumerate(qids) for _ in dev.candidates[q]]
@@ -112,7 +113,7 @@ def evaluate_dev(
         for qi, pj, s in zip(pair_q, pair_p, scores.tolist(), strict=True):
             run.setdefault(qids[qi], {})[passages[pj]] = s if math.isfinite(s) else -1e30
     merged: dict[str, dict[str, float]] = {}
-    for part in dist.gather(run):
+    for part in sharding.gather(dist, run):
         merged.update(part)
     qrels = {q: rel for q, rel in dev.qrels.items() if any(v > 0 for v in rel.values())}
     aggregate, _ = compute_metrics(qrels, merged, measures)

@@ -17,103 +17,38 @@ projection on a micro-batch without features: parameters unused by every rank ke
 in one process). Each rank backpropagates its shard with weight ``world × |shard| / |global step|``;
 DDP's average over the ranks makes that the gradient of the whole global step, i.e. that of one
 process on the same global batch (up to float summation order). Each rank takes a contiguous share
-of every global micro-batch (:meth:`Dist.shard`); a rank whose share is empty backpropagates one
-example with weight 0, so every rank joins every reduction.
+of every global micro-batch (:meth:`distillrank.sharding.Share.split`); a rank whose share is empty
+backpropagates one example with weight 0, so every rank joins every reduction.
 
 With ``train.gather_negatives``, the passages of the global micro-batch are split over the ranks,
-each rank encodes its share, and :meth:`Dist.all_gather_rows` (``torch.distributed.nn.functional``:
+each rank encodes its share, and :func:`all_gather_rows` (``torch.distributed.nn.functional``:
 the gradient flows back to the rank that encoded each row) gives every rank all of them, so the
 in-batch negatives of a query span the global batch as in one process.
 
-``torchrun --nproc_per_node=N distillrank train ...`` sets ``WORLD_SIZE``, ``RANK`` and
-``LOCAL_RANK``; :func:`init_from_env` joins the group (NCCL on CUDA, gloo on CPU).
+Where a rank stands (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` of ``torchrun --nproc_per_node=N
+distillrank train ...``) is the :class:`distillrank.sharding.Share` the train stage reads once
+(:func:`distillrank.sharding.from_env`), and the group it joins is the one every stage joins
+(:func:`distillrank.sharding.join_group`: gloo on the CPU; on CUDA, NCCL for CUDA tensors, which
+DDP's reductions are, and gloo for CPU ones); the loop's other collectives (the sum of the loss,
+the gathered RNG states and dev runs, the barriers) are :mod:`distillrank.sharding`'s too. This
+module holds what only training needs: the differentiable gather.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from typing import Any
-
 import torch
-import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 
-
-@dataclass
-class Dist:
-    """This process's place in the group (``world == 1``: a single process, every call a no-op)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def shard(self, items: list) -> list:
-        """This rank's contiguous share of ``items`` (sizes differ by at most one)."""
-        if not self.enabled:
-            return items
-        n, w, r = len(items), self.world, self.rank
-        return items[r * n // w : (r + 1) * n // w]
-
-    def shard_sizes(self, n: int) -> list[int]:
-        """How many of ``n`` items :meth:`shard` gives each rank, in rank order."""
-        w = self.world
-        return [(r + 1) * n // w - r * n // w for r in range(w)]
-
-    def all_gather_rows(self, rows: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-        """Every rank's ``rows`` concatenated in rank order (rank ``r`` contributes its first
-        ``sizes[r]`` rows), differentiable: the gradient of each row flows back to the rank that
-        computed it (``torch.distributed.nn.functional.all_gather``)."""
-        if not self.enabled:
-            return rows[: sizes[0]]
-        longest = max(sizes)
-        pad = rows.new_zeros((longest - rows.shape[0], *rows.shape[1:]))
-        parts = dist_nn.all_gather(torch.cat([rows, pad]) if len(pad) else rows)
-        return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
-
-    def sum(self, value: float, device: torch.device) -> float:
-        """The sum of a number over the ranks."""
-        if not self.enabled:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return float(t.item())
-
-    def gather(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj``, in rank order, on every rank."""
-        if not self.enabled:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
+from distillrank.sharding import Share
 
 
-def init_from_env(device: torch.device) -> tuple[Dist, torch.device]:
-    """Join the process group that ``torchrun`` describes in the environment; a single process
-    without it. On CUDA each rank takes ``cuda:LOCAL_RANK``.
-
-    Returns:
-        (the group description, this rank's device).
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(), device
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank), device
+def all_gather_rows(share: Share, rows: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Every rank's ``rows`` concatenated in rank order (rank ``r`` contributes its first
+    ``sizes[r]`` rows; :meth:`Share.split_sizes`), differentiable: the gradient of each row flows
+    back to the rank that computed it (``torch.distributed.nn.functional.all_gather``)."""
+    if not share.grouped:
+        return rows[: sizes[0]]
+    longest = max(sizes)
+    pad = rows.new_zeros((longest - rows.shape[0], *rows.shape[1:]))
+    parts = dist_nn.all_gather(torch.cat([rows, pad]) if len(pad) else rows)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])

@@ -61,16 +61,18 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
+from distillrank import sharding
 from distillrank.errors import ConfigError, DistillrankError
 from distillrank.losses.combined import uses_scores
 from distillrank.losses.feature import Features
 from distillrank.losses.infonce import InBatch
 from distillrank.runtime import Runtime
+from distillrank.sharding import WHOLE, Share
 from distillrank.students.base import Student
 from distillrank.students.factory import as_student
 from distillrank.training.batching import Example, Pools, QueryPool, as_pools, epoch_plan, examples_per_epoch
 from distillrank.training.dev import DevSet, evaluate_dev
-from distillrank.training.distributed import Dist
+from distillrank.training.distributed import all_gather_rows
 from distillrank.training.features import FeatureSet, iter_texts
 from distillrank.training.trackers import Tracker
 from distillrank.workspace import atomic_dir, file_fingerprint, fingerprint, temp_entries, to_plain
@@ -113,7 +115,7 @@ def student_scores(
     in_batch: bool = False,
     positives: dict[str, set[str]] | None = None,
     global_batch: Sequence[Example] | None = None,
-    dist: Dist | None = None,
+    dist: Share | None = None,
 ) -> tuple[torch.Tensor, InBatch | None]:
     """Student scores [B, 1 + n] of a batch (each distinct passage scored once) and, with
     ``in_batch``, the :class:`InBatch` scores [B, P] over the batch's P distinct passages, with each
@@ -131,10 +133,10 @@ def student_scores(
     if global_batch is None or dist is None:
         out = student(queries, passage_text(unique), index, in_batch)
     else:
-        sizes = dist.shard_sizes(len(unique))
-        mine = dist.shard(unique) or unique[:1]  # an empty share still joins the gather (its row dropped)
+        sizes = dist.split_sizes(len(unique))
+        mine = dist.split(unique) or unique[:1]  # an empty share still joins the gather (its row dropped)
         out = student(
-            queries, passage_text(mine), index, in_batch, gather=lambda emb: dist.all_gather_rows(emb, sizes)
+            queries, passage_text(mine), index, in_batch, gather=lambda emb: all_gather_rows(dist, emb, sizes)
         )
     if not in_batch:
         return out.groups.float(), None
@@ -170,7 +172,7 @@ class _Step(nn.Module):
         in_batch: bool,
         wants_features: bool,
         features: FeatureSet | None,
-        dist: Dist,
+        dist: Share,
     ) -> None:
         super().__init__()
         self.student = student
@@ -297,13 +299,13 @@ def _save_checkpoint(
     position: _Position,
     best: _Best,
     log_path: Path,
-    dist: Dist,
+    dist: Share,
 ) -> None:
     """Write ``checkpoint_dir/last`` atomically (rank 0; every rank's RNG states gathered into it):
     state and log into a temporary folder, ``run.json`` (identity, step, size and sha256 of each
     file) last, a rename."""
-    rngs = dist.gather(_rng_states())
-    if dist.is_main:
+    rngs = sharding.gather(dist, _rng_states())
+    if dist.main:
         state = {
             "model": _cpu_state(student),
             "loss": _cpu_state(loss_fn) if loss_fn is not None else {},
@@ -323,7 +325,7 @@ def _save_checkpoint(
             run = {"format": CHECKPOINT_FORMAT, "identity": identity, "step": position.step, "files": files}
             (tmp / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
         log.debug("checkpoint at step %d in %s", position.step, checkpoint_dir / LAST)
-    dist.barrier()
+    sharding.barrier(dist)
 
 
 def _checkpoint_step(folder: Path, identity: str) -> int | None:
@@ -408,7 +410,7 @@ def train_student(
     resume_key: str | None = None,
     dev: DevSet | None = None,
     tracker: Tracker | None = None,
-    dist: Dist | None = None,
+    dist: Share | None = None,
     features: FeatureSet | None = None,
 ) -> TrainResult:
     """Train ``student`` in place with ``loss_fn`` on the teacher-scored pools.
@@ -441,7 +443,7 @@ def train_student(
             ``train.feature_batch_size`` of them join every micro-batch. Required by a feature
             loss, ignored by any other.
     """
-    dist = dist or Dist()
+    dist = dist or WHOLE
     tracker = tracker or Tracker()
     student = as_student(student)
     pools = as_pools(pools)
@@ -492,7 +494,7 @@ def train_student(
             "example's own hard negatives only",
             student.kind,
         )
-    gather = bool(cfg.get("gather_negatives", False)) and dist.enabled
+    gather = bool(cfg.get("gather_negatives", False)) and dist.group > 1
     if gather and not in_batch:
         log.warning("train.gather_negatives: the loss uses no in-batch negatives; nothing is gathered")
         gather = False
@@ -521,7 +523,7 @@ def train_student(
     loss_value = float("nan")
     best = _Best()
     epoch_rng_override: dict[str, Any] | None = None
-    if dist.is_main:
+    if dist.main:
         log_path.parent.mkdir(parents=True, exist_ok=True)
     log_mode = "w"
     state = _load_checkpoint(checkpoint_dir, identity)
@@ -535,16 +537,16 @@ def train_student(
         best = _Best(**state["best"])
         step, seen, loss_value = pos.step, pos.seen, pos.loss_value
         first_epoch, first_offset, epoch_rng_override = pos.epoch, pos.offset, pos.epoch_rng
-        if len(state["rngs"]) == dist.world:
+        if len(state["rngs"]) == dist.group:
             _set_rng_states(state["rngs"][dist.rank])
         else:  # saved by another number of ranks: the position is global, the dropout RNGs per rank
             torch.manual_seed(int(np.random.SeedSequence([seed, dist.rank, step]).generate_state(1)[0]))
             log.info(
                 "train: a checkpoint of %d ranks resumed by %d; dropout RNGs reseeded",
                 len(state["rngs"]),
-                dist.world,
+                dist.group,
             )
-        if dist.is_main:  # the log as it was at the checkpoint; later lines dropped
+        if dist.main:  # the log as it was at the checkpoint; later lines dropped
             log_path.write_bytes(state["log"])
         log_mode = "a"
         log.info("train: resuming from step %d", step)
@@ -553,7 +555,7 @@ def train_student(
         student, loss_fn, query_text, passage_text, runtime, in_batch, wants_features, features, dist
     )
     ddp: DistributedDataParallel | None = None
-    if dist.enabled:  # after loading a checkpoint: DDP broadcasts rank 0's weights
+    if dist.group > 1:  # after loading a checkpoint: DDP broadcasts rank 0's weights
         ddp = DistributedDataParallel(
             step_loss,
             device_ids=[device.index] if device.type == "cuda" else None,
@@ -577,8 +579,8 @@ def train_student(
     start = time.perf_counter()
     last_checkpoint = start
     stopped_early = False
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not dist.is_main)
-    log_file = open(log_path, log_mode, encoding="utf-8") if dist.is_main else None  # noqa: SIM115
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not dist.main)
+    log_file = open(log_path, log_mode, encoding="utf-8") if dist.main else None  # noqa: SIM115
     try:
         for epoch in range(first_epoch, cfg.epochs):
             if step >= total_steps or stopped_early:
@@ -609,8 +611,8 @@ def train_student(
                 n_step = sum(len(mb) if ranking else len(fb) for mb, _, fb in micro_batches)
                 local_loss = 0.0
                 for k, (batch, batch_queries, feature_batch) in enumerate(micro_batches):
-                    shard = dist.shard(batch)
-                    feature_shard = dist.shard(list(feature_batch)) if feature_batch is not None else []
+                    shard = dist.split(batch)
+                    feature_shard = dist.split(list(feature_batch)) if feature_batch is not None else []
                     share = (len(shard) if ranking else len(feature_shard)) / n_step
                     if ddp is None and not shard and not feature_shard:
                         continue
@@ -623,9 +625,9 @@ def train_student(
                     last = k == len(micro_batches) - 1
                     with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
                         loss = compute_loss(shard, feature_shard, positives, batch if gather else None)
-                        (loss * (share * dist.world if ddp is not None else share)).backward()
+                        (loss * (share * dist.group if ddp is not None else share)).backward()
                     local_loss += loss.item() * share
-                loss_value = dist.sum(local_loss, device)
+                loss_value = sharding.total(dist, local_loss, device)
                 if not math.isfinite(loss_value):
                     raise DistillrankError(
                         f"loss is {loss_value} at step {step + 1} (epoch {epoch + 1}, batch of queries "
@@ -672,8 +674,8 @@ def train_student(
                     log_file.flush()
                 due = bool(checkpoint_every and step % checkpoint_every == 0)
                 if checkpoint_s and not due:  # rank 0's clock decides for every rank
-                    late = time.perf_counter() - last_checkpoint >= checkpoint_s if dist.is_main else False
-                    due = dist.sum(float(late), device) > 0 if dist.enabled else late
+                    late = time.perf_counter() - last_checkpoint >= checkpoint_s if dist.main else False
+                    due = sharding.total(dist, float(late), device) > 0 if dist.group > 1 else late
                 if due and step < total_steps and not stopped_early:
                     assert checkpoint_dir is not None
                     position = _Position(step, epoch, b + step_size, seen, loss_value, epoch_rng)

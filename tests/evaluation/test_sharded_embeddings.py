@@ -24,9 +24,9 @@ from distillrank.evaluation.dense import (
     encode_corpus,
     partial_dir,
 )
-from distillrank.evaluation.ranks import Ranks
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.runtime import Runtime
+from distillrank.sharding import WHOLE, Share, from_env
 from distillrank.workspace import SEAL, usable_entry
 
 CHUNK, BATCH = 7, 4  # 60 passages: 9 blocks, the last of 4
@@ -43,11 +43,11 @@ def _collection(tiny_beir: Path, cache: Path):
     return load_collection(cfg, cache)
 
 
-def _embed(tiny_beir: Path, model: Path, cache: Path, ranks: Ranks | None = None):
+def _embed(tiny_beir: Path, model: Path, cache: Path, share: Share = WHOLE):
     torch.set_num_threads(1)
     coll = _collection(tiny_beir, cache)
     return cached_corpus_embeddings(
-        BiEncoder.load(model), coll, cache, "model-fp", BATCH, CHUNK, Runtime(), progress=False, ranks=ranks
+        BiEncoder.load(model), coll, cache, "model-fp", BATCH, CHUNK, Runtime(), progress=False, share=share
     )
 
 
@@ -58,9 +58,9 @@ def _worker(rank: int, world: int, tiny_beir: Path, model: Path, cache: Path, gr
             "gloo", init_method=f"file://{cache / 'rendezvous'}", rank=rank, world_size=world
         )
     try:
-        ranks = Ranks.from_env()
-        assert ranks.grouped == grouped
-        matrix, rate, folder = _embed(tiny_beir, model, cache, ranks)
+        share = from_env()
+        assert share.grouped == grouped
+        matrix, rate, folder = _embed(tiny_beir, model, cache, share)
         np.save(cache / f"rank{rank}.npy", np.asarray(matrix))
         (cache / f"rank{rank}.json").write_text(json.dumps({"rate": rate, "folder": str(folder)}))
     finally:
@@ -124,7 +124,7 @@ def test_a_rerun_after_a_killed_rank_encodes_only_the_missing_blocks(
     monkeypatch.setattr(BiEncoder, "encode", counted)
     # rank 1 of 2, without a group: its share is blocks 4..8 (rows 28..59); killed after two blocks
     with pytest.raises(KeyboardInterrupt):
-        _embed(tiny_beir, tiny_bi_encoder, tmp_path, Ranks(1, 2))
+        _embed(tiny_beir, tiny_bi_encoder, tmp_path, Share.rank_of(1, 2))
     assert encoded == [7, 7]
     kill[0] = False
     encoded.clear()
@@ -132,23 +132,6 @@ def test_a_rerun_after_a_killed_rank_encodes_only_the_missing_blocks(
     assert sum(encoded) == 60 - 14 and rate is not None  # the two marked blocks were kept
     assert np.array_equal(np.asarray(matrix), single)
     assert usable_entry(folder) and not partial_dir(folder, CHUNK, BATCH).exists()
-
-
-def test_ranks_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
-    assert Ranks.from_env() == Ranks(0, 1, 0) and not Ranks.from_env().grouped
-    monkeypatch.setenv("RANK", "3")
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    ranks = Ranks.from_env()
-    assert (ranks.rank, ranks.world, ranks.local_rank) == (3, 4, 1)
-    assert list(ranks.share(10)) == [7, 8, 9] and list(Ranks(0, 4).share(10)) == [0, 1]
-    assert ranks.device(torch.device("cuda")) == torch.device("cuda", 1)
-    assert ranks.device(torch.device("cpu")) == torch.device("cpu")
-    monkeypatch.setenv("RANK", "4")
-    with pytest.raises(Exception, match="not a rank"):
-        Ranks.from_env()
 
 
 def test_partial_matrix_of_another_shape_is_refused(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 from distillrank.losses import MarginMSELoss
 from distillrank.losses.infonce import InfoNCELoss
 from distillrank.runtime import Runtime
-from distillrank.training.distributed import Dist
+from distillrank.sharding import WHOLE, Share
 from distillrank.training.loop import train_student
 
 from .test_loop import PASSAGES, QUERIES, _pools, _student
@@ -56,7 +56,7 @@ class KillAfter(nn.Module):
         return self.inner(*args, **kwargs)
 
 
-def _train(model: Path, work: Path, spec: dict, group: Dist) -> dict[str, torch.Tensor] | None:
+def _train(model: Path, work: Path, spec: dict, group: Share) -> dict[str, torch.Tensor] | None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     student = _student(model)
@@ -83,7 +83,7 @@ def _train(model: Path, work: Path, spec: dict, group: Dist) -> dict[str, torch.
 def _worker(rank: int, world: int, model: Path, work: Path, spec: dict, rendezvous: Path) -> None:
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
-        state = _train(model, work, spec, Dist(rank=rank, world=world))
+        state = _train(model, work, spec, Share.rank_of(rank, world))
         torch.save(state if state is not None else {}, work / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -93,7 +93,7 @@ def _run(model: Path, work: Path, spec: dict, world: int) -> dict[str, torch.Ten
     """Train with ``world`` processes (1: this one); the weights, or None when killed."""
     work.mkdir(parents=True, exist_ok=True)
     if world == 1:
-        return _train(model, work, spec, Dist())
+        return _train(model, work, spec, WHOLE)
     rendezvous = work / f"rendezvous-{len(list(work.glob('rendezvous-*')))}"
     mp.spawn(_worker, args=(world, model, work, spec, rendezvous), nprocs=world, join=True)
     states = [torch.load(work / f"rank{r}.pt") for r in range(world)]

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from distillrank.losses import MarginMSELoss
 from distillrank.runtime import Runtime
-from distillrank.training.distributed import Dist
+from distillrank.sharding import WHOLE, Share
 from distillrank.training.loop import train_student
 
 from .test_loop import PASSAGES, QUERIES, _pools, _student
@@ -32,7 +32,7 @@ CFG = {
 }
 
 
-def _train(model: Path, out: Path, group: Dist) -> dict[str, torch.Tensor]:
+def _train(model: Path, out: Path, group: Share) -> dict[str, torch.Tensor]:
     torch.set_num_threads(1)
     student = _student(model)
     train_student(
@@ -53,7 +53,7 @@ def _train(model: Path, out: Path, group: Dist) -> dict[str, torch.Tensor]:
 def _worker(rank: int, world: int, model: Path, work: Path) -> None:
     dist.init_process_group("gloo", init_method=f"file://{work / 'rendezvous'}", rank=rank, world_size=world)
     try:
-        state = _train(model, work, Dist(rank=rank, world=world))
+        state = _train(model, work, Share.rank_of(rank, world))
         torch.save(state, work / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -65,7 +65,7 @@ def test_two_gloo_ranks_equal_one_process(tiny_bi_encoder, tmp_path):
     mp.spawn(_worker, args=(2, tiny_bi_encoder, work), nprocs=2, join=True)
     rank0 = torch.load(work / "rank0.pt")
     rank1 = torch.load(work / "rank1.pt")
-    single = _train(tiny_bi_encoder, tmp_path, Dist())
+    single = _train(tiny_bi_encoder, tmp_path, WHOLE)
     untrained = _student(tiny_bi_encoder).state_dict()
     assert any(not torch.allclose(single[k], untrained[k]) for k in single)
     for name in single:
