@@ -405,21 +405,21 @@ def _read(path: Path) -> Choice | None:
 
 
 def cached_choice(
-    cache_root: str | Path, key: CacheKey, calibrate: Callable[[], Choice], *, wait_s: float = 600.0
+    cache_root: str | Path, key: CacheKey, calibrate: Callable[[], Choice], *, main: bool = True, wait_s: float = 600.0
 ) -> Choice:
     """The cached choice of ``key``, else ``calibrate()``'s, written to the cache (atomically,
     sealed) under the entry's lock, so concurrent processes calibrate once. A damaged or unreadable
     entry is dropped and the calibration runs again.
 
-    A ``torchrun`` rank other than 0 (which takes no locks) never calibrates: it waits up to
-    ``wait_s`` for rank 0's choice, so every rank runs, and keys its stages by, the same one.
+    A ``torchrun`` rank other than 0 (``main=False``; it takes no locks) never calibrates: it waits
+    up to ``wait_s`` for rank 0's choice, so every rank runs, and keys its stages by, the same one.
 
     Raises:
         DistillrankError: rank 0's choice did not appear within ``wait_s``.
     """
     path = key.path(cache_root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("RANK", "0") != "0":
+    if not main:
         deadline = time.monotonic() + wait_s
         while (choice := _read(path)) is None:
             if time.monotonic() > deadline:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from distillrank import calibration
+from distillrank import calibration, sharding
 from distillrank.builders import components
 from distillrank.calibration import AUTO, CacheKey, Choice, cached_choice, unmeasured
 from distillrank.errors import ConfigError
@@ -212,7 +212,7 @@ def _inference(cfg: DictConfig, base: Runtime, role: str, precision: str, backen
             precision=precision, backend=backend,
         )  # fmt: skip
 
-    return cached_choice(cache_dir(cfg), key, calibrate)
+    return cached_choice(cache_dir(cfg), key, calibrate, main=sharding.from_env().main)
 
 
 # --------------------------------------------------------------------------- training: the student
@@ -262,5 +262,8 @@ def _student(cfg: DictConfig, base: Runtime, precision: str) -> Choice:
             return losses, times
 
     return cached_choice(
-        cache_dir(cfg), key, lambda: calibration.calibrate_training(steps, candidates, precision=precision)
+        cache_dir(cfg),
+        key,
+        lambda: calibration.calibrate_training(steps, candidates, precision=precision),
+        main=sharding.from_env().main,
     )
