@@ -163,10 +163,14 @@ def test_threads_follow_the_affinity_mask(index: BM25Index) -> None:
     assert available_threads() == len(os.sched_getaffinity(0))
 
 
-def test_numba_scorer_gives_the_numpy_scores(collection: Collection, cache_root: Path) -> None:
+def test_numba_scorer_gives_the_numpy_scores(collection: Collection, cache_root: Path, monkeypatch) -> None:
     pytest.importorskip("numba")  # installed with the [scale] and [dev] extras
+    from distillrank.mining import bm25 as bm25_module
+
     numba_index = BM25Index.build_or_load(collection, cache_root, progress=False, threads=2)
-    assert numba_index.scorer == "numba"
+    numba_index.search(["a"], 1, progress=False)
+    assert numba_index.scorer == "numpy"  # a search too small to repay numba's compilation
+    monkeypatch.setattr(bm25_module, "NUMBA_MIN_WORK", 0)
     numpy_index = BM25Index.build_or_load(collection, cache_root, progress=False)
     numpy_index.retriever._compute_relevance_from_scores = bm25s.BM25._compute_relevance_from_scores
     texts = [t for _, t in collection.split_queries("train")] + ["zzzqqq"]
@@ -174,6 +178,7 @@ def test_numba_scorer_gives_the_numpy_scores(collection: Collection, cache_root:
     (folder,) = (cache_root / "bm25").iterdir()
     want_rows, want_scores = _single_thread_numpy(folder, numpy_index, texts, k)
     rows, scores = numba_index.search(texts, k, progress=False, batch_size=4)
+    assert numba_index.scorer == "numba"
     np.testing.assert_array_equal(rows, want_rows)
     np.testing.assert_array_equal(scores, want_scores)
     ids = numba_index.query_ids(texts[:3])
