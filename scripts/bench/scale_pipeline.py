@@ -79,14 +79,32 @@ class ScaleSizes:
 
 SIZES = {
     "smoke": ScaleSizes(
-        passages=3000, train_queries=(20, 40), test_queries=20, depth=20, train_steps=3, train_batch=4,
-        identity_passages=2000, identity_train_queries=20, identity_test_queries=10, identity_depth=10,
-        identity_steps=2, worlds=(1, 2),
+        passages=3000,
+        train_queries=(20, 40),
+        test_queries=20,
+        depth=20,
+        train_steps=3,
+        train_batch=4,
+        identity_passages=2000,
+        identity_train_queries=20,
+        identity_test_queries=10,
+        identity_depth=10,
+        identity_steps=2,
+        worlds=(1, 2),
     ),
     "full": ScaleSizes(
-        passages=1_000_000, train_queries=(10_000, 100_000), test_queries=2000, depth=100,
-        train_steps=200, train_batch=32, identity_passages=20_000, identity_train_queries=1000,
-        identity_test_queries=200, identity_depth=100, identity_steps=20, worlds=(1, 2, 4),
+        passages=1_000_000,
+        train_queries=(10_000, 100_000),
+        test_queries=2000,
+        depth=100,
+        train_steps=200,
+        train_batch=32,
+        identity_passages=20_000,
+        identity_train_queries=1000,
+        identity_test_queries=200,
+        identity_depth=100,
+        identity_steps=20,
+        worlds=(1, 2, 4),
     ),
 }
 
@@ -103,14 +121,23 @@ def _vocabulary(rng: np.random.Generator) -> np.ndarray:
     return np.array(sorted(words)[:VOCAB], dtype=object)[rng.permutation(VOCAB)]
 
 
-def make_collection(folder: Path, passages: int, train_queries: int, test_queries: int, seed: int = 0) -> Path:
+def make_collection(
+    folder: Path, passages: int, train_queries: int, test_queries: int, seed: int = 0
+) -> Path:
     """Write a seeded synthetic BEIR collection into ``folder`` unless the same one is there already.
 
     Passages: 30–60 words from a Zipf vocabulary of 50k words. Query ``i`` (train first, then test)
     has one positive, passage ``perm[i]``, and five words: the three rarest distinct words of that
     passage and two others of it. Written to temp names and renamed; ``collection.json`` last.
     """
-    settings = {"passages": passages, "train": train_queries, "test": test_queries, "seed": seed, "vocab": VOCAB, "v": 1}
+    settings = {
+        "passages": passages,
+        "train": train_queries,
+        "test": test_queries,
+        "seed": seed,
+        "vocab": VOCAB,
+        "v": 1,
+    }
     marker = folder / "collection.json"
     if marker.is_file() and json.loads(marker.read_text()) == settings:
         return folder
@@ -217,18 +244,33 @@ def run_stage(stage: str, overrides: list[str], world: int = 1, timeout_s: float
         "import json, sys; sys.path.insert(0, sys.argv[1]); from bench.scale_pipeline import stage_child; "
         "print('SCALE-RESULT ' + json.dumps(stage_child(sys.argv[2], json.loads(sys.argv[3]))))"
     )
-    base_env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    base_env = {
+        **os.environ,
+        "TQDM_DISABLE": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     port = _free_port()
     procs = []
     for rank in range(world):
         env = dict(base_env)
         if world > 1:
-            env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", code, str(SCRIPTS_DIR), stage, json.dumps(overrides)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        ))
+            env.update(
+                RANK=str(rank),
+                WORLD_SIZE=str(world),
+                LOCAL_RANK=str(rank),
+                LOCAL_WORLD_SIZE=str(world),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+            )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(SCRIPTS_DIR), stage, json.dumps(overrides)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
     results = []
     for rank, proc in enumerate(procs):
         out, err = proc.communicate(timeout=timeout_s)
@@ -246,18 +288,48 @@ def run_stage(stage: str, overrides: list[str], world: int = 1, timeout_s: float
 
 
 # --------------------------------------------------------------------------- configs
-def overrides(workspace: Path, experiment: str, collection: Path, model: Path, depth: int, steps: int,
-              batch: int, threads: int | None, max_train_queries: int | None = None) -> list[str]:
+def overrides(
+    workspace: Path,
+    experiment: str,
+    collection: Path,
+    model: Path,
+    depth: int,
+    steps: int,
+    batch: int,
+    threads: int | None,
+    max_train_queries: int | None = None,
+) -> list[str]:
     """The pipeline config of one run: tiny teacher and student, BM25 mining keeping every candidate."""
     out = [
-        f"workspace={workspace}", f"experiment={experiment}", "data=beir", f"data.path={collection}",
-        "data.name=synthetic_msmarco", f"teacher.model={model}", "teacher.batch_size=256",
-        "teacher.passage_max_length=64", "teacher.query_max_length=16", f"student.model={model}",
-        "student.num_layers=1", "student.dropout=0", "student.passage_max_length=64", "student.query_max_length=16",
-        f"mining.depth={depth}", "mining.sampling=all", "mining.window_start=1", f"mining.window_end={depth}",
-        f"train.max_steps={steps}", f"train.batch_size={batch}", "train.lr=1e-3", "train.checkpoint_minutes=0",
-        "score.progress=false", "evaluate.systems=[student]", "evaluate.baseline=null", "evaluate.hybrid=false",
-        "evaluate.latency_queries=0", "evaluate.batch_size=256", "hardware.max_forward_texts=256",
+        f"workspace={workspace}",
+        f"experiment={experiment}",
+        "data=beir",
+        f"data.path={collection}",
+        "data.name=synthetic_msmarco",
+        f"teacher.model={model}",
+        "teacher.batch_size=256",
+        "teacher.passage_max_length=64",
+        "teacher.query_max_length=16",
+        f"student.model={model}",
+        "student.num_layers=1",
+        "student.dropout=0",
+        "student.passage_max_length=64",
+        "student.query_max_length=16",
+        f"mining.depth={depth}",
+        "mining.sampling=all",
+        "mining.window_start=1",
+        f"mining.window_end={depth}",
+        f"train.max_steps={steps}",
+        f"train.batch_size={batch}",
+        "train.lr=1e-3",
+        "train.checkpoint_minutes=0",
+        "score.progress=false",
+        "evaluate.systems=[student]",
+        "evaluate.baseline=null",
+        "evaluate.hybrid=false",
+        "evaluate.latency_queries=0",
+        "evaluate.batch_size=256",
+        "hardware.max_forward_texts=256",
     ]
     if threads:
         out.append(f"hardware.num_threads={threads}")
@@ -273,8 +345,17 @@ def scale_runs(sizes: ScaleSizes, collection: Path, model: Path, scratch: Path, 
     workspace = scratch / "scale-runs"
     rows = []
     for queries in sizes.train_queries:
-        args = overrides(workspace, f"q{queries}", collection, model, sizes.depth, sizes.train_steps,
-                         sizes.train_batch, None, max_train_queries=queries)
+        args = overrides(
+            workspace,
+            f"q{queries}",
+            collection,
+            model,
+            sizes.depth,
+            sizes.train_steps,
+            sizes.train_batch,
+            None,
+            max_train_queries=queries,
+        )
         row: dict[str, Any] = {"train_queries": queries, "stages": {}}
         stages = ["mine", "score", "train"] + (["evaluate"] if queries == max(sizes.train_queries) else [])
         for stage in stages:
@@ -331,23 +412,36 @@ def identity_runs(sizes: ScaleSizes, collection: Path, model: Path, scratch: Pat
     comparisons = []
     for world, r in per_world.items():
         diffs = [float(np.max(np.abs(r["weights"][k] - one["weights"][k]))) for k in one["weights"]]
-        comparisons.append({
-            "world": world,
-            "scores_identical": table(r["scores"]).equals(table(one["scores"])),
-            "max_weight_diff": max(diffs) if diffs else None,
-            "weights_within_1e-5": bool(diffs) and max(diffs) <= 1e-5 and set(r["weights"]) == set(one["weights"]),
-            "metrics_identical": _metrics_values(r["metrics"]) == _metrics_values(one["metrics"]),
-            "score_s": r["score"]["wall_s"], "train_s": r["train"]["wall_s"],
-            "score_peak_rss_gib_ranks": r["score"]["peak_rss_gib_ranks"],
-            "train_peak_rss_gib_ranks": r["train"]["peak_rss_gib_ranks"],
-        })
-    return {"pairs": mined["counts"]["rows"], "metrics": _metrics_values(one["metrics"]), "by_world": comparisons}
+        comparisons.append(
+            {
+                "world": world,
+                "scores_identical": table(r["scores"]).equals(table(one["scores"])),
+                "max_weight_diff": max(diffs) if diffs else None,
+                "weights_within_1e-5": bool(diffs)
+                and max(diffs) <= 1e-5
+                and set(r["weights"]) == set(one["weights"]),
+                "metrics_identical": _metrics_values(r["metrics"]) == _metrics_values(one["metrics"]),
+                "score_s": r["score"]["wall_s"],
+                "train_s": r["train"]["wall_s"],
+                "score_peak_rss_gib_ranks": r["score"]["peak_rss_gib_ranks"],
+                "train_peak_rss_gib_ranks": r["train"]["peak_rss_gib_ranks"],
+            }
+        )
+    return {
+        "pairs": mined["counts"]["rows"],
+        "metrics": _metrics_values(one["metrics"]),
+        "by_world": comparisons,
+    }
 
 
 def _metrics_values(metrics: Any) -> Any:
     """The numbers of ``metrics.json`` (timings left out: they differ run to run)."""
     if isinstance(metrics, dict):
-        return {k: _metrics_values(v) for k, v in metrics.items() if not any(t in k for t in ("time", "seconds", "_s", "latency", "per_s"))}
+        return {
+            k: _metrics_values(v)
+            for k, v in metrics.items()
+            if not any(t in k for t in ("time", "seconds", "_s", "latency", "per_s"))
+        }
     if isinstance(metrics, list):
         return [_metrics_values(v) for v in metrics]
     return metrics
@@ -408,9 +502,16 @@ def run(mode: str, out: Path, cache: Path, scratch: Path, log=print) -> dict[str
     started = time.perf_counter()
     load_start = load_average()
     log(f"scale: collection ({sizes.passages} passages) in {cache}")
-    collection = make_collection(cache / f"msmarco-like-{sizes.passages}", sizes.passages, max(sizes.train_queries), sizes.test_queries)
-    identity_collection = make_collection(cache / f"identity-{sizes.identity_passages}", sizes.identity_passages,
-                                          sizes.identity_train_queries, sizes.identity_test_queries, seed=1)
+    collection = make_collection(
+        cache / f"msmarco-like-{sizes.passages}", sizes.passages, max(sizes.train_queries), sizes.test_queries
+    )
+    identity_collection = make_collection(
+        cache / f"identity-{sizes.identity_passages}",
+        sizes.identity_passages,
+        sizes.identity_train_queries,
+        sizes.identity_test_queries,
+        seed=1,
+    )
     model = make_model(cache / "tiny-bi-encoder", collection)
     scale = scale_runs(sizes, collection, model, scratch, log)
     identity = identity_runs(sizes, identity_collection, model, scratch, log)
@@ -444,10 +545,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=sorted(SIZES), default="full")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench" / "scale")
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "distillrank-scale-cache",
-                        help="synthetic collections and the tiny model, kept between runs (not in the repository)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("TMPDIR", "/tmp")) / "distillrank-scale-cache",
+        help="synthetic collections and the tiny model, kept between runs (not in the repository)",
+    )
     args = parser.parse_args(argv)
-    for key, value in (("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
+    for key, value in (
+        ("TOKENIZERS_PARALLELISM", "false"),
+        ("HF_HUB_OFFLINE", "1"),
+        ("TRANSFORMERS_OFFLINE", "1"),
+    ):
         os.environ.setdefault(key, value)
     import tempfile
 
