@@ -92,6 +92,20 @@ SIZES = {
         identity_steps=2,
         worlds=(1, 2),
     ),
+    "medium": ScaleSizes(  # the 1M-passage collection at 1/100 and 1/10 of the pairs: what fits the time box
+        passages=1_000_000,
+        train_queries=(1000, 10_000),
+        test_queries=2000,
+        depth=100,
+        train_steps=200,
+        train_batch=32,
+        identity_passages=20_000,
+        identity_train_queries=300,
+        identity_test_queries=200,
+        identity_depth=100,
+        identity_steps=20,
+        worlds=(1, 2, 4),
+    ),
     "full": ScaleSizes(
         passages=1_000_000,
         train_queries=(10_000, 100_000),
@@ -109,6 +123,7 @@ SIZES = {
 }
 
 VOCAB = 50_000
+COMMON = 200  # the most frequent words (each in 1-40% of passages) play stop words: no query has them
 SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]  # 70 syllables, 3 a word: no stop words
 
 
@@ -128,7 +143,8 @@ def make_collection(
 
     Passages: 30–60 words from a Zipf vocabulary of 50k words. Query ``i`` (train first, then test)
     has one positive, passage ``perm[i]``, and five words: the three rarest distinct words of that
-    passage and two others of it. Written to temp names and renamed; ``collection.json`` last.
+    passage and two others of it, neither among the ``COMMON`` most frequent words (as a real
+    query's stop words are removed; a query of those words would score a third of the corpus). Written to temp names and renamed; ``collection.json`` last.
     """
     settings = {
         "passages": passages,
@@ -136,7 +152,7 @@ def make_collection(
         "test": test_queries,
         "seed": seed,
         "vocab": VOCAB,
-        "v": 1,
+        "v": 2,
     }
     marker = folder / "collection.json"
     if marker.is_file() and json.loads(marker.read_text()) == settings:
@@ -166,7 +182,9 @@ def make_collection(
                 q = query_of[start + j]
                 if q >= 0:
                     distinct = np.unique(row)  # ascending id = descending frequency: the last are the rarest
-                    others = rng.choice(distinct[:-3], size=min(2, len(distinct) - 3), replace=False)
+                    middle = distinct[:-3][distinct[:-3] >= COMMON]  # no stop-word-like word
+                    pool = middle if len(middle) >= 2 else distinct[:-3]
+                    others = rng.choice(pool, size=min(2, len(pool)), replace=False)
                     query_words[q] = " ".join(vocab[np.concatenate([distinct[-3:], others])])
     (folder / "corpus.jsonl.tmp").rename(folder / "corpus.jsonl")
     with open(folder / "queries.jsonl.tmp", "w", encoding="ascii") as out:
