@@ -289,15 +289,18 @@ def run_stage(stage: str, overrides: list[str], world: int = 1, timeout_s: float
                 env=env,
             )
         )
+    outputs = [proc.communicate(timeout=timeout_s) for proc in procs]
+    failed = [r for r, proc in enumerate(procs) if proc.returncode != 0]
+    if failed:  # every failed rank's error: the first to crash is not always rank 0
+        tails = "\n".join(
+            f"--- rank {r} (rc {procs[r].returncode}):\n{outputs[r][1][-2500:]}" for r in failed
+        )
+        raise RuntimeError(f"{stage} failed in {len(failed)} of {world} process(es):\n{tails}")
     results = []
-    for rank, proc in enumerate(procs):
-        out, err = proc.communicate(timeout=timeout_s)
+    for rank, (out, err) in enumerate(outputs):
         line = next((x for x in out.splitlines() if x.startswith("SCALE-RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            for other in procs:
-                if other.poll() is None:
-                    other.kill()
-            raise RuntimeError(f"{stage} rank {rank}/{world} failed (rc {proc.returncode}): {err[-3000:]}")
+        if line is None:
+            raise RuntimeError(f"{stage} rank {rank}/{world} printed no result: {err[-2500:]}")
         results.append(json.loads(line.removeprefix("SCALE-RESULT ")))
     first = results[0]
     first["peak_rss_gib_ranks"] = [r["peak_rss_gib"] for r in results]
@@ -489,6 +492,16 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{s['peak_rss_gib']:.2f} | {s['rss_before_gib']:.2f} |"
             )
     ident = result["identity"]
+    if "error" in ident:
+        lines += [
+            "",
+            "Sharded identity: **failed** (`identity.error` in the JSON):",
+            "",
+            "```",
+            ident["error"][-800:],
+            "```",
+        ]
+        ident = {"pairs": 0, "by_world": []}
     lines += [
         "",
         f"Sharded identity ({ident['pairs']:,} pairs; score and train with N gloo processes, evaluate in one):",
@@ -532,7 +545,17 @@ def run(mode: str, out: Path, cache: Path, scratch: Path, log=print) -> dict[str
     )
     model = make_model(cache / "tiny-bi-encoder", collection)
     scale = scale_runs(sizes, collection, model, scratch, log)
-    identity = identity_runs(sizes, identity_collection, model, scratch, log)
+    out.mkdir(parents=True, exist_ok=True)
+    from distillrank.workspace import atomic_write_json
+
+    atomic_write_json(
+        out / "scale_pipeline.partial.json", {"mode": mode, "scale": scale}
+    )  # kept if identity fails
+    try:
+        identity = identity_runs(sizes, identity_collection, model, scratch, log)
+    except RuntimeError as err:  # reported, not hidden: the scale rows above stand on their own
+        log(f"identity: failed: {err}")
+        identity = {"error": str(err)[-3000:], "pairs": None, "by_world": []}
     largest = scale[-1]["stages"]
     result = {
         "benchmark": "scale_pipeline",
