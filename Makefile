@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-slow lint demo clean bench bench-quick
+.PHONY: install test test-slow lint demo clean bench bench-quick bench-scale
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -38,6 +38,11 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python scripts/bench/run.py --quick
+
+# The pipeline's own stages on a synthetic MS MARCO-shaped collection (1M passages, 10M pairs) with
+# tiny models: time and peak RSS per stage, sharded identity (docs/BENCHMARKS.md, "Scale of the pipeline").
+bench-scale: install
+	$(BIN)/python scripts/bench/scale_pipeline.py
 
 demo: install
 	$(BIN)/distillrank run +exp=margin_mse_feature_ensemble experiment=demo

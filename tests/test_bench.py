@@ -188,3 +188,59 @@ def test_st_quality_gives_sentence_transformers_the_loops_examples(make_cfg, neg
         assert columns["label"][row] == (margins[0] if negatives == 1 else margins)
         keys = ["negative"] if negatives == 1 else [f"negative_{k + 1}" for k in range(negatives)]
         assert [columns[k][row] for k in keys] == [f"text of {d}" for d in ex.docids[1:]]
+
+
+def test_scale_pipeline_runs_the_stages_and_reports_identity(tmp_path: Path) -> None:
+    """The pipeline scale benchmark at smoke size: every stage ran in its own process with a peak
+    RSS, pairs grow with the queries, sharded runs match one process, and the table shows it all."""
+    from bench import scale_pipeline
+
+    result = scale_pipeline.main(
+        ["--mode", "smoke", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    )
+    saved = json.loads((tmp_path / "out" / "scale_pipeline.json").read_text())
+    assert saved["goal"] == result["goal"]
+    sizes = scale_pipeline.SIZES["smoke"]
+    assert [r["train_queries"] for r in saved["scale"]] == list(sizes.train_queries)
+    pairs = [r["pairs"] for r in saved["scale"]]
+    assert pairs == sorted(pairs) and pairs[0] < pairs[-1]
+    for row in saved["scale"]:
+        assert row["stages"]["score"]["counts"]["pairs"] == row["pairs"]
+        assert row["stages"]["score"]["counts"]["pairs_scored"] == row["pairs"]  # the score cache was emptied
+        for s in row["stages"].values():
+            assert _number(s["wall_s"]) and 0 < s["rss_before_gib"] <= s["peak_rss_gib"]
+    assert "evaluate" in saved["scale"][-1]["stages"] and "evaluate" not in saved["scale"][0]["stages"]
+    largest = saved["scale"][-1]["stages"]
+    assert saved["goal"]["rss_met"] is (
+        max(largest["score"]["peak_rss_gib"], largest["train"]["peak_rss_gib"]) < 4
+    )
+    by_world = saved["identity"]["by_world"]
+    assert [c["world"] for c in by_world] == list(sizes.worlds)
+    for c in by_world:
+        assert c["scores_identical"] and c["weights_within_1e-5"] and c["metrics_identical"], c
+        assert len(c["score_peak_rss_gib_ranks"]) == len(c["train_peak_rss_gib_ranks"]) == c["world"]
+    table = (tmp_path / "out" / "scale_pipeline.md").read_text()
+    assert f"| {sizes.train_queries[-1]} | {pairs[-1]:,} | evaluate |" in table
+    assert f"| {sizes.worlds[-1]} | True |" in table
+
+
+def test_scale_collection_is_seeded_and_bm25_learnable(tmp_path: Path) -> None:
+    from bench.scale_pipeline import make_collection
+
+    a = make_collection(tmp_path / "a", 300, 20, 10, seed=3)
+    b = make_collection(tmp_path / "b", 300, 20, 10, seed=3)
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/train.tsv", "qrels/test.tsv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    docs = {
+        d["_id"]: set(d["text"].split())
+        for d in map(json.loads, (a / "corpus.jsonl").read_text().splitlines())
+    }
+    queries = {
+        q["_id"]: q["text"].split() for q in map(json.loads, (a / "queries.jsonl").read_text().splitlines())
+    }
+    assert len(docs) == 300 and len(queries) == 30
+    qrels = [line.split("\t") for line in (a / "qrels" / "train.tsv").read_text().splitlines()[1:]]
+    qrels += [line.split("\t") for line in (a / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    assert len(qrels) == 30 and len({d for _, d, _ in qrels}) == 30  # one distinct positive a query
+    for qid, docid, _ in qrels:
+        assert set(queries[qid]) <= docs[docid] and len(set(queries[qid])) == 5
