@@ -3,6 +3,10 @@
 Each stage command hands its extra arguments to a ``@hydra.main`` function, so everything Hydra
 users expect works: ``distillrank train +exp=margin_mse train.lr=3e-5``, ``--cfg job``,
 ``-m`` for multirun, ``--info defaults``.
+
+A stage command run as one of several SLURM tasks (``srun --ntasks=N``, ``hydra/launcher=slurm_ddp``)
+first exports the ``torchrun`` variables from SLURM's (:mod:`distillrank.launch`), so the stages'
+engines see the same ranks as under ``torchrun`` (docs/SCALE.md).
 """
 
 from __future__ import annotations
@@ -88,9 +92,13 @@ def _prepare(cfg: DictConfig) -> DictConfig:
 def _hydra_stage(name: str, run: Callable[[DictConfig], object]) -> Callable[[], None]:
     @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
     def task(cfg: DictConfig) -> None:
+        from distillrank.launch import export_torch_env
         from distillrank.validation import check_config
 
         with _reported(SystemExit):  # Hydra would print a traceback; users get the message
+            # in the process that runs the stage (a submitit task too): one of several SLURM tasks
+            # becomes a torchrun rank (RANK, WORLD_SIZE, MASTER_ADDR...) before any engine reads them
+            export_torch_env()
             prepared = _prepare(cfg)
             check_config(prepared)  # before the first stage runs and before anything is built
             run(prepared)
@@ -164,8 +172,12 @@ def evaluate(ctx: typer.Context) -> None:
 @app.command("export-scores", context_settings=HYDRA_ARGS)
 def export_scores(
     ctx: typer.Context,
-    fmt: str = typer.Option("trec", "--format", help="trec | jsonl | triples_tsv (Hofstätter's pos/neg triples)"),
-    output: str | None = typer.Option(None, "--output", help="file to write (default: in the score stage folder)"),
+    fmt: str = typer.Option(
+        "trec", "--format", help="trec | jsonl | triples_tsv (Hofstätter's pos/neg triples)"
+    ),
+    output: str | None = typer.Option(
+        None, "--output", help="file to write (default: in the score stage folder)"
+    ),
 ) -> None:
     """Export the teacher scores of a completed score stage (TREC run, JSONL lists or triples TSV)."""
     from pathlib import Path
@@ -204,13 +216,18 @@ def validate(ctx: typer.Context) -> None:
 def report(
     workspace: str = typer.Argument("runs", help="The workspace folder (`workspace=` of the stages)."),
     experiment: list[str] = typer.Option(
-        None, "--experiment", "-e", help="Only this experiment (repeatable; a name selects its sweep jobs too)."
+        None,
+        "--experiment",
+        "-e",
+        help="Only this experiment (repeatable; a name selects its sweep jobs too).",
     ),
     html: bool = typer.Option(False, "--html", help="Also write report.html with the figures embedded."),
     output: str = typer.Option(
         None, "--output", "-o", help="The report folder (default <workspace>/report), replaced whole."
     ),
-    pairs: int = typer.Option(2000, "--pairs", help="Training triples sampled for the teacher-vs-student figure."),
+    pairs: int = typer.Option(
+        2000, "--pairs", help="Training triples sampled for the teacher-vs-student figure."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of that sample."),
 ) -> None:
     """Write a Markdown (and --html) report of a workspace: tables, curves, score scales, per-query deltas."""

@@ -3,7 +3,7 @@
 0: errors, workspace, runtime, config, artifacts, sharding. 1: the domain code (the Ranker interface, data,
 queries, mining, models, teachers, students, losses, training, evaluation, and the model card's
 formatter).
-2: the stages, the builders, the keys, validation. 3: cli, the pipeline, reporting.
+2: the stages, the builders, the keys, validation. 3: cli (and __main__), launch, the pipeline, reporting.
 A module imports only from its own layer or those below; a stage imports no other stage.
 Imports inside functions count as much as those at the top of a module.
 """
@@ -43,9 +43,12 @@ LAYERS = {
     "distillrank.validation": 2,
     "distillrank.stages": 2,
     "distillrank.cli": 3,
+    "distillrank.__main__": 3,  # python -m distillrank: the command
+    "distillrank.launch": 3,  # a SLURM task's torch.distributed variables, set by the command before a stage
     "distillrank.pipeline": 3,
     "distillrank.reporting": 3,
 }
+
 
 def _modules() -> dict[str, Path]:
     out = {}
@@ -94,7 +97,10 @@ def test_every_module_has_a_layer():
     unplaced = []
     for module in MODULES:
         parts = module.split(".")
-        if not any(".".join(parts[:end]) in LAYERS for end in range(len(parts), 1, -1)) and module != "distillrank":
+        if (
+            not any(".".join(parts[:end]) in LAYERS for end in range(len(parts), 1, -1))
+            and module != "distillrank"
+        ):
             unplaced.append(module)
     assert not unplaced, f"give these modules a layer in LAYERS (and CONTRIBUTING.md): {unplaced}"
 
@@ -106,8 +112,9 @@ def test_no_module_imports_from_a_higher_layer():
         for imported in imported_set
         if layer(imported) > layer(module)
     )
-    assert not upward, "imports from a higher layer (module, imported, its layer, imported's layer):\n" + "\n".join(
-        map(str, upward)
+    assert not upward, (
+        "imports from a higher layer (module, imported, its layer, imported's layer):\n"
+        + "\n".join(map(str, upward))
     )
 
 
