@@ -1,9 +1,9 @@
 """The ``torch.distributed`` environment of a process started as one of several SLURM tasks.
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``, and
-every engine of distillrank reads those: the sharded score stage (:mod:`distillrank.sharding`),
-data-parallel training (:mod:`distillrank.training.distributed`) and the corpus encoding by ranks
-(:mod:`distillrank.evaluation.ranks`). A job step of several SLURM tasks (``srun --ntasks=N``, or
+every engine of distillrank reads those through :mod:`distillrank.sharding`: the sharded score and
+mine stages, data-parallel training (:mod:`distillrank.training.distributed`) and the corpus
+encoding by ranks (:mod:`distillrank.evaluation.dense`). A job step of several SLURM tasks (``srun --ntasks=N``, or
 submitit with ``tasks_per_node`` × ``nodes`` tasks: ``hydra/launcher=slurm_ddp``) starts one
 process per task instead, with SLURM's variables only. :func:`export_torch_env`, called by the CLI
 before any stage runs, translates them, so such a task is the rank of a ``torchrun`` job:
