@@ -190,6 +190,7 @@ def test_st_quality_gives_sentence_transformers_the_loops_examples(make_cfg, neg
         assert [columns[k][row] for k in keys] == [f"text of {d}" for d in ex.docids[1:]]
 
 
+@pytest.mark.slow  # about 100 s: each stage in a fresh process, then 1 and 2 gloo ranks (make test-slow)
 def test_scale_pipeline_runs_the_stages_and_reports_identity(tmp_path: Path) -> None:
     """The pipeline scale benchmark at smoke size: every stage ran in its own process with a peak
     RSS, pairs grow with the queries, sharded runs match one process, and the table shows it all."""

@@ -40,8 +40,11 @@ def _slurm_task(
 def clean_env(monkeypatch):
     """No torch.distributed, SLURM or submitit variable of the test runner leaks in."""
     for name in list(os.environ):
-        if name in TORCH_VARS or name.startswith(("SLURM_", "SUBMITIT_")):
+        if name.startswith(("SLURM_", "SUBMITIT_")):
             monkeypatch.delenv(name)
+    for name in TORCH_VARS:  # set, then deleted: monkeypatch then also removes what the export adds
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
     def set_env(values: dict[str, str]) -> None:
         for name, value in values.items():
