@@ -37,20 +37,21 @@ def _slurm_task(
 
 
 @pytest.fixture
-def clean_env(monkeypatch):
-    """No torch.distributed, SLURM or submitit variable of the test runner leaks in."""
+def clean_env():
+    """No torch.distributed, SLURM or submitit variable of the test runner leaks in, and none that a
+    test sets (export_torch_env writes os.environ itself) leaks out: the whole environment is
+    restored afterwards."""
+    saved = dict(os.environ)
     for name in list(os.environ):
-        if name.startswith(("SLURM_", "SUBMITIT_")):
-            monkeypatch.delenv(name)
-    for name in TORCH_VARS:  # set, then deleted: monkeypatch then also removes what the export adds
-        monkeypatch.setenv(name, "")
-        monkeypatch.delenv(name)
+        if name in TORCH_VARS or name.startswith(("SLURM_", "SUBMITIT_")):
+            del os.environ[name]
 
     def set_env(values: dict[str, str]) -> None:
-        for name, value in values.items():
-            monkeypatch.setenv(name, value)
+        os.environ.update(values)
 
-    return set_env
+    yield set_env
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _exported() -> dict[str, str]:
@@ -58,13 +59,13 @@ def _exported() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("submitit_job", [False, True], ids=["srun", "submitit"])
-def test_two_nodes_of_two_tasks_become_four_ranks(clean_env, monkeypatch, submitit_job):
+def test_two_nodes_of_two_tasks_become_four_ranks(clean_env, submitit_job):
     if submitit_job:
         pytest.importorskip("submitit")
     seen = []
     for procid in range(4):
         for name in TORCH_VARS:
-            monkeypatch.delenv(name, raising=False)
+            os.environ.pop(name, None)  # the previous task's
         clean_env({**_slurm_task(procid), **({"SUBMITIT_EXECUTOR": "slurm"} if submitit_job else {})})
         assert launch.export_torch_env() == _exported()
         seen.append(_exported())
@@ -156,7 +157,7 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo on a Linux CPU")
 def test_two_srun_tasks_of_the_command_shard_the_score_stage_and_equal_one_process(
-    tiny_args, tiny_cross_encoder, tmp_path
+    clean_env, tiny_args, tiny_cross_encoder, tmp_path
 ):
     """``srun --ntasks=2 python -m distillrank score ...`` (the SLURM variables faked): the command
     exports the ranks, the two tasks join a gloo group, each scores its blocks and rank 0 writes
