@@ -422,6 +422,27 @@ def _pair_columns(pairs: pa.Table) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
         ) from None
 
 
+def _fill_members(
+    teacher, teacher_fp, coll, index, query_text, passage_text, cache_root: Path, runtime: Runtime,
+    shard_size: int, progress: bool, share: Share,
+) -> Iterator[tuple[str, np.ndarray, int, float]]:
+    """Fill each member's cache (the teacher itself unless an ensemble) with ``share``'s part of the
+    missing pairs; per member: its fingerprint, the scores of the index's distinct pairs, how many
+    pairs were scored now and the seconds spent."""
+    members = teacher_members(teacher)
+    for i, member in enumerate(members):
+        member_fp = teacher_fp if member is teacher else member.fingerprint(runtime)
+        if share.whole:
+            name = "pairs" if member is teacher else f"member {i + 1}/{len(members)} ({member.kind})"
+        else:
+            name = share.describe() if member is teacher else f"{share.describe()}, member {i + 1}/{len(members)}"
+        distinct, n, seconds = _fill_cache(
+            cache_root, member, member_fp, coll, index, query_text, passage_text, name, runtime,
+            int(shard_size), bool(progress), share,
+        )
+        yield member_fp, distinct, n, seconds
+
+
 def teacher_scores(
     teacher,
     teacher_fp: str,
@@ -453,30 +474,14 @@ def teacher_scores(
         the scores, the number of pairs scored now (over all members), seconds spent scoring, and
         the cache folders.
     """
-    cache_root = Path(cache_root)
     index, position = PairIndex.of(*_pair_columns(pairs))
-    members = teacher_members(teacher)
     member_scores: list[np.ndarray] = []
     caches: list[str] = []
     scored = 0
     score_time = 0.0
-    for i, member in enumerate(members):
-        member_fp = teacher_fp if member is teacher else member.fingerprint(runtime)
-        name = "pairs" if member is teacher else f"member {i + 1}/{len(members)} ({member.kind})"
-        distinct, n, seconds = _fill_cache(
-            cache_root,
-            member,
-            member_fp,
-            coll,
-            index,
-            query_text,
-            passage_text,
-            name,
-            runtime,
-            int(shard_size),
-            bool(progress),
-            WHOLE,
-        )
+    for member_fp, distinct, n, seconds in _fill_members(
+        teacher, teacher_fp, coll, index, query_text, passage_text, Path(cache_root), runtime, shard_size, progress, WHOLE
+    ):
         member_scores.append(distinct[position])
         caches.append(str(ScoreCache.for_teacher(cache_root, member_fp, coll.fingerprint).folder))
         scored += n
@@ -514,31 +519,11 @@ def score_share(
     Returns:
         the number of pairs this worker scored (over all members), and the seconds spent.
     """
-    cache_root = Path(cache_root)
     index, _ = PairIndex.of(*_pair_columns(pairs))
-    members = teacher_members(teacher)
     scored, score_time = 0, 0.0
-    for i, member in enumerate(members):
-        member_fp = teacher_fp if member is teacher else member.fingerprint(runtime)
-        name = (
-            f"{share.describe()}"
-            if member is teacher
-            else f"{share.describe()}, member {i + 1}/{len(members)}"
-        )
-        _, n, seconds = _fill_cache(
-            cache_root,
-            member,
-            member_fp,
-            coll,
-            index,
-            query_text,
-            passage_text,
-            name,
-            runtime,
-            int(shard_size),
-            bool(progress),
-            share,
-        )
+    for _, _, n, seconds in _fill_members(
+        teacher, teacher_fp, coll, index, query_text, passage_text, Path(cache_root), runtime, shard_size, progress, share
+    ):
         scored += n
         score_time += seconds
     return scored, score_time
