@@ -126,14 +126,57 @@ def test_second_build_loads_from_cache(
 def _single_thread_numpy(
     folder: Path, index: BM25Index, texts: list[str], k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The search as it was before threads and batches: one bm25s retrieve of every query on the
-    calling thread (``n_threads=0``), by a freshly loaded index with bm25s' own numpy scorer."""
+    """The search written out plainly: a freshly loaded index with bm25s' own numpy scorer scores
+    each query over the whole corpus on the calling thread, and a full sort by (score descending,
+    row ascending) keeps the k best that match (score > 0); the rest is row -1, score 0."""
     plain = bm25s.BM25.load(str(folder), mmap=True)
     assert plain.backend == "numpy"
-    rows, scores = plain.retrieve(index.query_ids(texts), k=k, show_progress=False, n_threads=0)
-    rows, scores = np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float32)
-    rows[scores <= 0] = -1
+    rows = np.full((len(texts), k), -1, dtype=np.int64)
+    scores = np.zeros((len(texts), k), dtype=np.float32)
+    for i, ids in enumerate(index.query_ids(texts)):
+        if not ids:
+            continue
+        full = np.asarray(plain.get_scores_from_ids(ids), dtype=np.float32)
+        order = [r for r in sorted(range(len(full)), key=lambda r: (-full[r], r)) if full[r] > 0][:k]
+        rows[i, : len(order)] = order
+        scores[i, : len(order)] = full[order]
     return rows, scores
+
+
+def test_same_scores_as_bm25s_retrieve_with_ties_ordered_by_row(
+    collection: Collection, cache_root: Path, index: BM25Index
+) -> None:
+    """bm25s' own retrieve gives the same top-k scores; only the order of equal scores (left to
+    numpy's partition there) is fixed here, by row ascending."""
+    texts = [t for split in ("train", "test") for _, t in collection.split_queries(split)]
+    texts = texts + [t.split()[0] for t in texts]
+    (folder,) = (cache_root / "bm25").iterdir()
+    plain = bm25s.BM25.load(str(folder), mmap=True)
+    for k in (3, 10, len(collection.corpus)):
+        found, found_scores = plain.retrieve(index.query_ids(texts), k=k, show_progress=False, n_threads=0)
+        found_scores = np.asarray(found_scores, dtype=np.float32)
+        rows, scores = index.search(texts, k, progress=False)
+        np.testing.assert_array_equal(scores, found_scores)  # both best first: the same numbers
+        for i, ids in enumerate(index.query_ids(texts)):
+            full = np.asarray(plain.get_scores_from_ids(ids), dtype=np.float32) if ids else None
+            for j in np.flatnonzero(found_scores[i] > 0):  # a score no other passage has: the same row
+                if (full == found_scores[i, j]).sum() == 1:
+                    assert rows[i, j] == found[i, j]
+            tied = (scores[i][:-1] == scores[i][1:]) & (rows[i][1:] >= 0)
+            assert np.all(rows[i][:-1][tied] < rows[i][1:][tied])  # equal scores: rows ascending
+
+
+def test_top_k_selects_matching_rows_ties_by_row() -> None:
+    from distillrank.mining.bm25 import top_k
+
+    scores = np.array([0.0, 2.0, 1.0, 2.0, 0.0, 3.0, 1.0, 1.0], dtype=np.float32)
+    rows, out = top_k(scores, 4)
+    assert rows.tolist() == [5, 1, 3, 2]  # 3, then the 2s by row, then the first of the three 1s
+    assert out.tolist() == [3.0, 2.0, 2.0, 1.0]
+    rows, out = top_k(scores, 8)
+    assert rows.tolist() == [5, 1, 3, 2, 6, 7, -1, -1] and out.tolist()[-2:] == [0.0, 0.0]
+    rows, out = top_k(np.zeros(5, dtype=np.float32), 2)
+    assert rows.tolist() == [-1, -1] and out.tolist() == [0.0, 0.0]
 
 
 @pytest.mark.parametrize(("threads", "batch_size"), [(1, 3), (2, 5), (4, 1000)])

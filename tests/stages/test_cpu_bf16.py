@@ -28,5 +28,7 @@ def test_cpu_bf16_pipeline_runs_keys_apart_from_fp32_and_ranks_like_it(make_cfg)
     assert dir_fingerprint(bf16_model) != dir_fingerprint(fp32_model)  # bf16 autocast really changed the arithmetic
     bf16_metrics, fp32_metrics = _metrics(bf16), _metrics(fp32)
     assert bf16_metrics.keys() == fp32_metrics.keys() and fp32_metrics
-    for measure, value in fp32_metrics.items():  # bf16 rounding may swap a few close ranks, no more
-        assert bf16_metrics[measure] == pytest.approx(value, abs=0.05), measure
+    # bf16 rounding may swap a few close ranks, no more: on the 8 test queries one query's first two
+    # passages swapping moves RR@10 by 0.5 / 8 = 0.0625, so that is the tolerance's unit
+    for measure, value in fp32_metrics.items():
+        assert bf16_metrics[measure] == pytest.approx(value, abs=0.07), measure
