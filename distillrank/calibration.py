@@ -23,11 +23,13 @@ steps and the texts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import logging
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -140,21 +142,72 @@ def unmeasured(reason: str) -> Choice:
 
 
 # --------------------------------------------------------------------------- the machine
-def _cpu_info() -> tuple[str, list[str]]:
-    """The CPU's model name and the ISA flags of :data:`_ISA_FLAGS` it has (Linux's /proc/cpuinfo)."""
-    name, flags = platform.processor() or platform.machine(), set()
+@functools.lru_cache(maxsize=1)
+def _lscpu() -> str:
+    """``lscpu``'s output ("" where it is not installed or fails); run once a process."""
     try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return name, []
+        return subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _fields(text: str) -> dict[str, str]:
+    """``key: value`` lines, the first processor's (``/proc/cpuinfo`` repeats them per processor)."""
+    out: dict[str, str] = {}
     for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and value.strip():
-            name = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
-            break
-    return name, [f for f in _ISA_FLAGS if f in flags]
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in out:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _number(value: str | None) -> int | None:
+    """A decimal or ``0x`` hexadecimal field as an int (None where absent or not a number)."""
+    try:
+        return int(value, 16) if value and value.lower().startswith("0x") else int(value) if value else None
+    except ValueError:
+        return None
+
+
+def cpu_info(cpuinfo: str | None = None, lscpu: str | None = None) -> dict:
+    """The CPU this process runs on, as far as Linux says: ``model`` (``/proc/cpuinfo``'s model name,
+    or ``lscpu``'s where it says more, e.g. on ARM; the platform's name without either),
+    ``vendor`` and the ``family`` / ``model_number`` / ``stepping`` numbers (None where not given),
+    ``isa``: the flags of :data:`_ISA_FLAGS` it has (None when no flags line was found: unknown,
+    not absent), ``torch_capability`` (``torch.backends.cpu.get_cpu_capability()``: the kernels
+    torch dispatches to here, e.g. ``AVX2`` / ``AVX512`` / ``AMX``), ``cores`` (``os.cpu_count()``)
+    and ``affinity`` (the cores this process may run on).
+
+    ``cpuinfo`` / ``lscpu`` are the texts to parse (tests); None reads ``/proc/cpuinfo`` and runs
+    ``lscpu`` (the latter only when given no ``cpuinfo``)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+        if lscpu is None:
+            lscpu = _lscpu()
+    proc, ls = _fields(cpuinfo), _fields(lscpu or "")
+    name = proc.get("model name") or ""
+    if len(ls.get("Model name", "")) > len(name):
+        name = ls["Model name"]
+    flags = proc.get("flags", proc.get("Features"))
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = None
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "model": name or platform.processor() or platform.machine(),
+        "vendor": proc.get("vendor_id") or ls.get("Vendor ID") or None,
+        "family": _number(proc.get("cpu family") or ls.get("CPU family")),
+        "model_number": _number(proc.get("model") or ls.get("Model")),
+        "stepping": _number(proc.get("stepping") or ls.get("Stepping")),
+        "isa": None if flags is None else [f for f in _ISA_FLAGS if f in set(flags.split())],
+        "torch_capability": capability,
+        "cores": os.cpu_count(),
+        "affinity": affinity,
+    }
 
 
 def _version(package: str) -> str | None:
@@ -168,10 +221,10 @@ def machine_identity(device: torch.device) -> dict:
     """What makes one machine's measurements another's: the CPU model and its ISA flags (avx512,
     bf16, AMX), the cores and torch's threads, torch and ONNX Runtime's versions, and the CUDA
     device's name when ``device`` is a GPU."""
-    name, flags = _cpu_info()
+    cpu = cpu_info()
     identity = {
-        "cpu": name,
-        "isa": flags,
+        "cpu": cpu["model"],
+        "isa": cpu["isa"] or [],
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -33,8 +33,11 @@ def test_every_benchmark_writes_json_and_the_summary(smoke: Path) -> None:
     summary = json.loads((smoke / "summary.json").read_text())
     assert summary["mode"] == "smoke"
     assert set(summary["results"]) == set(bench_run.BENCHMARKS)
-    for key in ("cpu", "cores", "torch", "torch_threads", "load_average", "gpu"):
+    for key in ("cpu", "isa", "cpu_info", "cores", "torch", "torch_threads", "load_average", "gpu"):
         assert key in summary["machine"]
+    assert {"vendor", "family", "model_number", "stepping", "torch_capability", "affinity"} <= set(
+        summary["machine"]["cpu_info"]
+    )
     for name in bench_run.BENCHMARKS:
         result = json.loads((smoke / f"{name}.json").read_text())
         assert result["benchmark"] == name
@@ -142,7 +145,12 @@ def test_alternate_flips_the_order_and_comparison_ratio_direction() -> None:
 def test_report_renders_every_table(smoke: Path) -> None:
     from bench import report
 
-    text = report.render(json.loads((smoke / "summary.json").read_text()))
+    summary = json.loads((smoke / "summary.json").read_text())
+    text = report.render(summary)
+    header = text.splitlines()[1]  # the one-line machine header: the CPU and its ISA flags
+    assert header.startswith(f"Machine: {summary['machine']['cpu']}") and "cores, torch " in header
+    isa = summary["machine"]["isa"]
+    assert ("ISA flags unknown" in header) if isa is None else (f"({', '.join(isa) or 'none of'}" in header)
     for needle in ("| scoring | mined_bi_encoder_int8_vs_st_naive | int8 vs ST fp32 |", "| int8 |", "matmul_fp32"):
         assert needle in text
 

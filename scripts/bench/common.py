@@ -297,18 +297,22 @@ def child_call(module: str, function: str, kwargs: dict[str, Any], timeout_s: fl
 
 # --------------------------------------------------------------------------- machine
 def machine() -> dict[str, Any]:
-    """The machine and software the numbers were taken on, and the load average at this moment."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    """The machine and software the numbers were taken on, and the load average at this moment.
+
+    ``cpu`` is the CPU's model name and ``isa`` its ISA flags that decide the fast paths (AVX2,
+    AVX-512, AVX-512 bf16 / VNNI, AMX; None: unknown); ``cpu_info`` all of
+    :func:`distillrank.calibration.cpu_info` (vendor, family / model / stepping, torch's CPU
+    capability, cores in this process's affinity): "AMD EPYC" alone names several generations."""
     import sentence_transformers
     import transformers
 
+    from distillrank.calibration import cpu_info
+
+    cpu = cpu_info()
     return {
-        "cpu": cpu,
+        "cpu": cpu["model"],
+        "isa": cpu["isa"],
+        "cpu_info": cpu,
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -320,6 +324,31 @@ def machine() -> dict[str, Any]:
         "precision": "fp32 (cases named int8 / bf16 say otherwise)",
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def machine_line(m: dict[str, Any], load_end: list[float] | None = None) -> str:
+    """The one-line header of a Markdown summary: "Machine: <cpu model> (<ISA flags>), N cores, torch
+    X, load ...", from a :func:`machine` dict. Summaries written before the ISA flags were recorded
+    say so instead of guessing them."""
+    info = m.get("cpu_info") or {}
+    numbers = (("family", "family"), ("model", "model_number"), ("stepping", "stepping"))
+    ident = [f"{k} {info[v]}" for k, v in numbers if info.get(v) is not None]
+    isa = m.get("isa")
+    if isa is not None:
+        flags = ", ".join(isa) or "none of avx2/avx512/amx"
+    else:  # unknown: no flags line (or a summary from before the flags were recorded), never guessed
+        flags = "ISA flags unknown" if "cpu_info" in m else "ISA flags not recorded"
+    if info.get("torch_capability"):
+        flags += f"; torch {info['torch_capability']} kernels"
+    vendor = " ".join(x for x in [info.get("vendor") or "", ", ".join(ident)] if x)
+    cores = f"{m['cores']} cores"
+    if info.get("affinity") is not None and info["affinity"] != m["cores"]:
+        cores += f" ({info['affinity']} usable)"
+    load = f"load average {m['load_average']}" + (f" → {load_end}" if load_end is not None else "")
+    return (
+        f"Machine: {m['cpu']}{f' [{vendor}]' if vendor else ''} ({flags}), {cores}, "
+        f"torch {m['torch']} ({m['torch_threads']} threads), GPU: {m.get('gpu') or 'none'}, {load}."
+    )
 
 
 def load_average() -> list[float]:

@@ -9,6 +9,11 @@ import json
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import machine_line  # noqa: E402
+
 
 def _f(x, digits: int = 2) -> str:
     if x is None:
@@ -182,9 +187,9 @@ def render(summary: dict) -> str:
     m = summary["machine"]
     head = [
         f"Mode `{summary['mode']}`, command `{summary['command']}`; total {summary['seconds']['total']:.0f} s.",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
-        f"transformers {m['transformers']}, sentence-transformers {m['sentence_transformers']}, GPU: {m['gpu'] or 'none'}; "
-        f"load average at start {m['load_average']}, at end {summary.get('load_average_end')}.",
+        machine_line(m, summary.get("load_average_end")),
+        f"Software: transformers {m['transformers']}, sentence-transformers {m['sentence_transformers']}, "
+        f"Python {m.get('python', '?')}.",
     ]
     parts = [head, carried(summary), comparisons(summary), mining_memory(summary), scale(summary), ceiling(summary), precision(summary), ablation(summary)]
     return "\n\n".join("\n".join(p) for p in parts if p) + "\n"

@@ -43,7 +43,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO_ROOT, SCRIPTS_DIR, load_average  # noqa: E402
+from bench.common import REPO_ROOT, SCRIPTS_DIR, load_average, machine_line  # noqa: E402
 
 GIB = 2**30
 RSS_GOAL_GIB = 4.0  # issue 15: peak RSS of score and train at 10M pairs below 4 GB a process
@@ -475,9 +475,11 @@ STAGES = ("mine", "score", "train", "evaluate")
 def markdown(result: dict[str, Any]) -> str:
     """The per-stage table (time, CPU time, peak RSS for every size), the identity table and the goal."""
     lines = [
+        machine_line(result["machine"], result["load_average"][1]),
+        "",
         f"Synthetic collection: {result['settings']['passages']:,} passages, "
         f"{max(result['settings']['train_queries']):,} train queries, {result['settings']['test_queries']:,} test queries; "
-        f"tiny bi-encoder teacher and student. Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores.",
+        "tiny bi-encoder teacher and student.",
         "",
         "| train queries | pairs | stage | wall s | CPU s | peak RSS GiB | RSS before stage GiB |",
         "|---:|---:|---|---:|---:|---:|---:|",
@@ -531,7 +533,8 @@ def run(mode: str, out: Path, cache: Path, scratch: Path, log=print) -> dict[str
 
     sizes = SIZES[mode]
     started = time.perf_counter()
-    load_start = load_average()
+    host = machine()  # the CPU, its ISA flags, the load average at the start
+    load_start = host["load_average"]
     log(f"scale: collection ({sizes.passages} passages) in {cache}")
     collection = make_collection(
         cache / f"msmarco-like-{sizes.passages}", sizes.passages, max(sizes.train_queries), sizes.test_queries
@@ -549,7 +552,7 @@ def run(mode: str, out: Path, cache: Path, scratch: Path, log=print) -> dict[str
     from distillrank.workspace import atomic_write_json
 
     atomic_write_json(
-        out / "scale_pipeline.partial.json", {"mode": mode, "scale": scale}
+        out / "scale_pipeline.partial.json", {"mode": mode, "machine": host, "scale": scale}
     )  # kept if identity fails
     try:
         identity = identity_runs(sizes, identity_collection, model, scratch, log)
@@ -561,7 +564,7 @@ def run(mode: str, out: Path, cache: Path, scratch: Path, log=print) -> dict[str
         "benchmark": "scale_pipeline",
         "mode": mode,
         "settings": dataclasses.asdict(sizes),
-        "machine": machine(),
+        "machine": host,
         "scale": scale,
         "identity": identity,
         "load_average": [load_start, load_average()],

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> Path:
     )
     from sentence_transformers.sentence_transformer.losses import MarginMSELoss
 
+    from bench.common import machine
     from distillrank.builders.training import passages, train_queries
     from distillrank.errors import ConfigError
     from distillrank.losses.margin_mse import MarginMSELoss as MarginMSE
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> Path:
                         "seconds": seconds,
                         "examples_per_s": len(dataset) / seconds,
                         "torch_threads": torch.get_num_threads(),
+                        "machine": machine(),
                     },
                     indent=2,
                 )
