@@ -316,6 +316,7 @@ def make_tiny_bi_encoder(
     pooling: str = "mean",
     normalize: bool = False,
     max_seq_length: int = 64,
+    vocab_size: int = 1000,
 ) -> Path:
     """Save a random-init BERT bi-encoder in sentence-transformers folder format.
 
@@ -334,6 +335,7 @@ def make_tiny_bi_encoder(
         pooling: ``"mean"``, ``"cls"`` or ``"max"``.
         normalize: Append a Normalize module (unit-norm embeddings).
         max_seq_length: Maximum sequence length used by sentence-transformers.
+        vocab_size: Upper bound on the tokenizer's vocabulary (:func:`build_tokenizer`).
 
     Returns:
         ``out_dir``.
@@ -342,7 +344,7 @@ def make_tiny_bi_encoder(
         raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(DEFAULT_TEXTS if texts is None else texts, out_dir)
+    tokenizer = build_tokenizer(DEFAULT_TEXTS if texts is None else texts, out_dir, vocab_size=vocab_size)
     # sentence-transformers truncates at max_seq_length; keep the tokenizer's limit in line with it.
     _set_model_max_length(out_dir, max_seq_length)
     config = _bert_config(len(tokenizer), hidden, layers, heads, initializer_range=BI_ENCODER_INIT_RANGE)
