@@ -232,7 +232,7 @@ def test_a_candidate_outside_fidelity_is_judged_on_its_warm_up_and_not_timed():
     assert clock.calls == {"fp32": 4, "int8": 1}
     int8 = made.candidates[1]
     assert "Spearman" in int8.rejected and int8.seconds is None and int8.timed == 0 and int8.spearman < 0.9
-    assert int8.spent == pytest.approx(0.2) and made.candidates[0].spent == pytest.approx(4.0)  # warm-up included
+    assert int8.spent == pytest.approx(0.2) and made.candidates[0].spent == pytest.approx(4.0)  # with warm-up
 
 
 def test_a_candidate_clearly_slower_after_one_timed_call_is_not_timed_again():
