@@ -6,11 +6,21 @@ bf16 where present; :func:`training_candidates`: fp32 and bf16 autocast) on the 
 calibration batch of real texts, and chooses the fastest candidate whose results stay within
 :data:`FIDELITY` of fp32 on PyTorch:
 
-* inference (:func:`calibrate_scores`): one warm-up call, then ``repeats`` timed calls, the median;
-  mean per-query Spearman of the scores against fp32's >= 0.995 and the top-1 candidate unchanged
-  for >= 98% of the queries (the measures of docs/BENCHMARKS.md's precision tables);
+* inference (:func:`calibrate_scores`): one warm-up call, whose scores are judged: mean per-query
+  Spearman against fp32's >= 0.995 and the top-1 candidate unchanged for >= 98% of the queries (the
+  measures of docs/BENCHMARKS.md's precision tables); a candidate within them then gets ``repeats``
+  timed calls, the median;
 * training (:func:`calibrate_training`): the first steps from the same weights and seed; every
-  step's loss within a relative 1e-2 of fp32's; the median step time after the first.
+  step's loss within a relative 1e-2 of fp32's (a candidate stops at the first step outside); the
+  median step time after the first.
+
+It measures only what can still win, so it fits in seconds: on a CPU, a bf16 probe
+(:func:`probe_bf16`: a linear of the model's hidden size, fp32 against bf16 autocast, a fraction of
+a second) skips the bf16 candidates when bf16 runs clearly slower here (a CPU without bf16 units
+emulates it, 7-20x slower), recorded as rejected with the probe's ratio; a candidate whose first
+timed call is over :data:`SLOWER` times the best median so far is not timed again; and a candidate
+replaces fp32 on PyTorch (the reference: deterministic, what the published numbers were made with)
+only when it is at least :data:`PREFERENCE` times faster, above the timing noise of a small machine.
 
 The choice (a :class:`Choice`: the precision, the backend, every candidate's speed and fidelity,
 and why a candidate was rejected) is cached in ``<cache>/calibration/<machine>-<model>.json``
@@ -22,6 +32,7 @@ steps and the texts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.metadata
@@ -31,7 +42,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,14 +51,30 @@ import torch
 from scipy.stats import spearmanr
 
 from distillrank.errors import ConfigError, DistillrankError
-from distillrank.runtime import Runtime, missing_onnx_packages
+from distillrank.runtime import Runtime, autocast, missing_onnx_packages
 from distillrank.workspace import atomic_write_json, drop_unreadable, fingerprint, locked, seal, usable_entry
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-CALIBRATION_VERSION = 1  # bump when what is measured, or how, changes: every cached choice is redone
+CALIBRATION_VERSION = 2  # bump when what is measured, or how, changes: every cached choice is redone
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
+# A candidate replaces the reference (fp32 on PyTorch) only when at least this much faster: on a
+# 2-core machine the same ONNX Runtime fp32 graph measured 0.97x-1.5x of torch across runs, and a
+# choice made by noise would change a config's scores from one machine fingerprint to the next.
+PREFERENCE = 1.05
+# A candidate whose first timed call takes over this multiple of the best median so far is not
+# timed again (it cannot win; its one measurement is recorded).
+SLOWER = 1.25
+# On a CPU, bf16 candidates are measured only when the bf16 probe runs at least this fraction of
+# fp32's speed (below it bf16 is emulated, and the full model would be as slow: skipped).
+BF16_PROBE_MIN = 0.8
+# When torch int8 scores with a mean Spearman below this, ONNX Runtime int8 is not measured (its
+# graph costs an export and a quantization, most of a calibration's time): int8 weights are too
+# coarse for this model. ONNX Runtime's per-channel quantization measured about half torch's error
+# (all-MiniLM-L6-v2: Spearman 0.96 against 0.93), far from the 0.995 asked, so an error (1 - Spearman)
+# four times the allowed one leaves it no chance.
+INT8_HOPELESS = 0.98
 
 
 @dataclass(frozen=True)
@@ -64,13 +91,18 @@ FIDELITY = Fidelity()
 
 @dataclass(frozen=True)
 class Measured:
-    """One candidate's measurements: median seconds per call (or training step), its speed-up over
-    the fp32 reference, its fidelity, and why it was rejected (None: within fidelity)."""
+    """One candidate's measurements: median seconds per call (or training step; None: not timed,
+    being rejected before), its speed-up over the fp32 reference (None: not timed), the timed calls
+    (steps) the median is of, the seconds the calibration spent on it (``spent``: loading, export,
+    warm-up and timed calls; None: not run), its fidelity, and why it was rejected (None: within
+    fidelity)."""
 
     precision: str
     backend: str
-    seconds: float
-    speedup: float = 1.0
+    seconds: float | None
+    speedup: float | None = 1.0
+    timed: int = 0
+    spent: float | None = None
     spearman: float | None = None
     top1: float | None = None
     loss_rdiff: float | None = None
@@ -83,7 +115,8 @@ class Choice:
 
     ``candidates``: every candidate measured, the reference (fp32 on PyTorch) first; ``seconds``:
     what the calibration took; ``cached``: whether it came from the calibration cache; ``reason``:
-    why nothing was measured (a model without weights), else None.
+    why nothing was measured (a model without weights), else None; ``probe``: the bf16 probe's
+    measurement (:meth:`Probe.as_dict`) when one ran.
     """
 
     precision: str
@@ -92,6 +125,7 @@ class Choice:
     seconds: float = 0.0
     cached: bool = False
     reason: str | None = None
+    probe: dict | None = None
 
     @property
     def chosen(self) -> Measured | None:
@@ -107,7 +141,7 @@ class Choice:
         m = self.chosen
         if m is None:
             return f"{line} ({self.reason or 'not measured'})"
-        parts = [f"{m.speedup:.2f}x fp32"]
+        parts = [f"{m.speedup:.2f}x fp32" if m.speedup is not None else "not timed"]
         if m.spearman is not None:
             parts.append(f"Spearman {m.spearman:.4f}")
         if m.top1 is not None:
@@ -133,7 +167,9 @@ class Choice:
         """
         candidates = tuple(Measured(**m) for m in data["candidates"])
         fields = {k: data[k] for k in ("precision", "backend", "seconds", "reason")}
-        return cls(candidates=candidates, cached=bool(data.get("cached", False)), **fields)
+        return cls(
+            candidates=candidates, cached=bool(data.get("cached", False)), probe=data.get("probe"), **fields
+        )
 
 
 def unmeasured(reason: str) -> Choice:
@@ -271,6 +307,105 @@ def training_candidates(base: Runtime, precision: str = AUTO) -> list[Runtime]:
     ]
 
 
+# --------------------------------------------------------------------------- the bf16 probe
+@dataclass(frozen=True)
+class Probe:
+    """The bf16 probe's measurement: median seconds of one linear of the model's hidden size
+    (``hidden`` -> 4 x ``hidden``, the feed-forward's shape, on :data:`PROBE_TOKENS` tokens) in fp32
+    and under bf16 autocast, forward and, for ``training``, backward; ``speedup``: fp32's time over
+    bf16's (below 1: bf16 slower); ``seconds``: what the probe took."""
+
+    hidden: int
+    training: bool
+    fp32: float
+    bf16: float
+    speedup: float
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# tokens of the probe: a real batch's size (16 texts of 32+ tokens); at 128 the calls are mostly overhead
+# and the ratio of an emulated bf16 measured anywhere from 0.4 to 0.9, at 512 0.18 (the model: 0.15)
+PROBE_TOKENS = 512
+
+
+def _linear_probe(hidden: int, training: bool) -> Callable[[str], object]:
+    """One probe step on the CPU: the linear under ``precision``'s autocast (its own random stream:
+    the caller's is left alone)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(PROBE_TOKENS, hidden, generator=gen)
+    weight = torch.randn(4 * hidden, hidden, generator=gen).mul_(hidden**-0.5).requires_grad_(training)
+    bias = torch.zeros(4 * hidden, requires_grad=training)
+    device = torch.device("cpu")
+
+    def run(precision: str) -> object:
+        with torch.set_grad_enabled(training), autocast(device, precision):
+            out = torch.nn.functional.linear(x, weight, bias)
+        if training:
+            out.float().sum().backward()
+            weight.grad = bias.grad = None
+        return out
+
+    return run
+
+
+def probe_bf16(
+    hidden: int,
+    *,
+    training: bool = False,
+    repeats: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
+    run: Callable[[str], object] | None = None,
+) -> Probe:
+    """Time ``run(precision)`` (default: :func:`_linear_probe`'s linear of width ``hidden``) in fp32
+    and bf16 on the CPU: one warm-up each, then the median of ``repeats``. A fraction of a second:
+    what tells whether this CPU runs bf16 natively (AVX512-BF16, AMX) or emulates it."""
+    run = run or _linear_probe(hidden, training)
+    started, median = clock(), {}
+    for precision in ("fp32", "bf16"):
+        run(precision)
+        times = []
+        for _ in range(repeats):
+            start = clock()
+            run(precision)
+            times.append(clock() - start)
+        median[precision] = float(np.median(times))
+    speedup = median["fp32"] / max(median["bf16"], 1e-12)
+    return Probe(
+        hidden, training, round(median["fp32"], 6), round(median["bf16"], 6), round(speedup, 3),
+        round(clock() - started, 3),
+    )  # fmt: skip
+
+
+def _screen(
+    candidates: Sequence[Runtime], probe: Callable[[], Probe] | None, precision: str
+) -> tuple[list[Runtime], list[Measured], Probe | None]:
+    """``candidates`` less the CPU bf16 ones when ``probe()`` measures bf16 under
+    :data:`BF16_PROBE_MIN` of fp32's speed (those come back rejected, with the probe's ratio). The
+    probe runs only when there is a CPU bf16 candidate to judge and the precision is not fixed to
+    bf16 (a fixed bf16 is what the config asks for: measured whatever the probe says)."""
+    is_cpu_bf16 = [
+        i > 0 and c.precision == "bf16" and c.device.type == "cpu" for i, c in enumerate(candidates)
+    ]
+    if probe is None or precision != AUTO or not any(is_cpu_bf16):
+        return list(candidates), [], None
+    made = probe()
+    if made.speedup >= BF16_PROBE_MIN:
+        return list(candidates), [], made
+    why = (
+        f"bf16 probe: a hidden-{made.hidden} linear{' with backward' if made.training else ''} ran at "
+        f"{made.speedup:.2f}x fp32's speed under bf16 autocast (< {BF16_PROBE_MIN}); not measured"
+    )
+    skipped = [
+        Measured(c.precision, c.backend, None, None, rejected=why)
+        for c, s in zip(candidates, is_cpu_bf16, strict=True)
+        if s
+    ]
+    return [c for c, s in zip(candidates, is_cpu_bf16, strict=True) if not s], skipped, made
+
+
 # --------------------------------------------------------------------------- fidelity
 def per_query_agreement(reference: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
     """Mean per-query Spearman of ``scores`` against ``reference`` and the share of queries whose
@@ -290,22 +425,40 @@ def per_query_agreement(reference: np.ndarray, scores: np.ndarray, groups: np.nd
     return float(np.mean(rhos)), float(np.mean(same))
 
 
-def _median_seconds(
-    call: Callable[[], object], repeats: int, clock: Callable[[], float]
-) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = clock()
-        out = call()
-        times.append(clock() - start)
-    return float(np.median(times)), out
+def _within(rho: float, top1: float, fidelity: Fidelity) -> str | None:
+    """Why scores of this agreement are rejected (None: within ``fidelity``)."""
+    if rho < fidelity.spearman:
+        return f"Spearman {rho:.4f} < {fidelity.spearman}"
+    if top1 < fidelity.top1:
+        return f"top-1 unchanged {100 * top1:.1f}% < {100 * fidelity.top1:.0f}%"
+    return None
+
+
+def _allowed(m: Measured | Runtime, precision: str, backend: str) -> bool:
+    return _wanted(precision, m.precision) and _wanted(backend, m.backend)
+
+
+def _slower(seconds: float, best: float | None) -> bool:
+    """Whether a first timed call of ``seconds`` already loses to the best median so far."""
+    return best is not None and seconds > SLOWER * best
+
+
+def _in_order(measured: list[Measured], order: list[tuple[str, str]]) -> list[Measured]:
+    """``measured`` in the order of the candidates (the reference first, skipped ones in place)."""
+    return sorted(measured, key=lambda m: order.index((m.precision, m.backend)))
 
 
 def _pick(
-    measured: list[Measured], started: float, clock: Callable[[], float], precision: str, backend: str
+    measured: list[Measured],
+    started: float,
+    clock: Callable[[], float],
+    precision: str,
+    backend: str,
+    probe: Probe | None = None,
 ) -> Choice:
     """The fastest candidate within fidelity, among those ``precision`` / ``backend`` allow (the
-    reference, measured anyway, is rejected when a fixed value excludes it).
+    reference, measured anyway, is rejected when a fixed value excludes it); the reference unless
+    the fastest is at least :data:`PREFERENCE` times faster.
 
     Raises:
         ConfigError: no candidate is within fidelity and allowed.
@@ -313,11 +466,14 @@ def _pick(
     reference = measured[0].seconds
     done = []
     for m in measured:
-        if m.rejected is None and not (_wanted(precision, m.precision) and _wanted(backend, m.backend)):
+        if m.rejected is None and not _allowed(m, precision, backend):
             m = dataclasses.replace(
                 m, rejected=f"excluded by hardware.precision={precision}, hardware.backend={backend}"
             )
-        done.append(dataclasses.replace(m, speedup=round(reference / max(m.seconds, 1e-12), 3)))
+        speedup = (
+            None if m.seconds is None or reference is None else round(reference / max(m.seconds, 1e-12), 3)
+        )
+        done.append(dataclasses.replace(m, speedup=speedup))
     accepted = [m for m in done if m.rejected is None]
     if not accepted:
         why = "; ".join(f"{m.backend} {m.precision}: {m.rejected}" for m in done)
@@ -325,7 +481,12 @@ def _pick(
             f"hardware=auto found no candidate within fp32's fidelity that the config allows ({why})"
         )
     best = min(accepted, key=lambda m: m.seconds)
-    return Choice(best.precision, best.backend, tuple(done), round(clock() - started, 3))
+    if done[0].rejected is None and best is not done[0] and (best.speedup or 0.0) < PREFERENCE:
+        best = done[0]  # not faster beyond the noise: the reference stays
+    return Choice(
+        best.precision, best.backend, tuple(done), round(clock() - started, 3),
+        probe=probe.as_dict() if probe is not None else None,
+    )  # fmt: skip
 
 
 def calibrate_scores(
@@ -338,96 +499,164 @@ def calibrate_scores(
     clock: Callable[[], float] = time.perf_counter,
     precision: str = AUTO,
     backend: str = AUTO,
+    probe: Callable[[], Probe] | None = None,
+    timed: Callable[[Runtime], object] | None = None,
 ) -> Choice:
     """The fastest of ``candidates`` whose scores stay within ``fidelity`` of the first's (fp32 on
-    PyTorch, the reference).
+    PyTorch, the reference), when at least :data:`PREFERENCE` times faster than it.
 
-    ``score(runtime)`` scores the calibration pairs under ``runtime`` (``groups``: each pair's query);
-    each candidate scores once to warm up (models load, ONNX exports, int8 quantizes), then
-    ``repeats`` times, timed by ``clock``; its time is the median. A candidate that raises is
-    rejected with its error. ``precision`` / ``backend`` other than ``auto`` restrict the choice.
+    ``score(runtime)`` scores the calibration pairs under ``runtime`` (``groups``: each pair's query).
+    Each candidate scores once to warm up (models load, ONNX exports, int8 quantizes), and those
+    scores are judged: a candidate outside ``fidelity`` is not timed. One within it runs
+    ``timed(runtime)`` (default ``score``; the builders time half the calibration batch) ``repeats``
+    times, timed by ``clock``, and its time is the median; when its first timed call is over
+    :data:`SLOWER` times the best median so far it is not timed again. An int8 candidate is not run
+    when an earlier int8 one scored under :data:`INT8_HOPELESS`. A candidate that raises is rejected
+    with its error. ``probe`` (CPU only): the bf16 probe, which may skip
+    the bf16 candidates (:func:`_screen`). ``precision`` / ``backend`` other than ``auto`` restrict
+    the choice.
     """
     started = clock()
     groups = np.asarray(groups)
+    order = [(c.precision, c.backend) for c in candidates]
+    candidates, skipped, probed = _screen(candidates, probe, precision)
     reference: np.ndarray | None = None
+    best: float | None = None  # the best median so far among candidates the config allows
     measured: list[Measured] = []
+    timed = timed or score
     for runtime in candidates:
+        if runtime.precision == "int8" and (hopeless := _hopeless_int8(measured)) is not None:
+            measured.append(Measured(runtime.precision, runtime.backend, None, None, rejected=hopeless))
+            continue
+        began = clock()
         try:
-            score(runtime)  # warm-up
-            seconds, out = _median_seconds(lambda rt=runtime: score(rt), repeats, clock)
-        except Exception as err:  # noqa: BLE001 - a candidate this machine cannot run is rejected, not fatal
+            scores = np.asarray(score(runtime), dtype=np.float64)  # the warm-up, judged
             if reference is None:
+                reference = scores
+            rho, top1 = per_query_agreement(reference, scores, groups)
+            rejected = _within(rho, top1, fidelity)
+            times: list[float] = []
+            while not rejected and len(times) < repeats and not (len(times) == 1 and _slower(times[0], best)):
+                start = clock()
+                timed(runtime)
+                times.append(clock() - start)
+        except Exception as err:  # noqa: BLE001 - a candidate this machine cannot run is rejected, not fatal
+            if reference is None or not measured:
                 raise
             measured.append(
-                Measured(runtime.precision, runtime.backend, float("inf"), rejected=f"failed: {err}")
+                Measured(runtime.precision, runtime.backend, None, None, rejected=f"failed: {err}")
             )
             continue
-        scores = np.asarray(out, dtype=np.float64)
-        if reference is None:
-            reference = scores
-        rho, top1 = per_query_agreement(reference, scores, groups)
-        rejected = None
-        if rho < fidelity.spearman:
-            rejected = f"Spearman {rho:.4f} < {fidelity.spearman}"
-        elif top1 < fidelity.top1:
-            rejected = f"top-1 unchanged {100 * top1:.1f}% < {100 * fidelity.top1:.0f}%"
+        seconds = float(np.median(times)) if times else None
+        if seconds is not None and _allowed(runtime, precision, backend):
+            best = seconds if best is None else min(best, seconds)
         measured.append(
             Measured(
                 runtime.precision,
                 runtime.backend,
                 seconds,
+                timed=len(times),
+                spent=round(clock() - began, 3),
                 spearman=round(rho, 6),
                 top1=round(top1, 4),
                 rejected=rejected,
             )
         )
-    return _pick(measured, started, clock, precision, backend)
+    return _pick(_in_order(measured + skipped, order), started, clock, precision, backend, probed)
+
+
+@contextlib.contextmanager
+def _closing(steps: Iterable[tuple[float, float]]) -> Iterator[Iterator[tuple[float, float]]]:
+    """Iterate ``steps``, closing it (a generator: its ``finally`` and contexts run at once) on leaving."""
+    it = iter(steps)
+    try:
+        yield it
+    finally:
+        if (close := getattr(it, "close", None)) is not None:
+            close()
+
+
+def _hopeless_int8(measured: list[Measured]) -> str | None:
+    """Why no further int8 candidate is worth running (an earlier int8 one scored under
+    :data:`INT8_HOPELESS`); None when one is."""
+    for m in measured:
+        if m.precision == "int8" and m.spearman is not None and m.spearman < INT8_HOPELESS:
+            return f"not measured: {m.backend} int8 scored Spearman {m.spearman:.4f} < {INT8_HOPELESS} (int8 too coarse here)"
+    return None
+
+
+def _loss_rdiff(got: float, reference: float) -> float:
+    return abs(got - reference) / max(abs(reference), 1e-8)
 
 
 def calibrate_training(
-    steps: Callable[[Runtime], tuple[list[float], list[float]]],
+    steps: Callable[[Runtime], Iterable[tuple[float, float]]],
     candidates: Sequence[Runtime],
     *,
     fidelity: Fidelity = FIDELITY,
     clock: Callable[[], float] = time.perf_counter,
     precision: str = AUTO,
+    probe: Callable[[], Probe] | None = None,
 ) -> Choice:
     """The fastest of ``candidates`` whose first training steps' losses stay within
-    ``fidelity.loss_rtol`` of the first candidate's (fp32, the reference).
+    ``fidelity.loss_rtol`` of the first candidate's (fp32, the reference), when at least
+    :data:`PREFERENCE` times faster than it.
 
-    ``steps(runtime)`` runs the same few steps from the same weights and seed under ``runtime`` and
-    returns their losses and seconds; a candidate's time is the median of its steps after the first
-    (the first warms up). A candidate that raises is rejected with its error.
+    ``steps(runtime)`` yields ``(loss, seconds)`` of each of the same few steps from the same weights
+    and seed under ``runtime``. A candidate stops at its first loss outside the tolerance (rejected),
+    and after its second step when that step took over :data:`SLOWER` times the best so far; its
+    time is the median of its steps after the first (the first warms up). A candidate that raises
+    is rejected with its error. ``probe``: the bf16 probe (:func:`_screen`).
     """
     started = clock()
-    reference: np.ndarray | None = None
+    order = [(c.precision, c.backend) for c in candidates]
+    candidates, skipped, probed = _screen(candidates, probe, precision)
+    reference: list[float] | None = None
+    best: float | None = None
     measured: list[Measured] = []
     for runtime in candidates:
+        losses: list[float] = []
+        times: list[float] = []
+        rdiff, rejected = 0.0, None
+        began = clock()
         try:
-            losses, times = steps(runtime)
+            with _closing(steps(runtime)) as run:
+                for loss, seconds in run:
+                    losses.append(float(loss))
+                    times.append(float(seconds))
+                    if reference is not None:
+                        step_rdiff = _loss_rdiff(losses[-1], reference[len(losses) - 1])
+                        rdiff = max(rdiff, step_rdiff) if np.isfinite(step_rdiff) else float("inf")
+                        if not rdiff <= fidelity.loss_rtol:
+                            rejected = f"loss off by {rdiff:.2e} > {fidelity.loss_rtol} at step {len(losses)}"
+                            break
+                    if len(times) == 2 and _slower(times[1], best):
+                        break
         except Exception as err:  # noqa: BLE001 - a candidate this machine cannot run is rejected, not fatal
             if reference is None:
                 raise
             measured.append(
-                Measured(runtime.precision, runtime.backend, float("inf"), rejected=f"failed: {err}")
+                Measured(runtime.precision, runtime.backend, None, None, rejected=f"failed: {err}")
             )
             continue
-        got = np.asarray(losses, dtype=np.float64)
         if reference is None:
-            reference = got
-        rdiff = float(np.max(np.abs(got - reference) / np.maximum(np.abs(reference), 1e-8)))
-        rejected = (
-            None
-            if np.isfinite(rdiff) and rdiff <= fidelity.loss_rtol
-            else f"loss off by {rdiff:.2e} > {fidelity.loss_rtol}"
-        )
-        seconds = float(np.median(times[1:] if len(times) > 1 else times))
+            reference = losses
+        timed = times[1:] if len(times) > 1 else times
+        seconds = float(np.median(timed))
+        if rejected is None and _allowed(runtime, precision, "torch"):
+            best = seconds if best is None else min(best, seconds)
         measured.append(
             Measured(
-                runtime.precision, runtime.backend, seconds, loss_rdiff=round(rdiff, 6), rejected=rejected
+                runtime.precision,
+                runtime.backend,
+                seconds,
+                timed=len(timed),
+                spent=round(clock() - began, 3),
+                loss_rdiff=round(rdiff, 6) if np.isfinite(rdiff) else None,
+                rejected=rejected,
             )
         )
-    return _pick(measured, started, clock, precision, "torch")
+    return _pick(_in_order(measured + skipped, order), started, clock, precision, "torch", probed)
 
 
 # --------------------------------------------------------------------------- the cache
@@ -458,7 +687,12 @@ def _read(path: Path) -> Choice | None:
 
 
 def cached_choice(
-    cache_root: str | Path, key: CacheKey, calibrate: Callable[[], Choice], *, main: bool = True, wait_s: float = 600.0
+    cache_root: str | Path,
+    key: CacheKey,
+    calibrate: Callable[[], Choice],
+    *,
+    main: bool = True,
+    wait_s: float = 600.0,
 ) -> Choice:
     """The cached choice of ``key``, else ``calibrate()``'s, written to the cache (atomically,
     sealed) under the entry's lock, so concurrent processes calibrate once. A damaged or unreadable

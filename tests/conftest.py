@@ -105,9 +105,12 @@ def scifact_dir(shared_data_dir: Path) -> Path:
 
 # --------------------------------------------------------------------------- pipeline configs
 def tiny_overrides(workspace: Path, beir: Path, bi_encoder: Path) -> list[str]:
-    """Overrides that point every stage at tiny assets: seconds per run on a CPU."""
+    """Overrides that point every stage at tiny assets: seconds per run on a CPU. The hardware is
+    written out (``hardware=cpu``), so no test calibrates but those of ``hardware=auto`` (the default),
+    which override it."""
     return [
         f"workspace={workspace}",
+        "hardware=cpu",
         "data=beir",
         f"data.path={beir}",
         "data.name=tiny",

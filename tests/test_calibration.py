@@ -88,9 +88,10 @@ def test_a_failing_candidate_is_rejected_and_a_fixed_precision_excludes_the_refe
 
 def test_training_takes_bf16_only_where_its_losses_match_fp32():
     def steps(losses):
-        return lambda rt: (
+        return lambda rt: zip(
             losses[rt.precision],
             [9.0, 1.0 if rt.precision == "fp32" else 0.5, 1.0 if rt.precision == "fp32" else 0.5],
+            strict=True,
         )
 
     close = {"fp32": [2.0, 1.9, 1.8], "bf16": [2.001, 1.901, 1.799]}
@@ -151,3 +152,158 @@ def test_the_machine_identity_names_the_cpu_and_versions():
     identity = calibration.machine_identity(torch.device("cpu"))
     assert {"cpu", "isa", "cores", "threads", "torch", "onnxruntime"} <= set(identity)
     assert identity["torch"] == torch.__version__
+
+
+class CountingClock(FakeClock):
+    """A FakeClock that also counts each candidate's calls (warm-up included)."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        super().__init__(seconds)
+        self.calls: dict[str, int] = {}
+
+    def scorer(self, scores: dict[str, np.ndarray]):
+        inner = super().scorer(scores)
+
+        def score(rt: Runtime) -> np.ndarray:
+            self.calls[rt.precision] = self.calls.get(rt.precision, 0) + 1
+            return inner(rt)
+
+        return score
+
+
+def _probe(speedup: float, calls: list | None = None):
+    def probe():
+        if calls is not None:
+            calls.append(speedup)
+        return calibration.Probe(384, False, 1.0, 1.0 / speedup, speedup, 0.01)
+
+    return probe
+
+
+def test_the_probe_times_fp32_against_bf16_with_the_given_clock():
+    clock = FakeClock({})
+    ran = []
+
+    def run(precision):
+        ran.append(precision)
+        clock.now += {"fp32": 0.01, "bf16": 0.08}[precision]
+
+    made = calibration.probe_bf16(384, repeats=3, clock=clock, run=run)
+    assert ran == ["fp32"] * 4 + ["bf16"] * 4  # one warm-up each, then the repeats
+    assert (made.fp32, made.bf16, made.speedup) == (0.01, 0.08, 0.125)
+    assert made.seconds == pytest.approx(0.36) and made.hidden == 384 and not made.training
+    real = calibration.probe_bf16(16, training=True, repeats=1)  # the linear itself runs, with backward
+    assert real.fp32 > 0 and real.bf16 > 0 and real.training
+
+
+def test_a_probe_that_finds_bf16_slower_skips_the_bf16_candidates_unmeasured():
+    clock = CountingClock({"fp32": 1.0, "bf16": 0.5, "int8": 0.8})
+    scores = {"fp32": REFERENCE, "bf16": REFERENCE, "int8": REFERENCE}
+    made = calibration.calibrate_scores(
+        clock.scorer(scores), _runtimes("fp32", "bf16", "int8"), GROUPS, clock=clock, probe=_probe(0.1)
+    )
+    assert "bf16" not in clock.calls and made.precision == "int8"
+    assert [m.precision for m in made.candidates] == ["fp32", "bf16", "int8"]  # in the candidates' order
+    bf16 = made.candidates[1]
+    assert bf16.seconds is None and bf16.speedup is None and "0.10x fp32's speed" in bf16.rejected
+    assert made.probe["speedup"] == 0.1
+    assert Choice.from_dict(json.loads(json.dumps(made.as_dict()))) == made  # strict JSON, round trip
+    # bf16 fast on this CPU: measured (and chosen); bf16 fixed by the config: measured, no probe
+    calls = []
+    for speedup, fixed in ((2.0, "auto"), (0.1, "bf16")):
+        clock = CountingClock({"fp32": 1.0, "bf16": 0.5})
+        made = calibration.calibrate_scores(
+            clock.scorer(scores), _runtimes("fp32", "bf16"), GROUPS, clock=clock, precision=fixed,
+            probe=_probe(speedup, calls),
+        )  # fmt: skip
+        assert made.precision == "bf16" and clock.calls["bf16"] == 4
+    assert calls == [2.0]
+    # on a GPU bf16 stays a candidate whatever a probe would say
+    gpu = calibration.inference_candidates(Runtime(device="cuda"), int8=False, onnx=False)
+    assert calibration._screen(gpu, _probe(0.1, calls), "auto")[0] == gpu and calls == [2.0]
+
+
+def test_a_candidate_outside_fidelity_is_judged_on_its_warm_up_and_not_timed():
+    perturbed = REFERENCE + np.random.default_rng(1).normal(scale=1.0, size=len(REFERENCE))
+    clock = CountingClock({"fp32": 1.0, "int8": 0.2})
+    made = calibration.calibrate_scores(
+        clock.scorer({"fp32": REFERENCE, "int8": perturbed}), _runtimes("fp32", "int8"), GROUPS, clock=clock
+    )
+    assert clock.calls == {"fp32": 4, "int8": 1}
+    int8 = made.candidates[1]
+    assert "Spearman" in int8.rejected and int8.seconds is None and int8.timed == 0 and int8.spearman < 0.9
+    assert int8.spent == pytest.approx(0.2) and made.candidates[0].spent == pytest.approx(4.0)  # with warm-up
+
+
+def test_a_candidate_clearly_slower_after_one_timed_call_is_not_timed_again():
+    clock = CountingClock({"fp32": 1.0, "bf16": 1.3, "int8": 1.2})
+    scores = {"fp32": REFERENCE, "bf16": REFERENCE, "int8": REFERENCE}
+    made = calibration.calibrate_scores(
+        clock.scorer(scores), _runtimes("fp32", "bf16", "int8"), GROUPS, clock=clock
+    )
+    assert clock.calls == {"fp32": 4, "bf16": 2, "int8": 4}  # 1.3x > 1.25x stops; 1.2x is timed out
+    by = {m.precision: m for m in made.candidates}
+    assert (by["bf16"].timed, by["int8"].timed) == (1, 3) and by["bf16"].seconds == pytest.approx(1.3)
+    assert by["bf16"].spent == pytest.approx(2.6)
+    assert made.precision == "fp32"
+
+
+def test_a_candidate_replaces_fp32_only_when_at_least_5_percent_faster():
+    scores = {"fp32": REFERENCE, "bf16": REFERENCE}
+    for bf16_seconds, chosen in ((0.97, "fp32"), (0.96, "fp32"), (0.94, "bf16")):
+        clock = FakeClock({"fp32": 1.0, "bf16": bf16_seconds})
+        made = calibration.calibrate_scores(
+            clock.scorer(scores), _runtimes("fp32", "bf16"), GROUPS, clock=clock
+        )
+        assert made.precision == chosen, bf16_seconds
+    # the margin guards the reference only: with fp32 excluded the fastest allowed one wins
+    clock = FakeClock({"fp32": 1.0, "bf16": 0.99, "int8": 0.98})
+    made = calibration.calibrate_scores(
+        clock.scorer({**scores, "int8": REFERENCE}), _runtimes("fp32", "bf16", "int8"), GROUPS, clock=clock,
+        backend="torch", precision="auto",
+    )  # fmt: skip
+    assert made.precision == "fp32"
+    made = calibration.calibrate_training(
+        lambda rt: zip(
+            [2.0, 1.9, 1.8], [9.0, 1.0, 1.0] if rt.precision == "fp32" else [9.0, 0.97, 0.97], strict=True
+        ),
+        _runtimes("fp32", "bf16"),
+    )
+    assert made.precision == "fp32" and made.candidates[1].speedup == pytest.approx(1.031, abs=1e-3)
+
+
+def test_training_stops_a_candidate_at_its_first_loss_outside_the_tolerance_and_when_clearly_slower():
+    consumed, closed = [], []
+
+    def steps(losses, times):
+        def run(rt):
+            try:
+                for i, (loss, seconds) in enumerate(
+                    zip(losses[rt.precision], times[rt.precision], strict=True)
+                ):
+                    consumed.append((rt.precision, i))
+                    yield loss, seconds
+            finally:
+                closed.append(rt.precision)  # the runner is closed (its RNG fork restored) at once
+
+        return run
+
+    times = {"fp32": [9.0, 1.0, 1.0], "bf16": [9.0, 0.5, 0.5]}
+    off = {"fp32": [2.0, 1.9, 1.8], "bf16": [2.5, 1.9, 1.8]}
+    made = calibration.calibrate_training(steps(off, times), _runtimes("fp32", "bf16"))
+    assert consumed.count(("bf16", 0)) == 1 and ("bf16", 1) not in consumed and closed == ["fp32", "bf16"]
+    assert made.precision == "fp32" and "at step 1" in made.candidates[1].rejected
+    consumed.clear()
+    slow = {"fp32": [9.0, 1.0, 1.0], "bf16": [9.0, 2.0, 2.0]}
+    made = calibration.calibrate_training(
+        steps({"fp32": off["fp32"], "bf16": off["fp32"]}, slow), _runtimes("fp32", "bf16")
+    )
+    assert [s for p, s in consumed if p == "bf16"] == [0, 1]  # stopped after its first timed step
+    assert made.candidates[1].timed == 1 and made.candidates[1].seconds == 2.0 and made.precision == "fp32"
+    calls = []
+    made = calibration.calibrate_training(
+        steps(off, times), _runtimes("fp32", "bf16"), probe=_probe(0.05, calls)
+    )
+    assert (
+        calls == [0.05] and made.candidates[1].seconds is None and "bf16 probe" in made.candidates[1].rejected
+    )

@@ -151,6 +151,7 @@ def test_two_job_sweep_with_the_local_launcher_gives_each_job_its_folder(tmp_pat
         "mining.depth=20",
         "mining.window_end=20",
         "mining.num_negatives=2,3",
+        "hardware=cpu",
         "hydra/launcher=local",
     ]
     env = {**os.environ, "DISTILLRANK_JOBS": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +47,7 @@ QUERIES, PASSAGES = (
     16,
     8,
 )  # the calibration batch: judged queries, and passages per query (its positive first)
+TIMED_QUERIES = 8  # the timed calls score the first 8 queries' pairs (fidelity is judged on all 16)
 TRAIN_QUERIES, TRAIN_STEPS = 8, 3  # training calibration: queries per step, steps from the same weights
 
 
@@ -100,6 +104,30 @@ def _fixed(value: str, default: str) -> str:
     return default if value == AUTO else value
 
 
+def hidden_size(folders: list[Path | None]) -> int:
+    """The widest hidden size among the models in ``folders`` (their ``config.json``), the width of
+    the bf16 probe; 768 when none says (a BERT-base width)."""
+    widths = []
+    for folder in folders:
+        try:
+            config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")) if folder else {}
+        except (OSError, ValueError):
+            config = {}
+        widths += [
+            int(config[k])
+            for k in ("hidden_size", "d_model", "dim", "n_embd")
+            if isinstance(config.get(k), int)
+        ][:1]
+    return max(widths, default=768)
+
+
+def _probe(base: Runtime, folders: list[Path | None], training: bool = False):
+    """The bf16 probe for the models in ``folders``: on the CPU only (a GPU keeps its bf16 candidates)."""
+    if base.device.type != "cpu":
+        return None
+    return lambda: calibration.probe_bf16(hidden_size(folders), training=training)
+
+
 def _model_name(cfg: DictConfig, role: str) -> str:
     if role == "mining":
         return str(cfg.mining.model)
@@ -144,10 +172,11 @@ def report(cfg: DictConfig, *roles: str) -> dict:
 
 
 # --------------------------------------------------------------------------- the calibration batch
-def calibration_pairs(cfg: DictConfig) -> tuple[Pairs, np.ndarray]:
-    """Real texts of the collection to calibrate on: the first :data:`QUERIES` judged queries of
+def calibration_pairs(cfg: DictConfig, n_queries: int = QUERIES) -> tuple[Pairs, np.ndarray]:
+    """Real texts of the collection to calibrate on: the first ``n_queries`` judged queries of
     ``data.train_split`` (else of the first judged split), each with its first positive and
     passages from evenly spaced corpus rows, :data:`PASSAGES` in all; and each pair's query.
+    Fewer queries give the first queries' pairs of a longer batch.
 
     Raises:
         ConfigError: the collection has no judged queries.
@@ -160,7 +189,7 @@ def calibration_pairs(cfg: DictConfig) -> tuple[Pairs, np.ndarray]:
             "write the hardware out (e.g. hardware=cpu)"
         )
     split = cfg.data.train_split if cfg.data.train_split in splits else splits[0]
-    queries = coll.split_queries(split)[:QUERIES]
+    queries = coll.split_queries(split)[:n_queries]
     docids = coll.doc_ids()
     step = max(1, len(docids) // PASSAGES)
     pair_q, pair_p, passages, slot = [], [], [], {}
@@ -184,6 +213,7 @@ def _inference(cfg: DictConfig, base: Runtime, role: str, precision: str, backen
         if any(m.kind in (RankerKind.LEXICAL, RankerKind.PRECOMPUTED) for m in members(ranker)):
             return unmeasured("a teacher with BM25 or a score file has nothing to calibrate")
         int8, onnx, identity = ranker.supports_int8, ranker.supports_onnx, ranker.fingerprint()
+        folders = [m.weights_folder() for m in members(ranker)]
     else:  # the dense mining encoder, scored as a bi-encoder (it encodes in fp32 / bf16, or ONNX Runtime fp32)
         m = cfg.mining
         ranker = BiEncoderTeacher(
@@ -192,8 +222,10 @@ def _inference(cfg: DictConfig, base: Runtime, role: str, precision: str, backen
         )
         load_mining_encoder(cfg)  # fails early, as mining would, on a folder that is not a bi-encoder
         int8, onnx, identity = False, True, ranker.fingerprint()
+        folders = [ranker.weights_folder()]
     candidates = calibration.inference_candidates(base, precision, backend, int8=int8, onnx=onnx)
     pairs, groups = calibration_pairs(cfg)
+    part = calibration_pairs(cfg, TIMED_QUERIES)[0]
     key = CacheKey(
         calibration.machine_identity(base.device),
         {
@@ -209,7 +241,8 @@ def _inference(cfg: DictConfig, base: Runtime, role: str, precision: str, backen
     def calibrate() -> Choice:
         return calibration.calibrate_scores(
             lambda rt: ranker.score_pairs(pairs, rt, progress=False), candidates, groups,
-            precision=precision, backend=backend,
+            precision=precision, backend=backend, probe=_probe(base, folders),
+            timed=lambda rt: ranker.score_pairs(part, rt, progress=False),
         )  # fmt: skip
 
     return cached_choice(cache_dir(cfg), key, calibrate, main=sharding.from_env().main)
@@ -241,14 +274,13 @@ def _student(cfg: DictConfig, base: Runtime, precision: str) -> Choice:
     index = torch.tensor([pairs.pair_p[r[:width]].tolist() for r in rows], dtype=torch.long)
     query_texts = [pairs.queries[q] for q in queries]
 
-    def steps(rt: Runtime) -> tuple[list[float], list[float]]:
+    def steps(rt: Runtime) -> Iterator[tuple[float, float]]:
         devices = [rt.device] if rt.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the training's random streams are left as they were
             torch.manual_seed(0)
             student = components.student(cfg).to(rt.device).train()
             optimizer = torch.optim.AdamW(student.parameters(), lr=float(cfg.train.lr))
             target = torch.zeros(len(queries), dtype=torch.long, device=rt.device)  # the positive is first
-            losses, times = [], []
             for _ in range(TRAIN_STEPS):
                 start = time.perf_counter()
                 with rt.autocast():
@@ -257,13 +289,12 @@ def _student(cfg: DictConfig, base: Runtime, precision: str) -> Choice:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss.detach()))
-                times.append(time.perf_counter() - start)
-            return losses, times
+                yield float(loss.detach()), time.perf_counter() - start
 
+    probe = _probe(base, [resolve_model(cfg.student.model)], training=True)
     return cached_choice(
         cache_dir(cfg),
         key,
-        lambda: calibration.calibrate_training(steps, candidates, precision=precision),
+        lambda: calibration.calibrate_training(steps, candidates, precision=precision, probe=probe),
         main=sharding.from_env().main,
     )

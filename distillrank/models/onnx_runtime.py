@@ -123,15 +123,17 @@ def exported(model: nn.Module, output: str, int8: bool = False, cache: Path | No
     with cache_entry(path, "ONNX graph") as present:
         if present:
             return path
-        names = _input_names(model)
+        # int8 quantizes the cached fp32 graph (exported first when absent): one export per model,
+        # the slowest step (hardware=auto's calibration measures both)
+        source = exported(model, output, False, cache) if int8 else None
         with tempfile.TemporaryDirectory(dir=cache, prefix=".export-") as tmp:
-            fp32 = Path(tmp) / "model.onnx"
-            log.info("exporting %s to ONNX (%s, %s)", type(model).__name__, output, "int8" if int8 else "fp32")
-            _export(model, names, output, fp32)
-            final = fp32
-            if int8:
-                final = Path(tmp) / "model.int8.onnx"
-                _quantize(fp32, final)
+            final = Path(tmp) / "model.onnx"
+            if source is not None:
+                log.info("quantizing the ONNX graph of %s to int8 (%s)", type(model).__name__, output)
+                _quantize(source, final)
+            else:
+                log.info("exporting %s to ONNX (%s, fp32)", type(model).__name__, output)
+                _export(model, _input_names(model), output, final)
             _inline(final)
             atomic_rename(final, path)  # the cache only ever holds complete graphs
         seal(path)

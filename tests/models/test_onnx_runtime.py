@@ -123,3 +123,22 @@ def test_dense_mining_with_onnx_finds_the_same_candidates(make_cfg, tiny_bi_enco
     assert info_o["embeddings"] != info_t["embeddings"]  # corpus embeddings cached apart
     np.testing.assert_allclose(scores_o, scores_t, atol=1e-5)
     assert (rows_o[:, 0] == rows_t[:, 0]).mean() == 1.0
+
+
+def test_the_int8_graph_is_quantized_from_the_cached_fp32_export_and_equals_a_fresh_one(
+    tiny_cross_encoder: Path, tmp_path: Path
+) -> None:
+    backbone = CrossEncoderTeacher(str(tiny_cross_encoder)).module(Runtime()).model
+    exports = []
+    real_export = onnx_runtime._export
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_runtime, "_export", lambda *a: exports.append(a[-1]) or real_export(*a))
+        int8 = onnx_runtime.exported(backbone, "logits", int8=True, cache=tmp_path / "cache")
+        fp32 = onnx_runtime.exported(backbone, "logits", int8=False, cache=tmp_path / "cache")
+    assert len(exports) == 1 and fp32 != int8 and fp32.is_file()  # one export serves both graphs
+    # the graph of the former path (quantize the fresh export, then inline): byte for byte the same
+    fresh, old = tmp_path / "fresh.onnx", tmp_path / "old-int8.onnx"
+    real_export(backbone, onnx_runtime._input_names(backbone), "logits", fresh)
+    onnx_runtime._quantize(fresh, old)
+    onnx_runtime._inline(old)
+    assert old.read_bytes() == int8.read_bytes()
