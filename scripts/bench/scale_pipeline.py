@@ -341,6 +341,9 @@ def overrides(
     out = [
         f"workspace={workspace}",
         f"experiment={experiment}",
+        # written out, not the default auto: every process and world size must run the same backend
+        # (a calibration per workspace could choose another one and break the identity comparison)
+        "hardware=cpu",
         "data=beir",
         f"data.path={collection}",
         "data.name=synthetic_msmarco",
