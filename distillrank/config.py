@@ -122,6 +122,14 @@ class HardwareConfig:
     # encoder): torch, or onnx (ONNX Runtime, CPU only; pip install 'distillrank[onnx]'). Students
     # always train and evaluate in torch. auto: measured per model (hardware=auto, docs/HARDWARE.md)
     backend: Backend = Backend.torch
+    # inference batches by token budget: rows x the longest row's tokens at most this per forward
+    # (encoding, cross-encoder scoring; at least one row, rows still capped by max_forward_texts);
+    # None = fixed batch sizes (batch_size rows). Same results up to the float rounding of other shapes.
+    max_batch_tokens: int | None = None
+    # tokenize the next inference batch in a thread while the model runs this one (pinned memory and
+    # non-blocking copies on CUDA); None = on for CUDA, off on the CPU; true / false force it.
+    # Bit-identical results either way (docs/HARDWARE.md, "Inference batches").
+    prefetch: bool | None = None
 
 
 @dataclass

@@ -59,6 +59,8 @@ _WHERE = {
     "hardware.device": "the device",
     "hardware.num_threads": "CPU threads",
     "hardware.max_forward_texts": "a batch cut into several forwards gives the same results",
+    "hardware.max_batch_tokens": "batches sized by tokens: the same results up to float rounding",
+    "hardware.prefetch": "tokenization one batch ahead: bit-identical results",
 }
 
 STAGE_KEYS: dict[str, StageKey] = {

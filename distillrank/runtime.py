@@ -11,6 +11,9 @@ dynamic int8 quantization of a frozen teacher's linear layers for CPU inference
 student in fp32, and a CUDA device refuses it (:func:`check_inference_precision`).
 Backends (``hardware.backend``): ``torch``, or ``onnx`` (frozen teachers and the dense mining
 encoder run by ONNX Runtime, CPU only: :mod:`distillrank.models.onnx_runtime`).
+Inference batching (:mod:`distillrank.models.batching`): ``hardware.max_batch_tokens`` (null: fixed
+batch sizes; else rows × longest row's tokens per forward) and ``hardware.prefetch`` (null: the next
+batch tokenized while the model runs this one on CUDA, not on the CPU; true / false force it).
 """
 
 from __future__ import annotations
@@ -107,6 +110,22 @@ def check_forward_texts(value) -> int | None:
     return value
 
 
+def check_batch_tokens(value) -> int | None:
+    """``hardware.max_batch_tokens`` checked: null (fixed batch sizes) or a positive integer."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"hardware.max_batch_tokens={value!r}; expected null or a positive integer")
+    return value
+
+
+def check_prefetch(value) -> bool | None:
+    """``hardware.prefetch`` checked: null (on for CUDA, off for the CPU), true or false."""
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(f"hardware.prefetch={value!r}; expected null (auto: on for CUDA), true or false")
+    return value
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; an unavailable CUDA device is a config error."""
     if name == "auto":
@@ -148,6 +167,11 @@ class Runtime:
         backend: ``torch`` or ``onnx`` (frozen teachers and the mining encoder in ONNX Runtime).
         max_forward_texts: the most texts (or pairs) one inference forward holds; None: no cap.
         num_threads: torch's intra-op threads (set by :meth:`apply_threads`); None: torch's default.
+        max_batch_tokens: inference batches by token budget: rows × the longest row's tokens at most
+            this (at least one row; rows still capped by ``max_forward_texts``); None: fixed batch sizes.
+        prefetch: tokenize the next inference batch in a thread while the model runs this one (and,
+            on CUDA, pin it for an asynchronous copy); None: on for CUDA devices, off on the CPU,
+            where the thread would only compete with the model for the same cores.
 
     ``Runtime()`` is the CPU in fp32 on PyTorch without a cap: what library code gets without a stage.
 
@@ -160,12 +184,16 @@ class Runtime:
     backend: str = "torch"
     max_forward_texts: int | None = None
     num_threads: int | None = None
+    max_batch_tokens: int | None = None
+    prefetch: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", torch.device(self.device))
         check_precision(self.precision)
         check_backend(self.backend, self.device)
         object.__setattr__(self, "max_forward_texts", check_forward_texts(self.max_forward_texts))
+        check_batch_tokens(self.max_batch_tokens)
+        check_prefetch(self.prefetch)
 
     @classmethod
     def from_config(cls, hardware) -> Runtime:
@@ -176,6 +204,8 @@ class Runtime:
             backend=configured_backend(hardware),
             max_forward_texts=getattr(hardware, "max_forward_texts", None),
             num_threads=getattr(hardware, "num_threads", None),
+            max_batch_tokens=getattr(hardware, "max_batch_tokens", None),
+            prefetch=getattr(hardware, "prefetch", None),
         )
 
     @property
@@ -198,6 +228,13 @@ class Runtime:
         forward of the whole batch (docs/BENCHMARKS.md, "Where the speed comes from")."""
         cap = self.max_forward_texts
         return max(1, min(batch_size, cap)) if cap else max(1, batch_size)
+
+    def prefetches(self, device: torch.device | None = None) -> bool:
+        """Whether inference batches are tokenized one ahead in a thread for a model on ``device``
+        (default: this runtime's): ``prefetch`` when set, else only on CUDA."""
+        if self.prefetch is not None:
+            return self.prefetch
+        return (self.device if device is None else torch.device(device)).type == "cuda"
 
     def apply_threads(self) -> Runtime:
         """Set torch's intra-op threads when configured (process-wide); this runtime."""

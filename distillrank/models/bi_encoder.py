@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
 from distillrank.errors import ConfigError
+from distillrank.models.batching import prepared, row_batches
 from distillrank.models.hub import resolve_model
 from distillrank.models.layers import keep_layers, set_dropout
 from distillrank.models.masking import backbone_inputs
@@ -129,25 +130,42 @@ class BiEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def tokenize(self, texts: Sequence[str], kind: str) -> dict[str, torch.Tensor]:
-        """Tokenise queries (``kind='query'``) or passages, padded to the longest in the batch."""
-        prefix, max_length = (
-            (self.query_prefix, self.query_max_length)
-            if kind == "query"
-            else (self.passage_prefix, self.passage_max_length)
+    def _text_settings(self, kind: str) -> tuple[str, int]:
+        if kind == "query":
+            return self.query_prefix, self.query_max_length
+        return self.passage_prefix, self.passage_max_length
+
+    def tokenize_cpu(self, texts: Sequence[str], kind: str) -> dict[str, torch.Tensor]:
+        """Tokenise queries (``kind='query'``) or passages, padded to the longest in the batch, on the CPU."""
+        prefix, max_length = self._text_settings(kind)
+        return dict(
+            self.tokenizer(
+                [prefix + t for t in texts] if prefix else list(texts),
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
         )
+
+    def tokenize(self, texts: Sequence[str], kind: str) -> dict[str, torch.Tensor]:
+        """:meth:`tokenize_cpu` on the model's device."""
+        return {k: v.to(self.device) for k, v in self.tokenize_cpu(texts, kind).items()}
+
+    def token_lengths(self, texts: Sequence[str], kind: str) -> np.ndarray:
+        """Tokens of each text as :meth:`tokenize` truncates it (special tokens included), unpadded."""
+        prefix, max_length = self._text_settings(kind)
         batch = self.tokenizer(
             [prefix + t for t in texts] if prefix else list(texts),
-            padding=True,
             truncation=True,
             max_length=max_length,
-            return_tensors="pt",
+            return_attention_mask=False,
+            return_token_type_ids=False,
         )
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return np.fromiter((len(ids) for ids in batch["input_ids"]), dtype=np.int64, count=len(texts))
 
-    def forward(self, texts: Sequence[str], kind: str) -> torch.Tensor:
-        """Embeddings [len(texts), dim] (with gradients when training)."""
-        batch = self.tokenize(texts, kind)
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Embeddings of a tokenised batch (on the model's device), with gradients when training."""
         hidden = self.backbone(**backbone_inputs(batch)).last_hidden_state
         if self.pooling == "cls":
             emb = hidden[:, 0]
@@ -157,6 +175,10 @@ class BiEncoder(nn.Module):
         if self.similarity == "cos":
             emb = nn.functional.normalize(emb.float(), dim=-1)
         return emb
+
+    def forward(self, texts: Sequence[str], kind: str) -> torch.Tensor:
+        """Embeddings [len(texts), dim] (with gradients when training)."""
+        return self.embed(self.tokenize(texts, kind))
 
     def score(self, queries: torch.Tensor, passages: torch.Tensor) -> torch.Tensor:
         """Relevance of aligned rows (``[B, d] × [B, d] → [B]``)."""
@@ -175,8 +197,10 @@ class BiEncoder(nn.Module):
         """Embeddings [N, dim] as float32 on CPU, in the order of ``texts``.
 
         Batches are formed from texts sorted by length, so padding is minimal. ``runtime`` (default
-        ``Runtime()``) gives the autocast of each forward and caps its size
-        (``max_forward_texts``); the model stays on the device it is on.
+        ``Runtime()``) gives the autocast of each forward, caps its size (``max_forward_texts``),
+        may size batches by a token budget instead of ``batch_size`` (``max_batch_tokens``) and
+        tokenizes the next batch while this one runs (``prefetches``;
+        :mod:`distillrank.models.batching`); the model stays on the device it is on.
         """
         runtime = runtime or Runtime()
         was_training = self.training
@@ -185,10 +209,15 @@ class BiEncoder(nn.Module):
         out = torch.empty((len(texts), self.dim), dtype=torch.float32)
         bar = tqdm(total=len(texts), desc=desc or f"encode {kind}s", unit=kind[0], disable=not progress)
         step = runtime.forward_texts(batch_size)  # hardware.max_forward_texts caps one forward
-        for start in range(0, len(texts), step):
-            idx = order[start : start + step]
+        batches = row_batches(
+            order, step, max_tokens=runtime.max_batch_tokens, max_rows=runtime.max_forward_texts,
+            token_lengths=lambda rows: self.token_lengths([texts[i] for i in rows], kind),
+        )  # fmt: skip
+        tokenize = lambda rows: self.tokenize_cpu([texts[i] for i in rows], kind)  # noqa: E731
+        device = self.device
+        for idx, inputs in prepared(batches, tokenize, device, runtime.prefetches(device)):
             with runtime.autocast():
-                emb = self([texts[i] for i in idx], kind)
+                emb = self.embed(inputs)
             out[torch.as_tensor(idx)] = emb.float().cpu()
             bar.update(len(idx))
         bar.close()

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from distillrank.models.batching import prepared, row_batches
 from distillrank.models.hub import resolve_model
 from distillrank.models.layers import keep_layers, set_dropout
 from distillrank.models.masking import backbone_inputs
@@ -80,20 +81,41 @@ class CrossEncoderModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def forward(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:
-        """Scores [len(queries)] of aligned (query, passage) pairs."""
+    def tokenize_cpu(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, torch.Tensor]:
+        """[query; passage] pairs tokenised, padded to the longest in the batch, on the CPU."""
+        return dict(
+            self.tokenizer(
+                list(queries),
+                list(passages),
+                padding=True,
+                truncation="longest_first",
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+        )
+
+    def token_lengths(self, queries: Sequence[str], passages: Sequence[str]) -> np.ndarray:
+        """Tokens of each pair as :meth:`tokenize_cpu` truncates it (special tokens included), unpadded."""
         batch = self.tokenizer(
             list(queries),
             list(passages),
-            padding=True,
             truncation="longest_first",
             max_length=self.max_length,
-            return_tensors="pt",
-        ).to(self.device)
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return np.fromiter((len(ids) for ids in batch["input_ids"]), dtype=np.int64, count=len(queries))
+
+    def scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scores of a tokenised batch of pairs (on the model's device)."""
         logits = self.model(**backbone_inputs(batch)).logits
         if logits.shape[-1] == 1:
             return logits[:, 0]
         return torch.log_softmax(logits.float(), dim=-1)[:, -1]
+
+    def forward(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:
+        """Scores [len(queries)] of aligned (query, passage) pairs."""
+        return self.scores({k: v.to(self.device) for k, v in self.tokenize_cpu(queries, passages).items()})
 
     @torch.inference_mode()
     def predict(
@@ -106,17 +128,24 @@ class CrossEncoderModel(nn.Module):
         desc: str = "cross-encoder",
     ) -> np.ndarray:
         """Scores of aligned pairs as float32, batched by length so padding is minimal; ``runtime``
-        (default ``Runtime()``) gives each forward's autocast and caps its size."""
+        (default ``Runtime()``) gives each forward's autocast, caps its size (``max_forward_texts``),
+        may size batches by a token budget instead of ``batch_size`` (``max_batch_tokens``) and
+        tokenizes the next batch while this one runs (``prefetches``; :mod:`distillrank.models.batching`)."""
         runtime = runtime or Runtime()
         self.eval()
         order = np.argsort([-(len(q) + len(p)) for q, p in zip(queries, passages, strict=True)], kind="stable")
         out = np.empty(len(queries), dtype=np.float32)
         bar = tqdm(total=len(order), desc=desc, unit="pair", disable=not progress)
         step = runtime.forward_texts(batch_size)  # hardware.max_forward_texts caps one forward
-        for start in range(0, len(order), step):
-            idx = order[start : start + step]
+        batches = row_batches(
+            order, step, max_tokens=runtime.max_batch_tokens, max_rows=runtime.max_forward_texts,
+            token_lengths=lambda rows: self.token_lengths([queries[i] for i in rows], [passages[i] for i in rows]),
+        )  # fmt: skip
+        tokenize = lambda rows: self.tokenize_cpu([queries[i] for i in rows], [passages[i] for i in rows])  # noqa: E731
+        device = self.device
+        for idx, inputs in prepared(batches, tokenize, device, runtime.prefetches(device)):
             with runtime.autocast():
-                scores = self([queries[i] for i in idx], [passages[i] for i in idx])
+                scores = self.scores(inputs)
             out[idx] = scores.float().cpu().numpy()
             bar.update(len(idx))
         bar.close()
