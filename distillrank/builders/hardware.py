@@ -81,6 +81,8 @@ def _choice(cfg_yaml: str, role: str) -> Choice:
         device=resolve_device(str(hw.device)),
         max_forward_texts=hw.get("max_forward_texts"),
         num_threads=hw.get("num_threads"),
+        max_batch_tokens=hw.get("max_batch_tokens"),  # timed with the batches the stages will run
+        prefetch=hw.get("prefetch"),
     ).apply_threads()
     if role == "generator":
         made = dataclasses.replace(
