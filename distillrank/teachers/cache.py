@@ -32,7 +32,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +53,7 @@ from distillrank.evaluation.dense import (
 )
 from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
-from distillrank.sharding import WHOLE, Share, add_up, barrier, broadcast
+from distillrank.sharding import WHOLE, Share, barrier, broadcast, reduce_array
 from distillrank.teachers.base import members as teacher_members
 from distillrank.workspace import (
     atomic_path,
@@ -321,13 +321,33 @@ def _first_seen(codes: np.ndarray) -> np.ndarray:
     return codes[np.sort(first)]
 
 
+@dataclass(frozen=True)
+class _Missing:
+    """Every pair missing from a cache (of all workers), as much as a bi-encoder teacher needs:
+    how many, and (computed when asked) the distinct docids and the qids in the order each first
+    appears in key order."""
+
+    count: int
+    docids: Callable[[], pa.Array]
+    qids: Callable[[], list[str]]
+
+    @classmethod
+    def of(cls, index: PairIndex, keys: np.ndarray) -> _Missing:
+        """The missing pairs ``keys`` (sorted keys of ``index``)."""
+        n_q = len(index.qids)
+        return cls(
+            len(keys),
+            lambda: index.docids.take(np.unique(keys // n_q)),
+            lambda: index.qids.take(_first_seen(index.query_codes(keys))).to_pylist(),
+        )
+
+
 def _corpus_embeddings(
     cache_root: Path,
     teacher,
     teacher_fp: str,
     coll,
-    index: PairIndex,
-    missing: np.ndarray,
+    missing: _Missing,
     query_text,
     runtime: Runtime,
     progress: bool,
@@ -339,7 +359,7 @@ def _corpus_embeddings(
     least ``COVER`` of the corpus (encoding the whole corpus then costs at most twice the candidates,
     and is shared); else None (score pair by pair).
 
-    ``missing`` are the keys of every pair to score (of all workers): every worker decides alike and
+    ``missing`` describes every pair to score (of all workers): every worker decides alike and
     encodes the same queries in the same order, so a pair's score does not depend on who scores it.
     The ranks of a ``torchrun`` group follow rank 0's decision and encode the corpus together, each
     its part (:func:`~distillrank.evaluation.dense.cached_corpus_embeddings`, a collective): every
@@ -349,9 +369,8 @@ def _corpus_embeddings(
         return None
     encoder = folder = None
     use = False
-    if len(missing):
-        n_q = len(index.qids)
-        docids = index.docids.take(np.unique(missing // n_q))
+    if missing.count:
+        docids = missing.docids()
         # passages made by the queries stage (ICT) are not rows
         if pc.all(pc.is_in(docids, value_set=pa.array(coll.doc_ids(), pa.string()))).as_py():
             encoder, folder = _teacher_encoder(teacher, teacher_fp, coll, cache_root, runtime)
@@ -372,9 +391,9 @@ def _corpus_embeddings(
         progress=progress,
         share=share,
     )
-    if not len(missing):  # this rank joined the encoding of the others and has nothing to score
+    if not missing.count:  # this rank joined the encoding of the others and has nothing to score
         return None
-    qids = index.qids.take(_first_seen(index.query_codes(missing))).to_pylist()
+    qids = missing.qids()
     q_emb = encoder.encode(
         [query_text[q] for q in qids],
         "query",
@@ -433,12 +452,15 @@ def _fill_cache(
     # one process scores a teacher at a time; the workers of one job share it, each on its own pairs
     with locked(cache.folder, "teacher score cache", shared=not share.whole):
         if pair_file is not None:  # this rank reads its share of the pairs only
-            index, todo = _share_of(pair_file, index, cache, share, shard_size)
+            index, todo, every = _share_of(pair_file, index, cache, share, shard_size, teacher.retrieves)
             barrier(share)  # every rank of the group looks its pairs up before any writes a shard
             start = time.perf_counter()
+            via = _corpus_embeddings(
+                cache_root, teacher, teacher_fp, coll, every, query_text, runtime, progress, share
+            )  # fmt: skip
             n = _score_todo(
                 teacher, passage_text, query_text, coll, cache_root, runtime, progress, share, cache, index,
-                todo, None, None, name, shard_size,
+                todo, via, None, name, shard_size,
             )  # fmt: skip
             return None, n, time.perf_counter() - start
         is_cached, scores = cache.lookup(index)
@@ -455,8 +477,7 @@ def _fill_cache(
             teacher,
             teacher_fp,
             coll,
-            index,
-            index.keys[missing],
+            _Missing.of(index, index.keys[missing]),
             query_text,
             runtime,
             progress,
@@ -502,8 +523,13 @@ def _score_todo(
 
 
 def _share_of(
-    pair_file: PairFile, ids: PairIndex, cache: ScoreCache, share: Share, shard_size: int
-) -> tuple[PairIndex, np.ndarray]:
+    pair_file: PairFile,
+    ids: PairIndex,
+    cache: ScoreCache,
+    share: Share,
+    shard_size: int,
+    queries: bool = False,
+) -> tuple[PairIndex, np.ndarray, _Missing]:
     """This rank's part of the pairs of ``pair_file`` missing from ``cache``, read without holding
     the others: the blocks :meth:`Share.owns` gives it among the missing distinct pairs in key order
     (``(docid, qid)``), exactly those it would get from the index of every pair. A collective: every
@@ -516,17 +542,30 @@ def _share_of(
 
     Args:
         ids: the distinct ids of the whole file (:meth:`PairFile.ids`), as an index without keys.
+        queries: also find the order in which the queries of every missing pair first appear in key
+            order (each rank's queries' first missing key, the minimum over the ranks: one more
+            all-reduce, of an array per query), for a bi-encoder teacher (:func:`_corpus_embeddings`).
 
     Returns:
-        the index of the pairs read the second time (``ids``' ids), and the positions in its keys of
-        this rank's pairs to score, in key order.
+        the index of the pairs read the second time (``ids``' ids), the positions in its keys of
+        this rank's pairs to score, in key order, and every worker's missing pairs as
+        :func:`_corpus_embeddings` needs them.
     """
     n_q, n_d = len(ids.qids), len(ids.docids)
     mine = pair_file.keys(ids.qids, ids.docids, lambda q, d: q % share.count == share.index)
     found, _ = cache.lookup(PairIndex(ids.qids, ids.docids, mine))
-    per_doc = add_up(share, np.bincount(mine[~found] // max(n_q, 1), minlength=n_d).astype(np.int64))
+    lacking = mine[~found]
+    per_doc = reduce_array(share, np.bincount(lacking // max(n_q, 1), minlength=n_d).astype(np.int64))
+    order = np.zeros(0, np.int64)
+    if queries:  # a query is one rank's: its first missing key there is its first in all
+        none = np.iinfo(np.int64).max
+        first_key = np.full(n_q, none, np.int64)
+        codes, at = np.unique(lacking % max(n_q, 1), return_index=True)
+        first_key[codes] = lacking[at]
+        first_key = reduce_array(share, first_key, "min")
+        order = np.argsort(first_key, kind="stable")[: int(np.sum(first_key < none))]
     held = len(mine)
-    del mine, found
+    del mine, found, lacking
     ends = np.cumsum(per_doc)
     starts = ends - per_doc
     total = int(ends[-1]) if n_d else 0
@@ -553,7 +592,10 @@ def _share_of(
         "score: %s held %d pairs (its queries'), then %d (its blocks' passages'), of %d missing in all",
         share.describe(), held, len(keys), total,
     )  # fmt: skip
-    return index, missing[share.owns(place // shard_size)]
+    every = _Missing(
+        total, lambda: ids.docids.filter(pa.array(per_doc > 0)), lambda: ids.qids.take(order).to_pylist()
+    )
+    return index, missing[share.owns(place // shard_size)], every
 
 
 def _pair_columns(pairs: pa.Table) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
@@ -694,9 +736,8 @@ def score_share(
     of an ensemble); the scores of all the pairs are then read with :func:`teacher_scores` once every
     worker is done. Arguments as for :func:`teacher_scores`, but ``pairs`` may be a :class:`PairFile`:
     then a rank of a ``torchrun`` group that spans every worker holds only its share of the pairs
-    (:func:`_share_of`), unless a member scores through corpus embeddings or looks scores up in a
-    file (those need every missing pair on every rank); otherwise its ``qid`` and ``docid`` columns
-    are read whole.
+    (:func:`_share_of`), unless a member looks scores up in a file (it names every missing pair at
+    once); otherwise its ``qid`` and ``docid`` columns are read whole.
 
     Returns:
         the number of pairs this worker scored (over all members), and the seconds spent.
@@ -723,10 +764,10 @@ def score_share(
 def reads_share(teacher, share: Share) -> bool:
     """Whether :func:`score_share` given a :class:`PairFile` has ``share``'s worker read only its share
     of the pairs: a rank of a ``torchrun`` group that spans every worker (the per-passage counts are
-    summed over the group), with no member scoring through corpus embeddings (it encodes every
-    missing pair's query on every rank) or looking its scores up in a file (it names every missing pair)."""
+    summed over the group), with no member looking its scores up in a file (it names every missing
+    pair at once)."""
     return (
         share.grouped
         and share.group == share.count
-        and not any(m.retrieves or m.kind is RankerKind.PRECOMPUTED for m in teacher_members(teacher))
+        and not any(m.kind is RankerKind.PRECOMPUTED for m in teacher_members(teacher))
     )

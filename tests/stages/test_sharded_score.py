@@ -209,12 +209,16 @@ def _counting_worker(rank: int, world: int, overrides: list[str], port: int, out
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo on a Linux CPU")
+@pytest.mark.parametrize("teacher_kind", ["cross-encoder", "bi-encoder"])
 def test_each_torchrun_rank_reads_only_its_share_of_the_candidates(
-    tiny_args, single, tiny_cross_encoder, tmp_path
+    tiny_args, single, tiny_cross_encoder, tmp_path, teacher_kind
 ):
-    # a cross-encoder: a bi-encoder teacher (the default) scores through corpus embeddings, and its
-    # ranks hold every missing pair (they encode every missing pair's query alike)
-    teacher = ["teacher=cross_encoder", f"teacher.model={tiny_cross_encoder}", "teacher.max_length=96"]
+    # the bi-encoder (the default teacher) scores through the corpus embeddings (its pairs cover
+    # more than COVER of the corpus): the ranks encode the queries of every missing pair alike,
+    # found from their shares (each query's first missing key, reduced over the ranks)
+    teacher = []
+    if teacher_kind == "cross-encoder":
+        teacher = ["teacher=cross_encoder", f"teacher.model={tiny_cross_encoder}", "teacher.max_length=96"]
     want = single(*teacher)
     overrides = [*tiny_args, SHARDS, *teacher]
     cfg = compose(overrides)
@@ -230,4 +234,6 @@ def test_each_torchrun_rank_reads_only_its_share_of_the_candidates(
     assert all(len(h["held"]) == 2 and max(h["held"]) < pairs for h in held)
     names = [p.name for p in _shards(cfg)]
     assert sum("-w0." in n for n in names) == 3 and sum("-w1." in n for n in names) == 3
+    embeddings = list((cache_dir(cfg) / "embeddings").glob("*/corpus.npy"))
+    assert len(embeddings) == (teacher_kind == "bi-encoder")
     assert _output(cfg) == want

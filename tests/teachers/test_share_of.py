@@ -46,19 +46,27 @@ def test_each_rank_reads_its_share_and_gets_the_blocks_of_the_whole_index(
     found, _ = cache.lookup(whole)
     missing = np.flatnonzero(~found)
     n_q = len(whole.qids)
-    # the all-reduce of the per-passage counts: what every rank's counts add up to
-    monkeypatch.setattr(
-        teacher_cache,
-        "add_up",
-        lambda share, counts: np.bincount(whole.keys[missing] // n_q, minlength=len(whole.docids)),
-    )
+    every = teacher_cache._Missing.of(whole, whole.keys[missing])
+    first_key = np.full(n_q, np.iinfo(np.int64).max)
+    np.minimum.at(first_key, whole.keys[missing] % n_q, whole.keys[missing])
+
+    def reduce_array(share, values, how="sum"):
+        """The all-reduces: what every rank's per-passage counts add up to, each query's first missing key."""
+        if how == "sum":
+            return np.bincount(whole.keys[missing] // n_q, minlength=len(whole.docids))
+        return first_key
+
+    monkeypatch.setattr(teacher_cache, "reduce_array", reduce_array)
     file = PairFile(tmp_path / "candidates.parquet", batch_rows=200)
     ids = PairIndex(*file.ids(), np.zeros(0, np.int64))
     assert ids.qids.equals(whole.qids) and ids.docids.equals(whole.docids)
     got = []
     for rank in range(ranks):
         share = Share.rank_of(rank, ranks)
-        index, todo = teacher_cache._share_of(file, ids, cache, share, shard_size)
+        index, todo, seen = teacher_cache._share_of(file, ids, cache, share, shard_size, queries=True)
+        # what a bi-encoder teacher needs of every worker's missing pairs, as from the whole index
+        assert seen.count == every.count == len(missing)
+        assert seen.docids().equals(every.docids()) and seen.qids() == every.qids()
         want = whole.keys[missing[share.owns(np.arange(len(missing)) // shard_size)]]
         np.testing.assert_array_equal(index.keys[todo], want)
         assert len(index.keys) < len(whole.keys)  # it never held every pair
