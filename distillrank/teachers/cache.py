@@ -146,7 +146,7 @@ class PairFile:
     """
 
     path: Path
-    batch_rows: int = 1 << 19
+    batch_rows: int = 1 << 17
 
     def batches(self) -> Iterator[tuple[pa.Array, pa.Array]]:
         """The ``(qids, docids)`` of each batch, as string arrays.
@@ -167,14 +167,11 @@ class PairFile:
     def ids(self) -> tuple[pa.Array, pa.Array]:
         """The distinct qids and docids of the file, sorted: those of :meth:`PairIndex.of` over
         every pair, so a pair has the same key as in one process's index."""
-        qids: list[pa.Array] = []
-        docids: list[pa.Array] = []
-        for q, d in self.batches():
-            qids.append(pc.unique(q))
-            docids.append(pc.unique(d))
-        if not qids:
-            return pa.array([], pa.string()), pa.array([], pa.string())
-        return _sorted_distinct(pa.chunked_array(qids)), _sorted_distinct(pa.chunked_array(docids))
+        qids = docids = pa.array([], pa.string())
+        for q, d in self.batches():  # the distinct ids so far: O(distinct ids), whatever the rows
+            qids = pc.unique(pa.chunked_array([qids, q]))
+            docids = pc.unique(pa.chunked_array([docids, d]))
+        return _sorted_distinct(qids), _sorted_distinct(docids)
 
     def keys(self, qids: pa.Array, docids: pa.Array, keep) -> np.ndarray:
         """The distinct keys (sorted, as in :class:`PairIndex` over ``qids``/``docids``) of the pairs
@@ -554,7 +551,7 @@ def _share_of(
     n_q, n_d = len(ids.qids), len(ids.docids)
     mine = pair_file.keys(ids.qids, ids.docids, lambda q, d: q % share.count == share.index)
     found, _ = cache.lookup(PairIndex(ids.qids, ids.docids, mine))
-    lacking = mine[~found]
+    lacking = mine[~found] if found.any() else mine
     per_doc = reduce_array(share, np.bincount(lacking // max(n_q, 1), minlength=n_d).astype(np.int64))
     order = np.zeros(0, np.int64)
     if queries:  # a query is one rank's: its first missing key there is its first in all
@@ -566,17 +563,16 @@ def _share_of(
         order = np.argsort(first_key, kind="stable")[: int(np.sum(first_key < none))]
     held = len(mine)
     del mine, found, lacking
-    ends = np.cumsum(per_doc)
-    starts = ends - per_doc
+    ends = np.cumsum(per_doc)  # where each passage's missing pairs end in key order
     total = int(ends[-1]) if n_d else 0
     blocks = np.arange(share.index, math.ceil(total / shard_size), share.count, dtype=np.int64)
     first = blocks * shard_size
     last = np.minimum(first + shard_size, total) - 1
-    edges = np.zeros(n_d + 1, np.int64)  # +1 where a block's passages start, -1 past their end
+    edges = np.zeros(n_d + 1, np.int32)  # +1 where a block's passages start, -1 past their end
     np.add.at(edges, np.searchsorted(ends, first, side="right"), 1)
     np.add.at(edges, np.searchsorted(ends, last, side="right") + 1, -1)
     spanned = np.cumsum(edges[:-1]) > 0
-    del edges, ends
+    del edges
     keys = (
         pair_file.keys(ids.qids, ids.docids, lambda q, d: spanned[d])
         if spanned.any()
@@ -585,9 +581,17 @@ def _share_of(
     index = PairIndex(ids.qids, ids.docids, keys)
     found, _ = cache.lookup(index)
     missing = np.flatnonzero(~found)  # positions in keys
-    docs = keys[missing] // max(n_q, 1)
-    # the place of a missing pair in key order: its passage's start, plus those of the passage before it
-    place = starts[docs] + np.arange(len(missing)) - np.searchsorted(keys[missing], docs * n_q)
+    del found
+    lacking = keys[missing] if len(missing) < len(keys) else keys
+    # the place of a missing pair in key order: where its passage's missing pairs start, plus those
+    # of the passage before it (computed in place: a few int64 per pair held)
+    docs = lacking // max(n_q, 1)
+    place = np.searchsorted(lacking, docs * n_q)  # the passage's first missing pair here
+    np.subtract(np.arange(len(lacking)), place, out=place)
+    place += ends[docs]
+    place -= per_doc[docs]
+    del docs, lacking
+    place //= shard_size  # its block
     log.info(
         "score: %s held %d pairs (its queries'), then %d (its blocks' passages'), of %d missing in all",
         share.describe(), held, len(keys), total,
@@ -595,7 +599,7 @@ def _share_of(
     every = _Missing(
         total, lambda: ids.docids.filter(pa.array(per_doc > 0)), lambda: ids.qids.take(order).to_pylist()
     )
-    return index, missing[share.owns(place // shard_size)], every
+    return index, missing[share.owns(place)], every
 
 
 def _pair_columns(pairs: pa.Table) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
