@@ -26,7 +26,7 @@ Launchers:
 * both (each array task runs ``torchrun``): the array's tasks times the ranks of each.
 
 Group operations (:func:`join_group`, :func:`barrier`, :func:`broadcast`, :func:`gather`,
-:func:`total`) are no-ops for a worker without an initialised group; ranks that share no group but
+:func:`total`, :func:`reduce_array`) are no-ops for a worker without an initialised group; ranks that share no group but
 share a file system wait for each other's files with :func:`wait_until`.
 """
 
@@ -248,6 +248,17 @@ def total(share: Share, value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item())
+
+
+def reduce_array(share: Share, values: np.ndarray, how: str = "sum") -> np.ndarray:
+    """The element-wise ``sum`` or ``min`` of an int64 array over the ranks of the group (``values``
+    without a group): one all-reduce of a CPU tensor (gloo, also in a group whose CUDA tensors use
+    NCCL)."""
+    if not share.grouped:
+        return values
+    t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
+    dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN}[how])
+    return t.numpy()
 
 
 POLL_S = 0.5  # how often a worker without a group looks for another's files

@@ -115,28 +115,28 @@ def _run(cfg: DictConfig, share: sharding.Share = sharding.WHOLE) -> Manifest:
     doc_ids = coll.doc_ids()
     rng = np.random.default_rng(cfg.seed)
 
-    out: dict[str, list] = {"qid": [], "docid": [], "label": [], "rank": [], "first_stage_score": []}
-
-    def add(qid: str, docid: str, label: int, rank: int, score: float) -> None:
-        out["qid"].append(qid)
-        out["docid"].append(docid)
-        out["label"].append(label)
-        out["rank"].append(rank)
-        out["first_stage_score"].append(score)
+    # the output as columns: per query a few numpy arrays (no Python object per row); a docid is a
+    # code: a corpus row for a negative, past the corpus rows for a positive (its id from the qrels)
+    n_docs = len(doc_ids)
+    positive_ids: list[str] = []  # the qrels' own strings, one per positive row
+    per_query: list[int] = []
+    codes: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    ranks: list[np.ndarray] = []
+    stage_scores: list[np.ndarray] = []
 
     retrieved_positives = total_positives = short_queries = 0
     keep_all = cfg.mining.sampling == "all"
     for i, (qid, _) in enumerate(queries):
-        ranked = [doc_ids[r] for r in rows[i]]
-        ranked_scores = scores[i]
+        query_rows = np.asarray(rows[i], dtype=np.int64)
+        ranked = [doc_ids[r] for r in query_rows]
+        ranked_scores = np.asarray(scores[i], dtype=np.float64)
         position = {d: r for r, d in enumerate(ranked)}
         judged = qrels.get(qid, {})
         positives = {d: rel for d, rel in judged.items() if rel > 0}
         excluded = set(positives) | {d for d, rel in judged.items() if rel < 0}
-        for docid, rel in positives.items():
-            r = position.get(docid)
-            add(qid, docid, rel, 0 if r is None else r + 1, float("nan") if r is None else float(ranked_scores[r]))
-            retrieved_positives += r is not None
+        at = np.asarray([position.get(d, -1) for d in positives], dtype=np.int64)
+        retrieved_positives += int(np.sum(at >= 0))
         total_positives += len(positives)
         negatives = sample_negatives(
             ranked,
@@ -148,22 +148,49 @@ def _run(cfg: DictConfig, share: sharding.Share = sharding.WHOLE) -> Manifest:
             rng,
         )
         short_queries += not keep_all and len(negatives) < cfg.mining.num_negatives
-        for docid, rank in negatives:
-            add(qid, docid, 0, rank, float(ranked_scores[rank - 1]))
+        neg_ranks = np.asarray([r for _, r in negatives], dtype=np.int64)
+        per_query.append(len(positives) + len(negatives))
+        first_positive = len(positive_ids)
+        positive_ids.extend(positives)
+        # a negative is the corpus row the first stage ranked there (Python's indexing of doc_ids)
+        codes.append(
+            np.concatenate(
+                [
+                    np.arange(first_positive, len(positive_ids), dtype=np.int64) + n_docs,
+                    query_rows[neg_ranks - 1] % max(n_docs, 1),
+                ]
+            )
+        )
+        labels.append(
+            np.concatenate(
+                [np.asarray(list(positives.values()), dtype=np.int64), np.zeros(len(negatives), np.int64)]
+            )
+        )
+        ranks.append(np.concatenate([np.where(at >= 0, at + 1, 0), neg_ranks]))
+        positive_scores = np.full(len(at), np.nan)  # NaN: not retrieved
+        positive_scores[at >= 0] = ranked_scores[at[at >= 0]]
+        stage_scores.append(np.concatenate([positive_scores, ranked_scores[neg_ranks - 1]]))
 
+    def joined(parts: list[np.ndarray], dtype) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+    docid_values = pa.concat_arrays([pa.array(doc_ids, pa.string()), pa.array(positive_ids, pa.string())])
+    label = joined(labels, np.int32)
     table = pa.table(
         {
-            "qid": pa.array(out["qid"], pa.string()),
-            "docid": pa.array(out["docid"], pa.string()),
-            "label": pa.array(out["label"], pa.int32()),
-            "rank": pa.array(out["rank"], pa.int32()),
-            "first_stage_score": pa.array(out["first_stage_score"], pa.float32()),
+            "qid": pa.array([qid for qid, _ in queries], pa.string()).take(
+                np.repeat(np.arange(len(queries), dtype=np.int64), per_query)
+            ),
+            "docid": docid_values.take(joined(codes, np.int64)),
+            "label": pa.array(label, pa.int32()),
+            "rank": pa.array(joined(ranks, np.int32), pa.int32()),
+            "first_stage_score": pa.array(joined(stage_scores, np.float64).astype(np.float32), pa.float32()),
         }
     )
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / OUTPUT) as tmp:
         pq.write_table(table, tmp)
-    n_neg = int(sum(1 for label in out["label"] if label == 0))
+    n_neg = int(np.sum(label == 0))
     counts = {
         "queries": len(queries),
         "rows": table.num_rows,

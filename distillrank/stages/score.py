@@ -18,7 +18,9 @@ member, each through its own cache, and combined over all candidates.
 Sharded scoring (docs/SCALE.md, "Sharded scoring"): under ``torchrun`` or in a SLURM array
 (:mod:`distillrank.sharding`) each worker scores its share of the missing pairs into the shared
 cache; then ``torchrun``'s rank 0, or a later single ``distillrank score``, writes ``scores.parquet``
-from the cache, identical to one process's.
+from the cache, identical to one process's. A ``torchrun`` rank reads only its share of the candidates
+(:func:`distillrank.teachers.cache.score_share`): its memory while scoring is O(pairs / ranks); rank 0's
+final pass holds every pair's columns, as one process does.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from distillrank.builders import components, hardware, training
 from distillrank.mining import denoise
 from distillrank.teachers import normalize
 from distillrank.teachers.base import members as teacher_members
-from distillrank.teachers.cache import score_share, teacher_scores
+from distillrank.teachers.cache import PairFile, score_share, teacher_scores
 from distillrank.workspace import (
     Manifest,
     atomic_path,
@@ -88,13 +90,15 @@ def run(cfg: DictConfig) -> Manifest | None:
     return read_manifest(stage_dir(cfg, STAGE))
 
 
-def _inputs(cfg: DictConfig):
-    """The collection, teacher, its fingerprint, the mine stage's manifest and candidates, and the texts."""
+def _inputs(cfg: DictConfig, read: bool = True):
+    """The collection, teacher, its fingerprint, the mine stage's manifest and candidates (the table,
+    or with ``read=False`` the file to read in batches), and the texts."""
     mine_manifest, mine_dir = keys.require(cfg, artifacts.MINE)
     coll = components.collection(cfg)
     teacher = components.teacher(cfg)
     teacher_fp = components.teacher_fingerprint(cfg)
-    candidates = pq.read_table(mine_dir / artifacts.CANDIDATES)
+    path = mine_dir / artifacts.CANDIDATES
+    candidates = pq.read_table(path) if read else PairFile(path)
     query_text = dict(training.train_queries(cfg))
     passage_text = training.passages(cfg)
     return coll, teacher, teacher_fp, mine_manifest, candidates, query_text, passage_text
@@ -102,15 +106,16 @@ def _inputs(cfg: DictConfig):
 
 def _score_share(cfg: DictConfig, share: sharding.Share) -> None:
     """Score this worker's share of the pairs missing from the caches (outside the stage's lock:
-    it writes only into the caches, which the workers share)."""
+    it writes only into the caches, which the workers share). The candidates go as a file: a rank
+    of a ``torchrun`` group reads only its share of them (:func:`score_share`)."""
     runtime = hardware.runtime(cfg, "teacher")
     runtime = runtime.on(sharding.join_group(share, runtime.device))  # a torchrun rank's GPU
-    coll, teacher, teacher_fp, _, candidates, query_text, passage_text = _inputs(cfg)
+    coll, teacher, teacher_fp, _, candidates, query_text, passage_text = _inputs(cfg, read=False)
     scored, seconds = score_share(
         teacher,
         teacher_fp,
         coll,
-        candidates.select(["qid", "docid"]),
+        candidates,
         query_text,
         passage_text,
         cache_root=cache_dir(cfg),

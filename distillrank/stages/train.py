@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from hydra.utils import get_object
 from omegaconf import DictConfig
@@ -117,11 +118,20 @@ def warn_unreachable_margins(cfg: DictConfig, pools: Pools | list[QueryPool]) ->
     return share
 
 
-def _candidates(table: pa.Table) -> dict[str, list[str]]:
-    """Every scored candidate (de-noised ones included) per query, in table order."""
+def _candidates(scores: pa.Table | Path, qids: pa.Array) -> dict[str, list[str]]:
+    """Every scored candidate (de-noised ones included) of the queries ``qids``, per query, in table
+    order: Python strings for those queries' rows only (a path is read by row groups, filtered)."""
+    if isinstance(scores, pa.Table):
+        batches = scores.select(["qid", "docid"]).to_batches()
+    else:
+        batches = pq.ParquetFile(scores).iter_batches(columns=["qid", "docid"])
     out: dict[str, list[str]] = {}
-    for qid, docid in zip(table["qid"].to_pylist(), table["docid"].to_pylist(), strict=True):
-        out.setdefault(qid, []).append(docid)
+    for batch in batches:
+        batch = batch.filter(pc.is_in(batch.column("qid"), value_set=qids))
+        for qid, docid in zip(
+            batch.column("qid").to_pylist(), batch.column("docid").to_pylist(), strict=True
+        ):
+            out.setdefault(qid, []).append(docid)
     return out
 
 
@@ -153,9 +163,9 @@ def dev_set(
             asked = f"train.dev_fraction={fraction:g} sets aside {n}" if fraction else f"train.dev_queries={n}"
             raise ConfigError(f"{asked} but only {len(pools)} training queries are usable")
         train_pools, dev_pools = carve_dev_pools(pools, n, cfg.seed)
-        table = scores if isinstance(scores, pa.Table) else pq.read_table(scores, columns=["qid", "docid"])
         qrels = training.train_qrels(cfg)
-        return train_pools, dev_from_pools(dev_pools, query_text, _candidates(table), qrels)
+        dev_qids = as_pools(dev_pools).qids
+        return train_pools, dev_from_pools(dev_pools, query_text, _candidates(scores, dev_qids), qrels)
     if split not in coll.splits():
         raise ConfigError(f"train.dev_split={split!r} but '{coll.name}' has the qrels splits {coll.splits()}")
     queries = coll.split_queries(split)

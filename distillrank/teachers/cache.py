@@ -15,6 +15,15 @@ The work can be shared by several workers (:mod:`distillrank.sharding`): the dis
 (:func:`score_share`). With an empty cache each shard is one whole block, as in a single process,
 so the scores do not depend on the number of workers. A bi-encoder teacher that scores through its
 corpus embeddings has them encoded once, the ranks of a ``torchrun`` group each encoding a part.
+
+The ranks of a ``torchrun`` group that spans every worker need not hold every pair: given the pairs
+as a Parquet file (:class:`PairFile`), each rank reads in batches and keeps only a share of them
+(:func:`_share_of`), so its memory is O(pairs / ranks) plus O(distinct ids). It first counts, per
+passage, the missing pairs of its queries (a pair belongs to one query, so to one rank); the counts,
+summed over the ranks (one all-reduce of an array per passage), place every missing pair in the
+``(docid, qid)`` order above without any rank seeing them all. The rank then reads every pair of the
+passages its blocks span, and scores exactly the blocks it would have been given with every pair in
+memory: the same shards, the same scores.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +53,7 @@ from distillrank.evaluation.dense import (
 )
 from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
-from distillrank.sharding import WHOLE, Share, barrier, broadcast
+from distillrank.sharding import WHOLE, Share, barrier, broadcast, reduce_array
 from distillrank.teachers.base import members as teacher_members
 from distillrank.workspace import (
     atomic_path,
@@ -124,6 +133,56 @@ def _positions(column: pa.ChunkedArray | pa.Array, values: pa.Array) -> np.ndarr
     """Where each entry of ``column`` is in ``values`` (int64), -1 where it is not there."""
     found = pc.fill_null(pc.index_in(column, value_set=values), -1)
     return np.asarray(found.to_numpy(), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class PairFile:
+    """The (qid, docid) pairs of a Parquet file with columns ``qid`` and ``docid``, read in batches
+    of ``batch_rows`` rows (only those two columns), never whole.
+
+    Attributes:
+        path: the file (the mine stage's candidates).
+        batch_rows: rows per batch read.
+    """
+
+    path: Path
+    batch_rows: int = 1 << 17
+
+    def batches(self) -> Iterator[tuple[pa.Array, pa.Array]]:
+        """The ``(qids, docids)`` of each batch, as string arrays.
+
+        Raises:
+            DataError: the file lacks a ``qid`` or ``docid`` column, or an id is null.
+        """
+        with pq.ParquetFile(self.path) as f:
+            names = f.schema_arrow.names
+            if "qid" not in names or "docid" not in names:
+                raise DataError(f"the pairs to score need columns qid and docid; {self.path} has {names}")
+            for batch in f.iter_batches(batch_size=self.batch_rows, columns=["qid", "docid"]):
+                qids, docids = _strings(batch.column("qid")), _strings(batch.column("docid"))
+                if qids.null_count or docids.null_count:
+                    raise DataError(f"a candidate pair of {self.path} has no qid or no docid (null)")
+                yield qids, docids
+
+    def ids(self) -> tuple[pa.Array, pa.Array]:
+        """The distinct qids and docids of the file, sorted: those of :meth:`PairIndex.of` over
+        every pair, so a pair has the same key as in one process's index."""
+        qids = docids = pa.array([], pa.string())
+        for q, d in self.batches():  # the distinct ids so far: O(distinct ids), whatever the rows
+            qids = pc.unique(pa.chunked_array([qids, q]))
+            docids = pc.unique(pa.chunked_array([docids, d]))
+        return _sorted_distinct(qids), _sorted_distinct(docids)
+
+    def keys(self, qids: pa.Array, docids: pa.Array, keep) -> np.ndarray:
+        """The distinct keys (sorted, as in :class:`PairIndex` over ``qids``/``docids``) of the pairs
+        for which ``keep(query_codes, doc_codes)`` (a bool array per batch) holds."""
+        parts: list[np.ndarray] = []
+        n_q = len(qids)
+        for q, d in self.batches():
+            qc, dc = _positions(q, qids), _positions(d, docids)
+            kept = keep(qc, dc)
+            parts.append(np.unique(dc[kept] * n_q + qc[kept]))
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
 class ScoreCache:
@@ -259,13 +318,33 @@ def _first_seen(codes: np.ndarray) -> np.ndarray:
     return codes[np.sort(first)]
 
 
+@dataclass(frozen=True)
+class _Missing:
+    """Every pair missing from a cache (of all workers), as much as a bi-encoder teacher needs:
+    how many, and (computed when asked) the distinct docids and the qids in the order each first
+    appears in key order."""
+
+    count: int
+    docids: Callable[[], pa.Array]
+    qids: Callable[[], list[str]]
+
+    @classmethod
+    def of(cls, index: PairIndex, keys: np.ndarray) -> _Missing:
+        """The missing pairs ``keys`` (sorted keys of ``index``)."""
+        n_q = len(index.qids)
+        return cls(
+            len(keys),
+            lambda: index.docids.take(np.unique(keys // n_q)),
+            lambda: index.qids.take(_first_seen(index.query_codes(keys))).to_pylist(),
+        )
+
+
 def _corpus_embeddings(
     cache_root: Path,
     teacher,
     teacher_fp: str,
     coll,
-    index: PairIndex,
-    missing: np.ndarray,
+    missing: _Missing,
     query_text,
     runtime: Runtime,
     progress: bool,
@@ -277,7 +356,7 @@ def _corpus_embeddings(
     least ``COVER`` of the corpus (encoding the whole corpus then costs at most twice the candidates,
     and is shared); else None (score pair by pair).
 
-    ``missing`` are the keys of every pair to score (of all workers): every worker decides alike and
+    ``missing`` describes every pair to score (of all workers): every worker decides alike and
     encodes the same queries in the same order, so a pair's score does not depend on who scores it.
     The ranks of a ``torchrun`` group follow rank 0's decision and encode the corpus together, each
     its part (:func:`~distillrank.evaluation.dense.cached_corpus_embeddings`, a collective): every
@@ -287,9 +366,8 @@ def _corpus_embeddings(
         return None
     encoder = folder = None
     use = False
-    if len(missing):
-        n_q = len(index.qids)
-        docids = index.docids.take(np.unique(missing // n_q))
+    if missing.count:
+        docids = missing.docids()
         # passages made by the queries stage (ICT) are not rows
         if pc.all(pc.is_in(docids, value_set=pa.array(coll.doc_ids(), pa.string()))).as_py():
             encoder, folder = _teacher_encoder(teacher, teacher_fp, coll, cache_root, runtime)
@@ -310,9 +388,9 @@ def _corpus_embeddings(
         progress=progress,
         share=share,
     )
-    if not len(missing):  # this rank joined the encoding of the others and has nothing to score
+    if not missing.count:  # this rank joined the encoding of the others and has nothing to score
         return None
-    qids = index.qids.take(_first_seen(index.query_codes(missing))).to_pylist()
+    qids = missing.qids()
     q_emb = encoder.encode(
         [query_text[q] for q in qids],
         "query",
@@ -353,8 +431,11 @@ def _fill_cache(
     shard_size: int,
     progress: bool,
     share: Share,
+    pair_file: PairFile | None = None,
 ) -> tuple[np.ndarray | None, int, float]:
-    """Score ``share``'s part of the pairs of ``index`` missing from ``teacher``'s cache, shard by shard.
+    """Score ``share``'s part of the pairs of ``index`` missing from ``teacher``'s cache, shard by shard;
+    with ``pair_file``, the pairs are those of the file, of which this rank reads its share only
+    (:func:`_share_of`; ``index`` holds their distinct ids and no keys).
 
     Returns:
         the scores of ``index.keys`` (float32; None unless ``share`` is whole: another worker scores
@@ -367,6 +448,18 @@ def _fill_cache(
     cache = ScoreCache.for_teacher(cache_root, teacher_fp, coll.fingerprint)
     # one process scores a teacher at a time; the workers of one job share it, each on its own pairs
     with locked(cache.folder, "teacher score cache", shared=not share.whole):
+        if pair_file is not None:  # this rank reads its share of the pairs only
+            index, todo, every = _share_of(pair_file, index, cache, share, shard_size, teacher.retrieves)
+            barrier(share)  # every rank of the group looks its pairs up before any writes a shard
+            start = time.perf_counter()
+            via = _corpus_embeddings(
+                cache_root, teacher, teacher_fp, coll, every, query_text, runtime, progress, share
+            )  # fmt: skip
+            n = _score_todo(
+                teacher, passage_text, query_text, coll, cache_root, runtime, progress, share, cache, index,
+                todo, via, None, name, shard_size,
+            )  # fmt: skip
+            return None, n, time.perf_counter() - start
         is_cached, scores = cache.lookup(index)
         barrier(share)  # every rank of a torchrun group looks the pairs up before any writes a shard
         # by passage, then query (the order of the keys): a shard holds a contiguous range of passages,
@@ -381,8 +474,7 @@ def _fill_cache(
             teacher,
             teacher_fp,
             coll,
-            index,
-            index.keys[missing],
+            _Missing.of(index, index.keys[missing]),
             query_text,
             runtime,
             progress,
@@ -392,25 +484,122 @@ def _fill_cache(
         if not share.whole:
             scores = None  # another worker scores the rest
         del is_cached, missing
-        n_shards = math.ceil(len(todo) / shard_size) if len(todo) else 0
-        # one bar over every pair of the run (pairs/s, ETA); the teacher's own bars show within a shard
-        bar = tqdm(total=len(todo), desc=f"score: {name}", unit="pair", disable=not progress or not len(todo))
-        with bar:
-            for s in range(n_shards):
-                part = todo[s * shard_size : (s + 1) * shard_size]
-                pq_ids, pd_ids = index.ids(index.keys[part])
-                got = (
-                    via(pq_ids, pd_ids)
-                    if via is not None
-                    else _score_shard(
-                        teacher, passage_text, query_text, pq_ids, pd_ids, coll, cache_root, runtime, progress
-                    )
+        n = _score_todo(
+            teacher, passage_text, query_text, coll, cache_root, runtime, progress, share, cache, index,
+            todo, via, scores, name, shard_size,
+        )  # fmt: skip
+        return scores, n, time.perf_counter() - start
+
+
+def _score_todo(
+    teacher, passage_text, query_text, coll, cache_root: Path, runtime: Runtime, progress: bool, share: Share,
+    cache: ScoreCache, index: PairIndex, todo: np.ndarray, via, scores: np.ndarray | None, name: str,
+    shard_size: int,
+) -> int:  # fmt: skip
+    """Score the pairs ``index.keys[todo]`` into ``cache``, ``shard_size`` a shard (into ``scores``
+    too, at ``todo``, unless None); how many were scored."""
+    n_shards = math.ceil(len(todo) / shard_size) if len(todo) else 0
+    # one bar over every pair of the run (pairs/s, ETA); the teacher's own bars show within a shard
+    bar = tqdm(total=len(todo), desc=f"score: {name}", unit="pair", disable=not progress or not len(todo))
+    with bar:
+        for s in range(n_shards):
+            part = todo[s * shard_size : (s + 1) * shard_size]
+            pq_ids, pd_ids = index.ids(index.keys[part])
+            got = (
+                via(pq_ids, pd_ids)
+                if via is not None
+                else _score_shard(
+                    teacher, passage_text, query_text, pq_ids, pd_ids, coll, cache_root, runtime, progress
                 )
-                cache.add(pq_ids, pd_ids, got, share)
-                if scores is not None:
-                    scores[part] = got
-                bar.update(len(part))
-        return scores, len(todo), time.perf_counter() - start
+            )
+            cache.add(pq_ids, pd_ids, got, share)
+            if scores is not None:
+                scores[part] = got
+            bar.update(len(part))
+    return len(todo)
+
+
+def _share_of(
+    pair_file: PairFile,
+    ids: PairIndex,
+    cache: ScoreCache,
+    share: Share,
+    shard_size: int,
+    queries: bool = False,
+) -> tuple[PairIndex, np.ndarray, _Missing]:
+    """This rank's part of the pairs of ``pair_file`` missing from ``cache``, read without holding
+    the others: the blocks :meth:`Share.owns` gives it among the missing distinct pairs in key order
+    (``(docid, qid)``), exactly those it would get from the index of every pair. A collective: every
+    rank of a group that spans all the workers calls it.
+
+    Two reads of the file: the pairs of this rank's queries (every ``count``-th query code), whose
+    missing pairs counted per passage and summed over the ranks give where each passage's missing
+    pairs start in key order; then every pair of the passages this rank's blocks span (a passage's
+    pairs, all of them, give each its place among the passage's missing pairs).
+
+    Args:
+        ids: the distinct ids of the whole file (:meth:`PairFile.ids`), as an index without keys.
+        queries: also find the order in which the queries of every missing pair first appear in key
+            order (each rank's queries' first missing key, the minimum over the ranks: one more
+            all-reduce, of an array per query), for a bi-encoder teacher (:func:`_corpus_embeddings`).
+
+    Returns:
+        the index of the pairs read the second time (``ids``' ids), the positions in its keys of
+        this rank's pairs to score, in key order, and every worker's missing pairs as
+        :func:`_corpus_embeddings` needs them.
+    """
+    n_q, n_d = len(ids.qids), len(ids.docids)
+    mine = pair_file.keys(ids.qids, ids.docids, lambda q, d: q % share.count == share.index)
+    found, _ = cache.lookup(PairIndex(ids.qids, ids.docids, mine))
+    lacking = mine[~found] if found.any() else mine
+    per_doc = reduce_array(share, np.bincount(lacking // max(n_q, 1), minlength=n_d).astype(np.int64))
+    order = np.zeros(0, np.int64)
+    if queries:  # a query is one rank's: its first missing key there is its first in all
+        none = np.iinfo(np.int64).max
+        first_key = np.full(n_q, none, np.int64)
+        codes, at = np.unique(lacking % max(n_q, 1), return_index=True)
+        first_key[codes] = lacking[at]
+        first_key = reduce_array(share, first_key, "min")
+        order = np.argsort(first_key, kind="stable")[: int(np.sum(first_key < none))]
+    held = len(mine)
+    del mine, found, lacking
+    ends = np.cumsum(per_doc)  # where each passage's missing pairs end in key order
+    total = int(ends[-1]) if n_d else 0
+    blocks = np.arange(share.index, math.ceil(total / shard_size), share.count, dtype=np.int64)
+    first = blocks * shard_size
+    last = np.minimum(first + shard_size, total) - 1
+    edges = np.zeros(n_d + 1, np.int32)  # +1 where a block's passages start, -1 past their end
+    np.add.at(edges, np.searchsorted(ends, first, side="right"), 1)
+    np.add.at(edges, np.searchsorted(ends, last, side="right") + 1, -1)
+    spanned = np.cumsum(edges[:-1]) > 0
+    del edges
+    keys = (
+        pair_file.keys(ids.qids, ids.docids, lambda q, d: spanned[d])
+        if spanned.any()
+        else np.zeros(0, np.int64)
+    )
+    index = PairIndex(ids.qids, ids.docids, keys)
+    found, _ = cache.lookup(index)
+    missing = np.flatnonzero(~found)  # positions in keys
+    del found
+    lacking = keys[missing] if len(missing) < len(keys) else keys
+    # the place of a missing pair in key order: where its passage's missing pairs start, plus those
+    # of the passage before it (computed in place: a few int64 per pair held)
+    docs = lacking // max(n_q, 1)
+    place = np.searchsorted(lacking, docs * n_q)  # the passage's first missing pair here
+    np.subtract(np.arange(len(lacking)), place, out=place)
+    place += ends[docs]
+    place -= per_doc[docs]
+    del docs, lacking
+    place //= shard_size  # its block
+    log.info(
+        "score: %s held %d pairs (its queries'), then %d (its blocks' passages'), of %d missing in all",
+        share.describe(), held, len(keys), total,
+    )  # fmt: skip
+    every = _Missing(
+        total, lambda: ids.docids.filter(pa.array(per_doc > 0)), lambda: ids.qids.take(order).to_pylist()
+    )
+    return index, missing[share.owns(place)], every
 
 
 def _pair_columns(pairs: pa.Table) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
@@ -423,8 +612,18 @@ def _pair_columns(pairs: pa.Table) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
 
 
 def _fill_members(
-    teacher, teacher_fp, coll, index, query_text, passage_text, cache_root: Path, runtime: Runtime,
-    shard_size: int, progress: bool, share: Share,
+    teacher,
+    teacher_fp,
+    coll,
+    index,
+    query_text,
+    passage_text,
+    cache_root: Path,
+    runtime: Runtime,
+    shard_size: int,
+    progress: bool,
+    share: Share,
+    pair_file: PairFile | None = None,
 ) -> Iterator[tuple[str, np.ndarray, int, float]]:
     """Fill each member's cache (the teacher itself unless an ensemble) with ``share``'s part of the
     missing pairs; per member: its fingerprint, the scores of the index's distinct pairs, how many
@@ -435,10 +634,25 @@ def _fill_members(
         if share.whole:
             name = "pairs" if member is teacher else f"member {i + 1}/{len(members)} ({member.kind})"
         else:
-            name = share.describe() if member is teacher else f"{share.describe()}, member {i + 1}/{len(members)}"
+            name = (
+                share.describe()
+                if member is teacher
+                else f"{share.describe()}, member {i + 1}/{len(members)}"
+            )
         distinct, n, seconds = _fill_cache(
-            cache_root, member, member_fp, coll, index, query_text, passage_text, name, runtime,
-            int(shard_size), bool(progress), share,
+            cache_root,
+            member,
+            member_fp,
+            coll,
+            index,
+            query_text,
+            passage_text,
+            name,
+            runtime,
+            int(shard_size),
+            bool(progress),
+            share,
+            pair_file,
         )
         yield member_fp, distinct, n, seconds
 
@@ -480,7 +694,17 @@ def teacher_scores(
     scored = 0
     score_time = 0.0
     for member_fp, distinct, n, seconds in _fill_members(
-        teacher, teacher_fp, coll, index, query_text, passage_text, Path(cache_root), runtime, shard_size, progress, WHOLE
+        teacher,
+        teacher_fp,
+        coll,
+        index,
+        query_text,
+        passage_text,
+        Path(cache_root),
+        runtime,
+        shard_size,
+        progress,
+        WHOLE,
     ):
         member_scores.append(distinct[position])
         caches.append(str(ScoreCache.for_teacher(cache_root, member_fp, coll.fingerprint).folder))
@@ -502,7 +726,7 @@ def score_share(
     teacher,
     teacher_fp: str,
     coll,
-    pairs: pa.Table,
+    pairs: pa.Table | PairFile,
     query_text,
     passage_text,
     *,
@@ -514,16 +738,40 @@ def score_share(
 ) -> tuple[int, float]:
     """Score ``share``'s part of the pairs missing from the caches, into the caches (every member's
     of an ensemble); the scores of all the pairs are then read with :func:`teacher_scores` once every
-    worker is done. Arguments as for :func:`teacher_scores`.
+    worker is done. Arguments as for :func:`teacher_scores`, but ``pairs`` may be a :class:`PairFile`:
+    then a rank of a ``torchrun`` group that spans every worker holds only its share of the pairs
+    (:func:`_share_of`), unless a member looks scores up in a file (it names every missing pair at
+    once); otherwise its ``qid`` and ``docid`` columns are read whole.
 
     Returns:
         the number of pairs this worker scored (over all members), and the seconds spent.
     """
-    index, _ = PairIndex.of(*_pair_columns(pairs))
+    pair_file = None
+    if isinstance(pairs, PairFile):
+        if reads_share(teacher, share):
+            pair_file = pairs
+            index = PairIndex(*pairs.ids(), np.zeros(0, np.int64))
+        else:
+            pairs = pq.read_table(pairs.path, columns=["qid", "docid"])
+    if pair_file is None:
+        index, _ = PairIndex.of(*_pair_columns(pairs))
     scored, score_time = 0, 0.0
     for _, _, n, seconds in _fill_members(
-        teacher, teacher_fp, coll, index, query_text, passage_text, Path(cache_root), runtime, shard_size, progress, share
-    ):
+        teacher, teacher_fp, coll, index, query_text, passage_text, Path(cache_root), runtime, shard_size, progress,
+        share, pair_file,
+    ):  # fmt: skip
         scored += n
         score_time += seconds
     return scored, score_time
+
+
+def reads_share(teacher, share: Share) -> bool:
+    """Whether :func:`score_share` given a :class:`PairFile` has ``share``'s worker read only its share
+    of the pairs: a rank of a ``torchrun`` group that spans every worker (the per-passage counts are
+    summed over the group), with no member looking its scores up in a file (it names every missing
+    pair at once)."""
+    return (
+        share.grouped
+        and share.group == share.count
+        and not any(m.kind is RankerKind.PRECOMPUTED for m in teacher_members(teacher))
+    )

@@ -13,7 +13,14 @@ candidates, :func:`distillrank.teachers.cache.teacher_scores` through the score 
 Peak RSS is reset before the phase (``/proc/self/clear_refs``) and read after it (``VmHWM``); the
 figure is (peak - RSS before) / pairs.
 
+With ``--world N`` it measures instead what each rank of ``N`` gloo processes (``RANK`` /
+``WORLD_SIZE`` as ``torchrun`` sets them) holds while it scores its share of an empty cache with
+:func:`~distillrank.teachers.cache.score_share`: ``--read share`` gives it the candidates file (each
+rank reads its share, as the score stage does), ``--read whole`` the whole table (what every rank
+read before). The figure per rank is the slope between the sizes: bytes per further pair.
+
     python scripts/bench/score_memory.py --pairs 1000000
+    python scripts/bench/score_memory.py --pairs 100000 400000 --world 2 --read share
 """
 
 from __future__ import annotations
@@ -30,9 +37,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from distillrank import sharding
 from distillrank.ranking import RankerKind
 from distillrank.runtime import Runtime
-from distillrank.teachers.cache import teacher_scores
+from distillrank.teachers.cache import PairFile, score_share, teacher_scores
 
 PER_QUERY = 100
 
@@ -45,12 +53,15 @@ def _status(field: str) -> int:
     raise KeyError(field)
 
 
-def make_candidates(path: Path, pairs: int, seed: int = 0) -> None:
-    """``pairs`` rows, ``PER_QUERY`` a query, docids drawn from 50 times as many passages as queries."""
+def make_candidates(
+    path: Path, pairs: int, seed: int = 0, row_group: int | None = None, passages: int | None = None
+) -> None:
+    """``pairs`` rows, ``PER_QUERY`` a query, docids drawn from ``passages`` passages (50 times as
+    many as queries when None); row groups of ``row_group`` rows (pyarrow's default, 1Mi, when None)."""
     rng = np.random.default_rng(seed)
     n_queries = max(1, pairs // PER_QUERY)
     q = np.repeat(np.arange(n_queries), PER_QUERY)[:pairs]
-    d = rng.integers(0, 50 * n_queries, size=pairs)
+    d = rng.integers(0, passages or 50 * n_queries, size=pairs)
     table = pa.table(
         {
             "qid": pa.array([str(1_000_000 + int(x)) for x in q], pa.string()),
@@ -60,7 +71,7 @@ def make_candidates(path: Path, pairs: int, seed: int = 0) -> None:
             "first_stage_score": pa.array(rng.random(pairs, dtype=np.float32)),
         }
     )
-    pq.write_table(table, path)
+    pq.write_table(table, path, row_group_size=row_group)
 
 
 class TrivialTeacher:
@@ -114,6 +125,55 @@ def _phase(work: Path) -> dict:
     }
 
 
+def _share_phase(work: Path, read: str) -> dict:
+    """This rank's share of an empty cache scored, as the score stage's workers do."""
+    share = sharding.from_env()
+    sharding.join_group(share, Runtime().device)
+    teacher, coll = TrivialTeacher(), Collection()
+    rss = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    start = time.perf_counter()
+    path = work / "candidates.parquet"
+    pairs = PairFile(path) if read == "share" else pq.read_table(path).select(["qid", "docid"])
+    scored, _ = score_share(
+        teacher,
+        "trivial-teacher",
+        coll,
+        pairs,
+        _Texts("query "),
+        lambda docids: ["passage " + d for d in docids],
+        cache_root=work / "cache",
+        runtime=Runtime(),
+        shard_size=20000,
+        progress=False,
+        share=share,
+    )
+    sharding.barrier(share)
+    peak = _status("VmHWM")
+    return {"rank": share.rank, "scored": scored, "seconds": round(time.perf_counter() - start, 1),
+            "peak_delta_mb": round((peak - rss) / 2**20, 1)}  # fmt: skip
+
+
+def _ranks(work: Path, world: int, read: str) -> list[dict]:
+    """``world`` gloo processes, each scoring its share; their reports in rank order."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+        cmd = [sys.executable, __file__, "--phase", "share", "--work", str(work), "--read", read]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"a rank failed: {[p.returncode for p in procs]}")
+    return [json.loads(o.strip().splitlines()[-1]) for o in outs]
+
+
 class _Texts(dict):
     """qid -> text, made on lookup (the stage's query texts are per query, not per pair)."""
 
@@ -128,11 +188,46 @@ class _Texts(dict):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, nargs="+", default=[250_000, 1_000_000])
-    parser.add_argument("--phase", choices=["cold", "warm"], help=argparse.SUPPRESS)
+    parser.add_argument("--world", type=int, help="ranks scoring their shares (gloo processes)")
+    parser.add_argument("--read", choices=["share", "whole"], default="share", help="with --world")
+    parser.add_argument(
+        "--passages",
+        type=int,
+        help="with --world: docids drawn from this many passages at every size (default 50 a query), "
+        "so that the slope between sizes is the cost of a pair alone, not of its distinct ids too",
+    )
+    parser.add_argument(
+        "--row-group",
+        type=int,
+        help="rows per row group of the candidates (with --world; default pyarrow's 1Mi rows, which "
+        "the mine stage writes: a rank reads a row group at a time, so below 1M pairs use a smaller "
+        "one to see what a larger file costs)",
+    )
+    parser.add_argument("--phase", choices=["cold", "warm", "share"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.phase == "share":
+        print(json.dumps(_share_phase(args.work, args.read)))
+        return
     if args.phase:
         print(json.dumps(_phase(args.work)))
+        return
+    if args.world:
+        points = []
+        for pairs in args.pairs:
+            with tempfile.TemporaryDirectory() as tmp:
+                make_candidates(
+                    Path(tmp) / "candidates.parquet", pairs, row_group=args.row_group, passages=args.passages
+                )
+                ranks = _ranks(Path(tmp), args.world, args.read)
+            print(pairs, json.dumps(ranks), flush=True)
+            points.append((pairs, [r["peak_delta_mb"] for r in ranks]))
+        if len(points) >= 2:
+            (n1, m1), (n2, m2) = points[0], points[-1]
+            slopes = [round((b - a) * 2**20 / (n2 - n1)) for a, b in zip(m1, m2, strict=True)]
+            print(
+                f"world {args.world}, read {args.read}: bytes per further pair, per rank: {slopes} ({n1} -> {n2})"
+            )
         return
     peaks: dict[str, list[tuple[int, int]]] = {"cold": [], "warm": []}
     for pairs in args.pairs:

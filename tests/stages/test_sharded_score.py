@@ -4,6 +4,7 @@ and a killed or missing worker's share is scored again by its rerun, or by the f
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -172,3 +173,67 @@ def test_two_torchrun_ranks_equal_one_process(tiny_args, single, tiny_cross_enco
     )
     got = [lookup[p] for p in zip(table["qid"].to_pylist(), table["docid"].to_pylist(), strict=True)]
     np.testing.assert_array_equal(np.asarray(got, np.float32), table["teacher"].to_numpy())
+
+
+def _counting_worker(rank: int, world: int, overrides: list[str], port: int, out: Path) -> None:
+    """A rank that records, while it scores its share, how many pairs it held at once and whether it
+    indexed every pair (``PairIndex.of``, which only the final assembly by rank 0 may do)."""
+    held: list[int] = []
+    whole_index: list[int] = []
+    real_keys, real_of = teacher_cache.PairFile.keys, teacher_cache.PairIndex.of
+    real_share = score.score_share
+    scoring = {"now": False}
+
+    def keys(self, *args, **kwargs):
+        got = real_keys(self, *args, **kwargs)
+        held.append(len(got))
+        return got
+
+    def of(*args, **kwargs):
+        if scoring["now"]:
+            whole_index.append(1)
+        return real_of(*args, **kwargs)
+
+    def share_only(*args, **kwargs):
+        scoring["now"] = True
+        try:
+            return real_share(*args, **kwargs)
+        finally:
+            scoring["now"] = False
+
+    teacher_cache.PairFile.keys = keys
+    teacher_cache.PairIndex.of = staticmethod(of)
+    score.score_share = share_only
+    _torchrun_worker(rank, world, overrides, port, out)
+    (out / f"held{rank}.json").write_text(json.dumps({"held": held, "whole_index": len(whole_index)}))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo on a Linux CPU")
+@pytest.mark.parametrize("teacher_kind", ["cross-encoder", "bi-encoder"])
+def test_each_torchrun_rank_reads_only_its_share_of_the_candidates(
+    tiny_args, single, tiny_cross_encoder, tmp_path, teacher_kind
+):
+    # the bi-encoder (the default teacher) scores through the corpus embeddings (its pairs cover
+    # more than COVER of the corpus): the ranks encode the queries of every missing pair alike,
+    # found from their shares (each query's first missing key, reduced over the ranks)
+    teacher = []
+    if teacher_kind == "cross-encoder":
+        teacher = ["teacher=cross_encoder", f"teacher.model={tiny_cross_encoder}", "teacher.max_length=96"]
+    want = single(*teacher)
+    overrides = [*tiny_args, SHARDS, *teacher]
+    cfg = compose(overrides)
+    mine.run(cfg)
+    pairs = pq.read_table(stage_dir(cfg, "mine") / mine.OUTPUT).num_rows  # 87, all distinct
+    out = tmp_path / "ranks"
+    out.mkdir()
+    mp.spawn(_counting_worker, args=(2, overrides, _free_port(), out), nprocs=2, join=True)
+    held = [json.loads((out / f"held{r}.json").read_text()) for r in range(2)]
+    assert [h["whole_index"] for h in held] == [0, 0]  # no rank indexed every pair to score its share
+    # first its queries' pairs (every pair on exactly one rank), then its blocks' passages' pairs
+    assert sum(h["held"][0] for h in held) == pairs
+    assert all(len(h["held"]) == 2 and max(h["held"]) < pairs for h in held)
+    names = [p.name for p in _shards(cfg)]
+    assert sum("-w0." in n for n in names) == 3 and sum("-w1." in n for n in names) == 3
+    embeddings = list((cache_dir(cfg) / "embeddings").glob("*/corpus.npy"))
+    assert len(embeddings) == (teacher_kind == "bi-encoder")
+    assert _output(cfg) == want

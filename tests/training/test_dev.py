@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -211,3 +213,16 @@ def test_dev_fraction_sets_aside_that_share_as_dev_queries_would(make_cfg):
     assert train.stage_key(by_count) != train.stage_key(by_fraction)
     train.run(by_count)
     assert (stage_dir(by_count, train.STAGE) / train.DEV_QUERIES).read_text() == held
+
+
+def test_dev_candidates_are_those_of_the_dev_queries_only_in_table_order(tmp_path):
+    """The carved dev queries' candidates come from a filtered read: every row of those queries, in
+    table order, and no Python string for any other query's rows."""
+    qids = ["q1", "q2", "q1", "q3", "q2", "q1", "q4"]
+    docids = ["a", "b", "c", "a", "d", "e", "f"]
+    table = pa.table({"qid": qids, "docid": docids, "teacher": np.arange(7, dtype=np.float32)})
+    path = tmp_path / "scores.parquet"
+    pq.write_table(table, path, row_group_size=3)  # a query's rows in several row groups
+    want = {"q1": ["a", "c", "e"], "q2": ["b", "d"]}
+    assert train._candidates(path, pa.array(["q2", "q1", "q9"])) == want
+    assert train._candidates(table, pa.array(["q2", "q1", "q9"])) == want
