@@ -373,6 +373,7 @@ def test_the_auto_arms_run_the_stages_calibration(tiny_ctx, monkeypatch: pytest.
     """The real calibrations, on tiny models (ONNX Runtime's candidates left out: their export is
     the calibration's cost): every candidate recorded, the reference first, the choice among them."""
     from distillrank import calibration
+    from distillrank.builders import hardware
     from distillrank.models.bi_encoder import BiEncoder
     from distillrank.students.factory import as_student
     from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
@@ -381,8 +382,6 @@ def test_the_auto_arms_run_the_stages_calibration(tiny_ctx, monkeypatch: pytest.
     teacher = CrossEncoderTeacher(str(tiny_ctx.cross_encoder), max_length=32, batch_size=8)
     for made, pairs in (
         (auto.calibrate_ranker(tiny_ctx, teacher), {("fp32", "torch"), ("bf16", "torch"), ("int8", "torch")}),
-        (auto.calibrate_ranker(tiny_ctx, BiEncoderTeacher(str(tiny_ctx.bi_encoder)), mining=True),
-         {("fp32", "torch"), ("bf16", "torch")}),
         (auto.calibrate_student(tiny_ctx, lambda: as_student(BiEncoder.load(tiny_ctx.student)), 2e-5),
          {("fp32", "torch"), ("bf16", "torch")}),
     ):  # fmt: skip
@@ -393,6 +392,17 @@ def test_the_auto_arms_run_the_stages_calibration(tiny_ctx, monkeypatch: pytest.
         assert 0 < made["seconds"] <= made["wall_s"] and made["met"] is (made["wall_s"] < 30)
         assert made["first_use"] is False  # smoke: the bench's ONNX cache is shared
         json.dumps(made)  # the benchmark's JSON
+
+    seen = []  # the mining encoder: the stage's mining candidates (no int8), on the same batch
+
+    def fake(ranker, base, candidates, batch, folders, precision="auto", backend="auto"):
+        seen.append(([(c.precision, c.backend) for c in candidates], len(batch[0].pair_q), folders))
+        return _fake_choice("fp32", "torch")
+
+    monkeypatch.setattr(hardware, "calibrate_ranker", fake)
+    encoder = BiEncoderTeacher(str(tiny_ctx.bi_encoder))
+    assert auto.calibrate_ranker(tiny_ctx, encoder, mining=True)["candidates"][0]["precision"] == "fp32"
+    assert seen == [([("fp32", "torch"), ("bf16", "torch")], hardware.QUERIES * hardware.PASSAGES, [encoder.weights_folder()])]
 
 
 def test_onnx_cache_points_exports_at_a_folder_and_restores_it(tmp_path: Path, monkeypatch) -> None:
