@@ -250,4 +250,3 @@ def _run(ctx: Context) -> dict:
             "both tools encode the corpus and the queries on every run (no embedding cache)",
         ],
     }
-
