@@ -4,25 +4,73 @@ A speed is never asserted (benchmarks are not timed tests). What is: every bench
 results; each derived number (median, ratio, goal met, speed-up, share) follows from the raw runs
 it was computed from; and where two ways must agree (bf16 / int8 against fp32, both tools on the
 same pairs, sorted against unsorted padding), they do.
+
+The ``hardware=auto`` arms' calibrations are faked in the smoke run (:func:`_fake_calibrations`: a
+fixed choice each, recorded as a real one; the plumbing is what is tested there, and a real
+calibration of the tiny models costs ~60 s, mostly ONNX exports); the real calibration functions
+are run apart, on the tiny models without ONNX Runtime candidates.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
+from bench import auto
 from bench import run as bench_run
 from bench.common import alternate, comparison
 
+from distillrank.calibration import Choice, Measured
+
+# what the fake calibrations choose: a runtime other than torch fp32 where the benchmark has one
+# without an export (scoring: torch int8), and torch fp32 (mining, training), whose results must
+# then be fp32's own
+FAKE = {"teacher": ("int8", "torch"), "mining": ("fp32", "torch"), "student": ("fp32", "torch")}
+
+
+def _fake_choice(precision: str, backend: str) -> Choice:
+    candidates = [Measured("fp32", "torch", 0.2, 1.0, timed=3, spent=1.0, spearman=1.0, top1=1.0)]
+    if (precision, backend) != ("fp32", "torch"):
+        candidates.append(Measured(precision, backend, 0.1, 2.0, timed=3, spent=1.0, spearman=0.999, top1=1.0))
+    candidates.append(Measured("bf16", "torch", None, None, rejected="bf16 probe: faked"))
+    return Choice(precision, backend, tuple(candidates), seconds=2.0)
+
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def calibrated() -> list[tuple[str, str]]:
+    """The (role, model folder) of every calibration the smoke run asked for."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory, calibrated: list) -> Path:
     out = tmp_path_factory.mktemp("bench")
-    bench_run.main(["--smoke", "--out", str(out), "--cache", str(out / "cache")])
+    with pytest.MonkeyPatch.context() as mp:
+        _fake_calibrations(mp, calibrated)
+        bench_run.main(["--smoke", "--out", str(out), "--cache", str(out / "cache")])
     return out / "smoke"
+
+
+def _fake_calibrations(mp: pytest.MonkeyPatch, calibrated: list) -> None:
+    """Replace the auto arms' calibrations with fixed choices (:data:`FAKE`), recorded as real ones."""
+
+    def ranker(ctx, model, *, mining=False):
+        role = "mining" if mining else "teacher"
+        calibrated.append((role, str(model.model)))
+        return auto.record(_fake_choice(*FAKE[role]), 2.5, False)
+
+    def student(ctx, make_student, lr):
+        calibrated.append(("student", str(ctx.student)))
+        make_student()  # the benchmark's student builds
+        return auto.record(_fake_choice(*FAKE["student"]), 2.5, False)
+
+    mp.setattr(auto, "calibrate_ranker", ranker)
+    mp.setattr(auto, "calibrate_student", student)
 
 
 def _number(x) -> bool:
@@ -47,7 +95,7 @@ def test_every_benchmark_writes_json_and_the_summary(smoke: Path) -> None:
 def test_comparison_cases_hold_medians_ratio_and_goal(smoke: Path) -> None:
     from bench.scoring import onnx_available
 
-    scoring = {"cross_encoder", "cross_encoder_int8", "bi_encoder", "bi_encoder_int8"} | {
+    scoring = {"cross_encoder", "cross_encoder_int8", "bi_encoder", "bi_encoder_int8", "cross_encoder_auto", "bi_encoder_auto"} | {
         f"mined_bi_encoder{p}_vs_st_{way}" for p in ("", "_int8") for way in ("naive", "dedup")
     }
     from distillrank.models.onnx_runtime import missing_packages
@@ -59,9 +107,9 @@ def test_comparison_cases_hold_medians_ratio_and_goal(smoke: Path) -> None:
         scoring |= {f"{kind}{p}_vs_st_onnx" for kind in ("cross_encoder", "bi_encoder") for p in ("", "_int8")}
         if ours_onnx:
             scoring |= {"cross_encoder_onnx_vs_st_onnx", "bi_encoder_onnx_vs_st_onnx"}
-    mining = {"dense_mining", "dense_mining_onnx"} if ours_onnx else {"dense_mining"}
+    mining = {"dense_mining", "dense_mining_onnx", "dense_mining_auto"} if ours_onnx else {"dense_mining", "dense_mining_auto"}
     expected = {"scoring": scoring, "training": {
-        "margin_mse_1q_1p_7n", "margin_mse_dropout0_vs_st_default", "margin_mse_dropout0_vs_st_dropout0"
+        "margin_mse_1q_1p_7n", "margin_mse_dropout0_vs_st_default", "margin_mse_dropout0_vs_st_dropout0", "margin_mse_auto"
     }, "mining": mining}
     for name, cases in expected.items():
         result = json.loads((smoke / f"{name}.json").read_text())
@@ -75,7 +123,8 @@ def test_comparison_cases_hold_medians_ratio_and_goal(smoke: Path) -> None:
             assert case["ratio"] == pytest.approx(ours / theirs if case["higher_is_better"] else theirs / ours)
             assert _number(case["goal"])
             memory_met = bool(case["memory_met"]) if "memory_met" in case else True  # mining: a memory goal too
-            assert case["met"] is (case["ratio"] >= case["goal"] and memory_met)
+            quality_met = case.get("fidelity", {}).get("quality_met") is not False  # auto: equal quality too
+            assert case["met"] is (case["ratio"] >= case["goal"] and memory_met and quality_met)
     mining = json.loads((smoke / "mining.json").read_text())["cases"][0]
     assert set(mining["peak_memory"]) == {"distillrank", "sentence_transformers"}
     assert mining["peak_memory"]["distillrank"]["tuples"] == mining["peak_memory"]["sentence_transformers"]["tuples"]
@@ -93,6 +142,8 @@ def test_both_tools_score_the_same_pairs(smoke: Path) -> None:
     settings = scoring["settings"]
     assert settings["mined_distinct_queries"] < settings["mined_pairs"] <= settings["mined_distinct_queries"] * 9
     for case in scoring["cases"]:
+        if "auto" in case:  # its precision is the calibration's choice
+            continue
         assert ("int8" in case["case"]) == ("int8" in case["precision"])
         if case["case"] in ("cross_encoder_onnx", "bi_encoder_onnx"):  # ONNX Runtime scores as PyTorch does
             assert case["spearman"] > 0.99
@@ -253,3 +304,133 @@ def test_scale_collection_is_seeded_and_bm25_learnable(tmp_path: Path) -> None:
     assert len(qrels) == 30 and len({d for _, d, _ in qrels}) == 30  # one distinct positive a query
     for qid, docid, _ in qrels:
         assert set(queries[qid]) <= docs[docid] and len(set(queries[qid])) == 5
+
+
+def test_auto_arms_calibrate_the_benchmarks_models_and_measure_the_choice(smoke: Path, calibrated: list) -> None:
+    scoring = json.loads((smoke / "scoring.json").read_text())
+    settings = scoring["settings"]
+    assert sorted(calibrated) == sorted(
+        [("teacher", settings["cross_encoder"]), ("teacher", settings["bi_encoder"]),
+         ("mining", settings["bi_encoder"]), ("student", json.loads((smoke / "training.json").read_text())["settings"]["student"])]
+    )  # fmt: skip
+    cases = {c["case"]: c for c in scoring["cases"]}
+    for kind in ("cross_encoder", "bi_encoder"):
+        case = cases[f"{kind}_auto"]
+        assert (case["auto"]["precision"], case["auto"]["backend"]) == FAKE["teacher"]
+        assert case["precision"] == "hardware=auto: torch int8"
+        assert settings["hardware_auto"][kind] == case["auto"]
+        # the arm ran the chosen runtime: torch int8 scores the pairs as the int8 arm does
+        assert case["spearman"] == pytest.approx(cases[f"{kind}_int8"]["spearman"], abs=1e-9)
+        f = case["fidelity"]
+        assert 0 <= f["top1_vs_fp32"] <= 1 and -1 <= f["spearman_vs_fp32"] <= 1
+        assert set(f["ndcg_at_10"]) == {"fp32", "auto"}
+        assert f["ndcg_delta"] == pytest.approx(f["ndcg_at_10"]["auto"] - f["ndcg_at_10"]["fp32"])
+        assert f["quality_met"] is (f["top1_vs_fp32"] >= 0.98 and abs(f["ndcg_delta"]) <= 0.005)
+        assert case["met"] is (case["speed_met"] and f["quality_met"])
+    mining = {c["case"]: c for c in json.loads((smoke / "mining.json").read_text())["cases"]}["dense_mining_auto"]
+    assert mining["fidelity"]["same_negatives_vs_fp32"] == 1.0  # torch fp32 chosen: fp32's own negatives
+    assert mining["peak_memory"]["distillrank"]["tuples"] == mining["peak_memory"]["sentence_transformers"]["tuples"]
+    training = {c["case"]: c for c in json.loads((smoke / "training.json").read_text())["cases"]}["margin_mse_auto"]
+    assert training["auto"]["precision"] == "fp32"
+    assert training["fidelity"]["loss_rdiff_vs_fp32"] == auto.chosen(training["auto"])["loss_rdiff"]
+
+    summary = json.loads((smoke / "summary.json").read_text())
+    rows = {r["case"]: r for r in summary["headline"]}
+    assert set(rows) == {"cross_encoder_auto", "bi_encoder_auto", "margin_mse_auto", "dense_mining_auto"}
+    for name, result in summary["results"].items():
+        for c in result["cases"]:
+            if c["case"] in rows:
+                assert rows[c["case"]]["ratio"] == c["ratio"] and rows[c["case"]]["met"] is c["met"]
+                assert rows[c["case"]]["benchmark"] == name and rows[c["case"]]["calibration_s"] == 2.5
+    assert rows["dense_mining_auto"]["goal"].startswith("dense mining ≥ 1.2×")
+
+    from bench import report
+
+    text = report.render(summary)
+    assert text.index("Headline: `hardware=auto`") < text.index("| benchmark | case | precision |")  # named arms: detail
+    assert "| teacher scoring ≥ 1.5× ST | scoring/cross_encoder_auto | torch int8 (2.00×) | 2.5 |" in text
+    assert "| cross_encoder_auto | torch bf16 | – | 0 | – | – | – | bf16 probe: faked |" in text
+    assert "| distillrank (hardware=auto) |" in text  # the mining memory table
+
+
+@pytest.fixture
+def tiny_ctx(tmp_path: Path, tiny_beir: Path, tiny_bi_encoder: Path, tiny_cross_encoder: Path):
+    from types import SimpleNamespace
+
+    from bench.common import SIZES, Context
+
+    from distillrank.data import load_collection
+
+    data = SimpleNamespace(name="tiny", source="beir", path=str(tiny_beir), train_split="train", test_split="test")
+    collection = load_collection(data, tmp_path / "cache")
+    return Context(
+        "smoke", SIZES["smoke"], tiny_bi_encoder, tiny_cross_encoder, tiny_bi_encoder, collection, tmp_path,
+        tmp_path / "cache", lambda msg: None,
+    )  # fmt: skip
+
+
+def test_the_auto_arms_run_the_stages_calibration(tiny_ctx, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real calibrations, on tiny models (ONNX Runtime's candidates left out: their export is
+    the calibration's cost): every candidate recorded, the reference first, the choice among them."""
+    from distillrank import calibration
+    from distillrank.builders import hardware
+    from distillrank.models.bi_encoder import BiEncoder
+    from distillrank.students.factory import as_student
+    from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
+
+    monkeypatch.setattr(calibration, "missing_onnx_packages", lambda: ["onnxruntime"])
+    teacher = CrossEncoderTeacher(str(tiny_ctx.cross_encoder), max_length=32, batch_size=8)
+    for made, pairs in (
+        (auto.calibrate_ranker(tiny_ctx, teacher), {("fp32", "torch"), ("bf16", "torch"), ("int8", "torch")}),
+        (auto.calibrate_student(tiny_ctx, lambda: as_student(BiEncoder.load(tiny_ctx.student)), 2e-5),
+         {("fp32", "torch"), ("bf16", "torch")}),
+    ):  # fmt: skip
+        measured = [(m["precision"], m["backend"]) for m in made["candidates"]]
+        assert measured[0] == ("fp32", "torch") and set(measured) == pairs
+        assert (made["precision"], made["backend"]) in measured
+        assert made["speedup_vs_fp32"] == auto.chosen(made)["speedup"]
+        assert 0 < made["seconds"] <= made["wall_s"] and made["met"] is (made["wall_s"] < 30)
+        assert made["first_use"] is False  # smoke: the bench's ONNX cache is shared
+        json.dumps(made)  # the benchmark's JSON
+
+    seen = []  # the mining encoder: the stage's mining candidates (no int8), on the same batch
+
+    def fake(ranker, base, candidates, batch, folders, precision="auto", backend="auto"):
+        seen.append(([(c.precision, c.backend) for c in candidates], len(batch[0].pair_q), folders))
+        return _fake_choice("fp32", "torch")
+
+    monkeypatch.setattr(hardware, "calibrate_ranker", fake)
+    encoder = BiEncoderTeacher(str(tiny_ctx.bi_encoder))
+    assert auto.calibrate_ranker(tiny_ctx, encoder, mining=True)["candidates"][0]["precision"] == "fp32"
+    assert seen == [([("fp32", "torch"), ("bf16", "torch")], hardware.QUERIES * hardware.PASSAGES, [encoder.weights_folder()])]
+
+
+def test_onnx_cache_points_exports_at_a_folder_and_restores_it(tmp_path: Path, monkeypatch) -> None:
+    from distillrank.models.onnx_runtime import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, "before")
+    with auto.onnx_cache(tmp_path):
+        assert os.environ[CACHE_ENV] == str(tmp_path)
+    assert os.environ[CACHE_ENV] == "before"
+    monkeypatch.delenv(CACHE_ENV)
+    with auto.onnx_cache(tmp_path):
+        assert os.environ[CACHE_ENV] == str(tmp_path)
+    assert CACHE_ENV not in os.environ
+    with auto.onnx_cache(None):
+        assert CACHE_ENV not in os.environ
+
+
+def test_auto_case_needs_the_speed_and_equal_quality() -> None:
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    reference = np.array([3.0, 2.0, 1.0, 1.0, 2.0, 3.0])
+    same = auto.score_fidelity(reference, reference * 2, groups, {"fp32": 0.5, "auto": 0.504})
+    assert same["spearman_vs_fp32"] == 1.0 and same["top1_vs_fp32"] == 1.0 and same["quality_met"] is True
+    assert auto.score_fidelity(reference, reference, groups, {"fp32": 0.5, "auto": 0.494})["quality_met"] is False
+    swapped = auto.score_fidelity(reference, np.array([2.0, 3.0, 1.0, 1.0, 2.0, 3.0]), groups)
+    assert swapped["top1_vs_fp32"] == 0.5 and swapped["quality_met"] is False and swapped["ndcg_at_10"] is None
+    choice = auto.record(_fake_choice("int8", "torch"), 1.0, True)
+    fast = auto.auto_case("x", "pairs/s", [3.0], [1.0], 1.5, choice, swapped, "teacher scoring (bi-encoder)")
+    assert fast["ratio"] == 3.0 and fast["speed_met"] is True and fast["met"] is False  # faster, not equal quality
+    unmeasured = auto.auto_case("x", "s", [1.0], [2.0], 1.3, choice, {"quality_met": None}, "training", False)
+    assert unmeasured["met"] is True and unmeasured["precision"] == "hardware=auto: torch int8"
+    assert choice["speedup_vs_fp32"] == 2.0 and choice["met"] is True and choice["first_use"] is True

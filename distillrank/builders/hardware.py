@@ -20,7 +20,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,8 @@ QUERIES, PASSAGES = (
 )  # the calibration batch: judged queries, and passages per query (its positive first)
 TIMED_QUERIES = 8  # the timed calls score the first 8 queries' pairs (fidelity is judged on all 16)
 TRAIN_QUERIES, TRAIN_STEPS = 8, 3  # training calibration: queries per step, steps from the same weights
+# The dense mining encoder's candidates: no int8 (it encodes in fp32 / bf16, or ONNX Runtime fp32)
+MINING_INT8, MINING_ONNX = False, True
 
 
 def is_auto(hardware) -> bool:
@@ -175,22 +177,31 @@ def report(cfg: DictConfig, *roles: str) -> dict:
 
 # --------------------------------------------------------------------------- the calibration batch
 def calibration_pairs(cfg: DictConfig, n_queries: int = QUERIES) -> tuple[Pairs, np.ndarray]:
-    """Real texts of the collection to calibrate on: the first ``n_queries`` judged queries of
-    ``data.train_split`` (else of the first judged split), each with its first positive and
-    passages from evenly spaced corpus rows, :data:`PASSAGES` in all; and each pair's query.
-    Fewer queries give the first queries' pairs of a longer batch.
+    """The calibration batch of ``cfg``'s collection (:func:`collection_pairs` of
+    ``data.train_split``).
 
     Raises:
         ConfigError: the collection has no judged queries.
     """
-    coll = components.collection(cfg)
+    return collection_pairs(components.collection(cfg), str(cfg.data.train_split), n_queries)
+
+
+def collection_pairs(coll, train_split: str, n_queries: int = QUERIES) -> tuple[Pairs, np.ndarray]:
+    """Real texts of the collection ``coll`` to calibrate on: the first ``n_queries`` judged queries
+    of ``train_split`` (else of the first judged split), each with its first positive and passages
+    from evenly spaced corpus rows, :data:`PASSAGES` in all; and each pair's query. Fewer queries
+    give the first queries' pairs of a longer batch. (The benchmarks calibrate on this batch too.)
+
+    Raises:
+        ConfigError: the collection has no judged queries.
+    """
     splits = coll.splits()
     if not splits:
         raise ConfigError(
             f"hardware=auto calibrates on judged queries, and collection '{coll.name}' has none; "
             "write the hardware out (e.g. hardware=cpu)"
         )
-    split = cfg.data.train_split if cfg.data.train_split in splits else splits[0]
+    split = train_split if train_split in splits else splits[0]
     queries = coll.split_queries(split)[:n_queries]
     docids = coll.doc_ids()
     step = max(1, len(docids) // PASSAGES)
@@ -223,11 +234,10 @@ def _inference(cfg: DictConfig, base: Runtime, role: str, precision: str, backen
             **{k: int(m[k]) for k in ("query_max_length", "passage_max_length") if m.get(k)},
         )
         load_mining_encoder(cfg)  # fails early, as mining would, on a folder that is not a bi-encoder
-        int8, onnx, identity = False, True, ranker.fingerprint()
+        int8, onnx, identity = MINING_INT8, MINING_ONNX, ranker.fingerprint()
         folders = [ranker.weights_folder()]
     candidates = calibration.inference_candidates(base, precision, backend, int8=int8, onnx=onnx)
-    pairs, groups = calibration_pairs(cfg)
-    part = calibration_pairs(cfg, TIMED_QUERIES)[0]
+    coll = components.collection(cfg)
     key = CacheKey(
         calibration.machine_identity(base.device),
         {
@@ -241,13 +251,39 @@ def _inference(cfg: DictConfig, base: Runtime, role: str, precision: str, backen
     )
 
     def calibrate() -> Choice:
-        return calibration.calibrate_scores(
-            lambda rt: ranker.score_pairs(pairs, rt, progress=False), candidates, groups,
-            precision=precision, backend=backend, probe=_probe(base, folders),
-            timed=lambda rt: ranker.score_pairs(part, rt, progress=False),
-        )  # fmt: skip
+        batch = calibration_batch(coll, str(cfg.data.train_split))
+        return calibrate_ranker(ranker, base, candidates, batch, folders, precision, backend)
 
     return cached_choice(cache_dir(cfg), key, calibrate, main=sharding.from_env().main)
+
+
+def calibration_batch(coll, train_split: str) -> tuple[Pairs, np.ndarray, Pairs]:
+    """An inference calibration's texts: the batch whose scores are judged and each pair's query
+    (:func:`collection_pairs`, :data:`QUERIES` queries), and the batch the timed calls score (its
+    first :data:`TIMED_QUERIES` queries)."""
+    pairs, groups = collection_pairs(coll, train_split)
+    return pairs, groups, collection_pairs(coll, train_split, TIMED_QUERIES)[0]
+
+
+def calibrate_ranker(
+    ranker,
+    base: Runtime,
+    candidates: list[Runtime],
+    batch: tuple[Pairs, np.ndarray, Pairs],
+    folders: list[Path | None],
+    precision: str = AUTO,
+    backend: str = AUTO,
+) -> Choice:
+    """The calibration of a teacher or mining encoder (``ranker``: its ``score_pairs``) over
+    ``candidates`` on ``batch`` (:func:`calibration_batch`), with the bf16 probe of the models in
+    ``folders``; not cached (:func:`choice` caches it). The benchmarks (scripts/bench) calibrate
+    their models through here, as a stage does."""
+    pairs, groups, part = batch
+    return calibration.calibrate_scores(
+        lambda rt: ranker.score_pairs(pairs, rt, progress=False), candidates, groups,
+        precision=precision, backend=backend, probe=_probe(base, folders),
+        timed=lambda rt: ranker.score_pairs(part, rt, progress=False),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- training: the student
@@ -268,11 +304,32 @@ def _student(cfg: DictConfig, base: Runtime, precision: str) -> Choice:
         },
     )
     pairs, groups = calibration_pairs(cfg)
+    steps = student_steps(lambda: components.student(cfg), float(cfg.train.lr), pairs, groups)
+    if steps is None:
+        return unmeasured("too few passages per query to calibrate training")
+    folders = [resolve_model(cfg.student.model)]
+    return cached_choice(
+        cache_dir(cfg),
+        key,
+        lambda: calibrate_student(steps, base, candidates, folders, precision),
+        main=sharding.from_env().main,
+    )
+
+
+def student_steps(
+    make_student: Callable[[], torch.nn.Module], lr: float, pairs: Pairs, groups: np.ndarray
+) -> Callable[[Runtime], Iterator[tuple[float, float]]] | None:
+    """A training calibration's steps (:func:`distillrank.calibration.calibrate_training`'s
+    ``steps``): from a fresh ``make_student()`` (a student behind the training protocol) and the
+    same seed, :data:`TRAIN_STEPS` AdamW steps (``lr``) of a listwise cross-entropy over the first
+    :data:`TRAIN_QUERIES` queries of the calibration batch ``pairs`` (``groups``: each pair's query;
+    the positive first), yielding each step's loss and seconds. None when a query has fewer than 2
+    passages (nothing to rank)."""
     queries = sorted(set(groups.tolist()))[:TRAIN_QUERIES]
     rows = [np.flatnonzero(groups == q) for q in queries]
     width = min(len(r) for r in rows)
     if width < 2:
-        return unmeasured("too few passages per query to calibrate training")
+        return None
     index = torch.tensor([pairs.pair_p[r[:width]].tolist() for r in rows], dtype=torch.long)
     query_texts = [pairs.queries[q] for q in queries]
 
@@ -280,8 +337,8 @@ def _student(cfg: DictConfig, base: Runtime, precision: str) -> Choice:
         devices = [rt.device] if rt.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the training's random streams are left as they were
             torch.manual_seed(0)
-            student = components.student(cfg).to(rt.device).train()
-            optimizer = torch.optim.AdamW(student.parameters(), lr=float(cfg.train.lr))
+            student = make_student().to(rt.device).train()
+            optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
             target = torch.zeros(len(queries), dtype=torch.long, device=rt.device)  # the positive is first
             for _ in range(TRAIN_STEPS):
                 start = time.perf_counter()
@@ -293,10 +350,18 @@ def _student(cfg: DictConfig, base: Runtime, precision: str) -> Choice:
                 optimizer.step()
                 yield float(loss.detach()), time.perf_counter() - start
 
-    probe = _probe(base, [resolve_model(cfg.student.model)], training=True)
-    return cached_choice(
-        cache_dir(cfg),
-        key,
-        lambda: calibration.calibrate_training(steps, candidates, precision=precision, probe=probe),
-        main=sharding.from_env().main,
-    )
+    return steps
+
+
+def calibrate_student(
+    steps: Callable[[Runtime], Iterator[tuple[float, float]]],
+    base: Runtime,
+    candidates: list[Runtime],
+    folders: list[Path | None],
+    precision: str = AUTO,
+) -> Choice:
+    """The training calibration of ``steps`` (:func:`student_steps`) over ``candidates``, with the
+    bf16 probe (forward and backward) of the models in ``folders``; not cached (:func:`choice`
+    caches it). The training benchmark calibrates its student through here."""
+    probe = _probe(base, folders, training=True)
+    return calibration.calibrate_training(steps, candidates, precision=precision, probe=probe)

@@ -102,6 +102,14 @@ def build_context(mode: str, sizes: Sizes, cache: Path, scratch: Path, log=print
 def bm25_pairs(ctx: Context, split: str, n_queries: int, depth: int) -> tuple[list[str], list[str], list[tuple[int, int]]]:
     """BM25 candidates of the first ``n_queries`` queries of ``split``: distinct query texts,
     distinct passage texts and the (query index, passage index) pairs, in retrieval order."""
+    c = bm25_candidates(ctx, split, n_queries, depth)
+    return c["queries"], c["passages"], c["pairs"]
+
+
+def bm25_candidates(ctx: Context, split: str, n_queries: int, depth: int) -> dict:
+    """:func:`bm25_pairs` with the ids: ``qids`` / ``queries`` (ids and texts of the first
+    ``n_queries`` queries of ``split``), ``docids`` / ``passages`` (the distinct passages, in
+    first-appearance order) and ``pairs`` ((query index, passage index), in retrieval order)."""
     from distillrank.mining.bm25 import BM25Index
 
     queries = ctx.collection.split_queries(split)[:n_queries]
@@ -113,5 +121,11 @@ def bm25_pairs(ctx: Context, split: str, n_queries: int, depth: int) -> tuple[li
         for r in ranked:
             if r >= 0:
                 pairs.append((qi, slot.setdefault(int(r), len(slot))))
-    passages = ctx.collection.passage_texts(list(slot))
-    return [t for _, t in queries], passages, pairs
+    doc_ids = ctx.collection.doc_ids()
+    return {
+        "qids": [q for q, _ in queries],
+        "queries": [t for _, t in queries],
+        "docids": [doc_ids[r] for r in slot],
+        "passages": ctx.collection.passage_texts(list(slot)),
+        "pairs": pairs,
+    }

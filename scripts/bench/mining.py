@@ -12,6 +12,12 @@ With the ``onnx`` extra installed, a third arm, ``distillrank_onnx``, mines the 
 ``hardware=cpu_onnx``: the encoder run by ONNX Runtime, with that option's forward cap (fp32, the
 same candidates); its case is ``dense_mining_onnx`` against the same sentence-transformers runs.
 
+``distillrank_auto`` mines as ``mining=dense`` does under ``hardware=auto`` (the default): the
+mining encoder's calibration runs first (:func:`bench.auto.calibrate_ranker`: torch fp32 / bf16 and
+ONNX Runtime fp32, on the collection's training queries), then the chosen runtime mines as the
+other arms do; its case, ``dense_mining_auto``, is the headline of the mining goal, with the
+calibration's choice and the share of queries whose mined negatives are fp32's.
+
 Peak memory is measured per tool in a fresh child process (quick/full) so that neither inherits
 the other's allocator state: anonymous RSS above the level after the model is loaded, and
 tracemalloc's peak (Python and numpy allocations).
@@ -26,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import auto
 from bench.common import Context, PeakMemory, alternate, child_call, comparison, load_average, timed
 from distillrank.workspace import atomic_write_json
 
@@ -66,11 +73,18 @@ def write_workload(ctx: Context, path: Path) -> dict:
     return work
 
 
-def miner(tool: str, model_dir: str, work: dict, batch_size: int, depth: int, negatives: int, scratch: str) -> Callable[[], list]:
-    """A no-argument function that mines with ``tool``; returns (query, positive, negatives…) tuples."""
+def miner(
+    tool: str, model_dir: str, work: dict, batch_size: int, depth: int, negatives: int, scratch: str,
+    precision: str = "fp32", backend: str = "torch",
+) -> Callable[[], list]:
+    """A no-argument function that mines with ``tool``; returns (query, positive, negatives…) tuples.
+    ``precision`` / ``backend``: the runtime of ``distillrank_auto`` (the calibration's choice);
+    ``distillrank_onnx`` runs ONNX Runtime fp32, ``distillrank`` torch fp32."""
     queries, corpus = work["queries"], work["corpus"]
     positives = [corpus[r] for r in work["positive_rows"]]
-    if tool in ("distillrank", ONNX_TOOL):
+    if tool in ("distillrank", ONNX_TOOL, auto.TOOL):
+        if tool != auto.TOOL:
+            precision, backend = "fp32", "onnx" if tool == ONNX_TOOL else "torch"
         from distillrank.evaluation.dense import encode_corpus, search
         from distillrank.mining.dense import _CHUNK
         from distillrank.mining.sampling import sample_negatives
@@ -78,7 +92,7 @@ def miner(tool: str, model_dir: str, work: dict, batch_size: int, depth: int, ne
         from distillrank.models.onnx_runtime import OnnxBackbone
 
         encoder = BiEncoder.load(model_dir)
-        if tool == ONNX_TOOL:  # what dense_search does under hardware.backend=onnx
+        if backend == "onnx":  # what dense_search does under hardware.backend=onnx
             encoder.backbone = OnnxBackbone.build(encoder.backbone, "last_hidden_state")  # $DISTILLRANK_ONNX_CACHE
         coll = ListCollection(corpus)
         rng = np.random.default_rng(0)
@@ -86,7 +100,7 @@ def miner(tool: str, model_dir: str, work: dict, batch_size: int, depth: int, ne
         def mine() -> list:
             from bench.common import distillrank_runtime
 
-            runtime = distillrank_runtime("cpu_onnx" if tool == ONNX_TOOL else "cpu", "fp32")
+            runtime = distillrank_runtime("cpu_onnx" if backend == "onnx" else "cpu", precision)
             with tempfile.TemporaryDirectory(dir=scratch) as tmp:
                 matrix, _ = encode_corpus(encoder, coll, Path(tmp) / "corpus.npy", batch_size, _CHUNK,
                                           runtime, progress=False)
@@ -116,10 +130,13 @@ def miner(tool: str, model_dir: str, work: dict, batch_size: int, depth: int, ne
     return mine_st
 
 
-def peak_memory(tool: str, model_dir: str, workload_path: str, batch_size: int, depth: int, negatives: int, scratch: str) -> dict:
+def peak_memory(
+    tool: str, model_dir: str, workload_path: str, batch_size: int, depth: int, negatives: int, scratch: str,
+    precision: str = "fp32", backend: str = "torch",
+) -> dict:
     """One mining run of ``tool`` under :class:`bench.common.PeakMemory` (model loaded first)."""
     work = json.loads(Path(workload_path).read_text(encoding="utf-8"))
-    mine = miner(tool, model_dir, work, batch_size, depth, negatives, scratch)
+    mine = miner(tool, model_dir, work, batch_size, depth, negatives, scratch, precision, backend)
     with PeakMemory() as mem:
         tuples = mine()
     return {**mem.result(), "tuples": len(tuples)}
@@ -147,16 +164,24 @@ def _run(ctx: Context) -> dict:
     args = {"model_dir": str(ctx.bi_encoder), "batch_size": s.batch_size, "depth": s.mine_depth,
             "negatives": s.mine_negatives, "scratch": str(scratch)}
     from distillrank.models.onnx_runtime import missing_packages
+    from distillrank.teachers import BiEncoderTeacher
 
     tools = (*TOOLS, ONNX_TOOL) if not missing_packages() else TOOLS
-    miners = {tool: miner(tool, work=work, **args) for tool in tools}
+    tools = (*tools, auto.TOOL)
+    # the mining encoder as the stage calibrates it (mining.query/passage_max_length unset: the teacher's defaults)
+    choice = auto.calibrate_ranker(ctx, BiEncoderTeacher(str(ctx.bi_encoder)), mining=True)
+    chosen = {"precision": choice["precision"], "backend": choice["backend"]}
+    extra = {tool: chosen if tool == auto.TOOL else {} for tool in tools}
+    miners = {tool: miner(tool, work=work, **args, **extra[tool]) for tool in tools}
     counts: dict[str, int] = {}
+    mined: dict[str, list] = {}
 
     def timing(tool: str) -> Callable[[], float]:
         def once() -> float:
             out: list = []
             t = timed(lambda: out.extend(miners[tool]()))
             counts[tool] = len(out)
+            mined[tool] = out
             return t
 
         return once
@@ -166,7 +191,7 @@ def _run(ctx: Context) -> dict:
     load_after = load_average()
     memory = {}
     for tool in tools:
-        kwargs = {"tool": tool, "workload_path": str(workload_path), **args}
+        kwargs = {"tool": tool, "workload_path": str(workload_path), **args, **extra[tool]}
         memory[tool] = child_call("mining", "peak_memory", kwargs) if s.memory_in_child else peak_memory(**kwargs)
     ours_mem, theirs_mem = memory["distillrank"]["peak_anon_rss_mib"], memory["sentence_transformers"]["peak_anon_rss_mib"]
     mem_fraction = ours_mem / theirs_mem if theirs_mem > 0 else None
@@ -192,6 +217,24 @@ def _run(ctx: Context) -> dict:
         onnx_case["memory_met"] = None if onnx_case["memory_fraction"] is None else bool(onnx_case["memory_fraction"] <= GOAL_MEMORY)
         onnx_case["met"] = bool(onnx_case["met"] and onnx_case["memory_met"])
         cases.append(onnx_case)
+    same = [set(a[2:]) == set(b[2:]) for a, b in zip(mined[auto.TOOL], mined["distillrank"], strict=True)]
+    fidelity = {
+        "same_negatives_vs_fp32": float(np.mean(same)) if same else 1.0,
+        "calibration_spearman": (chosen_m := auto.chosen(choice)).get("spearman"),
+        "calibration_top1": chosen_m.get("top1"),
+        "quality_met": None,  # mining has no judgements here: the calibration's fidelity decided
+    }
+    auto_mem = memory[auto.TOOL]["peak_anon_rss_mib"]
+    auto_case = auto.auto_case(
+        "dense_mining_auto", "s", times[auto.TOOL], times["sentence_transformers"], GOAL_SPEED, choice, fidelity,
+        "dense mining", higher_is_better=False, load_average=[load_before, load_after],
+    )
+    auto_case["peak_memory"] = {"distillrank": memory[auto.TOOL], "sentence_transformers": memory["sentence_transformers"]}
+    auto_case["memory_fraction"] = auto_mem / theirs_mem if theirs_mem > 0 else None
+    auto_case["memory_goal"] = GOAL_MEMORY
+    auto_case["memory_met"] = None if auto_case["memory_fraction"] is None else bool(auto_case["memory_fraction"] <= GOAL_MEMORY)
+    auto_case["met"] = bool(auto_case["met"] and auto_case["memory_met"])
+    cases.append(auto_case)
     return {
         "benchmark": "mining",
         "settings": {
@@ -199,6 +242,7 @@ def _run(ctx: Context) -> dict:
             "depth": s.mine_depth, "negatives": s.mine_negatives, "batch_size": s.batch_size,
             "precision": "fp32", "repeats": s.repeats, "memory_in_child_process": s.memory_in_child,
             "tuples": counts,
+            "hardware_auto": choice,
         },
         "cases": cases,
         "notes": [

@@ -1,6 +1,9 @@
 """Markdown tables of a benchmark summary (``python scripts/bench/report.py docs/bench/quick/summary.json``).
 
-The tables pasted into ``docs/BENCHMARKS.md`` come from here, so they match the JSON exactly.
+The tables pasted into ``docs/BENCHMARKS.md`` come from here, so they match the JSON exactly. The
+headline (:func:`headline`, also written into ``summary.json`` by ``run.py``) is what
+``hardware=auto``, the default, gives against sentence-transformers for each goal of issue 16; the
+named arms (fp32, int8, ONNX Runtime) follow as detail.
 """
 
 from __future__ import annotations
@@ -23,6 +26,105 @@ def _f(x, digits: int = 2) -> str:
     if isinstance(x, float):
         return f"{x:,.{digits}f}"
     return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+GOALS = {  # the goal each auto case is the headline of
+    "teacher scoring (cross-encoder)": "teacher scoring ≥ 1.5× ST",
+    "teacher scoring (bi-encoder)": "teacher scoring ≥ 1.5× ST",
+    "training": "training ≥ 1.3× ST's trainer",
+    "dense mining": "dense mining ≥ 1.2× ST at ≤ 0.5× peak memory",
+}
+
+
+def headline(summary: dict) -> list[dict]:
+    """One row per ``hardware=auto`` case (a case with ``auto``): the goal, the choice, the
+    calibration's seconds, the ratio against sentence-transformers, the fidelity against fp32 and
+    whether the goal is met (speed, memory where it has a goal, equal quality where measured)."""
+    rows = []
+    for name, result in summary["results"].items():
+        for c in result["cases"]:
+            if "auto" not in c:
+                continue
+            a, f = c["auto"], c.get("fidelity", {})
+            rows.append(
+                {
+                    "goal": GOALS.get(c.get("headline"), c.get("headline")),
+                    "benchmark": name,
+                    "case": c["case"],
+                    "choice": f"{a['backend']} {a['precision']}",
+                    "choice_speedup_vs_fp32": a.get("speedup_vs_fp32"),
+                    "calibration_s": a.get("wall_s"),
+                    "calibration_first_use": a.get("first_use"),
+                    "calibration_met": a.get("met"),
+                    "ratio": c["ratio"],
+                    "ratio_goal": c["goal"],
+                    "memory_fraction": c.get("memory_fraction"),
+                    "memory_goal": c.get("memory_goal"),
+                    "fidelity": f,
+                    "met": c["met"],
+                }
+            )
+    return rows
+
+
+def _fidelity(f: dict) -> str:
+    parts = []
+    if f.get("spearman_vs_fp32") is not None:
+        parts.append(f"Spearman {_f(f['spearman_vs_fp32'], 4)}")
+    if f.get("top1_vs_fp32") is not None:
+        parts.append(f"top-1 {_f(100 * f['top1_vs_fp32'], 1)}%")
+    if f.get("ndcg_at_10"):
+        n = f["ndcg_at_10"]
+        parts.append(f"nDCG@10 {_f(n['auto'], 4)} vs {_f(n['fp32'], 4)} ({f['ndcg_delta']:+.4f})")
+    if f.get("same_negatives_vs_fp32") is not None:
+        parts.append(f"negatives as fp32's {_f(100 * f['same_negatives_vs_fp32'], 1)}%")
+    if f.get("calibration_spearman") is not None:
+        parts.append(f"calibration Spearman {_f(f['calibration_spearman'], 4)}, top-1 {_f(100 * f['calibration_top1'], 1)}%")
+    if "loss_rdiff_vs_fp32" in f:
+        parts.append(f"calibration loss within {_f(f['loss_rdiff_vs_fp32'], 4)} of fp32")
+    return "; ".join(parts) or "–"
+
+
+def auto_headline(summary: dict) -> list[str]:
+    rows = headline(summary)
+    if not rows:
+        return []
+    lines = [
+        "Headline: `hardware=auto` (the default) against sentence-transformers with its defaults.",
+        "",
+        "| goal | case | auto chose (× torch fp32) | calibration (s; goal < 30) | ratio vs ST | fidelity vs distillrank fp32 | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = f"**{_f(r['ratio'])}×**"
+        if r["memory_fraction"] is not None:
+            ratio += f", memory {_f(r['memory_fraction'])}×"
+        speedup = f" ({_f(r['choice_speedup_vs_fp32'])}×)" if r["choice_speedup_vs_fp32"] is not None else ""
+        first = ", first use" if r["calibration_first_use"] else ""
+        if r["calibration_met"] is False:
+            first += ", over 30 s"
+        lines.append(
+            f"| {r['goal']} | {r['benchmark']}/{r['case']} | {r['choice']}{speedup} | {_f(r['calibration_s'], 1)}{first} | "
+            f"{ratio} | {_fidelity(r['fidelity'])} | {_f(r['met'])} |"
+        )
+    return lines
+
+
+def auto_candidates(summary: dict) -> list[str]:
+    """Every candidate the auto cases' calibrations measured: speed-up over torch fp32, fidelity, why rejected."""
+    lines = [
+        "| case | candidate | speed-up vs torch fp32 | timed calls | Spearman | top-1 | loss diff | rejected |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for result in summary["results"].values():
+        for c in result["cases"]:
+            for m in c.get("auto", {}).get("candidates", []):
+                top1 = None if m.get("top1") is None else 100 * m["top1"]
+                lines.append(
+                    f"| {c['case']} | {m['backend']} {m['precision']} | {_f(m.get('speedup'))} | {_f(m.get('timed'))} | "
+                    f"{_f(m.get('spearman'), 4)} | {_f(top1, 1)} | {_f(m.get('loss_rdiff'), 4)} | {m.get('rejected') or '–'} |"
+                )
+    return lines if len(lines) > 2 else []
 
 
 def comparisons(summary: dict) -> list[str]:
@@ -50,8 +152,9 @@ def mining_memory(summary: dict) -> list[str]:
     if not result:
         return []
     mem = dict(result["cases"][0]["peak_memory"])
-    for case in result["cases"][1:]:  # dense_mining_onnx: distillrank with ONNX Runtime
-        mem["distillrank (ONNX Runtime)"] = case["peak_memory"]["distillrank"]
+    labels = {"dense_mining_onnx": "distillrank (ONNX Runtime)", "dense_mining_auto": "distillrank (hardware=auto)"}
+    for case in result["cases"][1:]:  # distillrank with ONNX Runtime, and under hardware=auto
+        mem[labels.get(case["case"], case["case"])] = case["peak_memory"]["distillrank"]
     lines = ["| tool | peak anonymous RSS (MiB) | peak tracemalloc (MiB) |", "|---|---|---|"]
     for tool, m in mem.items():
         lines.append(f"| {tool} | {_f(m['peak_anon_rss_mib'], 1)} | {_f(m['peak_tracemalloc_mib'], 1)} |")
@@ -191,7 +294,7 @@ def render(summary: dict) -> str:
         f"Software: transformers {m['transformers']}, sentence-transformers {m['sentence_transformers']}, "
         f"Python {m.get('python', '?')}.",
     ]
-    parts = [head, carried(summary), comparisons(summary), mining_memory(summary), scale(summary), ceiling(summary), precision(summary), ablation(summary)]
+    parts = [head, carried(summary), auto_headline(summary), auto_candidates(summary), comparisons(summary), mining_memory(summary), scale(summary), ceiling(summary), precision(summary), ablation(summary)]
     return "\n\n".join("\n".join(p) for p in parts if p) + "\n"
 
 

@@ -28,6 +28,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # read by tqdm when it is imported: 
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import report  # noqa: E402
 from bench.common import REPO_ROOT, check_mode, distillrank_runtime, load_average, machine, quiet  # noqa: E402
 from distillrank.workspace import atomic_write_json  # noqa: E402
 
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary["load_average_end"] = load_average()
     summary["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     _carry_over(out / "summary.json", summary)
+    summary["headline"] = report.headline(summary)  # hardware=auto against sentence-transformers, per goal
     atomic_write_json(out / "summary.json", summary)
     log(f"bench: {mode} done in {summary['seconds']['total']:.0f}s; results in {out}")
     return summary

@@ -31,6 +31,12 @@ adds the ``*_onnx`` cases when its packages are installed (the ``onnx`` extra, p
 distillrank ONNX fp32 against ST fp32 (PyTorch), and against ST ONNX fp32 when that is installed
 too. Exported graphs are cached under ``<cache>/onnx``.
 
+``cross_encoder_auto`` / ``bi_encoder_auto``: the teacher under ``hardware=auto`` (the default), the
+headline of the scoring goal. :func:`bench.auto.calibrate_ranker` runs the calibration the score
+stage runs, on this benchmark's teacher; the chosen runtime then scores the same pairs, timed as the
+other arms; its fidelity against our fp32 (Spearman, top-1 unchanged, nDCG@10 on the SciFact test
+judgements) decides, with the speed, whether the goal is met.
+
 Both tools' scores are compared by Spearman correlation (sentence-transformers' cross-encoder
 applies its activation, a monotone map, so the ranking is what must agree).
 """
@@ -43,7 +49,8 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from bench.assets import bm25_pairs
+from bench import auto
+from bench.assets import bm25_candidates
 from bench.common import Context, alternate, comparison, load_average, timed
 
 GOAL = 1.5
@@ -156,13 +163,20 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
 
 
     s = ctx.sizes
-    queries, passages, pairs = bm25_pairs(ctx, "test", s.score_queries, s.score_depth)
+    bm25 = bm25_candidates(ctx, "test", s.score_queries, s.score_depth)
+    queries, passages, pairs = bm25["queries"], bm25["passages"], bm25["pairs"]
     pair_q = np.array([q for q, _ in pairs], dtype=np.int64)
     pair_p = np.array([p for _, p in pairs], dtype=np.int64)
     n = len(pairs)
     w = min(WARMUP_PAIRS, n)
     cases = []
     out: dict[str, np.ndarray] = {}
+    qrels = ctx.collection.qrels.get("test", {})
+
+    def auto_fidelity(key: str) -> dict:
+        """The auto arm's scores (``out[key]``) against fp32's, with both rankings' nDCG@10."""
+        ndcg = {k: auto.ndcg_at_10(qrels, bm25["qids"], bm25["docids"], np.asarray(pairs), out[v]) for k, v in (("fp32", "fp32"), ("auto", key))}
+        return auto.score_fidelity(out["fp32"], out[key], pair_q, ndcg)
 
     # ------------------------------------------------------------------ cross-encoder
     def ce_teacher() -> CrossEncoderTeacher:
@@ -184,6 +198,8 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
         t = timed(lambda: out.__setitem__(key, np.asarray(model.predict(text_pairs[:m], batch_size=s.batch_size, show_progress_bar=False))))
         return m / t
 
+    ce_choice = auto.calibrate_ranker(ctx, ce_teacher())  # what the score stage's hardware=auto chooses
+    ours_ce_auto = ce_teacher()
     onnx = st_onnx_models(ctx, ctx.scratch) if onnx_available() else None
     ce_runs = {
         "distillrank": lambda: ce_ours(ours_ce, "fp32", "fp32"),
@@ -195,6 +211,8 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
         "distillrank_int8": lambda: ce_ours(ours_ce8, "int8", "int8", w),
         "sentence_transformers": lambda: ce_theirs(w),
     }
+    ce_runs[auto.TOOL] = lambda: ce_ours(ours_ce_auto, ce_choice["precision"], "auto", n, ce_choice["backend"])
+    ce_warm[auto.TOOL] = lambda: ce_ours(ours_ce_auto, ce_choice["precision"], "auto", w, ce_choice["backend"])
     if ours_onnx:
         ours_ce_onnx = ce_teacher()
         ce_runs["distillrank_onnx"] = lambda: ce_ours(ours_ce_onnx, "fp32", "onnx", n, "onnx")
@@ -208,6 +226,12 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
     rates = alternate(ce_runs, s.repeats, warmup=ce_warm)
     load = [load_before, load_average()]
     st = rates["sentence_transformers"]
+    cases.append(
+        auto.auto_case(
+            "cross_encoder_auto", "pairs/s", rates[auto.TOOL], st, GOAL, ce_choice, auto_fidelity("auto"),
+            "teacher scoring (cross-encoder)", spearman=_agreement(out["auto"], out["st"]), load_average=load,
+        )
+    )
     cases.append(comparison("cross_encoder", "pairs/s", rates["distillrank"], st, GOAL, precision="fp32", spearman=_agreement(out["fp32"], out["st"]), load_average=load))
     cases.append(
         comparison(
@@ -267,8 +291,13 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
         return (q * p).sum(-1).numpy()
 
     ours_bi_onnx = bi_teacher()
+    bi_choice = auto.calibrate_ranker(ctx, bi_teacher())  # what the score stage's hardware=auto chooses
+    ours_bi_auto = bi_teacher()
 
-    def bi_case(name: str, qs: list[str], ps: list[str], pq: np.ndarray, pp: np.ndarray, st_ways: dict, with_onnx: bool = False) -> None:
+    def bi_case(
+        name: str, qs: list[str], ps: list[str], pq: np.ndarray, pp: np.ndarray, st_ways: dict, with_onnx: bool = False,
+        with_auto: bool = False,
+    ) -> None:
         m = len(pq)
         wq, wp = pq[: min(WARMUP_PAIRS, m)], pp[: min(WARMUP_PAIRS, m)]
 
@@ -290,12 +319,26 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
         if with_onnx:
             runs["distillrank_onnx"] = lambda: ours(ours_bi_onnx, "fp32", "onnx", backend="onnx")
             warm["distillrank_onnx"] = lambda: ours(ours_bi_onnx, "fp32", "onnx", wq, wp, backend="onnx")
+        if with_auto:
+            p, b = bi_choice["precision"], bi_choice["backend"]
+            runs[auto.TOOL] = lambda: ours(ours_bi_auto, p, "auto", backend=b)
+            warm[auto.TOOL] = lambda: ours(ours_bi_auto, p, "auto", wq, wp, backend=b)
         for way, fn in st_ways.items():
             runs[way] = lambda fn=fn, way=way: theirs(fn, way)
             warm[way] = lambda fn=fn, way=way: theirs(fn, way, wq, wp)
         load_before = load_average()
         rates = alternate(runs, s.repeats, warmup=warm)
         load = [load_before, load_average()]
+        if with_auto:
+            cases.append(
+                auto.auto_case(
+                    f"{name}_auto", "pairs/s", rates[auto.TOOL], rates["sentence_transformers"], GOAL, bi_choice,
+                    auto_fidelity("auto"), "teacher scoring (bi-encoder)",
+                    spearman=_agreement(out["auto"], out["sentence_transformers"]),
+                    max_abs_diff=float(np.max(np.abs(out["auto"] - out["sentence_transformers"]))) if m else 0.0,
+                    load_average=load,
+                )
+            )
         if with_onnx:
             for way in [k for k in st_ways if k in ("sentence_transformers", "st_onnx_fp32")]:
                 cases.append(
@@ -335,7 +378,7 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
     if onnx:
         for p in ("fp32", "int8"):
             bi_ways[f"st_onnx_{p}"] = lambda qs, ps, pq, pp, model=onnx["bi_encoder"][p]: st_dedup(qs, ps, pq, pp, model)
-    bi_case("bi_encoder", queries, passages, pair_q, pair_p, bi_ways, with_onnx=ours_onnx)
+    bi_case("bi_encoder", queries, passages, pair_q, pair_p, bi_ways, with_onnx=ours_onnx, with_auto=True)
 
     mq, mp, mpairs = mined_pairs(ctx, s.mined_queries)
     m_q = np.array([q for q, _ in mpairs], dtype=np.int64)
@@ -364,6 +407,7 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
             "warmup_pairs": WARMUP_PAIRS,
             "st_onnx": None if onnx is None else {"quantization_config": onnx["quantization_config"]},
             "distillrank_onnx": ours_onnx,
+            "hardware_auto": {"cross_encoder": ce_choice, "bi_encoder": bi_choice},
         },
         "cases": cases,
         "notes": [
@@ -372,6 +416,9 @@ def _run(ctx: Context, ours_onnx: bool) -> dict:
             "bi_encoder*: both tools encode each distinct text once (ST's de-duplication done by hand)",
             "mined_*: 1 positive + 8 BM25 negatives per training query; st_naive encodes every pair's texts, "
             "st_dedup is ST with the de-duplication written by hand",
+            "*_auto: distillrank under hardware=auto (the default): the calibration a stage runs, on this "
+            "benchmark's model and the collection's training queries, then the chosen runtime measured as the "
+            "other arms; fidelity against distillrank fp32 on the same pairs (nDCG@10 of SciFact test judgements)",
             "int8 rows: distillrank int8 (torch dynamic quantization) vs sentence-transformers fp32",
             "*_vs_st_onnx: against sentence-transformers' ONNX Runtime backend in the same precision"
             if onnx

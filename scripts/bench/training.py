@@ -19,18 +19,27 @@ to 0): a recipe choice, not the same work as the default arms. It is reported tw
 sentence-transformers with its default dropout (what a user of each tool's defaults gets) and
 against sentence-transformers with dropout off as well (the same work again).
 
+``margin_mse_auto`` trains as the train stage does under ``hardware=auto`` (the default): the
+student's training calibration runs first (:func:`bench.auto.calibrate_student`: fp32 against
+bf16 autocast, the first steps' losses within 1e-2 of fp32's), then the loop trains in the chosen
+precision against the same sentence-transformers runs (fp32, its defaults). It is the headline of
+the training goal; its fidelity is the calibration's loss difference (this benchmark measures no
+nDCG: the quality of a bf16-trained student is measured by ``bench/st_quality.py``).
+
 Teacher scores are the BM25 scores of the candidates (throughput does not depend on their values);
 dev nDCG@10 is not measured by this benchmark.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 
+from bench import auto
 from bench.common import Context, alternate, comparison, distillrank_runtime, load_average, timed
 
 GOAL = 1.3
@@ -76,6 +85,7 @@ def run(ctx: Context) -> dict:
     from distillrank.losses.margin_mse import MarginMSELoss
     from distillrank.models.bi_encoder import BiEncoder
     from distillrank.models.layers import set_dropout
+    from distillrank.students.factory import as_student
     from distillrank.training import loop
 
     # the loop's entry point (train_student; train_bi_encoder before students other than bi-encoders)
@@ -115,15 +125,16 @@ def run(ctx: Context) -> dict:
 
     warm_cfg = OmegaConf.merge(cfg, {"max_steps": 1})
 
-    def ours(run_cfg=cfg, run_pools=pools, dropout: float | None = None) -> float:
-        student = BiEncoder.load(
-            ctx.student, query_max_length=s.query_max_length, passage_max_length=s.passage_max_length
-        )
+    def load_student() -> BiEncoder:
+        return BiEncoder.load(ctx.student, query_max_length=s.query_max_length, passage_max_length=s.passage_max_length)
+
+    def ours(run_cfg=cfg, run_pools=pools, dropout: float | None = None, run_runtime=runtime) -> float:
+        student = load_student()
         if dropout is not None:  # what student.dropout does in BiEncoder.from_backbone
             set_dropout(student.backbone, dropout)
         t = timed(
             lambda: train(
-                student, MarginMSELoss(), run_pools, query_text, passage_text, run_cfg, runtime, 0,
+                student, MarginMSELoss(), run_pools, query_text, passage_text, run_cfg, run_runtime, 0,
                 scratch / "train_log.jsonl",
             )
         )
@@ -144,6 +155,10 @@ def run(ctx: Context) -> dict:
         t = timed(trainer.train)
         return len(data) / t
 
+    # the student's calibration, as the train stage runs it under hardware=auto (the default)
+    choice = auto.calibrate_student(ctx, lambda: as_student(load_student()), lr)
+    auto_runtime = dataclasses.replace(runtime, precision=choice["precision"])
+
     # warm-up: one optimizer step of each tool on one batch (imports, allocator, thread pools)
     # (the dropout-off arms run the same code: no warm-up of their own)
     warm = {
@@ -151,12 +166,14 @@ def run(ctx: Context) -> dict:
         "sentence_transformers": lambda: theirs(1, dataset.select(range(min(s.train_batch, len(dataset))))),
         "distillrank_dropout0": lambda: None,
         "sentence_transformers_dropout0": lambda: None,
+        auto.TOOL: lambda: ours(warm_cfg, pools[: s.train_batch], run_runtime=auto_runtime),
     }
     arms = {
         "distillrank": ours,
         "sentence_transformers": theirs,
         "distillrank_dropout0": lambda: ours(dropout=0.0),
         "sentence_transformers_dropout0": lambda: theirs(dropout=0.0),
+        auto.TOOL: lambda: ours(run_runtime=auto_runtime),
     }
     load_before = load_average()
     rates = alternate(arms, s.repeats, warmup=warm)
@@ -175,8 +192,18 @@ def run(ctx: Context) -> dict:
             "precision": "fp32",
             "repeats": s.repeats,
             "st_dropout_keys": list(ST_DROPOUT_KEYS),
+            "hardware_auto": choice,
         },
         "cases": [
+            auto.auto_case(
+                "margin_mse_auto", "examples/s", rates[auto.TOOL], rates["sentence_transformers"], GOAL, choice,
+                {
+                    "loss_rdiff_vs_fp32": auto.chosen(choice).get("loss_rdiff"),
+                    "ndcg_at_10": None,
+                    "quality_met": None,  # not measured here (bench/st_quality.py): the calibration's loss tolerance decided
+                },
+                "training", load_average=[load_before, load_after],
+            ),
             comparison(
                 "margin_mse_1q_1p_7n", "examples/s", rates["distillrank"], rates["sentence_transformers"], GOAL,
                 load_average=[load_before, load_after],
