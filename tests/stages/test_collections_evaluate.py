@@ -205,6 +205,7 @@ def test_model_card_command_through_the_cli(two, tiny_beir, tiny_bi_encoder, sec
     assert result.exit_code == 0, result.output
     section = (stage_dir(two, "train") / "model" / "README.md").read_text().split("## Evaluation", 1)[1]
     command = section.split("```bash\n", 1)[1].split("\n```", 1)[0]
-    assert command.startswith(f"distillrank evaluate workspace={two.workspace} data=beir")
+    # the overrides as given, in order (the tests pin hardware=cpu: auto would calibrate per test)
+    assert command.startswith(f"distillrank evaluate workspace={two.workspace} hardware=cpu data=beir")
     assert command.endswith(f"'evaluate.collections=[{second_beir}]' evaluate.alpha=0.3")
     assert "α = 0.3" in section and "```yaml" not in section
