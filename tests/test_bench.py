@@ -275,13 +275,33 @@ def test_scale_pipeline_runs_the_stages_and_reports_identity(tmp_path: Path) -> 
         max(largest["score"]["peak_rss_gib"], largest["train"]["peak_rss_gib"]) < 4
     )
     by_world = saved["identity"]["by_world"]
-    assert [c["world"] for c in by_world] == list(sizes.worlds)
+    assert [(c["processes"], c["threads"]) for c in by_world] == [(w, 1) for w in sizes.worlds] + [(1, 2)]
+    assert saved["identity"]["lr"] == scale_pipeline.IDENTITY_LR
     for c in by_world:
         assert c["scores_identical"] and c["weights_within_1e-5"] and c["metrics_identical"], c
-        assert len(c["score_peak_rss_gib_ranks"]) == len(c["train_peak_rss_gib_ranks"]) == c["world"]
+        assert len(c["score_peak_rss_gib_ranks"]) == len(c["train_peak_rss_gib_ranks"]) == c["processes"]
     table = (tmp_path / "out" / "scale_pipeline.md").read_text()
     assert f"| {sizes.train_queries[-1]} | {pairs[-1]:,} | evaluate |" in table
     assert f"| {sizes.worlds[-1]} | True |" in table
+
+
+def test_the_identity_check_trains_at_the_largest_recipe_learning_rate() -> None:
+    """The sharded-identity runs use the largest ``train.lr`` any shipped recipe sets: the weight
+    differences of another summation order grow with lr (Adam's step is ~lr whatever the gradient),
+    so a smaller one would make the 1e-5 check easier than real training is."""
+    from bench import scale_pipeline
+    from omegaconf import OmegaConf
+
+    from distillrank.config import TrainConfig
+
+    root = Path(__file__).resolve().parents[1] / "conf"
+    rates = [TrainConfig().lr]
+    for path in sorted((root / "exp").glob("*.yaml")):
+        lr = OmegaConf.select(OmegaConf.load(path), "train.lr")
+        if lr is not None:
+            rates.append(float(lr))
+    assert len(rates) > 3
+    assert float(scale_pipeline.IDENTITY_LR) == max(rates)
 
 
 def test_scale_collection_is_seeded_and_bm25_learnable(tmp_path: Path) -> None:

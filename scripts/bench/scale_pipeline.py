@@ -14,7 +14,12 @@ with tiny random-init BERT models (``scripts/make_tiny_models.py``):
   the largest size only: it does not depend on the pairs);
 * sharded identity on a smaller collection: score and train with 1, 2 and 4 gloo processes
   (``RANK`` / ``WORLD_SIZE`` as ``torchrun`` sets them), then each trained student evaluated:
-  identical ``scores.parquet``, weights within 1e-5, identical metrics.
+  identical ``scores.parquet``, weights within 1e-5, identical metrics. Trained at
+  ``IDENTITY_LR``, the largest learning rate of the shipped recipes (``conf/exp``): Adam's step is
+  ~lr a parameter whatever the gradient's size, so the last-bit differences of summing gradients
+  in another order (a rank's shard, then the all-reduce) grow with lr. A noise-floor row trains
+  one process with 2 threads instead of 1: the same arithmetic summed in another order by the
+  matrix kernels, nothing distributed.
 
     python scripts/bench/scale_pipeline.py                  # full sizes (1M passages, 10M pairs)
     python scripts/bench/scale_pipeline.py --mode smoke     # seconds: checks that it runs
@@ -47,6 +52,7 @@ from bench.common import REPO_ROOT, SCRIPTS_DIR, load_average, machine_line  # n
 
 GIB = 2**30
 RSS_GOAL_GIB = 4.0  # issue 15: peak RSS of score and train at 10M pairs below 4 GB a process
+IDENTITY_LR = "2e-4"  # the largest train.lr of conf/exp/*.yaml (tests/bench check it stays so)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,6 +342,7 @@ def overrides(
     batch: int,
     threads: int | None,
     max_train_queries: int | None = None,
+    lr: str = "1e-3",
 ) -> list[str]:
     """The pipeline config of one run: tiny teacher and student, BM25 mining keeping every candidate."""
     out = [
@@ -362,7 +369,7 @@ def overrides(
         f"mining.window_end={depth}",
         f"train.max_steps={steps}",
         f"train.batch_size={batch}",
-        "train.lr=1e-3",
+        f"train.lr={lr}",
         "train.checkpoint_minutes=0",
         "score.progress=false",
         "evaluate.systems=[student]",
@@ -424,26 +431,40 @@ def _weights(folder: Path) -> dict[str, np.ndarray]:
 def identity_runs(sizes: ScaleSizes, collection: Path, model: Path, scratch: Path, log) -> dict[str, Any]:
     """Mine once; then per world size its own workspace (mine's output copied in): score and train
     with that many gloo processes, evaluate the student in one process; compare with world 1."""
+    def args_of(workspace: Path, threads: int) -> list[str]:
+        return overrides(
+            workspace,
+            "id",
+            collection,
+            model,
+            sizes.identity_depth,
+            sizes.identity_steps,
+            8,
+            threads,
+            lr=IDENTITY_LR,
+        )
+
     base = scratch / "identity"
-    args = overrides(base, "id", collection, model, sizes.identity_depth, sizes.identity_steps, 8, 1)
     log("identity: mine")
-    mined = run_stage("mine", args)
-    per_world: dict[int, dict[str, Any]] = {}
-    for world in sizes.worlds:
-        ws = scratch / f"identity-w{world}"
+    mined = run_stage("mine", args_of(base, 1))
+    # (label, processes, threads a process): the worlds, then the noise floor of one process
+    runs = [(str(w), w, 1) for w in sizes.worlds] + [("1, 2 threads", 1, 2)]
+    per_world: dict[str, dict[str, Any]] = {}
+    for label, world, threads in runs:
+        ws = scratch / f"identity-w{world}-t{threads}"
         shutil.rmtree(ws, ignore_errors=True)
         shutil.copytree(base, ws)
-        w_args = overrides(ws, "id", collection, model, sizes.identity_depth, sizes.identity_steps, 8, 1)
-        result: dict[str, Any] = {}
+        w_args = args_of(ws, threads)
+        result: dict[str, Any] = {"processes": world, "threads": threads}
         for stage, n in (("score", world), ("train", world), ("evaluate", 1)):
-            log(f"identity: {stage} with {n} process(es)")
+            log(f"identity: {stage} with {n} process(es), {threads} thread(s) each")
             result[stage] = run_stage(stage, w_args, world=n)
         exp = ws / "id"
         result["scores"] = (exp / "score" / "scores.parquet").read_bytes()
         result["weights"] = _weights(exp / "train" / "model")
         result["metrics"] = json.loads((exp / "evaluate" / "metrics.json").read_text())
-        per_world[world] = result
-    one = per_world[sizes.worlds[0]]
+        per_world[label] = result
+    one = per_world[str(sizes.worlds[0])]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -451,11 +472,13 @@ def identity_runs(sizes: ScaleSizes, collection: Path, model: Path, scratch: Pat
         return pq.read_table(pa.BufferReader(raw))
 
     comparisons = []
-    for world, r in per_world.items():
+    for label, r in per_world.items():
         diffs = [float(np.max(np.abs(r["weights"][k] - one["weights"][k]))) for k in one["weights"]]
         comparisons.append(
             {
-                "world": world,
+                "world": label,
+                "processes": r["processes"],
+                "threads": r["threads"],
                 "scores_identical": table(r["scores"]).equals(table(one["scores"])),
                 "max_weight_diff": max(diffs) if diffs else None,
                 "weights_within_1e-5": bool(diffs)
@@ -470,6 +493,8 @@ def identity_runs(sizes: ScaleSizes, collection: Path, model: Path, scratch: Pat
         )
     return {
         "pairs": mined["counts"]["rows"],
+        "lr": IDENTITY_LR,
+        "steps": sizes.identity_steps,
         "metrics": _metrics_values(one["metrics"]),
         "by_world": comparisons,
     }
@@ -526,7 +551,9 @@ def markdown(result: dict[str, Any]) -> str:
         ident = {"pairs": 0, "by_world": []}
     lines += [
         "",
-        f"Sharded identity ({ident['pairs']:,} pairs; score and train with N gloo processes, evaluate in one):",
+        f"Sharded identity ({ident['pairs']:,} pairs; score and train with N gloo processes, evaluate in one; "
+        f"{ident.get('steps', '?')} steps at lr {ident.get('lr', '1e-3')}, the largest of the shipped recipes; "
+        "the last row is the noise floor: one process with 2 threads instead of 1):",
         "",
         "| processes | scores.parquet identical | max weight diff | within 1e-5 | metrics identical | score s | train s | score peak RSS GiB (ranks) | train peak RSS GiB (ranks) |",
         "|---:|---|---:|---|---|---:|---:|---|---|",
