@@ -79,19 +79,26 @@ def denoise(
     """Apply the de-noising rules (module docstring) to rows of (qid, label, teacher score).
 
     Rows of one query need not be contiguous. With both rules unset nothing is dropped.
+
+    ``qids`` may be strings or integer codes of the queries (one per query, e.g.
+    :attr:`distillrank.teachers.cache.RowScores.query_codes`): codes group the rows without a
+    Python object per row.
     """
     check_settings(margin, relative)
     labels = np.asarray(labels)
-    scores = np.asarray(scores, dtype=np.float64)
     n = len(scores)
     if not (len(qids) == len(labels) == n):
         raise ValueError(f"qids, labels and scores differ in length: {len(qids)}, {len(labels)}, {n}")
-    negative = labels <= 0
     by_margin = np.zeros(n, dtype=bool)
     by_relative = np.zeros(n, dtype=bool)
-    if n == 0:
+    if n == 0 or not enabled(margin, relative):
         return DenoiseResult(by_margin, by_margin.copy(), by_relative, 0)
-    _, group = np.unique(np.asarray(qids, dtype=object), return_inverse=True)
+    scores = np.asarray(scores, dtype=np.float64)
+    negative = labels <= 0
+    codes = np.asarray(qids)
+    if not np.issubdtype(codes.dtype, np.integer):
+        codes = codes.astype(object)
+    _, group = np.unique(codes, return_inverse=True)
     group = group.reshape(-1)
     n_groups = int(group.max()) + 1
 

@@ -28,19 +28,20 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from distillrank import artifacts, keys, sharding
 from distillrank.builders import components, hardware, training
+from distillrank.errors import DistillrankError
 from distillrank.mining import denoise
 from distillrank.teachers import normalize
 from distillrank.teachers.base import members as teacher_members
-from distillrank.teachers.cache import PairFile, score_share, teacher_scores
+from distillrank.teachers.cache import PairFile, RowScores, file_scores, score_share
 from distillrank.workspace import (
     Manifest,
     atomic_path,
@@ -138,13 +139,12 @@ def _run(cfg: DictConfig) -> Manifest:
     denoise.check_settings(margin, relative)
     norm_method, norm_scope = components.normalize_settings(cfg)
     start = time.perf_counter()
-    coll, teacher, teacher_fp, mine_manifest, candidates, query_text, passage_text = _inputs(cfg)
-
-    raw, scored, score_time, caches = teacher_scores(
+    coll, teacher, teacher_fp, mine_manifest, pair_file, query_text, passage_text = _inputs(cfg, read=False)
+    scores = file_scores(
         teacher,
         teacher_fp,
         coll,
-        candidates.select(["qid", "docid"]),
+        pair_file,
         query_text,
         passage_text,
         cache_root=cache_dir(cfg),
@@ -153,36 +153,17 @@ def _run(cfg: DictConfig) -> Manifest:
         progress=bool(cfg.score.progress),
     )
     members = teacher_members(teacher)
-
-    table = candidates.append_column("teacher", pa.array(raw, pa.float32()))
-    table, denoised = denoise.denoise_table(table, margin, relative)
-    if denoise.enabled(margin, relative):
-        log.info(
-            "score: de-noising (margin=%s, relative=%s) dropped %d of %d negatives; "
-            "%d queries left without negatives",
-            margin,
-            relative,
-            int(denoised.dropped.sum()),
-            int(np.sum(table["label"].to_numpy() <= 0)),
-            denoised.queries_without_negatives,
-        )
-    if norm_method != "none":  # de-noising reads raw scores; training reads the normalised ones
-        groups = pc.index_in(candidates["qid"], value_set=pc.unique(candidates["qid"])).to_numpy()
-        normalised = normalize.normalize(raw, groups, norm_method, norm_scope)
-        column = table.schema.get_field_index("teacher")
-        table = table.set_column(column, "teacher", pa.array(normalised, pa.float32()))
-        table = table.append_column("teacher_raw", pa.array(raw, pa.float32()))
     with atomic_path(folder / OUTPUT) as tmp:
-        pq.write_table(table, tmp)
-    total_pairs = candidates.num_rows * len(members)
+        written = assemble(pair_file.path, tmp, scores, margin, relative, norm_method, norm_scope)
+    n_pairs = len(scores.scores)
+    scored = scores.scored
     counts = {
-        "pairs": candidates.num_rows,
+        "pairs": n_pairs,
         "pairs_scored": scored,
-        "pairs_reused": total_pairs - scored,
-        "pairs_per_s": round(scored / score_time, 2) if scored else None,
-        "teacher_score_mean": float(np.mean(table["teacher"].to_numpy())) if candidates.num_rows else None,
+        "pairs_reused": n_pairs * len(members) - scored,
+        "pairs_per_s": round(scored / scores.seconds, 2) if scored else None,
+        **written,
         "normalize": {"method": norm_method, "scope": norm_scope},
-        **denoised.counts(),
         **hardware.report(cfg, "teacher"),
     }
     if len(members) > 1:
@@ -199,7 +180,7 @@ def _run(cfg: DictConfig) -> Manifest:
         inputs={
             "mine": mine_manifest.key,
             "teacher": teacher_fp,
-            "cache": caches[0] if len(caches) == 1 else caches,
+            "cache": scores.caches[0] if len(scores.caches) == 1 else scores.caches,
         },
         counts=counts,
         outputs=[OUTPUT],
@@ -207,3 +188,68 @@ def _run(cfg: DictConfig) -> Manifest:
     )
     manifest.write(folder)
     return manifest
+
+
+def assemble(
+    candidates: str | os.PathLike,
+    out: str | os.PathLike,
+    scores: RowScores,
+    margin: float | None,
+    relative: float | None,
+    norm_method: str,
+    norm_scope: str,
+    batch_rows: int = 1 << 16,
+) -> dict:
+    """Write ``scores.parquet`` at ``out``: the ``candidates`` file's rows and columns, plus
+    ``teacher`` (the scores students learn from), ``dropped`` (de-noising) and, when normalised,
+    ``teacher_raw``; the manifest's counts of it.
+
+    The per-query work (de-noising, normalisation) runs on number arrays grouped by
+    ``scores.query_codes``; the candidates are copied batch by batch, never held whole, so beyond
+    the scores this holds a few numbers a pair (the labels, the flags, the normalised copy).
+    """
+    path = Path(candidates)
+    raw = scores.scores
+    rows = pq.ParquetFile(path).metadata.num_rows
+    if rows != len(raw):
+        raise DistillrankError(f"{path} has {rows} rows, scored {len(raw)} (it changed while it was read)")
+    labels = pq.read_table(path, columns=["label"])["label"].to_numpy()
+    denoised = denoise.denoise(scores.query_codes, labels, raw, margin, relative)
+    if denoise.enabled(margin, relative):
+        log.info(
+            "score: de-noising (margin=%s, relative=%s) dropped %d of %d negatives; "
+            "%d queries left without negatives",
+            margin,
+            relative,
+            int(denoised.dropped.sum()),
+            int(np.sum(labels <= 0)),
+            denoised.queries_without_negatives,
+        )
+    del labels
+    # de-noising reads raw scores; training reads the normalised ones
+    teacher = (
+        raw
+        if norm_method == "none"
+        else normalize.normalize(raw, scores.query_codes, norm_method, norm_scope)
+    )
+    columns = {"teacher": teacher, denoise.DROPPED: denoised.dropped}
+    if norm_method != "none":
+        columns["teacher_raw"] = raw
+    types = {"teacher": pa.float32(), denoise.DROPPED: pa.bool_(), "teacher_raw": pa.float32()}
+    with pq.ParquetFile(path) as source:
+        kept = [n for n in source.schema_arrow.names if n not in columns]
+        schema = pa.schema(
+            [source.schema_arrow.field(n) for n in kept] + [pa.field(n, types[n]) for n in columns],
+            metadata=source.schema_arrow.metadata,
+        )
+        start = 0
+        with pq.ParquetWriter(out, schema) as writer:
+            for batch in source.iter_batches(batch_size=batch_rows, columns=kept):
+                end = start + batch.num_rows
+                arrays = batch.columns + [pa.array(v[start:end], types[n]) for n, v in columns.items()]
+                writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+                start = end
+    return {
+        "teacher_score_mean": float(np.mean(teacher)) if len(teacher) else None,
+        **denoised.counts(),
+    }

@@ -135,6 +135,56 @@ def _positions(column: pa.ChunkedArray | pa.Array, values: pa.Array) -> np.ndarr
     return np.asarray(found.to_numpy(), dtype=np.int64)
 
 
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``numpy.unique(values)`` of an integer array, by a sort and a mask: numpy 2.3+ takes a hash
+    path for a plain ``unique`` of integers, 50x slower on millions of int64 keys (1.5 s against
+    0.03 s for 2M here)."""
+    out = np.sort(values)
+    if len(out) > 1:
+        keep = np.empty(len(out), bool)
+        keep[0] = True
+        np.not_equal(out[1:], out[:-1], out=keep[1:])
+        out = out[keep]
+    return out
+
+
+def _codes_batch(qids: pa.Array, docids: pa.Array) -> int:
+    """Rows to code at once against ``qids`` and ``docids``: as many as there are distinct ids.
+
+    ``pyarrow.compute.index_in`` hashes its whole value set on every call, so coding a fixed
+    number of rows at a time would cost O(rows / batch x distinct ids) — at MS MARCO's 8.8M passages
+    and 45M pairs, thousands of hash tables of 8.8M strings. Batches at least as long as the value
+    set keep the hashing linear in the rows (at most twice their cost), for O(distinct ids) memory,
+    which the index holds already."""
+    return max(len(qids), len(docids))
+
+
+class _Distinct:
+    """The distinct values of string batches, merged when the batches seen since the last merge
+    are as many as the values so far (amortised: each merge costs at most twice what it adds)."""
+
+    def __init__(self) -> None:
+        self._values: pa.Array = pa.array([], pa.string())
+        self._pending: list[pa.Array] = []
+        self._held = 0
+
+    def add(self, batch: pa.Array) -> None:
+        batch = pc.unique(batch)
+        self._pending.append(batch)
+        self._held += len(batch)
+        if self._held >= len(self._values):
+            self._merge()
+
+    def _merge(self) -> None:
+        if self._pending:
+            self._values = pc.unique(pa.chunked_array([self._values, *self._pending]))
+            self._pending, self._held = [], 0
+
+    def values(self) -> pa.Array:
+        self._merge()
+        return self._values
+
+
 @dataclass(frozen=True)
 class PairFile:
     """The (qid, docid) pairs of a Parquet file with columns ``qid`` and ``docid``, read in batches
@@ -148,8 +198,9 @@ class PairFile:
     path: Path
     batch_rows: int = 1 << 17
 
-    def batches(self) -> Iterator[tuple[pa.Array, pa.Array]]:
-        """The ``(qids, docids)`` of each batch, as string arrays.
+    def batches(self, at_least: int = 0) -> Iterator[tuple[pa.Array, pa.Array]]:
+        """The ``(qids, docids)`` of each batch, as string arrays; batches of ``batch_rows`` rows, or
+        of ``at_least`` when that is more (:func:`_codes_batch`).
 
         Raises:
             DataError: the file lacks a ``qid`` or ``docid`` column, or an id is null.
@@ -158,7 +209,8 @@ class PairFile:
             names = f.schema_arrow.names
             if "qid" not in names or "docid" not in names:
                 raise DataError(f"the pairs to score need columns qid and docid; {self.path} has {names}")
-            for batch in f.iter_batches(batch_size=self.batch_rows, columns=["qid", "docid"]):
+            rows = max(self.batch_rows, at_least)
+            for batch in f.iter_batches(batch_size=rows, columns=["qid", "docid"]):
                 qids, docids = _strings(batch.column("qid")), _strings(batch.column("docid"))
                 if qids.null_count or docids.null_count:
                     raise DataError(f"a candidate pair of {self.path} has no qid or no docid (null)")
@@ -167,22 +219,44 @@ class PairFile:
     def ids(self) -> tuple[pa.Array, pa.Array]:
         """The distinct qids and docids of the file, sorted: those of :meth:`PairIndex.of` over
         every pair, so a pair has the same key as in one process's index."""
-        qids = docids = pa.array([], pa.string())
+        qids, docids = _Distinct(), _Distinct()
         for q, d in self.batches():  # the distinct ids so far: O(distinct ids), whatever the rows
-            qids = pc.unique(pa.chunked_array([qids, q]))
-            docids = pc.unique(pa.chunked_array([docids, d]))
-        return _sorted_distinct(qids), _sorted_distinct(docids)
+            qids.add(q)
+            docids.add(d)
+        return _sorted_distinct(qids.values()), _sorted_distinct(docids.values())
 
-    def keys(self, qids: pa.Array, docids: pa.Array, keep) -> np.ndarray:
+    def keys(self, qids: pa.Array, docids: pa.Array, keep=None) -> np.ndarray:
         """The distinct keys (sorted, as in :class:`PairIndex` over ``qids``/``docids``) of the pairs
-        for which ``keep(query_codes, doc_codes)`` (a bool array per batch) holds."""
+        for which ``keep(query_codes, doc_codes)`` (a bool array per batch) holds (all when None)."""
         parts: list[np.ndarray] = []
         n_q = len(qids)
-        for q, d in self.batches():
+        for q, d in self.batches(_codes_batch(qids, docids)):
             qc, dc = _positions(q, qids), _positions(d, docids)
-            kept = keep(qc, dc)
-            parts.append(np.unique(dc[kept] * n_q + qc[kept]))
-        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+            if keep is None:
+                parts.append(_sorted_unique(dc * n_q + qc))
+            else:
+                kept = keep(qc, dc)
+                parts.append(_sorted_unique(dc[kept] * n_q + qc[kept]))
+        if not parts:
+            return np.zeros(0, np.int64)
+        every = np.concatenate(parts)
+        parts.clear()
+        return _sorted_unique(every)
+
+    def codes(self, qids: pa.Array, docids: pa.Array) -> np.ndarray:
+        """The key of every row's pair (as in :class:`PairIndex` over ``qids``/``docids``), in file
+        order, int64; -1 where an id is not among them."""
+        rows = pq.ParquetFile(self.path).metadata.num_rows
+        out = np.empty(rows, np.int64)
+        start = 0
+        for q, d in self.batches(_codes_batch(qids, docids)):
+            qc, dc = _positions(q, qids), _positions(d, docids)
+            end = start + len(qc)
+            np.multiply(dc, len(qids), out=out[start:end])
+            out[start:end] += qc
+            out[start:end][(qc < 0) | (dc < 0)] = -1
+            start = end
+        return out[:start]
 
 
 class ScoreCache:
@@ -220,6 +294,20 @@ class ScoreCache:
                 seal(shard)
             yield table
 
+    def _grouped(self, at_least: int) -> Iterator[pa.Table]:
+        """The shards in name order, consecutive ones joined into tables of ``at_least`` rows or
+        more (the last may be shorter): see :func:`_codes_batch`."""
+        group: list[pa.Table] = []
+        rows = 0
+        for table in self.shards():
+            group.append(table)
+            rows += table.num_rows
+            if rows >= at_least:
+                yield pa.concat_tables(group, promote_options="permissive")
+                group, rows = [], 0
+        if group:
+            yield pa.concat_tables(group, promote_options="permissive")
+
     def load(self) -> pa.Table:
         """Every cached score, as one table ``qid, docid, score`` (a pair in two shards appears twice)."""
         tables = list(self.shards())
@@ -243,7 +331,7 @@ class ScoreCache:
         """
         found = np.zeros(len(index.keys), dtype=bool)
         scores = np.zeros(len(index.keys), dtype=np.float32)
-        for table in self.shards():
+        for table in self._grouped(_codes_batch(index.qids, index.docids)):
             codes = index.codes(table["qid"], table["docid"])
             at = np.minimum(np.searchsorted(index.keys, codes), max(len(index.keys) - 1, 0))
             rows = np.flatnonzero((codes >= 0) & (index.keys[at] == codes)) if len(index.keys) else codes[:0]
@@ -334,7 +422,7 @@ class _Missing:
         n_q = len(index.qids)
         return cls(
             len(keys),
-            lambda: index.docids.take(np.unique(keys // n_q)),
+            lambda: index.docids.take(_sorted_unique(keys // n_q)),
             lambda: index.qids.take(_first_seen(index.query_codes(keys))).to_pylist(),
         )
 
@@ -689,37 +777,104 @@ def teacher_scores(
         the cache folders.
     """
     index, position = PairIndex.of(*_pair_columns(pairs))
+    rows = _row_scores(
+        teacher, teacher_fp, coll, index, position, index.query_codes(index.keys[position]), query_text,
+        passage_text, Path(cache_root), runtime, shard_size, progress,
+    )  # fmt: skip
+    return rows.scores, rows.scored, rows.seconds, rows.caches
+
+
+@dataclass(frozen=True)
+class RowScores:
+    """Teacher scores of every row of a pair file (:func:`file_scores`).
+
+    Attributes:
+        scores: float32 per row, in file order (an ensemble's combined score).
+        query_codes: per row, its query's position among the file's distinct qids (sorted): the
+            groups of per-query work (de-noising, normalisation) without a string per row.
+        scored: pairs scored now (over all members); seconds: the time spent scoring.
+        caches: the score cache folder of each member.
+    """
+
+    scores: np.ndarray
+    query_codes: np.ndarray
+    scored: int
+    seconds: float
+    caches: list[str]
+
+
+def _file_index(
+    pair_file: PairFile, qids: pa.Array, docids: pa.Array
+) -> tuple[PairIndex, np.ndarray, np.ndarray]:
+    """The index of the file's distinct pairs and, per row in file order, the position of its pair in
+    the index's keys and its query's code (int32 each below 2**31 values: 8 bytes a row kept)."""
+    row_keys = pair_file.codes(qids, docids)  # the ids are the file's own: none is -1
+    keys = _sorted_unique(row_keys)
+    small = len(keys) < 2**31 and len(qids) < 2**31
+    at = np.empty(len(row_keys), np.int32 if small else np.int64)
+    query_codes = np.empty(len(row_keys), np.int32 if small else np.int64)
+    step = 1 << 20  # in slices: no int64 temporary of every row
+    for start in range(0, len(row_keys), step):
+        part = row_keys[start : start + step]
+        at[start : start + step] = np.searchsorted(keys, part)
+        query_codes[start : start + step] = part % max(len(qids), 1)
+    return PairIndex(qids, docids, keys), at, query_codes
+
+
+def file_scores(
+    teacher,
+    teacher_fp: str,
+    coll,
+    pair_file: PairFile,
+    query_text,
+    passage_text,
+    *,
+    cache_root: str | Path,
+    runtime: Runtime,
+    shard_size: int,
+    progress: bool,
+) -> RowScores:
+    """:func:`teacher_scores` of the pairs of a Parquet file, holding a few numbers a pair and no
+    string: the file is read in batches, twice (its distinct ids; then every row's pair as an int64
+    key, kept as the position of its key among the distinct ones and its query's code), and the cache
+    is joined to the distinct keys. The score stage's final pass with it grows ~65 bytes a pair
+    (``scripts/bench/score_memory.py``), against ~170 with the pairs' id columns held whole; the
+    scores are the same, bit for bit.
+
+    Arguments as for :func:`teacher_scores`; the file needs columns ``qid`` and ``docid``.
+    """
+    qids, docids = pair_file.ids()
+    index, at, query_codes = _file_index(pair_file, qids, docids)
+    return _row_scores(
+        teacher, teacher_fp, coll, index, at, query_codes, query_text, passage_text, Path(cache_root),
+        runtime, shard_size, progress,
+    )  # fmt: skip
+
+
+def _row_scores(
+    teacher, teacher_fp: str, coll, index: PairIndex, at: np.ndarray, query_codes: np.ndarray, query_text,
+    passage_text, cache_root: Path, runtime: Runtime, shard_size: int, progress: bool,
+) -> RowScores:  # fmt: skip
+    """Fill every member's cache with the pairs of ``index`` it lacks; the scores of the rows whose
+    pairs are ``index.keys[at]`` (an ensemble's combined over the rows, grouped by ``query_codes``)."""
     member_scores: list[np.ndarray] = []
     caches: list[str] = []
-    scored = 0
-    score_time = 0.0
-    for member_fp, distinct, n, seconds in _fill_members(
-        teacher,
-        teacher_fp,
-        coll,
-        index,
-        query_text,
-        passage_text,
-        Path(cache_root),
-        runtime,
-        shard_size,
-        progress,
-        WHOLE,
-    ):
-        member_scores.append(distinct[position])
+    scored, seconds = 0, 0.0
+    for member_fp, distinct, n, took in _fill_members(
+        teacher, teacher_fp, coll, index, query_text, passage_text, cache_root, runtime, shard_size,
+        progress, WHOLE,
+    ):  # fmt: skip
+        member_scores.append(distinct[at])
         caches.append(str(ScoreCache.for_teacher(cache_root, member_fp, coll.fingerprint).folder))
         scored += n
-        score_time += seconds
-    if member_scores[0].size == 0:
-        return np.zeros(0, np.float32), scored, score_time, caches
-    if teacher.kind is RankerKind.ENSEMBLE:
-        return (
-            teacher.combine(member_scores, index.query_codes(index.keys[position])),
-            scored,
-            score_time,
-            caches,
-        )
-    return member_scores[0], scored, score_time, caches
+        seconds += took
+    if not len(at):
+        scores = np.zeros(0, np.float32)
+    elif teacher.kind is RankerKind.ENSEMBLE:
+        scores = teacher.combine(member_scores, query_codes)
+    else:
+        scores = member_scores[0]
+    return RowScores(scores.astype(np.float32, copy=False), query_codes, scored, seconds, caches)
 
 
 def score_share(

@@ -3,8 +3,9 @@
 A synthetic candidates table (``--pairs`` rows: qid, docid, label, rank, first_stage_score; 100
 candidates a query) is scored by a trivial teacher (a function of the pair's indices: no model, so
 what is measured is the pipeline's own bookkeeping), the way the score stage does it: read the
-candidates, :func:`distillrank.teachers.cache.teacher_scores` through the score cache, append the
-``teacher`` column, write ``scores.parquet``. Two phases, each in a fresh process:
+candidates' ids in batches, :func:`distillrank.teachers.cache.file_scores` through the score cache,
+then :func:`distillrank.stages.score.assemble` (the stage's own final pass, with de-noising and per-query
+z-scores on) writes ``scores.parquet``. Two phases, each in a fresh process:
 
 * ``cold``: an empty cache; every pair is scored and written into cache shards.
 * ``warm``: every pair is cached already (a rerun, a resume, or the final pass after sharded
@@ -40,7 +41,8 @@ import pyarrow.parquet as pq
 from distillrank import sharding
 from distillrank.ranking import RankerKind
 from distillrank.runtime import Runtime
-from distillrank.teachers.cache import PairFile, score_share, teacher_scores
+from distillrank.stages.score import assemble
+from distillrank.teachers.cache import PairFile, file_scores, score_share
 
 PER_QUERY = 100
 
@@ -98,12 +100,11 @@ def _phase(work: Path) -> dict:
     rss = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     start = time.perf_counter()
-    candidates = pq.read_table(work / "candidates.parquet")
-    raw, scored, _, _ = teacher_scores(
+    rows = file_scores(
         teacher,
         "trivial-teacher",
         coll,
-        candidates.select(["qid", "docid"]),
+        PairFile(work / "candidates.parquet"),
         query_text,
         passage_text,
         cache_root=work / "cache",
@@ -111,17 +112,19 @@ def _phase(work: Path) -> dict:
         shard_size=20000,
         progress=False,
     )
-    table = candidates.append_column("teacher", pa.array(raw, pa.float32()))
-    pq.write_table(table, work / "scores.parquet")
+    # the score stage's own final pass: de-noising (margin 0) and per-query z-scores on, so their
+    # arrays count too
+    assemble(work / "candidates.parquet", work / "scores.parquet", rows, 0.0, None, "zscore", "query")
     seconds = time.perf_counter() - start
     peak = _status("VmHWM")
+    pairs = len(rows.scores)
     return {
-        "pairs": candidates.num_rows,
-        "scored": scored,
+        "pairs": pairs,
+        "scored": rows.scored,
         "seconds": round(seconds, 1),
         "rss_before_mb": round(rss / 2**20),
         "peak_delta_mb": round((peak - rss) / 2**20, 1),
-        "bytes_per_pair": round((peak - rss) / candidates.num_rows),
+        "bytes_per_pair": round((peak - rss) / pairs),
     }
 
 
@@ -193,7 +196,7 @@ def main() -> None:
     parser.add_argument(
         "--passages",
         type=int,
-        help="with --world: docids drawn from this many passages at every size (default 50 a query), "
+        help="docids drawn from this many passages at every size (default 50 a query), "
         "so that the slope between sizes is the cost of a pair alone, not of its distinct ids too",
     )
     parser.add_argument(
@@ -233,7 +236,7 @@ def main() -> None:
     for pairs in args.pairs:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            make_candidates(work / "candidates.parquet", pairs)
+            make_candidates(work / "candidates.parquet", pairs, passages=args.passages)
             for phase in ("cold", "warm"):
                 out = (
                     subprocess.run(
