@@ -384,7 +384,13 @@ def _load_checkpoint(checkpoint_dir: Path | None, identity: str) -> dict[str, An
 
 def _optimizer(student: nn.Module, cfg, loss_fn: nn.Module | None = None) -> torch.optim.Optimizer:
     """AdamW over the student's and the loss's own parameters (a feature projection); no weight
-    decay on biases and normalisation weights."""
+    decay on biases and normalisation weights.
+
+    The fused kernel where torch has one for the parameters' device (CPU and CUDA since torch 2.4;
+    Hugging Face Trainer's default ``adamw_torch_fused`` too): one pass over each parameter instead
+    of a dozen ``_foreach`` passes, 62 -> 9 ms a step for the 2-layer MiniLM student on 2 CPU cores
+    (``scripts/bench/profile_encoder.py``). The same update up to the last bits of float arithmetic.
+    """
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "log_scale")
     named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
     if loss_fn is not None:
@@ -393,7 +399,10 @@ def _optimizer(student: nn.Module, cfg, loss_fn: nn.Module | None = None) -> tor
         {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
         {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(params, lr=cfg.lr)
+    try:
+        return torch.optim.AdamW(params, lr=cfg.lr, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(params, lr=cfg.lr)
 
 
 def train_student(
