@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from bench import auto
 from bench import run as bench_run
 from bench.common import alternate, comparison
@@ -36,7 +37,9 @@ FAKE = {"teacher": ("int8", "torch"), "mining": ("fp32", "torch"), "student": ("
 def _fake_choice(precision: str, backend: str) -> Choice:
     candidates = [Measured("fp32", "torch", 0.2, 1.0, timed=3, spent=1.0, spearman=1.0, top1=1.0)]
     if (precision, backend) != ("fp32", "torch"):
-        candidates.append(Measured(precision, backend, 0.1, 2.0, timed=3, spent=1.0, spearman=0.999, top1=1.0))
+        candidates.append(
+            Measured(precision, backend, 0.1, 2.0, timed=3, spent=1.0, spearman=0.999, top1=1.0)
+        )
     candidates.append(Measured("bf16", "torch", None, None, rejected="bf16 probe: faked"))
     return Choice(precision, backend, tuple(candidates), seconds=2.0)
 
@@ -95,22 +98,40 @@ def test_every_benchmark_writes_json_and_the_summary(smoke: Path) -> None:
 def test_comparison_cases_hold_medians_ratio_and_goal(smoke: Path) -> None:
     from bench.scoring import onnx_available
 
-    scoring = {"cross_encoder", "cross_encoder_int8", "bi_encoder", "bi_encoder_int8", "cross_encoder_auto", "bi_encoder_auto"} | {
-        f"mined_bi_encoder{p}_vs_st_{way}" for p in ("", "_int8") for way in ("naive", "dedup")
-    }
+    scoring = {
+        "cross_encoder",
+        "cross_encoder_int8",
+        "bi_encoder",
+        "bi_encoder_int8",
+        "cross_encoder_auto",
+        "bi_encoder_auto",
+    } | {f"mined_bi_encoder{p}_vs_st_{way}" for p in ("", "_int8") for way in ("naive", "dedup")}
     from distillrank.models.onnx_runtime import missing_packages
 
     ours_onnx = not missing_packages()  # distillrank's ONNX Runtime backend (the onnx extra, in dev)
     if ours_onnx:
         scoring |= {"cross_encoder_onnx", "bi_encoder_onnx"}
     if onnx_available():  # sentence-transformers' ONNX backend installed (the bench-onnx extra)
-        scoring |= {f"{kind}{p}_vs_st_onnx" for kind in ("cross_encoder", "bi_encoder") for p in ("", "_int8")}
+        scoring |= {
+            f"{kind}{p}_vs_st_onnx" for kind in ("cross_encoder", "bi_encoder") for p in ("", "_int8")
+        }
         if ours_onnx:
             scoring |= {"cross_encoder_onnx_vs_st_onnx", "bi_encoder_onnx_vs_st_onnx"}
-    mining = {"dense_mining", "dense_mining_onnx", "dense_mining_auto"} if ours_onnx else {"dense_mining", "dense_mining_auto"}
-    expected = {"scoring": scoring, "training": {
-        "margin_mse_1q_1p_7n", "margin_mse_dropout0_vs_st_default", "margin_mse_dropout0_vs_st_dropout0", "margin_mse_auto"
-    }, "mining": mining}
+    mining = (
+        {"dense_mining", "dense_mining_onnx", "dense_mining_auto"}
+        if ours_onnx
+        else {"dense_mining", "dense_mining_auto"}
+    )
+    expected = {
+        "scoring": scoring,
+        "training": {
+            "margin_mse_1q_1p_7n",
+            "margin_mse_dropout0_vs_st_default",
+            "margin_mse_dropout0_vs_st_dropout0",
+            "margin_mse_auto",
+        },
+        "mining": mining,
+    }
     for name, cases in expected.items():
         result = json.loads((smoke / f"{name}.json").read_text())
         assert {c["case"] for c in result["cases"]} == cases
@@ -120,14 +141,21 @@ def test_comparison_cases_hold_medians_ratio_and_goal(smoke: Path) -> None:
                 assert len(case[tool]["runs"]) == result["settings"]["repeats"]
                 assert case[tool]["median"] == pytest.approx(statistics.median(case[tool]["runs"]))
             ours, theirs = case["distillrank"]["median"], case["sentence_transformers"]["median"]
-            assert case["ratio"] == pytest.approx(ours / theirs if case["higher_is_better"] else theirs / ours)
+            assert case["ratio"] == pytest.approx(
+                ours / theirs if case["higher_is_better"] else theirs / ours
+            )
             assert _number(case["goal"])
-            memory_met = bool(case["memory_met"]) if "memory_met" in case else True  # mining: a memory goal too
+            memory_met = (
+                bool(case["memory_met"]) if "memory_met" in case else True
+            )  # mining: a memory goal too
             quality_met = case.get("fidelity", {}).get("quality_met") is not False  # auto: equal quality too
             assert case["met"] is (case["ratio"] >= case["goal"] and memory_met and quality_met)
     mining = json.loads((smoke / "mining.json").read_text())["cases"][0]
     assert set(mining["peak_memory"]) == {"distillrank", "sentence_transformers"}
-    assert mining["peak_memory"]["distillrank"]["tuples"] == mining["peak_memory"]["sentence_transformers"]["tuples"]
+    assert (
+        mining["peak_memory"]["distillrank"]["tuples"]
+        == mining["peak_memory"]["sentence_transformers"]["tuples"]
+    )
 
 
 def test_both_tools_score_the_same_pairs(smoke: Path) -> None:
@@ -136,11 +164,16 @@ def test_both_tools_score_the_same_pairs(smoke: Path) -> None:
     assert bi["spearman"] > 0.99 and bi["max_abs_diff"] < 1e-4
     ce = next(c for c in scoring["cases"] if c["case"] == "cross_encoder")
     assert ce["spearman"] > 0.99
-    for case in ("mined_bi_encoder_vs_st_naive", "mined_bi_encoder_vs_st_dedup"):  # naive and by-hand dedup agree with ours
+    for case in (
+        "mined_bi_encoder_vs_st_naive",
+        "mined_bi_encoder_vs_st_dedup",
+    ):  # naive and by-hand dedup agree with ours
         mined = next(c for c in scoring["cases"] if c["case"] == case)
         assert mined["spearman"] > 0.99 and mined["max_abs_diff"] < 1e-4
     settings = scoring["settings"]
-    assert settings["mined_distinct_queries"] < settings["mined_pairs"] <= settings["mined_distinct_queries"] * 9
+    assert (
+        settings["mined_distinct_queries"] < settings["mined_pairs"] <= settings["mined_distinct_queries"] * 9
+    )
     for case in scoring["cases"]:
         if "auto" in case:  # its precision is the calibration's choice
             continue
@@ -158,7 +191,9 @@ def test_precision_speed_and_fidelity(smoke: Path) -> None:
     for case, precisions in (("forward", ("bf16", "int8")), ("train_step", ("bf16",))):
         values = cases[case]
         for p in precisions:  # speed-up = fp32 time / p time = p rate / fp32 rate
-            assert values[f"{p}_speedup"] == pytest.approx(values[f"{p}_texts_per_s"] / values["fp32_texts_per_s"])
+            assert values[f"{p}_speedup"] == pytest.approx(
+                values[f"{p}_texts_per_s"] / values["fp32_texts_per_s"]
+            )
     fidelity = cases["fidelity"]
     ndcg = fidelity["ndcg_at_10"]
     assert set(ndcg) == {"bm25", "fp32", "int8", "bf16"}
@@ -178,7 +213,11 @@ def test_scale_and_ceiling_measurements(smoke: Path) -> None:
     assert table["check"]["rows"] == table["rows"]
     assert table["check"]["queries"] == table["check"]["positives"] == table["rows"] // 100
     ceiling = json.loads((smoke / "ceiling.json").read_text())
-    assert [c["case"] for c in ceiling["cases"]] == ["matmul_fp32", "bi_encoder_forward", "student_forward_backward"]
+    assert [c["case"] for c in ceiling["cases"]] == [
+        "matmul_fp32",
+        "bi_encoder_forward",
+        "student_forward_backward",
+    ]
     assert all(_number(c["values"]["gflops"]) and c["values"]["gflops"] > 0 for c in ceiling["cases"])
 
 
@@ -202,14 +241,24 @@ def test_report_renders_every_table(smoke: Path) -> None:
     assert header.startswith(f"Machine: {summary['machine']['cpu']}") and "cores, torch " in header
     isa = summary["machine"]["isa"]
     assert ("ISA flags unknown" in header) if isa is None else (f"({', '.join(isa) or 'none of'}" in header)
-    for needle in ("| scoring | mined_bi_encoder_int8_vs_st_naive | int8 vs ST fp32 |", "| int8 |", "matmul_fp32"):
+    for needle in (
+        "| scoring | mined_bi_encoder_int8_vs_st_naive | int8 vs ST fp32 |",
+        "| int8 |",
+        "matmul_fp32",
+    ):
         assert needle in text
 
 
 def test_ablation_switches_each_technique(smoke: Path) -> None:
     result = json.loads((smoke / "ablation.json").read_text())
     cases = {c["case"]: c["values"] for c in result["cases"]}
-    assert set(cases) == {"length_sorting", "mask_skip", "forward_cap", "dropout", "tokenization"}  # compile: full only
+    assert set(cases) == {
+        "length_sorting",
+        "mask_skip",
+        "forward_cap",
+        "dropout",
+        "tokenization",
+    }  # compile: full only
     for name, v in cases.items():
         if name == "tokenization":
             assert _number(v["tokenize_s"]) and _number(v["encode_s"]) and v["tokenize_s"] > 0
@@ -217,7 +266,9 @@ def test_ablation_switches_each_technique(smoke: Path) -> None:
             continue
         assert set(v["median_s"]) >= {v["on"], v["off"]}
         assert all(len(runs) == result["settings"]["repeats"] for runs in v["runs_s"].values())
-        assert all(v["median_s"][k] == pytest.approx(statistics.median(runs)) for k, runs in v["runs_s"].items())
+        assert all(
+            v["median_s"][k] == pytest.approx(statistics.median(runs)) for k, runs in v["runs_s"].items()
+        )
         assert v["speedup"] == pytest.approx(v["median_s"][v["off"]] / v["median_s"][v["on"]])
     sorting = cases["length_sorting"]
     assert 0 <= sorting["padding_sorted"] < sorting["padding_unsorted"] < 1  # sorting removes padding
@@ -232,12 +283,19 @@ def test_st_quality_gives_sentence_transformers_the_loops_examples(make_cfg, neg
     from distillrank.training.batching import QueryPool, epoch_examples
 
     pools = [
-        QueryPool(f"q{i}", [(f"p{i}", 5.0 + i)], [(f"n{i}_{j}", float(j)) for j in range(4)]) for i in range(6)
+        QueryPool(f"q{i}", [(f"p{i}", 5.0 + i)], [(f"n{i}_{j}", float(j)) for j in range(4)])
+        for i in range(6)
     ]
-    cfg = make_cfg(f"train.negatives_per_example={negatives}", "train.batch_size=4", "train.max_steps=2", "seed=7")
-    columns = st_columns(cfg, pools, {p.qid: f"text of {p.qid}" for p in pools}, lambda ids: [f"text of {d}" for d in ids])
+    cfg = make_cfg(
+        f"train.negatives_per_example={negatives}", "train.batch_size=4", "train.max_steps=2", "seed=7"
+    )
+    columns = st_columns(
+        cfg, pools, {p.qid: f"text of {p.qid}" for p in pools}, lambda ids: [f"text of {d}" for d in ids]
+    )
     per_epoch = len(epoch_examples(pools, negatives, np.random.default_rng(0)))
-    assert len(columns["query"]) == min(8, per_epoch * int(cfg.train.epochs))  # max_steps x batch_size caps them
+    assert len(columns["query"]) == min(
+        8, per_epoch * int(cfg.train.epochs)
+    )  # max_steps x batch_size caps them
     rng = np.random.default_rng(7)  # one rng, drawn epoch after epoch, as train_student does
     drawn = epoch_examples(pools, negatives, rng) + epoch_examples(pools, negatives, rng)
     for row, ex in enumerate(drawn[: len(columns["query"])]):
@@ -326,7 +384,9 @@ def test_scale_collection_is_seeded_and_bm25_learnable(tmp_path: Path) -> None:
         assert set(queries[qid]) <= docs[docid] and len(set(queries[qid])) == 5
 
 
-def test_auto_arms_calibrate_the_benchmarks_models_and_measure_the_choice(smoke: Path, calibrated: list) -> None:
+def test_auto_arms_calibrate_the_benchmarks_models_and_measure_the_choice(
+    smoke: Path, calibrated: list
+) -> None:
     scoring = json.loads((smoke / "scoring.json").read_text())
     settings = scoring["settings"]
     assert sorted(calibrated) == sorted(
@@ -347,10 +407,17 @@ def test_auto_arms_calibrate_the_benchmarks_models_and_measure_the_choice(smoke:
         assert f["ndcg_delta"] == pytest.approx(f["ndcg_at_10"]["auto"] - f["ndcg_at_10"]["fp32"])
         assert f["quality_met"] is (f["top1_vs_fp32"] >= 0.98 and abs(f["ndcg_delta"]) <= 0.005)
         assert case["met"] is (case["speed_met"] and f["quality_met"])
-    mining = {c["case"]: c for c in json.loads((smoke / "mining.json").read_text())["cases"]}["dense_mining_auto"]
+    mining = {c["case"]: c for c in json.loads((smoke / "mining.json").read_text())["cases"]}[
+        "dense_mining_auto"
+    ]
     assert mining["fidelity"]["same_negatives_vs_fp32"] == 1.0  # torch fp32 chosen: fp32's own negatives
-    assert mining["peak_memory"]["distillrank"]["tuples"] == mining["peak_memory"]["sentence_transformers"]["tuples"]
-    training = {c["case"]: c for c in json.loads((smoke / "training.json").read_text())["cases"]}["margin_mse_auto"]
+    assert (
+        mining["peak_memory"]["distillrank"]["tuples"]
+        == mining["peak_memory"]["sentence_transformers"]["tuples"]
+    )
+    training = {c["case"]: c for c in json.loads((smoke / "training.json").read_text())["cases"]}[
+        "margin_mse_auto"
+    ]
     assert training["auto"]["precision"] == "fp32"
     assert training["fidelity"]["loss_rdiff_vs_fp32"] == auto.chosen(training["auto"])["loss_rdiff"]
 
@@ -367,7 +434,9 @@ def test_auto_arms_calibrate_the_benchmarks_models_and_measure_the_choice(smoke:
     from bench import report
 
     text = report.render(summary)
-    assert text.index("Headline: `hardware=auto`") < text.index("| benchmark | case | precision |")  # named arms: detail
+    assert text.index("Headline: `hardware=auto`") < text.index(
+        "| benchmark | case | precision |"
+    )  # named arms: detail
     assert "| teacher scoring ≥ 1.5× ST | scoring/cross_encoder_auto | torch int8 (2.00×) | 2.5 |" in text
     assert "| cross_encoder_auto | torch bf16 | – | 0 | – | – | – | bf16 probe: faked |" in text
     assert "| distillrank (hardware=auto) |" in text  # the mining memory table
@@ -381,7 +450,9 @@ def tiny_ctx(tmp_path: Path, tiny_beir: Path, tiny_bi_encoder: Path, tiny_cross_
 
     from distillrank.data import load_collection
 
-    data = SimpleNamespace(name="tiny", source="beir", path=str(tiny_beir), train_split="train", test_split="test")
+    data = SimpleNamespace(
+        name="tiny", source="beir", path=str(tiny_beir), train_split="train", test_split="test"
+    )
     collection = load_collection(data, tmp_path / "cache")
     return Context(
         "smoke", SIZES["smoke"], tiny_bi_encoder, tiny_cross_encoder, tiny_bi_encoder, collection, tmp_path,
@@ -422,7 +493,13 @@ def test_the_auto_arms_run_the_stages_calibration(tiny_ctx, monkeypatch: pytest.
     monkeypatch.setattr(hardware, "calibrate_ranker", fake)
     encoder = BiEncoderTeacher(str(tiny_ctx.bi_encoder))
     assert auto.calibrate_ranker(tiny_ctx, encoder, mining=True)["candidates"][0]["precision"] == "fp32"
-    assert seen == [([("fp32", "torch"), ("bf16", "torch")], hardware.QUERIES * hardware.PASSAGES, [encoder.weights_folder()])]
+    assert seen == [
+        (
+            [("fp32", "torch"), ("bf16", "torch")],
+            hardware.QUERIES * hardware.PASSAGES,
+            [encoder.weights_folder()],
+        )
+    ]
 
 
 def test_onnx_cache_points_exports_at_a_folder_and_restores_it(tmp_path: Path, monkeypatch) -> None:
@@ -445,12 +522,41 @@ def test_auto_case_needs_the_speed_and_equal_quality() -> None:
     reference = np.array([3.0, 2.0, 1.0, 1.0, 2.0, 3.0])
     same = auto.score_fidelity(reference, reference * 2, groups, {"fp32": 0.5, "auto": 0.504})
     assert same["spearman_vs_fp32"] == 1.0 and same["top1_vs_fp32"] == 1.0 and same["quality_met"] is True
-    assert auto.score_fidelity(reference, reference, groups, {"fp32": 0.5, "auto": 0.494})["quality_met"] is False
+    assert (
+        auto.score_fidelity(reference, reference, groups, {"fp32": 0.5, "auto": 0.494})["quality_met"]
+        is False
+    )
     swapped = auto.score_fidelity(reference, np.array([2.0, 3.0, 1.0, 1.0, 2.0, 3.0]), groups)
-    assert swapped["top1_vs_fp32"] == 0.5 and swapped["quality_met"] is False and swapped["ndcg_at_10"] is None
+    assert (
+        swapped["top1_vs_fp32"] == 0.5 and swapped["quality_met"] is False and swapped["ndcg_at_10"] is None
+    )
     choice = auto.record(_fake_choice("int8", "torch"), 1.0, True)
     fast = auto.auto_case("x", "pairs/s", [3.0], [1.0], 1.5, choice, swapped, "teacher scoring (bi-encoder)")
-    assert fast["ratio"] == 3.0 and fast["speed_met"] is True and fast["met"] is False  # faster, not equal quality
+    assert (
+        fast["ratio"] == 3.0 and fast["speed_met"] is True and fast["met"] is False
+    )  # faster, not equal quality
     unmeasured = auto.auto_case("x", "s", [1.0], [2.0], 1.3, choice, {"quality_met": None}, "training", False)
     assert unmeasured["met"] is True and unmeasured["precision"] == "hardware=auto: torch int8"
     assert choice["speedup_vs_fp32"] == 2.0 and choice["met"] is True and choice["first_use"] is True
+
+
+def test_profile_groups_operators_and_accounts_for_a_training_step(tiny_bi_encoder: Path) -> None:
+    """The profiler table behind issue 16's item 2: every operator lands in one group (aten::t is a
+    matrix transpose of the linear layers, aten::to a copy), the shares add up to the step, and a
+    training step of a real (tiny) encoder shows linear-layer products, layer norm and backward work."""
+    from bench.profile_encoder import group_of, profile_step
+
+    from distillrank.models.bi_encoder import BiEncoder
+
+    assert group_of("aten::t") == group_of("aten::addmm") == "matmul (linear layers)"
+    assert group_of("aten::to") == group_of("aten::transpose") == "copies and layout"
+    assert group_of("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert group_of("aten::native_layer_norm_backward") == "layer norm"
+    assert group_of("aten::_foreach_addcdiv_") == "optimizer"
+    encoder = BiEncoder.load(tiny_bi_encoder)
+    opt = torch.optim.AdamW(encoder.parameters(), lr=1e-4)
+    prof = profile_step(encoder, ["a short passage", "another passage about cells and genes"], True, 2, opt)
+    shares = [g["share"] for g in prof["groups"].values()]
+    assert math.isclose(sum(shares), 1.0, rel_tol=1e-9) and prof["step_ms"] > 0
+    assert {"matmul (linear layers)", "layer norm", "optimizer"} <= set(prof["groups"])
+    assert prof["top_ops"] and all(o["ms"] >= 0 for o in prof["top_ops"])

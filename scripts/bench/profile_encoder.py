@@ -1,0 +1,325 @@
+"""Where an encoder's time goes below the matmul ceiling (issue 16, item 2): ``torch.profiler`` over
+the bench's MiniLM bi-encoder forward (inference) and its 2-layer student's forward + backward, on
+the same batch of SciFact passages as the ceiling benchmark (``scripts/bench/ceiling.py``).
+
+The profiler's self CPU time per operator is grouped into what it does — the linear layers' matrix
+products, attention (SDPA and its softmax / score products), layer norm, GELU, embeddings,
+element-wise arithmetic, copies and layout changes, the optimizer — and each group's share of the
+step is reported with, for the matrix products, the GFLOP/s they reach against the machine's own
+large-matmul rate: a fraction well below 1 there means small GEMMs, a large share elsewhere means
+the time is outside the GEMMs. Tokenization is timed apart (it runs before the model).
+
+Then a few settings are timed side by side (median of ``--repeats`` alternating runs), each
+against the default: padding to the batch's longest passage (the default) against length-sorted
+micro-batches; SDPA against the eager ("math") attention; 1 thread against all; AdamW's ``foreach``
+against ``fused``. A setting the loop or encoder can adopt is one that is faster here with the same
+output.
+
+    python scripts/bench/profile_encoder.py                       # batch 32, 128 tokens
+    python scripts/bench/profile_encoder.py --batch 64 --max-length 256 --out /tmp/profile
+
+Writes ``<out>/profile_encoder.json`` and ``<out>/profile_encoder.md`` (``--out`` defaults to
+``docs/bench/profile``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):  # run as a script: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.ceiling import matmul_gflops, matmul_params  # noqa: E402
+from bench.common import MINILM, REPO_ROOT, load_average, machine, machine_line  # noqa: E402
+
+# operator name (profiler key, lower case) -> group; the first pattern found in the name wins
+# ("=name": the whole name, so that aten::t is not aten::to)
+GROUPS: list[tuple[str, tuple[str, ...]]] = [
+    ("optimizer", ("adam", "_foreach", "optimizer")),
+    ("attention", ("scaled_dot_product", "flash_attention", "softmax", "bmm", "baddbmm", "masked_fill")),
+    ("matmul (linear layers)", ("addmm", "=aten::mm", "=aten::linear", "matmul", "=aten::t", "mkldnn_linear")),
+    ("layer norm", ("layer_norm",)),
+    ("gelu", ("gelu",)),
+    ("embedding", ("embedding",)),
+    ("dropout", ("dropout", "bernoulli")),
+    ("copies and layout", ("copy_", "contiguous", "clone", "view", "reshape", "transpose", "permute",
+                           "expand", "to", "cat", "stack", "empty", "zeros", "fill_", "select", "slice",
+                           "index", "unsqueeze", "squeeze")),
+    ("element-wise", ("add", "mul", "div", "sub", "pow", "sum", "mean", "neg", "rsub", "sqrt", "norm",
+                      "where", "tanh", "exp", "clamp", "max", "min")),
+]  # fmt: skip
+
+
+def group_of(name: str) -> str:
+    low = name.lower()
+    for group, patterns in GROUPS:
+        if any(low == p[1:] if p.startswith("=") else p in low for p in patterns):
+            return group
+    return "other"
+
+
+def _minilm_student(cache: Path, layers: int, max_length: int) -> Path:
+    from distillrank.models.bi_encoder import BiEncoder
+
+    folder = cache / f"minilm-l{layers}-student"
+    if not (folder / "config.json").is_file():
+        student = BiEncoder.from_backbone(MINILM, num_layers=layers, passage_max_length=max_length)
+        student.backbone.config.num_hidden_layers = layers
+        student.save(folder)
+    return folder
+
+
+def _texts(n: int, cache: Path) -> list[str]:
+    """The first ``n`` SciFact passages, as the ceiling benchmark takes them."""
+    from types import SimpleNamespace
+
+    from bench.assets import data_root
+    from distillrank.data import load_collection
+
+    data = SimpleNamespace(
+        name="scifact",
+        source="beir",
+        path=str(data_root() / "scifact"),
+        train_split="train",
+        test_split="test",
+    )
+    collection = load_collection(data, cache)
+    return collection.passage_texts(range(min(n, len(collection.corpus))))
+
+
+def _step(encoder, texts: list[str], train: bool, optimizer=None) -> None:
+    if train:
+        encoder.train()
+        encoder.zero_grad(set_to_none=True)
+        encoder(texts, "passage").float().pow(2).sum().backward()
+        if optimizer is not None:
+            optimizer.step()
+    else:
+        with torch.inference_mode():
+            encoder.eval()(texts, "passage")
+
+
+def profile_step(encoder, texts: list[str], train: bool, repeats: int, optimizer=None) -> dict[str, Any]:
+    """Self CPU time per group over ``repeats`` profiled steps (after a warm-up), and the linear
+    layers' achieved GFLOP/s."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _step(encoder, texts, train, optimizer)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            _step(encoder, texts, train, optimizer)
+    by_group: dict[str, float] = defaultdict(float)
+    by_op: dict[str, float] = defaultdict(float)
+    for evt in prof.key_averages():
+        us = evt.self_cpu_time_total
+        by_group[group_of(evt.key)] += us
+        by_op[evt.key] += us
+    total = sum(by_group.values())
+    return {
+        "step_ms": total / repeats / 1e3,
+        "groups": {g: {"ms": v / repeats / 1e3, "share": v / total} for g, v in sorted(by_group.items(), key=lambda kv: -kv[1])},
+        "top_ops": [{"op": k, "ms": v / repeats / 1e3, "share": v / total} for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:12]],
+    }  # fmt: skip
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def alternate(runs: dict[str, Any], repeats: int) -> dict[str, float]:
+    """Median seconds of each run, the runs alternating (after one warm-up call each)."""
+    for fn in runs.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def sorted_batches(encoder, texts: list[str], size: int):
+    """The step over ``texts`` in micro-batches of ``size`` sorted by length (less padding)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    parts = [[texts[i] for i in order[k : k + size]] for k in range(0, len(texts), size)]
+
+    def run() -> None:
+        with torch.inference_mode():
+            encoder.eval()
+            for part in parts:
+                encoder(part, "passage")
+
+    return run
+
+
+def run(batch: int, max_length: int, repeats: int, cache: Path) -> dict[str, Any]:
+    from distillrank.models.bi_encoder import BiEncoder
+    from distillrank.models.hub import resolve_model
+
+    host = machine()
+    texts = _texts(batch, cache)
+    peak = matmul_gflops(2048, 5)
+    models = {
+        "forward": (BiEncoder.load(resolve_model(MINILM), passage_max_length=max_length), False, 2),
+        "forward_backward": (BiEncoder.load(_minilm_student(cache, 2, max_length), passage_max_length=max_length), True, 6),
+    }  # fmt: skip
+    result: dict[str, Any] = {
+        "benchmark": "profile_encoder",
+        "machine": host,
+        "settings": {"batch": batch, "max_length": max_length, "repeats": repeats, "threads": torch.get_num_threads()},
+        "matmul_gflops": peak,
+        "cases": {},
+    }  # fmt: skip
+    for name, (encoder, train, factor) in models.items():
+        enc = encoder.tokenize(texts, "passage")
+        mask = enc["attention_mask"]
+        tokens, real = int(mask.numel()), int(mask.sum())
+        tokenize_s = median_seconds(lambda enc=encoder: enc.tokenize(texts, "passage"), repeats)
+        step_s = median_seconds(lambda enc=encoder, t=train: _step(enc, texts, t), repeats)
+        prof = profile_step(encoder, texts, train, repeats)
+        params = matmul_params(encoder.backbone)
+        mm = prof["groups"].get("matmul (linear layers)", {"ms": float("nan")})["ms"] / 1e3
+        flops = factor * params * tokens
+        result["cases"][name] = {
+            "layers": encoder.backbone.config.num_hidden_layers,
+            "tokens": tokens,
+            "padding_share": 1 - real / tokens,
+            "tokenize_s": tokenize_s,
+            "step_s": step_s,
+            "fraction_of_matmul": flops / step_s / 1e9 / peak,
+            "linear_gflops": flops / mm / 1e9 if mm > 0 else None,
+            "linear_fraction_of_matmul": flops / mm / 1e9 / peak if mm > 0 else None,
+            "profile": prof,
+        }
+    # settings side by side
+    fwd = models["forward"][0]
+    student = models["forward_backward"][0]
+    settings: dict[str, Any] = {}
+    settings["padding"] = alternate(
+        {
+            "one batch (padded to its longest)": lambda: _step(fwd, texts, False),
+            "length-sorted batches of 8": sorted_batches(fwd, texts, 8),
+        },
+        repeats,
+    )
+    eager = BiEncoder.load(resolve_model(MINILM), passage_max_length=max_length)
+    if hasattr(eager.backbone, "set_attn_implementation"):
+        try:
+            eager.backbone.set_attn_implementation("eager")
+            settings["attention"] = alternate(
+                {
+                    "sdpa (default)": lambda: _step(fwd, texts, False),
+                    "eager": lambda: _step(eager, texts, False),
+                },
+                repeats,
+            )
+        except (ValueError, NotImplementedError) as err:
+            settings["attention"] = {"error": str(err)}
+    threads = torch.get_num_threads()
+
+    def one_thread() -> None:
+        torch.set_num_threads(1)
+        try:
+            _step(fwd, texts, False)
+        finally:
+            torch.set_num_threads(threads)
+
+    settings["threads"] = alternate(
+        {f"{threads} threads": lambda: _step(fwd, texts, False), "1 thread": one_thread}, repeats
+    )
+    opts = {}
+    for label, kwargs in (("AdamW foreach (default)", {"foreach": True}), ("AdamW fused", {"fused": True})):
+        try:
+            opt = torch.optim.AdamW(student.parameters(), lr=1e-6, **kwargs)
+        except (RuntimeError, TypeError, ValueError) as err:
+            opts[label] = f"unavailable: {err}"
+            continue
+        opts[label] = median_seconds(lambda o=opt: _opt_step(student, o), repeats)
+    settings["optimizer_step"] = opts
+    result["settings_side_by_side"] = settings
+    result["load_average"] = [host["load_average"], load_average()]
+    return result
+
+
+def _opt_step(model, optimizer) -> None:
+    for p in model.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+
+
+def markdown(r: dict[str, Any]) -> str:
+    s = r["settings"]
+    lines = [
+        machine_line(r["machine"], r["load_average"][1]),
+        "",
+        f"Batch of {s['batch']} SciFact passages at ≤ {s['max_length']} tokens, {s['threads']} threads; "
+        f"fp32 matmul ceiling {r['matmul_gflops']:.0f} GFLOP/s (2048², median of 5).",
+        "",
+        "| case | layers | tokens (padding) | tokenize ms | step ms | fraction of ceiling | linear layers alone: GFLOP/s (fraction) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, c in r["cases"].items():
+        lin = c["linear_gflops"]
+        lines.append(
+            f"| {name} | {c['layers']} | {c['tokens']:,} ({c['padding_share']:.0%}) | {c['tokenize_s'] * 1e3:.1f} | "
+            f"{c['step_s'] * 1e3:.1f} | {c['fraction_of_matmul']:.0%} | "
+            + (f"{lin:.0f} ({c['linear_fraction_of_matmul']:.0%}) |" if lin else "– |")
+        )
+    for name, c in r["cases"].items():
+        lines += ["", f"Self CPU time by group, {name} (profiler, {c['profile']['step_ms']:.1f} ms a step profiled):", "",
+                  "| group | ms a step | share |", "|---|---:|---:|"]  # fmt: skip
+        for g, v in c["profile"]["groups"].items():
+            lines.append(f"| {g} | {v['ms']:.1f} | {v['share']:.0%} |")
+        lines += [
+            "",
+            "Top operators: "
+            + ", ".join(f"`{o['op']}` {o['share']:.0%}" for o in c["profile"]["top_ops"][:8]),
+        ]
+    lines += ["", "Settings side by side (median seconds, alternating):", ""]
+    for name, v in r["settings_side_by_side"].items():
+        parts = [f"{k}: {x * 1e3:.1f} ms" if isinstance(x, float) else f"{k}: {x}" for k, x in v.items()]
+        lines.append(f"- {name}: " + "; ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench" / "profile")
+    parser.add_argument(
+        "--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "distillrank-bench-cache"
+    )
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    result = run(args.batch, args.max_length, args.repeats, args.cache)
+    from distillrank.workspace import atomic_path, atomic_write_json
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "profile_encoder.json", result)
+    with atomic_path(args.out / "profile_encoder.md") as tmp:
+        Path(tmp).write_text(markdown(result), encoding="utf-8")
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
