@@ -198,7 +198,7 @@ def assemble(
     relative: float | None,
     norm_method: str,
     norm_scope: str,
-    batch_rows: int = 1 << 16,
+    batch_rows: int = 1 << 20,
 ) -> dict:
     """Write ``scores.parquet`` at ``out``: the ``candidates`` file's rows and columns, plus
     ``teacher`` (the scores students learn from), ``dropped`` (de-noising) and, when normalised,
@@ -207,6 +207,9 @@ def assemble(
     The per-query work (de-noising, normalisation) runs on number arrays grouped by
     ``scores.query_codes``; the candidates are copied batch by batch, never held whole, so beyond
     the scores this holds a few numbers a pair (the labels, the flags, the normalised copy).
+    A batch is a row group: ``batch_rows`` defaults to ``pyarrow.parquet.write_table``'s row group
+    (1Mi rows), so the file is laid out as the in-memory write laid it out and readers see as few
+    chunks.
     """
     path = Path(candidates)
     raw = scores.scores
