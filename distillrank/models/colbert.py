@@ -65,6 +65,7 @@ from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from distillrank.errors import ConfigError
+from distillrank.models.batching import prepared, row_batches
 from distillrank.models.hub import resolve_model
 from distillrank.models.layers import keep_layers, set_dropout
 from distillrank.models.masking import backbone_inputs
@@ -79,6 +80,7 @@ STANFORD_MARKERS = ("[unused0]", "[unused1]")
 PYLATE_MARKERS = ("[Q] ", "[D] ")
 DEFAULT_SKIPLIST: tuple[str, ...] = tuple(string.punctuation)
 KINDS = ("query", "passage")
+SCORING_MASK = "colbert_scoring_mask"  # the MaxSim mask riding with a batch's tensors to the device
 # MaxSim in score_matrix works on chunks of passages holding at most this many similarity entries
 # (queries x passages x query tokens x passage tokens): 2**26 float32 entries are 256 MiB.
 MAX_SIM_ELEMENTS = 1 << 26
@@ -138,7 +140,9 @@ class ColBERTModel(nn.Module):
         if self.do_query_expansion and tokenizer.mask_token_id is None:
             raise ConfigError("query expansion pads queries with [MASK]; this tokenizer has no mask token")
         if query_prefix is None or passage_prefix is None:
-            default = STANFORD_MARKERS if all(_in_vocab(tokenizer, m) for m in STANFORD_MARKERS) else PYLATE_MARKERS
+            default = (
+                STANFORD_MARKERS if all(_in_vocab(tokenizer, m) for m in STANFORD_MARKERS) else PYLATE_MARKERS
+            )
             query_prefix = default[0] if query_prefix is None else query_prefix
             passage_prefix = default[1] if passage_prefix is None else passage_prefix
         self.query_prefix = query_prefix
@@ -151,7 +155,9 @@ class ColBERTModel(nn.Module):
             skip_ids.update(tokenizer.encode(word, add_special_tokens=False)[:1])
             if _in_vocab(tokenizer, word):
                 skip_ids.add(int(tokenizer.convert_tokens_to_ids(word)))
-        self.register_buffer("skiplist_ids", torch.tensor(sorted(skip_ids), dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "skiplist_ids", torch.tensor(sorted(skip_ids), dtype=torch.long), persistent=False
+        )
 
     def _add_markers(self) -> None:
         missing = [m for m in (self.query_prefix, self.passage_prefix) if not _in_vocab(self.tokenizer, m)]
@@ -279,6 +285,29 @@ class ColBERTModel(nn.Module):
             ``(batch, mask)``: the tokenizer's tensors for the backbone, and ``mask`` [N, T] bool:
             the tokens that take part in MaxSim.
         """
+        batch, mask = self.tokenize_cpu(texts, kind)
+        device = self.device
+        return {k: v.to(device) for k, v in batch.items()}, mask.to(device)
+
+    def token_lengths(self, texts: Sequence[str], kind: str) -> np.ndarray:
+        """Tokens of each text as :meth:`tokenize` builds it (marker and special tokens included,
+        unpadded; an expanded query always has ``query_max_length``)."""
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r}; expected one of {KINDS}")
+        if kind == "query" and self.do_query_expansion:
+            return np.full(len(texts), self.query_max_length, dtype=np.int64)
+        max_length = self.query_max_length if kind == "query" else self.passage_max_length
+        ids = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=max_length - 1,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        return np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(texts))
+
+    def tokenize_cpu(self, texts: Sequence[str], kind: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """:meth:`tokenize` on the CPU (the inference loop moves each batch itself)."""
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r}; expected one of {KINDS}")
         is_query = kind == "query"
@@ -307,8 +336,7 @@ class ColBERTModel(nn.Module):
             mask = attention.clone()
             if not is_query and self.skiplist_ids.numel():
                 mask &= ~torch.isin(out["input_ids"], self.skiplist_ids.cpu())
-        device = self.device
-        return {k: v.to(device) for k, v in out.items()}, mask.to(device)
+        return out, mask
 
     def encode(self, texts: Sequence[str], kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings and their scoring mask, with gradients when the caller allows them.
@@ -318,7 +346,12 @@ class ColBERTModel(nn.Module):
             outside ``mask`` are zero); mask [N, T] bool. Both on the model's device. T is
             ``query_max_length`` for expanded queries, else the batch's longest.
         """
-        batch, mask = self.tokenize(texts, kind)
+        return self.encode_inputs(*self.tokenize(texts, kind))
+
+    def encode_inputs(
+        self, batch: dict[str, torch.Tensor], mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode` of a tokenized batch (``batch`` and ``mask`` on the model's device)."""
         hidden = self.backbone(**backbone_inputs(batch)).last_hidden_state
         emb = nn.functional.normalize(self.projection(hidden).float(), dim=-1)
         return emb * mask.unsqueeze(-1), mask
@@ -398,7 +431,11 @@ class ColBERTModel(nn.Module):
         """Embeddings of many texts without gradients, in the order of ``texts``.
 
         Batches are formed from texts sorted by length (least padding); ``runtime`` (default
-        ``Runtime()``) gives each forward's autocast.
+        ``Runtime()``) gives each forward's autocast, caps its size (``max_forward_texts``), may
+        size batches by a token budget instead of ``batch_size`` (``max_batch_tokens``) and
+        tokenizes the next batch while this one runs (``prefetches``), as the bi-encoder's
+        :meth:`~distillrank.models.bi_encoder.BiEncoder.encode` does
+        (:mod:`distillrank.models.batching`).
 
         Returns:
             ``(emb, mask)``: emb [N, T, dim] float32 padded to the longest text, mask [N, T] bool,
@@ -411,10 +448,21 @@ class ColBERTModel(nn.Module):
         order = np.argsort([-len(t) for t in texts], kind="stable")
         chunks: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]] = []
         bar = tqdm(total=n, desc=desc or f"encode {kind}s", unit=kind[0], disable=not progress)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+        batches = row_batches(
+            order, runtime.forward_texts(batch_size), max_tokens=runtime.max_batch_tokens,
+            max_rows=runtime.max_forward_texts,
+            token_lengths=lambda rows: self.token_lengths([texts[i] for i in rows], kind),
+        )  # fmt: skip
+
+        def tokenize(rows: np.ndarray) -> dict[str, torch.Tensor]:
+            batch, mask = self.tokenize_cpu([texts[i] for i in rows], kind)
+            return {**batch, SCORING_MASK: mask}
+
+        device = self.device
+        for idx, inputs in prepared(batches, tokenize, device, runtime.prefetches(device)):
+            mask = inputs.pop(SCORING_MASK)
             with runtime.autocast():
-                emb, mask = self.encode([texts[i] for i in idx], kind)
+                emb, mask = self.encode_inputs(inputs, mask)
             chunks.append((idx, emb.float().to(out_device), mask.to(out_device)))
             bar.update(len(idx))
         bar.close()
@@ -448,7 +496,11 @@ class ColBERTModel(nn.Module):
             self.tokenizer.save_pretrained(tmp)
             (tmp / DENSE_DIR).mkdir()
             weight = self.projection.weight.detach().float().cpu().contiguous()
-            save_file({"linear.weight": weight}, str(tmp / DENSE_DIR / "model.safetensors"), metadata={"format": "pt"})
+            save_file(
+                {"linear.weight": weight},
+                str(tmp / DENSE_DIR / "model.safetensors"),
+                metadata={"format": "pt"},
+            )
             _write_json(
                 tmp / DENSE_DIR / "config.json",
                 {
@@ -544,7 +596,9 @@ def _colbert_format(path: Path) -> str | None:
         if any(e.get("type", "").startswith("pylate") and e.get("path") == DENSE_DIR for e in entries):
             return "pylate"
         if any(e.get("type", "").startswith("pylate") for e in entries):
-            raise ConfigError(f"{path}: only PyLate folders with their Dense module at {DENSE_DIR} are supported")
+            raise ConfigError(
+                f"{path}: only PyLate folders with their Dense module at {DENSE_DIR} are supported"
+            )
     if _read_tensor(path, "linear.weight") is not None:
         return "stanford"
     return None
@@ -586,5 +640,7 @@ def _read_settings(path: Path, kind: str) -> dict:
         if meta.get("mask_punctuation") is False:
             settings["skiplist_words"] = []
         if meta.get("similarity", "cosine") != "cosine":
-            log.warning("%s: similarity=%s; distillrank's ColBERT scores by cosine MaxSim", path, meta["similarity"])
+            log.warning(
+                "%s: similarity=%s; distillrank's ColBERT scores by cosine MaxSim", path, meta["similarity"]
+            )
     return settings

@@ -12,6 +12,7 @@ import torch
 from distillrank.errors import ConfigError
 from distillrank.models.colbert import DENSE_DIR, SETTINGS_FILE, ColBERTModel
 from distillrank.models.hub import resolve_model
+from distillrank.runtime import Runtime
 
 QUERIES = ["What does the protein do?", "coral reef", "how does the glacier move near the northern valley"]
 PASSAGES = [
@@ -107,11 +108,17 @@ def test_queries_are_mask_augmented_and_every_token_scored(colbert: ColBERTModel
     assert not batch["attention_mask"][0, sep + 1 :].any()  # ColBERTv2 default: not attended
     assert batch["attention_mask"][0, : sep + 1].all()
 
-    attend = ColBERTModel(colbert.backbone, tok, colbert.projection, **{
-        **colbert.settings(), "attend_to_expansion_tokens": True})
+    attend = ColBERTModel(
+        colbert.backbone,
+        tok,
+        colbert.projection,
+        **{**colbert.settings(), "attend_to_expansion_tokens": True},
+    )
     assert attend.tokenize(["coral reef"], "query")[0]["attention_mask"].all()
     with torch.no_grad():  # attention to the [MASK]s changes the embeddings of the text tokens
-        assert not torch.allclose(attend.encode(["coral reef"], "query")[0], colbert.encode(["coral reef"], "query")[0])
+        assert not torch.allclose(
+            attend.encode(["coral reef"], "query")[0], colbert.encode(["coral reef"], "query")[0]
+        )
 
     # The expansion tokens count: scoring only the text tokens gives other scores (the third query
     # fills all 16 tokens: nothing to expand).
@@ -123,8 +130,9 @@ def test_queries_are_mask_augmented_and_every_token_scored(colbert: ColBERTModel
         without = colbert.score_matrix(q, text_only, p, pm)
     assert (with_masks - without).abs().min() > 1e-3
 
-    no_exp = ColBERTModel(colbert.backbone, tok, colbert.projection, **{
-        **colbert.settings(), "do_query_expansion": False})
+    no_exp = ColBERTModel(
+        colbert.backbone, tok, colbert.projection, **{**colbert.settings(), "do_query_expansion": False}
+    )
     b2, m2 = no_exp.tokenize(["coral reef", "what does the protein do"], "query")
     assert b2["input_ids"].shape[1] < 16 and not m2[0].all()
     assert tok.mask_token_id not in b2["input_ids"]
@@ -155,7 +163,9 @@ def test_passage_padding_and_punctuation_are_not_scored(colbert: ColBERTModel) -
     assert (emb[~mask] == 0).all()
     torch.testing.assert_close(emb[mask].norm(dim=-1), torch.ones(int(mask.sum())))
 
-    keep = ColBERTModel(colbert.backbone, tok, colbert.projection, **{**colbert.settings(), "skiplist_words": []})
+    keep = ColBERTModel(
+        colbert.backbone, tok, colbert.projection, **{**colbert.settings(), "skiplist_words": []}
+    )
     assert keep.tokenize(["protein."], "passage")[1].all()
 
 
@@ -194,10 +204,58 @@ def test_embed_equals_encode_in_input_order(colbert: ColBERTModel) -> None:
             torch.testing.assert_close(emb[i, :n], one[0], atol=ATOL, rtol=0)
 
 
+def test_token_lengths_are_those_of_tokenize(colbert: ColBERTModel) -> None:
+    for kind, texts in (("query", QUERIES), ("passage", PASSAGES)):
+        batch, _ = colbert.tokenize_cpu(texts, kind)
+        want = (
+            batch["attention_mask"].sum(1).tolist()
+            if kind == "passage"
+            else [batch["input_ids"].shape[1]] * len(texts)
+        )
+        assert colbert.token_lengths(texts, kind).tolist() == want
+
+
+def test_embed_batches_as_the_runtime_says(colbert: ColBERTModel) -> None:
+    """The inference batching of the bi-encoder (docs/HARDWARE.md): prefetch in a thread gives the
+    same tensors bit for bit; a token budget or a cap on the texts of a forward the same embeddings
+    up to the float rounding of other batch shapes."""
+    texts = PASSAGES * 3
+    want, want_mask = colbert.embed(texts, "passage", batch_size=4)
+    got, got_mask = colbert.embed(texts, "passage", batch_size=4, runtime=Runtime(prefetch=True))
+    assert torch.equal(got, want) and torch.equal(got_mask, want_mask)
+    for runtime in (Runtime(max_batch_tokens=40), Runtime(max_forward_texts=1)):
+        got, got_mask = colbert.embed(texts, "passage", batch_size=4, runtime=runtime)
+        assert torch.equal(got_mask, want_mask)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_embed_with_a_token_budget_holds_to_it(
+    colbert: ColBERTModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[int, int]] = []
+    real = colbert.encode_inputs
+
+    def record(batch, mask):
+        seen.append(tuple(batch["input_ids"].shape))
+        return real(batch, mask)
+
+    monkeypatch.setattr(colbert, "encode_inputs", record)
+    colbert.embed(PASSAGES * 3, "passage", batch_size=64, runtime=Runtime(max_batch_tokens=40))
+    assert sum(rows for rows, _ in seen) == len(PASSAGES) * 3 and len(seen) > 1
+    assert all(rows * width <= 40 or rows == 1 for rows, width in seen)
+
+
 # ----------------------------------------------------------------------------- saving and loading
 def test_save_load_round_trip_and_pylate_layout(colbert: ColBERTModel, tmp_path: Path) -> None:
     out = colbert.save(tmp_path / "saved", model_card="# tiny colbert\n")
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "modules.json", SETTINGS_FILE, "README.md"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "modules.json",
+        SETTINGS_FILE,
+        "README.md",
+    ):
         assert (out / name).is_file(), name
     assert (out / DENSE_DIR / "model.safetensors").is_file()
     modules = json.loads((out / "modules.json").read_text())
