@@ -560,3 +560,36 @@ def test_profile_groups_operators_and_accounts_for_a_training_step(tiny_bi_encod
     assert math.isclose(sum(shares), 1.0, rel_tol=1e-9) and prof["step_ms"] > 0
     assert {"matmul (linear layers)", "layer norm", "optimizer"} <= set(prof["groups"])
     assert prof["top_ops"] and all(o["ms"] >= 0 for o in prof["top_ops"])
+
+
+def test_score_memory_runs_the_stages_final_pass_cold_then_warm(tmp_path: Path) -> None:
+    """``scripts/bench/score_memory.py`` (docs/SCALE.md, "Memory per pair") measures the score stage's
+    own final pass: cold, every distinct pair scored into the cache; warm, none; scores.parquet
+    written with the stage's columns."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench" / "score_memory.py"
+    from bench.score_memory import make_candidates
+
+    make_candidates(tmp_path / "candidates.parquet", 3000, passages=500)
+    runs = {}
+    for phase in ("cold", "warm"):
+        out = subprocess.run(
+            [sys.executable, str(script), "--phase", phase, "--work", str(tmp_path)],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        runs[phase] = json.loads(out.stdout.strip().splitlines()[-1])
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "candidates.parquet", columns=["qid", "docid"])
+    distinct = len(set(zip(table["qid"].to_pylist(), table["docid"].to_pylist(), strict=True)))
+    assert runs["cold"]["pairs"] == runs["warm"]["pairs"] == 3000
+    assert runs["cold"]["scored"] == distinct and runs["warm"]["scored"] == 0
+    assert runs["cold"]["peak_delta_mb"] >= 0 and runs["cold"]["bytes_per_pair"] >= 0
+    scores = pq.read_table(tmp_path / "scores.parquet")
+    assert scores.num_rows == 3000
+    assert scores.column_names[-3:] == ["teacher", "dropped", "teacher_raw"]  # z-scored, de-noised
