@@ -213,7 +213,8 @@ def assemble(
     """
     path = Path(candidates)
     raw = scores.scores
-    rows = pq.ParquetFile(path).metadata.num_rows
+    source = pq.ParquetFile(path)
+    rows = source.metadata.num_rows
     if rows != len(raw):
         raise DistillrankError(f"{path} has {rows} rows, scored {len(raw)} (it changed while it was read)")
     labels = pq.read_table(path, columns=["label"])["label"].to_numpy()
@@ -239,7 +240,7 @@ def assemble(
     if norm_method != "none":
         columns["teacher_raw"] = raw
     types = {"teacher": pa.float32(), denoise.DROPPED: pa.bool_(), "teacher_raw": pa.float32()}
-    with pq.ParquetFile(path) as source:
+    with source:
         kept = [n for n in source.schema_arrow.names if n not in columns]
         schema = pa.schema(
             [source.schema_arrow.field(n) for n in kept] + [pa.field(n, types[n]) for n in columns],

@@ -225,18 +225,15 @@ class PairFile:
             docids.add(d)
         return _sorted_distinct(qids.values()), _sorted_distinct(docids.values())
 
-    def keys(self, qids: pa.Array, docids: pa.Array, keep=None) -> np.ndarray:
+    def keys(self, qids: pa.Array, docids: pa.Array, keep) -> np.ndarray:
         """The distinct keys (sorted, as in :class:`PairIndex` over ``qids``/``docids``) of the pairs
-        for which ``keep(query_codes, doc_codes)`` (a bool array per batch) holds (all when None)."""
+        for which ``keep(query_codes, doc_codes)`` (a bool array per batch) holds."""
         parts: list[np.ndarray] = []
         n_q = len(qids)
         for q, d in self.batches(_codes_batch(qids, docids)):
             qc, dc = _positions(q, qids), _positions(d, docids)
-            if keep is None:
-                parts.append(_sorted_unique(dc * n_q + qc))
-            else:
-                kept = keep(qc, dc)
-                parts.append(_sorted_unique(dc[kept] * n_q + qc[kept]))
+            kept = keep(qc, dc)
+            parts.append(_sorted_unique(dc[kept] * n_q + qc[kept]))
         if not parts:
             return np.zeros(0, np.int64)
         every = np.concatenate(parts)
@@ -246,16 +243,12 @@ class PairFile:
     def codes(self, qids: pa.Array, docids: pa.Array) -> np.ndarray:
         """The key of every row's pair (as in :class:`PairIndex` over ``qids``/``docids``), in file
         order, int64; -1 where an id is not among them."""
-        rows = pq.ParquetFile(self.path).metadata.num_rows
-        out = np.empty(rows, np.int64)
+        ids = PairIndex(qids, docids, np.zeros(0, np.int64))
+        out = np.empty(pq.ParquetFile(self.path).metadata.num_rows, np.int64)
         start = 0
         for q, d in self.batches(_codes_batch(qids, docids)):
-            qc, dc = _positions(q, qids), _positions(d, docids)
-            end = start + len(qc)
-            np.multiply(dc, len(qids), out=out[start:end])
-            out[start:end] += qc
-            out[start:end][(qc < 0) | (dc < 0)] = -1
-            start = end
+            out[start : start + len(q)] = ids.codes(q, d)
+            start += len(q)
         return out[:start]
 
 
