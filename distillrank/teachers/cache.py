@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from distillrank.columns import Distinct, coding_rows, sorted_unique
 from distillrank.errors import DataError, DistillrankError
 from distillrank.evaluation.dense import (
     CORPUS_CHUNK,
@@ -135,54 +136,9 @@ def _positions(column: pa.ChunkedArray | pa.Array, values: pa.Array) -> np.ndarr
     return np.asarray(found.to_numpy(), dtype=np.int64)
 
 
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
-    """``numpy.unique(values)`` of an integer array, by a sort and a mask: numpy 2.3+ takes a hash
-    path for a plain ``unique`` of integers, 50x slower on millions of int64 keys (1.5 s against
-    0.03 s for 2M here)."""
-    out = np.sort(values)
-    if len(out) > 1:
-        keep = np.empty(len(out), bool)
-        keep[0] = True
-        np.not_equal(out[1:], out[:-1], out=keep[1:])
-        out = out[keep]
-    return out
-
-
 def _codes_batch(qids: pa.Array, docids: pa.Array) -> int:
-    """Rows to code at once against ``qids`` and ``docids``: as many as there are distinct ids.
-
-    ``pyarrow.compute.index_in`` hashes its whole value set on every call, so coding a fixed
-    number of rows at a time would cost O(rows / batch x distinct ids) — at MS MARCO's 8.8M passages
-    and 45M pairs, thousands of hash tables of 8.8M strings. Batches at least as long as the value
-    set keep the hashing linear in the rows (at most twice their cost), for O(distinct ids) memory,
-    which the index holds already."""
-    return max(len(qids), len(docids))
-
-
-class _Distinct:
-    """The distinct values of string batches, merged when the batches seen since the last merge
-    are as many as the values so far (amortised: each merge costs at most twice what it adds)."""
-
-    def __init__(self) -> None:
-        self._values: pa.Array = pa.array([], pa.string())
-        self._pending: list[pa.Array] = []
-        self._held = 0
-
-    def add(self, batch: pa.Array) -> None:
-        batch = pc.unique(batch)
-        self._pending.append(batch)
-        self._held += len(batch)
-        if self._held >= len(self._values):
-            self._merge()
-
-    def _merge(self) -> None:
-        if self._pending:
-            self._values = pc.unique(pa.chunked_array([self._values, *self._pending]))
-            self._pending, self._held = [], 0
-
-    def values(self) -> pa.Array:
-        self._merge()
-        return self._values
+    """Rows to code at once against ``qids`` and ``docids`` (:func:`distillrank.columns.coding_rows`)."""
+    return coding_rows(qids, docids)
 
 
 @dataclass(frozen=True)
@@ -219,7 +175,7 @@ class PairFile:
     def ids(self) -> tuple[pa.Array, pa.Array]:
         """The distinct qids and docids of the file, sorted: those of :meth:`PairIndex.of` over
         every pair, so a pair has the same key as in one process's index."""
-        qids, docids = _Distinct(), _Distinct()
+        qids, docids = Distinct(), Distinct()
         for q, d in self.batches():  # the distinct ids so far: O(distinct ids), whatever the rows
             qids.add(q)
             docids.add(d)
@@ -233,12 +189,12 @@ class PairFile:
         for q, d in self.batches(_codes_batch(qids, docids)):
             qc, dc = _positions(q, qids), _positions(d, docids)
             kept = keep(qc, dc)
-            parts.append(_sorted_unique(dc[kept] * n_q + qc[kept]))
+            parts.append(sorted_unique(dc[kept] * n_q + qc[kept]))
         if not parts:
             return np.zeros(0, np.int64)
         every = np.concatenate(parts)
         parts.clear()
-        return _sorted_unique(every)
+        return sorted_unique(every)
 
     def codes(self, qids: pa.Array, docids: pa.Array) -> np.ndarray:
         """The key of every row's pair (as in :class:`PairIndex` over ``qids``/``docids``), in file
@@ -415,7 +371,7 @@ class _Missing:
         n_q = len(index.qids)
         return cls(
             len(keys),
-            lambda: index.docids.take(_sorted_unique(keys // n_q)),
+            lambda: index.docids.take(sorted_unique(keys // n_q)),
             lambda: index.qids.take(_first_seen(index.query_codes(keys))).to_pylist(),
         )
 
@@ -802,7 +758,7 @@ def _file_index(
     """The index of the file's distinct pairs and, per row in file order, the position of its pair in
     the index's keys and its query's code (int32 each below 2**31 values: 8 bytes a row kept)."""
     row_keys = pair_file.codes(qids, docids)  # the ids are the file's own: none is -1
-    keys = _sorted_unique(row_keys)
+    keys = sorted_unique(row_keys)
     small = len(keys) < 2**31 and len(qids) < 2**31
     at = np.empty(len(row_keys), np.int32 if small else np.int64)
     query_codes = np.empty(len(row_keys), np.int32 if small else np.int64)

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from distillrank.columns import Distinct, coding_rows
 from distillrank.errors import DataError
 
 
@@ -227,12 +228,47 @@ def _record_batches(scores: pa.Table | str | Path, batch_rows: int) -> Iterator[
     yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
 
 
-def _unified(chunks: list[pa.DictionaryArray]) -> tuple[pa.Array, np.ndarray]:
-    """One dictionary for the dictionary-encoded chunks (values in order of first appearance) and
-    every row's int32 code in it."""
-    unified = pa.chunked_array(chunks).unify_dictionaries()
-    codes = [c.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False) for c in unified.chunks]
-    return unified.chunk(0).dictionary, np.concatenate(codes)
+class _QueryCodes:
+    """Every qid's code, in order of first appearance (the queries of a table are few against its
+    rows: one Python dict entry a query, the rows coded through each batch's own dictionary)."""
+
+    def __init__(self) -> None:
+        self.slot: dict[str, int] = {}
+
+    def __call__(self, qids: pa.Array) -> np.ndarray:
+        encoded = pc.dictionary_encode(qids)
+        local = np.fromiter(
+            (self.slot.setdefault(q, len(self.slot)) for q in encoded.dictionary.to_pylist()), np.int64
+        )
+        return local[encoded.indices.to_numpy(zero_copy_only=False)] if len(local) else np.zeros(0, np.int64)
+
+    def qids(self) -> pa.Array:
+        return pa.array(list(self.slot), pa.string())
+
+
+def _kept(batch: pa.RecordBatch) -> np.ndarray:
+    """Rows not removed by the score stage's de-noising (every row without a ``dropped`` column)."""
+    if "dropped" in batch.schema.names:
+        return ~pc.fill_null(batch.column("dropped"), False).to_numpy(zero_copy_only=False)
+    return np.ones(batch.num_rows, dtype=bool)
+
+
+def _grown(counts: np.ndarray, n: int) -> np.ndarray:
+    return counts if len(counts) >= n else np.concatenate([counts, np.zeros(n - len(counts), counts.dtype)])
+
+
+def _occurrence(keys: np.ndarray) -> np.ndarray:
+    """For each element, how many equal keys come before it (its rank among its equals, in order)."""
+    order = np.argsort(keys, kind="stable")
+    ranked = keys[order]
+    first = np.empty(len(ranked), bool)
+    first[:1] = True
+    np.not_equal(ranked[1:], ranked[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, len(ranked)))
+    out = np.empty(len(keys), np.int64)
+    out[order] = np.arange(len(ranked)) - np.repeat(starts, sizes)
+    return out
 
 
 def query_pools(scores: pa.Table | str | Path, batch_rows: int = BATCH_ROWS) -> tuple[Pools, int]:
@@ -240,10 +276,13 @@ def query_pools(scores: pa.Table | str | Path, batch_rows: int = BATCH_ROWS) -> 
     (no positive or no negative among the candidates), queries in first-appearance order.
 
     ``scores`` is an Arrow table or the path of a ``scores.parquet`` (columns qid, docid, label,
-    teacher, optionally dropped). A path is streamed ``batch_rows`` rows at a time: each batch is
-    dictionary-encoded (qid, docid) and reduced to int32 codes, a teacher score and a positive flag
-    (about 13 bytes a row while reading); the codes are then stably sorted by query, positives
-    first, table order within each. Both give identical pools.
+    teacher, optionally dropped), read twice in batches, never whole: the first pass counts each
+    query's candidates and positives and collects the docid dictionary (Python state per query and
+    Arrow state per distinct docid, nothing per row); the second codes every row's docid and writes
+    it and its teacher score straight to its place in the pools' arrays — by query, positives first,
+    table order within each. Memory: the pools themselves (about 8 bytes a pair), the dictionaries
+    and one batch; batches of the second pass are at least as long as the docid dictionary
+    (:func:`distillrank.columns.coding_rows`). A table and its Parquet file give identical pools.
 
     Rows whose ``dropped`` column is true (negatives removed by the score stage's de-noising) are
     skipped; a query left without negatives by them counts as dropped. A table without the column
@@ -252,42 +291,46 @@ def query_pools(scores: pa.Table | str | Path, batch_rows: int = BATCH_ROWS) -> 
     Raises:
         DataError: a path that is not a Parquet file, or lacks one of the columns.
     """
-    qid_chunks: list[pa.DictionaryArray] = []
-    doc_chunks: list[pa.DictionaryArray] = []
-    keeps, teachers, positives = [], [], []
+    codes = _QueryCodes()
+    distinct = Distinct()
+    sizes = np.zeros(0, np.int64)  # kept rows per query
+    n_pos = np.zeros(0, np.int64)
+    teacher_type = None
     for batch in _record_batches(scores, batch_rows):
-        names = batch.schema.names
-        column = batch.column  # by name
-        if "dropped" in names:
-            keep = pc.invert(pc.fill_null(column("dropped"), False))
-        else:
-            keep = pa.array(np.ones(batch.num_rows, dtype=bool))
-        qid_chunks.append(pc.dictionary_encode(column("qid")))  # every row: a query all dropped still counts
-        doc_chunks.append(pc.dictionary_encode(column("docid").filter(keep)))
-        keeps.append(keep.to_numpy(zero_copy_only=False))
-        teacher = column("teacher").filter(keep).to_numpy(zero_copy_only=False)
-        teachers.append(teacher if teacher.dtype == np.float64 else teacher.astype(np.float32, copy=False))
-        positives.append(pc.greater(column("label").filter(keep), 0).to_numpy(zero_copy_only=False))
-    if not qid_chunks:
+        qcode = codes(batch.column("qid"))  # every row: a query all dropped still counts
+        keep = _kept(batch)
+        positive = pc.fill_null(pc.greater(batch.column("label"), 0), False).to_numpy(zero_copy_only=False)
+        n = len(codes.slot)
+        sizes = _grown(sizes, n) + np.bincount(qcode[keep], minlength=n)
+        n_pos = _grown(n_pos, n) + np.bincount(qcode[keep & positive], minlength=n)
+        distinct.add(batch.column("docid").filter(pa.array(keep)))
+        teacher_type = batch.schema.field("teacher").type
+    if teacher_type is None:
         return Pools.empty(), 0
-    qids, qcode = _unified(qid_chunks)
-    del qid_chunks
-    qcode = qcode[np.concatenate(keeps)]
-    del keeps
-    docids, docs = _unified(doc_chunks)
-    del doc_chunks
-    teacher = np.concatenate(teachers)
-    positive = np.concatenate(positives)
-    del teachers, positives
-    n_queries = len(qids)
-    sizes = np.bincount(qcode, minlength=n_queries)
-    n_pos = np.bincount(qcode[positive], minlength=n_queries)
+    docids = distinct.values()
     usable = (n_pos > 0) & (sizes > n_pos)
-    order = np.lexsort((~positive, qcode))  # stable: by query, positives first, table order within
-    order = order[usable[qcode[order]]]
-    offsets = np.concatenate([[0], np.cumsum(sizes[usable], dtype=np.int64)])
-    pools = Pools(qids.filter(pa.array(usable)), offsets, n_pos[usable], docs[order], teacher[order], docids)
-    return pools, int(n_queries - usable.sum())
+    offsets = np.concatenate([[0], np.cumsum(np.where(usable, sizes, 0), dtype=np.int64)])
+    # where each query's positives and negatives start: key 2q (positives) and 2q + 1 (negatives)
+    starts = np.stack([offsets[:-1], offsets[:-1] + n_pos], axis=1).reshape(-1)
+    filled = np.zeros(len(starts), np.int64)
+    docs = np.empty(offsets[-1], np.int32)
+    teacher = np.empty(offsets[-1], np.float64 if pa.types.is_float64(teacher_type) else np.float32)
+    for batch in _record_batches(scores, max(batch_rows, coding_rows(docids))):
+        qcode = codes(batch.column("qid"))  # the codes of the first pass: every qid is known
+        keep = _kept(batch) & usable[qcode]
+        if not keep.any():
+            continue
+        positive = pc.fill_null(pc.greater(batch.column("label"), 0), False).to_numpy(zero_copy_only=False)
+        key = 2 * qcode[keep] + ~positive[keep]
+        at = starts[key] + filled[key] + _occurrence(key)
+        filled += np.bincount(key, minlength=len(filled))
+        mask = pa.array(keep)
+        docs[at] = pc.index_in(batch.column("docid").filter(mask), value_set=docids).to_numpy(zero_copy_only=False)
+        teacher[at] = batch.column("teacher").filter(mask).to_numpy(zero_copy_only=False)
+    qids = codes.qids()
+    ends = offsets[np.concatenate([[True], usable])]  # an unusable query adds no rows
+    pools = Pools(qids.filter(pa.array(usable)), ends, n_pos[usable], docs, teacher, docids)
+    return pools, int(len(qids) - usable.sum())
 
 
 @dataclass

@@ -70,3 +70,38 @@ def test_a_bad_score_file_is_a_data_error(tmp_path: Path) -> None:
     pq.write_table(pa.table({"qid": ["q"], "docid": ["d"]}), bad)
     with pytest.raises(DataError, match=r"\['label', 'teacher'\]"):
         query_pools(bad)
+
+
+def test_occurrence_ranks_equal_keys_in_order() -> None:
+    from distillrank.training.batching import _occurrence
+
+    keys = np.array([5, 2, 5, 5, 2, 9, 0])
+    assert _occurrence(keys).tolist() == [0, 0, 1, 2, 1, 0, 0]
+    assert _occurrence(np.zeros(0, np.int64)).tolist() == []
+
+
+def test_rows_of_one_query_far_apart_land_in_table_order(tmp_path: Path) -> None:
+    """A query's positives and negatives spread over many batches keep their table order, positives
+    first, whatever the batch length of either pass."""
+    rows = [("qa", f"d{i}", int(i % 5 == 0), float(i)) for i in range(40)]
+    other = [("qb", f"e{i}", int(i == 3), -float(i)) for i in range(40)]
+    rows = [r for pair in zip(rows, other, strict=True) for r in pair]
+    table = pa.table(
+        {
+            "qid": [r[0] for r in rows],
+            "docid": [r[1] for r in rows],
+            "label": pa.array([r[2] for r in rows], pa.int64()),
+            "teacher": pa.array([r[3] for r in rows], pa.float64()),
+        }
+    )
+    path = tmp_path / "scores.parquet"
+    pq.write_table(table, path, row_group_size=6)
+    for batch_rows in (1, 4, 1000):
+        pools, dropped = query_pools(path, batch_rows=batch_rows)
+        assert dropped == 0 and pools.qids.to_pylist() == ["qa", "qb"]
+        qa, qb = pools[0], pools[1]
+        assert [d for d, _ in qa.positives] == [f"d{i}" for i in range(0, 40, 5)]
+        assert [d for d, _ in qa.negatives] == [f"d{i}" for i in range(40) if i % 5]
+        assert [s for _, s in qa.negatives] == [float(i) for i in range(40) if i % 5]
+        assert qb.positives == [("e3", -3.0)] and len(qb.negatives) == 39
+        assert pools.teacher.dtype == np.float64  # a float64 teacher column stays float64
