@@ -65,3 +65,33 @@ class Distinct:
     def values(self) -> pa.Array:
         self._merge()
         return self._values
+
+
+ROW_CHUNK = 1 << 20  # rows per slice of per-row work: temporaries of one slice, not of every row
+
+
+def row_slices(n: int, chunk: int | None = None):
+    """``slice`` objects covering ``range(n)`` in order, ``chunk`` rows each (default
+    :data:`ROW_CHUNK`; the last shorter)."""
+    chunk = chunk or ROW_CHUNK
+    return (slice(start, min(start + chunk, n)) for start in range(0, n, chunk))
+
+
+def group_codes(groups: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense group ids of ``groups`` [N] and how many there are.
+
+    Non-negative integer codes no larger than the rows (e.g. the query codes of
+    :class:`distillrank.teachers.cache.RowScores`) are used as they are, without the int64 inverse
+    and the sort of ``np.unique``; other values (strings, sparse integers) are coded by
+    ``np.unique``. Empty groups may result from the former; callers only read groups that have rows.
+    """
+    values = np.asarray(groups)
+    if np.issubdtype(values.dtype, np.integer):
+        if not len(values):
+            return values, 0
+        low, high = int(values.min()), int(values.max())
+        if low >= 0 and high <= 2 * len(values):
+            return values, high + 1
+    _, inverse = np.unique(values, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    return inverse, int(inverse.max()) + 1 if len(inverse) else 0

@@ -29,3 +29,23 @@ def test_distinct_keeps_first_appearance_order_across_merges() -> None:
 def test_coding_rows_is_the_longest_value_set() -> None:
     assert coding_rows(pa.array(["a", "b"]), pa.array(["x", "y", "z"])) == 3
     assert coding_rows() == 0
+
+
+def test_group_codes_keeps_dense_codes_and_codes_the_rest() -> None:
+    from distillrank.columns import group_codes
+
+    dense = np.array([2, 0, 2, 1], np.int32)
+    codes, n = group_codes(dense)
+    assert codes is dense and n == 3  # no copy, no sort
+    codes, n = group_codes(np.array([10**12, 5, 10**12]))
+    assert codes.tolist() == [1, 0, 1] and n == 2
+    codes, n = group_codes(np.array(["q2", "q1", "q2"], dtype=object))
+    assert codes.tolist() == [1, 0, 1] and n == 2
+    assert group_codes(np.zeros(0, np.int64))[1] == 0
+
+
+def test_row_slices_cover_the_rows_in_order() -> None:
+    from distillrank.columns import row_slices
+
+    assert [(s.start, s.stop) for s in row_slices(10, 4)] == [(0, 4), (4, 8), (8, 10)]
+    assert list(row_slices(0, 4)) == []

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from distillrank.columns import group_codes, row_slices
 from distillrank.errors import ConfigError
 
 DROPPED = "dropped"
@@ -93,31 +94,33 @@ def denoise(
     by_relative = np.zeros(n, dtype=bool)
     if n == 0 or not enabled(margin, relative):
         return DenoiseResult(by_margin, by_margin.copy(), by_relative, 0)
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores)
+    group, n_groups = group_codes(np.asarray(qids))
     negative = labels <= 0
-    codes = np.asarray(qids)
-    if not np.issubdtype(codes.dtype, np.integer):
-        codes = codes.astype(object)
-    _, group = np.unique(codes, return_inverse=True)
-    group = group.reshape(-1)
-    n_groups = int(group.max()) + 1
-
+    # per-group thresholds first; then the rows a slice at a time (float64 temporaries of one slice)
     if margin is not None:
         best_pos = np.full(n_groups, -np.inf)
-        np.maximum.at(best_pos, group[~negative], scores[~negative])
+        positive = ~negative
+        np.maximum.at(best_pos, group[positive], scores[positive].astype(np.float64))
         has_pos = np.isfinite(best_pos)
-        threshold = best_pos[group] - float(margin)
-        by_margin = negative & has_pos[group] & (scores >= threshold)
-
+        threshold = best_pos - float(margin)
     if relative is not None:
         top = np.full(n_groups, -np.inf)
-        np.maximum.at(top, group, scores)
+        for rows in row_slices(n):
+            np.maximum.at(top, group[rows], scores[rows].astype(np.float64))
         applies = top > 0
-        by_relative = negative & applies[group] & (scores > float(relative) * top[group])
-
+        bound = float(relative) * top
+    neg_before = np.zeros(n_groups, np.int64)
+    neg_after = np.zeros(n_groups, np.int64)
+    for rows in row_slices(n):
+        g, s, neg = group[rows], scores[rows].astype(np.float64), negative[rows]
+        if margin is not None:
+            by_margin[rows] = neg & has_pos[g] & (s >= threshold[g])
+        if relative is not None:
+            by_relative[rows] = neg & applies[g] & (s > bound[g])
+        neg_before += np.bincount(g[neg], minlength=n_groups)
+        neg_after += np.bincount(g[neg & ~(by_margin[rows] | by_relative[rows])], minlength=n_groups)
     dropped = by_margin | by_relative
-    neg_before = np.bincount(group[negative], minlength=n_groups)
-    neg_after = np.bincount(group[negative & ~dropped], minlength=n_groups)
     lost = int(np.sum((neg_before > 0) & (neg_after == 0)))
     return DenoiseResult(dropped, by_margin, by_relative, lost)
 

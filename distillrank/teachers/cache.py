@@ -786,7 +786,7 @@ def file_scores(
     """:func:`teacher_scores` of the pairs of a Parquet file, holding a few numbers a pair and no
     string: the file is read in batches, twice (its distinct ids; then every row's pair as an int64
     key, kept as the position of its key among the distinct ones and its query's code), and the cache
-    is joined to the distinct keys. The score stage's final pass with it grows ~65 bytes a pair
+    is joined to the distinct keys. The score stage's final pass with it grows ~30 bytes a pair
     (``scripts/bench/score_memory.py``), against ~170 with the pairs' id columns held whole; the
     scores are the same, bit for bit.
 
@@ -794,10 +794,14 @@ def file_scores(
     """
     qids, docids = pair_file.ids()
     index, at, query_codes = _file_index(pair_file, qids, docids)
-    return _row_scores(
+    rows = _row_scores(
         teacher, teacher_fp, coll, index, at, query_codes, query_text, passage_text, Path(cache_root),
         runtime, shard_size, progress,
     )  # fmt: skip
+    # Arrow's allocator keeps the batches' freed memory for reuse; numpy, which does the rest of the
+    # final pass, cannot reuse it: hand it back (~30 of the ~100 bytes a pair read here at peak)
+    pa.default_memory_pool().release_unused()
+    return rows
 
 
 def _row_scores(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from distillrank.columns import group_codes, row_slices
 from distillrank.errors import ConfigError
 
 METHODS = ("none", "zscore", "minmax")
@@ -41,27 +42,53 @@ def normalize(scores: np.ndarray, groups: np.ndarray | None, method: str, scope:
         groups: [N] integer group ids (e.g. query codes); needed when ``scope="query"``.
     """
     check(method, scope)
-    s = np.asarray(scores, dtype=np.float64)
-    if method == "none" or len(s) == 0:
+    s = np.asarray(scores)
+    n = len(s)
+    if method == "none" or n == 0:
         return s.astype(np.float32)
     if scope == "global":
-        codes = np.zeros(len(s), dtype=np.int64)
+        codes, n_groups = None, 1
     else:
         if groups is None:
             raise ValueError("normalize(scope='query') needs the group of every score")
-        _, codes = np.unique(np.asarray(groups), return_inverse=True)
-    n_groups = int(codes.max()) + 1
+        codes, n_groups = group_codes(np.asarray(groups))
+    out = np.empty(n, np.float32)
+    # per-group statistics, then the rows a slice at a time: float64 temporaries of one slice
     if method == "zscore":
-        count = np.bincount(codes, minlength=n_groups).astype(np.float64)
-        mean = np.bincount(codes, weights=s, minlength=n_groups) / count
-        centred = s - mean[codes]
-        std = np.sqrt(np.bincount(codes, weights=centred**2, minlength=n_groups) / count)
-        out = np.divide(centred, std[codes], out=np.zeros_like(s), where=std[codes] > 0)
+        count = np.zeros(n_groups)
+        total = np.zeros(n_groups)
+        for rows in row_slices(n):
+            g = _slice_groups(codes, rows)
+            count += np.bincount(g, minlength=n_groups)
+            total += np.bincount(g, weights=s[rows].astype(np.float64), minlength=n_groups)
+        mean = total / np.maximum(count, 1)
+        spread = np.zeros(n_groups)
+        for rows in row_slices(n):
+            g = _slice_groups(codes, rows)
+            spread += np.bincount(g, weights=(s[rows].astype(np.float64) - mean[g]) ** 2, minlength=n_groups)
+        std = np.sqrt(spread / np.maximum(count, 1))
+        for rows in row_slices(n):
+            g = _slice_groups(codes, rows)
+            centred = s[rows].astype(np.float64) - mean[g]
+            scale = std[g]
+            out[rows] = np.divide(centred, scale, out=np.zeros_like(centred), where=scale > 0)
     else:
         lo = np.full(n_groups, np.inf)
         hi = np.full(n_groups, -np.inf)
-        np.minimum.at(lo, codes, s)
-        np.maximum.at(hi, codes, s)
-        span = (hi - lo)[codes]
-        out = np.divide(s - lo[codes], span, out=np.full_like(s, 0.5), where=span > 0)
-    return out.astype(np.float32)
+        for rows in row_slices(n):
+            g, part = _slice_groups(codes, rows), s[rows].astype(np.float64)
+            np.minimum.at(lo, g, part)
+            np.maximum.at(hi, g, part)
+        for rows in row_slices(n):
+            g = _slice_groups(codes, rows)
+            span = (hi - lo)[g]
+            low = s[rows].astype(np.float64) - lo[g]
+            out[rows] = np.divide(low, span, out=np.full_like(low, 0.5), where=span > 0)
+    return out
+
+
+def _slice_groups(codes: np.ndarray | None, rows: slice) -> np.ndarray:
+    """The group ids of a slice of rows (all 0 for the global scope)."""
+    if codes is None:
+        return np.zeros(rows.stop - rows.start, np.int64)
+    return codes[rows]

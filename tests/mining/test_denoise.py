@@ -129,3 +129,24 @@ def test_denoise_table_appends_a_boolean_column_and_keeps_every_row() -> None:
 def test_bad_settings_are_config_errors(margin: float | None, relative: float | None) -> None:
     with pytest.raises(ConfigError, match="score.denoise_"):
         check_settings(margin, relative)
+
+
+def test_denoise_by_slices_equals_it_whole(monkeypatch) -> None:
+    """The rows are handled a slice at a time (float64 temporaries of one slice): a query whose
+    rows span slices is de-noised exactly as with every row in one slice."""
+    import distillrank.columns as columns
+
+    rng = np.random.default_rng(3)
+    n = 500
+    codes = rng.integers(0, 40, n).astype(np.int32)
+    labels = (rng.random(n) < 0.1).astype(np.int64)
+    scores = rng.normal(size=n).astype(np.float32)
+    whole = denoise(codes, labels, scores, margin=0.2, relative=0.5)
+    monkeypatch.setattr(columns, "ROW_CHUNK", 7)
+    sliced = denoise(codes, labels, scores, margin=0.2, relative=0.5)
+    strings = denoise(np.array([f"q{c}" for c in codes], dtype=object), labels, scores, margin=0.2, relative=0.5)
+    for got in (sliced, strings):
+        assert np.array_equal(got.dropped, whole.dropped) and np.array_equal(got.by_margin, whole.by_margin)
+        assert np.array_equal(got.by_relative, whole.by_relative)
+        assert got.queries_without_negatives == whole.queries_without_negatives
+    assert whole.by_margin.any() and whole.by_relative.any()
