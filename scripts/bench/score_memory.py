@@ -26,6 +26,10 @@ read before). The figure per rank is the slope between the sizes: bytes per furt
 
 from __future__ import annotations
 
+# isort: off
+import distillrank  # noqa: F401  first: it sets Arrow's allocator (distillrank/__init__.py) before pyarrow loads
+# isort: on
+
 import argparse
 import json
 import subprocess
