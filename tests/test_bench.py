@@ -562,6 +562,22 @@ def test_profile_groups_operators_and_accounts_for_a_training_step(tiny_bi_encod
     assert prof["top_ops"] and all(o["ms"] >= 0 for o in prof["top_ops"])
 
 
+@pytest.mark.slow  # torch.compile compiles a forward and a backward graph: ~30 s (make test-slow)
+def test_compiled_side_by_side_times_eager_and_compiled_steps(tiny_bi_encoder: Path) -> None:
+    """profile_encoder.py --compile (docs/BENCHMARKS.md, "Where the time goes below the ceiling"):
+    the compile is timed apart from the steps, eager and compiled alike for inference and training."""
+    from bench.profile_encoder import compiled_side_by_side
+
+    from distillrank.models.bi_encoder import BiEncoder
+
+    fwd, student = BiEncoder.load(tiny_bi_encoder), BiEncoder.load(tiny_bi_encoder)
+    times = compiled_side_by_side(fwd, student, ["a short passage", "another passage about cells"], 2)
+    for case in ("forward", "forward_backward"):
+        assert {f"{case}: eager", f"{case}: compiled", f"{case}: first compiled call (compiling)"} <= set(times)
+        assert times[f"{case}: first compiled call (compiling)"] > times[f"{case}: compiled"] > 0
+    assert any(p.grad is not None for p in student.parameters())  # the training case backpropagated
+
+
 def test_score_memory_runs_the_stages_final_pass_cold_then_warm(tmp_path: Path) -> None:
     """``scripts/bench/score_memory.py`` (docs/SCALE.md, "Memory per pair") measures the score stage's
     own final pass: cold, every distinct pair scored into the cache; warm, none; scores.parquet

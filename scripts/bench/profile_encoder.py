@@ -168,7 +168,7 @@ def sorted_batches(encoder, texts: list[str], size: int):
     return run
 
 
-def run(batch: int, max_length: int, repeats: int, cache: Path) -> dict[str, Any]:
+def run(batch: int, max_length: int, repeats: int, cache: Path, compile_too: bool = False) -> dict[str, Any]:
     from distillrank.models.bi_encoder import BiEncoder
     from distillrank.models.hub import resolve_model
 
@@ -252,9 +252,38 @@ def run(batch: int, max_length: int, repeats: int, cache: Path) -> dict[str, Any
             continue
         opts[label] = median_seconds(lambda o=opt: _opt_step(student, o), repeats)
     settings["optimizer_step"] = opts
+    if compile_too:
+        settings["torch.compile"] = compiled_side_by_side(fwd, student, texts, repeats)
     result["settings_side_by_side"] = settings
     result["load_average"] = [host["load_average"], load_average()]
     return result
+
+
+def compiled_side_by_side(fwd, student, texts: list[str], repeats: int) -> dict[str, float]:
+    """The forward and the student's forward + backward through ``torch.compile`` (inductor) of
+    the encoder's ``embed`` against eager, alternating; and the first compiled call (the compile
+    itself), which a run must win back before compiling pays."""
+    out: dict[str, float] = {}
+    for name, encoder, train in (("forward", fwd, False), ("forward_backward", student, True)):
+        batch = encoder.tokenize(texts, "passage")
+        compiled = torch.compile(encoder.embed)
+
+        def step(embed, encoder=encoder, batch=batch, train=train) -> None:
+            if train:
+                encoder.train()
+                encoder.zero_grad(set_to_none=True)
+                embed(batch).float().pow(2).sum().backward()
+            else:
+                with torch.inference_mode():
+                    encoder.eval()
+                    embed(batch)
+
+        start = time.perf_counter()
+        step(compiled)
+        out[f"{name}: first compiled call (compiling)"] = time.perf_counter() - start
+        times = alternate({"eager": lambda e=encoder.embed: step(e), "compiled": lambda c=compiled: step(c)}, repeats)
+        out[f"{name}: eager"], out[f"{name}: compiled"] = times["eager"], times["compiled"]
+    return out
 
 
 def _opt_step(model, optimizer) -> None:
@@ -308,9 +337,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "distillrank-bench-cache"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile (inductor) against eager (minutes: it compiles)"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result = run(args.batch, args.max_length, args.repeats, args.cache)
+    result = run(args.batch, args.max_length, args.repeats, args.cache, compile_too=args.compile)
     from distillrank.workspace import atomic_path, atomic_write_json
 
     args.out.mkdir(parents=True, exist_ok=True)
