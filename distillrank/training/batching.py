@@ -312,11 +312,16 @@ def query_pools(scores: pa.Table | str | Path, batch_rows: int = BATCH_ROWS) -> 
     offsets = np.concatenate([[0], np.cumsum(np.where(usable, sizes, 0), dtype=np.int64)])
     # where each query's positives and negatives start: key 2q (positives) and 2q + 1 (negatives)
     starts = np.stack([offsets[:-1], offsets[:-1] + n_pos], axis=1).reshape(-1)
+    expected = np.stack([n_pos, sizes - n_pos], axis=1).reshape(-1) * np.repeat(usable, 2)
     filled = np.zeros(len(starts), np.int64)
     docs = np.empty(offsets[-1], np.int32)
     teacher = np.empty(offsets[-1], np.float64 if pa.types.is_float64(teacher_type) else np.float32)
+    n_queries = len(codes.slot)
+    changed = DataError(f"{scores if not isinstance(scores, pa.Table) else 'the score table'} changed while it was read")
     for batch in _record_batches(scores, max(batch_rows, coding_rows(docids))):
         qcode = codes(batch.column("qid"))  # the codes of the first pass: every qid is known
+        if len(codes.slot) != n_queries:
+            raise changed
         keep = _kept(batch) & usable[qcode]
         if not keep.any():
             continue
@@ -324,9 +329,13 @@ def query_pools(scores: pa.Table | str | Path, batch_rows: int = BATCH_ROWS) -> 
         key = 2 * qcode[keep] + ~positive[keep]
         at = starts[key] + filled[key] + _occurrence(key)
         filled += np.bincount(key, minlength=len(filled))
+        if np.any(filled > expected):  # more rows than counted: they would land in another query's
+            raise changed
         mask = pa.array(keep)
         docs[at] = pc.index_in(batch.column("docid").filter(mask), value_set=docids).to_numpy(zero_copy_only=False)
         teacher[at] = batch.column("teacher").filter(mask).to_numpy(zero_copy_only=False)
+    if not np.array_equal(filled, expected):
+        raise changed
     qids = codes.qids()
     ends = offsets[np.concatenate([[True], usable])]  # an unusable query adds no rows
     pools = Pools(qids.filter(pa.array(usable)), ends, n_pos[usable], docs, teacher, docids)

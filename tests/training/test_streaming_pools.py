@@ -105,3 +105,26 @@ def test_rows_of_one_query_far_apart_land_in_table_order(tmp_path: Path) -> None
         assert [s for _, s in qa.negatives] == [float(i) for i in range(40) if i % 5]
         assert qb.positives == [("e3", -3.0)] and len(qb.negatives) == 39
         assert pools.teacher.dtype == np.float64  # a float64 teacher column stays float64
+
+
+def test_a_file_that_changes_between_the_passes_is_a_data_error(tmp_path: Path, monkeypatch) -> None:
+    """The second pass writes each row where the first pass counted room for it: rows it did not
+    count (another writer replaced the file meanwhile) are an error, not another query's data."""
+    import distillrank.training.batching as batching
+
+    table = _scores(20, 6, dropped=False)
+    path = tmp_path / "scores.parquet"
+    pq.write_table(table, path)
+    read = batching._record_batches
+    for second in (table.slice(0, table.num_rows - 5), pa.concat_tables([table, table.slice(0, 3)])):
+        calls = []
+
+        def twice(source, rows, second=second, calls=calls):
+            calls.append(rows)
+            return read(source if len(calls) == 1 else second, rows)
+
+        monkeypatch.setattr(batching, "_record_batches", twice)
+        with pytest.raises(DataError, match="changed while it was read"):
+            query_pools(path)
+    monkeypatch.setattr(batching, "_record_batches", read)
+    assert query_pools(path)[0] == query_pools(table)[0]
