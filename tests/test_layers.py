@@ -25,6 +25,7 @@ LAYERS = {
     "distillrank.runtime": 0,
     "distillrank.config": 0,
     "distillrank.artifacts": 0,
+    "distillrank.columns": 0,  # column helpers (distinct strings, sorted unique, row slices, group codes) for cache and pools
     "distillrank.sharding": 0,  # a torchrun rank's or SLURM array task's share of a job, and the group's operations
     "distillrank.ranking": 1,  # the Ranker interface that teachers and students implement
     "distillrank.calibration": 1,  # hardware=auto: backend and precision measured per model
