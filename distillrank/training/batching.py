@@ -48,7 +48,7 @@ class Example:
 
 
 SCORE_COLUMNS = ("qid", "docid", "label", "teacher")
-BATCH_ROWS = 65_536
+BATCH_ROWS = 1 << 20  # a row group as pyarrow writes it: ~40 MB a batch; fewer merges of the docid set (6.1 -> 4.5 s at 10M rows)
 
 
 def _strings(values: Sequence[str] | pa.Array) -> pa.Array:
