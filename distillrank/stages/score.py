@@ -213,34 +213,33 @@ def assemble(
     """
     path = Path(candidates)
     raw = scores.scores
-    source = pq.ParquetFile(path)
-    rows = source.metadata.num_rows
-    if rows != len(raw):
-        raise DistillrankError(f"{path} has {rows} rows, scored {len(raw)} (it changed while it was read)")
-    labels = pq.read_table(path, columns=["label"])["label"].to_numpy()
-    denoised = denoise.denoise(scores.query_codes, labels, raw, margin, relative)
-    if denoise.enabled(margin, relative):
-        log.info(
-            "score: de-noising (margin=%s, relative=%s) dropped %d of %d negatives; "
-            "%d queries left without negatives",
-            margin,
-            relative,
-            int(denoised.dropped.sum()),
-            int(np.sum(labels <= 0)),
-            denoised.queries_without_negatives,
+    with pq.ParquetFile(path) as source:  # one handle: row count, labels, then the batches copied
+        rows = source.metadata.num_rows
+        if rows != len(raw):
+            raise DistillrankError(f"{path} has {rows} rows, scored {len(raw)} (it changed while it was read)")
+        labels = source.read(columns=["label"])["label"].to_numpy()
+        denoised = denoise.denoise(scores.query_codes, labels, raw, margin, relative)
+        if denoise.enabled(margin, relative):
+            log.info(
+                "score: de-noising (margin=%s, relative=%s) dropped %d of %d negatives; "
+                "%d queries left without negatives",
+                margin,
+                relative,
+                int(denoised.dropped.sum()),
+                int(np.sum(labels <= 0)),
+                denoised.queries_without_negatives,
+            )
+        del labels
+        # de-noising reads raw scores; training reads the normalised ones
+        teacher = (
+            raw
+            if norm_method == "none"
+            else normalize.normalize(raw, scores.query_codes, norm_method, norm_scope)
         )
-    del labels
-    # de-noising reads raw scores; training reads the normalised ones
-    teacher = (
-        raw
-        if norm_method == "none"
-        else normalize.normalize(raw, scores.query_codes, norm_method, norm_scope)
-    )
-    columns = {"teacher": teacher, denoise.DROPPED: denoised.dropped}
-    if norm_method != "none":
-        columns["teacher_raw"] = raw
-    types = {"teacher": pa.float32(), denoise.DROPPED: pa.bool_(), "teacher_raw": pa.float32()}
-    with source:
+        columns = {"teacher": teacher, denoise.DROPPED: denoised.dropped}
+        if norm_method != "none":
+            columns["teacher_raw"] = raw
+        types = {"teacher": pa.float32(), denoise.DROPPED: pa.bool_(), "teacher_raw": pa.float32()}
         kept = [n for n in source.schema_arrow.names if n not in columns]
         schema = pa.schema(
             [source.schema_arrow.field(n) for n in kept] + [pa.field(n, types[n]) for n in columns],

@@ -136,11 +136,6 @@ def _positions(column: pa.ChunkedArray | pa.Array, values: pa.Array) -> np.ndarr
     return np.asarray(found.to_numpy(), dtype=np.int64)
 
 
-def _codes_batch(qids: pa.Array, docids: pa.Array) -> int:
-    """Rows to code at once against ``qids`` and ``docids`` (:func:`distillrank.columns.coding_rows`)."""
-    return coding_rows(qids, docids)
-
-
 @dataclass(frozen=True)
 class PairFile:
     """The (qid, docid) pairs of a Parquet file with columns ``qid`` and ``docid``, read in batches
@@ -156,7 +151,7 @@ class PairFile:
 
     def batches(self, at_least: int = 0) -> Iterator[tuple[pa.Array, pa.Array]]:
         """The ``(qids, docids)`` of each batch, as string arrays; batches of ``batch_rows`` rows, or
-        of ``at_least`` when that is more (:func:`_codes_batch`).
+        of ``at_least`` when that is more (:func:`distillrank.columns.coding_rows`).
 
         Raises:
             DataError: the file lacks a ``qid`` or ``docid`` column, or an id is null.
@@ -186,7 +181,7 @@ class PairFile:
         for which ``keep(query_codes, doc_codes)`` (a bool array per batch) holds."""
         parts: list[np.ndarray] = []
         n_q = len(qids)
-        for q, d in self.batches(_codes_batch(qids, docids)):
+        for q, d in self.batches(coding_rows(qids, docids)):
             qc, dc = _positions(q, qids), _positions(d, docids)
             kept = keep(qc, dc)
             parts.append(sorted_unique(dc[kept] * n_q + qc[kept]))
@@ -202,7 +197,7 @@ class PairFile:
         ids = PairIndex(qids, docids, np.zeros(0, np.int64))
         out = np.empty(pq.ParquetFile(self.path).metadata.num_rows, np.int64)
         start = 0
-        for q, d in self.batches(_codes_batch(qids, docids)):
+        for q, d in self.batches(coding_rows(qids, docids)):
             out[start : start + len(q)] = ids.codes(q, d)
             start += len(q)
         return out[:start]
@@ -245,7 +240,7 @@ class ScoreCache:
 
     def _grouped(self, at_least: int) -> Iterator[pa.Table]:
         """The shards in name order, consecutive ones joined into tables of ``at_least`` rows or
-        more (the last may be shorter): see :func:`_codes_batch`."""
+        more (the last may be shorter): see :func:`distillrank.columns.coding_rows`."""
         group: list[pa.Table] = []
         rows = 0
         for table in self.shards():
@@ -280,7 +275,7 @@ class ScoreCache:
         """
         found = np.zeros(len(index.keys), dtype=bool)
         scores = np.zeros(len(index.keys), dtype=np.float32)
-        for table in self._grouped(_codes_batch(index.qids, index.docids)):
+        for table in self._grouped(coding_rows(index.qids, index.docids)):
             codes = index.codes(table["qid"], table["docid"])
             at = np.minimum(np.searchsorted(index.keys, codes), max(len(index.keys) - 1, 0))
             rows = np.flatnonzero((codes >= 0) & (index.keys[at] == codes)) if len(index.keys) else codes[:0]

@@ -253,6 +253,11 @@ def _kept(batch: pa.RecordBatch) -> np.ndarray:
     return np.ones(batch.num_rows, dtype=bool)
 
 
+def _positive(batch: pa.RecordBatch) -> np.ndarray:
+    """Rows whose label is above 0 (a null label is not a positive)."""
+    return pc.fill_null(pc.greater(batch.column("label"), 0), False).to_numpy(zero_copy_only=False)
+
+
 def _grown(counts: np.ndarray, n: int) -> np.ndarray:
     return counts if len(counts) >= n else np.concatenate([counts, np.zeros(n - len(counts), counts.dtype)])
 
@@ -299,7 +304,7 @@ def query_pools(scores: pa.Table | str | Path, batch_rows: int = BATCH_ROWS) -> 
     for batch in _record_batches(scores, batch_rows):
         qcode = codes(batch.column("qid"))  # every row: a query all dropped still counts
         keep = _kept(batch)
-        positive = pc.fill_null(pc.greater(batch.column("label"), 0), False).to_numpy(zero_copy_only=False)
+        positive = _positive(batch)
         n = len(codes.slot)
         sizes = _grown(sizes, n) + np.bincount(qcode[keep], minlength=n)
         n_pos = _grown(n_pos, n) + np.bincount(qcode[keep & positive], minlength=n)
@@ -325,7 +330,7 @@ def query_pools(scores: pa.Table | str | Path, batch_rows: int = BATCH_ROWS) -> 
         keep = _kept(batch) & usable[qcode]
         if not keep.any():
             continue
-        positive = pc.fill_null(pc.greater(batch.column("label"), 0), False).to_numpy(zero_copy_only=False)
+        positive = _positive(batch)
         key = 2 * qcode[keep] + ~positive[keep]
         at = starts[key] + filled[key] + _occurrence(key)
         filled += np.bincount(key, minlength=len(filled))
