@@ -13,9 +13,12 @@ Two costs that grow with the collection are avoided here rather than in each cal
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -67,14 +70,28 @@ class Distinct:
         return self._values
 
 
+Reduce = Callable[[np.ndarray, str], np.ndarray]
+"""Combines per-group statistics (arrays, one entry per query) over workers that each hold part of
+the rows: ``reduce(values, how)``, ``how`` one of ``sum``, ``min``, ``max`` — an all-reduce over the
+ranks of a ``torchrun`` group (:func:`distillrank.sharding.reduce_array`) in the score stage."""
+
 ROW_CHUNK = 1 << 20  # rows per slice of per-row work: temporaries of one slice, not of every row
 
 
-def row_slices(n: int, chunk: int | None = None):
+def row_slices(n: int, chunk: int | None = None, first_row: int = 0):
     """``slice`` objects covering ``range(n)`` in order, ``chunk`` rows each (default
-    :data:`ROW_CHUNK`; the last shorter)."""
+    :data:`ROW_CHUNK`; the first and last may be shorter).
+
+    ``first_row`` is the position of row 0 among a larger set of rows split into parts (the score
+    stage's ranks each hold one row range of the candidates): the cuts fall where they fall for the
+    whole set, at multiples of ``chunk`` of its numbering, so sums accumulated slice by slice add the
+    same numbers in the same order whichever part holds them."""
     chunk = chunk or ROW_CHUNK
-    return (slice(start, min(start + chunk, n)) for start in range(0, n, chunk))
+    start = 0
+    while start < n:
+        stop = min(n, start + chunk - (first_row + start) % chunk)
+        yield slice(start, stop)
+        start = stop
 
 
 def group_codes(groups: np.ndarray) -> tuple[np.ndarray, int]:
@@ -95,3 +112,50 @@ def group_codes(groups: np.ndarray) -> tuple[np.ndarray, int]:
     _, inverse = np.unique(values, return_inverse=True)
     inverse = inverse.reshape(-1)
     return inverse, int(inverse.max()) + 1 if len(inverse) else 0
+
+
+def group_cuts(first: np.ndarray, last: np.ndarray, n: int, parts: int) -> list[int]:
+    """Where to cut rows ``range(n)`` into ``parts`` consecutive ranges that split no group, each
+    about ``n / parts`` rows: ``parts + 1`` non-decreasing positions from 0 to ``n``; range ``r`` is
+    ``range(cuts[r], cuts[r + 1])``.
+
+    Each cut is the first row at or after ``r * n // parts`` where no group has rows on both sides.
+    Groups whose rows are contiguous (the mine stage writes each query's candidates together) can be
+    cut anywhere between them; interleaved groups leave fewer places, and a range may be empty.
+
+    Args:
+        first / last: the first and last row of each group (-1 for a group without rows).
+    """
+    have = np.asarray(last) >= 0
+    starts, ends = np.asarray(first)[have], np.asarray(last)[have]
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    reach = np.maximum.accumulate(ends) if len(ends) else ends  # the last row of the groups so far
+    # before a group's first row, when every group that starts earlier has ended
+    places = np.concatenate([[0], starts[1:][reach[:-1] < starts[1:]], [n]]).astype(np.int64)
+    targets = np.array([r * n // parts for r in range(1, parts)], np.int64)
+    return [0, *(int(c) for c in places[np.searchsorted(places, targets)]), n]
+
+
+def range_batches(
+    source: pq.ParquetFile, columns: list[str], rows: range | None, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """The record batches (``columns``, ``batch_rows`` rows or fewer) of the rows ``rows`` of an open
+    Parquet file (all of them for None), in order: only the row groups that hold them are read."""
+    groups, at, offset = [], 0, 0
+    for g in range(source.metadata.num_row_groups):
+        n = source.metadata.row_group(g).num_rows
+        if rows is None or (at < rows.stop and at + n > rows.start):
+            offset = offset if groups else at
+            groups.append(g)
+        at += n
+    if not groups:
+        return
+    at = offset
+    for batch in source.iter_batches(batch_size=batch_rows, columns=columns, row_groups=groups):
+        lo, hi = at, at + batch.num_rows
+        if rows is not None:
+            lo, hi = max(rows.start, lo), min(rows.stop, hi)
+        if hi > lo:
+            yield batch if hi - lo == batch.num_rows else batch.slice(lo - at, hi - lo)
+        at += batch.num_rows

@@ -251,14 +251,21 @@ def total(share: Share, value: float, device: torch.device) -> float:
 
 
 def reduce_array(share: Share, values: np.ndarray, how: str = "sum") -> np.ndarray:
-    """The element-wise ``sum`` or ``min`` of an int64 array over the ranks of the group (``values``
-    without a group): one all-reduce of a CPU tensor (gloo, also in a group whose CUDA tensors use
-    NCCL)."""
+    """The element-wise ``sum``, ``min`` or ``max`` of an int64 or float64 array over the ranks of the
+    group (``values`` without a group), of the same dtype: one all-reduce of a CPU tensor (gloo, also
+    in a group whose CUDA tensors use NCCL). Other dtypes are reduced as int64 (integers, booleans)
+    or float64 (floats)."""
+    if how not in _REDUCE_OPS:
+        raise ValueError(f"reduce_array(how={how!r}); expected one of {sorted(_REDUCE_OPS)}")
     if not share.grouped:
         return values
-    t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
-    dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN}[how])
+    dtype = np.float64 if np.issubdtype(np.asarray(values).dtype, np.floating) else np.int64
+    t = torch.from_numpy(np.array(values, dtype=dtype, copy=True))
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, _REDUCE_OPS[how]))
     return t.numpy()
+
+
+_REDUCE_OPS = {"sum": "SUM", "min": "MIN", "max": "MAX"}
 
 
 POLL_S = 0.5  # how often a worker without a group looks for another's files

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -609,3 +610,24 @@ def test_score_memory_runs_the_stages_final_pass_cold_then_warm(tmp_path: Path) 
     scores = pq.read_table(tmp_path / "scores.parquet")
     assert scores.num_rows == 3000
     assert scores.column_names[-3:] == ["teacher", "dropped", "teacher_raw"]  # z-scored, de-noised
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo on a Linux CPU")
+def test_score_memory_measures_the_final_pass_shared_by_ranks(tmp_path: Path) -> None:
+    """``score_memory.py --world 2 --read final``: two gloo ranks score their shares, then each
+    writes its row range of the final pass (the stage's ``assemble_share``) and rank 0 joins them."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench" / "score_memory.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--pairs", "2000", "6000", "--world", "2", "--read", "final"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=300,
+    ).stdout.strip().splitlines()
+    ranks = json.loads(out[1].split(" ", 1)[1])
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["rows"] == 6000 for r in ranks)
+    assert all(r["peak_delta_mb"] >= r["part_peak_delta_mb"] >= 0 for r in ranks)
+    assert out[-1].startswith("world 2, read final: bytes per further pair, per rank:")

@@ -49,3 +49,41 @@ def test_row_slices_cover_the_rows_in_order() -> None:
 
     assert [(s.start, s.stop) for s in row_slices(10, 4)] == [(0, 4), (4, 8), (8, 10)]
     assert list(row_slices(0, 4)) == []
+
+
+def test_row_slices_of_a_part_are_cut_where_the_whole_is_cut() -> None:
+    from distillrank.columns import row_slices
+
+    # rows 6..15 of a whole cut every 4 rows (at 8, 12): the part's slices end there too
+    assert [(s.start, s.stop) for s in row_slices(10, 4, first_row=6)] == [(0, 2), (2, 6), (6, 10)]
+    assert list(row_slices(0, 4, first_row=3)) == []
+
+
+def test_group_cuts_split_no_group_and_balance_the_rows() -> None:
+    from distillrank.columns import group_cuts
+
+    # groups of 3, 3, 4 rows, together: cut only between them
+    first, last = np.array([0, 3, 6]), np.array([2, 5, 9])
+    assert group_cuts(first, last, 10, 2) == [0, 6, 10]
+    assert group_cuts(first, last, 10, 4) == [0, 3, 6, 10, 10]
+    assert group_cuts(first, last, 10, 1) == [0, 10]
+    # the first group's rows at both ends: nowhere to cut
+    assert group_cuts(np.array([0, 1]), np.array([9, 8]), 10, 3) == [0, 10, 10, 10]
+    # a group without rows (-1) is ignored; groups in any order of their codes
+    assert group_cuts(np.array([5, -1, 0]), np.array([9, -1, 4]), 10, 2) == [0, 5, 10]
+    assert group_cuts(np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 2) == [0, 0, 0]
+
+
+def test_range_batches_read_the_rows_of_a_range_only(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from distillrank.columns import range_batches
+
+    pq.write_table(pa.table({"x": np.arange(100)}), tmp_path / "t.parquet", row_group_size=30)
+    with pq.ParquetFile(tmp_path / "t.parquet") as f:
+        for rows in (range(0, 100), range(25, 61), range(30, 60), range(99, 100), range(40, 40)):
+            got = [b.column(0).to_numpy() for b in range_batches(f, ["x"], rows, 7)]
+            assert all(len(b) <= 7 for b in got)
+            np.testing.assert_array_equal(np.concatenate(got) if got else np.zeros(0), np.arange(100)[rows.start : rows.stop])
+        assert sum(b.num_rows for b in range_batches(f, ["x"], None, 64)) == 100

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -145,3 +147,50 @@ def test_without_a_group_the_collectives_are_the_identity(tmp_path):
 
     wait_until(ready, "the flag")
     assert len(calls) == 2
+
+
+def _reducing_rank(rank: int, world: int, port: int, out) -> None:
+    import os
+
+    import numpy as np
+    import torch.distributed as dist
+
+    from distillrank.sharding import reduce_array
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        share = Share.rank_of(rank, world)
+        mine = np.array([rank + 0.5, -rank, 7.0]), np.array([rank, 10 - rank], np.int64)
+        got = {
+            "fsum": reduce_array(share, mine[0]).tolist(),
+            "fmax": reduce_array(share, mine[0], "max").tolist(),
+            "imin": reduce_array(share, mine[1], "min").tolist(),
+            "dtypes": [str(reduce_array(share, m).dtype) for m in mine],
+            "untouched": mine[0].tolist(),
+        }
+        (out / f"rank{rank}.json").write_text(__import__("json").dumps(got))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo on a Linux CPU")
+def test_reduce_array_sums_and_takes_extremes_of_floats_and_integers(tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_reducing_rank, args=(2, port, tmp_path), nprocs=2, join=True)
+    for rank in range(2):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["fsum"] == [2.0, -1.0, 14.0] and got["fmax"] == [1.5, 0.0, 7.0]
+        assert got["imin"] == [0, 9] and got["dtypes"] == ["float64", "int64"]
+        assert got["untouched"] == [rank + 0.5, -rank, 7.0]  # the caller's array is not reduced in place
+    with pytest.raises(ValueError, match="expected one of"):
+        from distillrank.sharding import reduce_array
+
+        reduce_array(Share(), np.zeros(2), "mean")

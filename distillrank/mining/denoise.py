@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from distillrank.columns import group_codes, row_slices
+from distillrank.columns import Reduce, group_codes, row_slices
 from distillrank.errors import ConfigError
 
 DROPPED = "dropped"
@@ -76,6 +76,9 @@ def denoise(
     scores: Sequence[float] | np.ndarray,
     margin: float | None = None,
     relative: float | None = None,
+    *,
+    n_groups: int | None = None,
+    reduce: Reduce | None = None,
 ) -> DenoiseResult:
     """Apply the de-noising rules (module docstring) to rows of (qid, label, teacher score).
 
@@ -84,6 +87,12 @@ def denoise(
     ``qids`` may be strings or integer codes of the queries (one per query, e.g.
     :attr:`distillrank.teachers.cache.RowScores.query_codes`): codes group the rows without a
     Python object per row.
+
+    The rows may be split among workers (the score stage's ranks, each with a row range of the
+    candidates), each calling this on its part with ``qids`` as codes in ``[0, n_groups)`` shared
+    by all and ``reduce`` combining per-query statistics over them (:data:`distillrank.columns.Reduce`): every
+    worker then flags its rows as one worker would flag them among all, and the counted
+    ``queries_without_negatives`` is that of all the rows.
     """
     check_settings(margin, relative)
     labels = np.asarray(labels)
@@ -92,22 +101,30 @@ def denoise(
         raise ValueError(f"qids, labels and scores differ in length: {len(qids)}, {len(labels)}, {n}")
     by_margin = np.zeros(n, dtype=bool)
     by_relative = np.zeros(n, dtype=bool)
-    if n == 0 or not enabled(margin, relative):
+    if not enabled(margin, relative) or (n == 0 and reduce is None):
         return DenoiseResult(by_margin, by_margin.copy(), by_relative, 0)
+    if reduce is not None and n_groups is None:
+        raise ValueError("denoise over several workers needs n_groups: query codes they share")
+    combine = reduce or (lambda values, how: values)
     scores = np.asarray(scores)
-    group, n_groups = group_codes(np.asarray(qids))
+    if n_groups is None:
+        group, n_groups = group_codes(np.asarray(qids))
+    else:
+        group = np.asarray(qids)
     negative = labels <= 0
     # per-group thresholds first; then the rows a slice at a time (float64 temporaries of one slice)
     if margin is not None:
         best_pos = np.full(n_groups, -np.inf)
         positive = ~negative
         np.maximum.at(best_pos, group[positive], scores[positive].astype(np.float64))
+        best_pos = combine(best_pos, "max")
         has_pos = np.isfinite(best_pos)
         threshold = best_pos - float(margin)
     if relative is not None:
         top = np.full(n_groups, -np.inf)
         for rows in row_slices(n):
             np.maximum.at(top, group[rows], scores[rows].astype(np.float64))
+        top = combine(top, "max")
         applies = top > 0
         bound = float(relative) * top
     neg_before = np.zeros(n_groups, np.int64)
@@ -121,6 +138,7 @@ def denoise(
         neg_before += np.bincount(g[neg], minlength=n_groups)
         neg_after += np.bincount(g[neg & ~(by_margin[rows] | by_relative[rows])], minlength=n_groups)
     dropped = by_margin | by_relative
+    neg_before, neg_after = combine(neg_before, "sum"), combine(neg_after, "sum")
     lost = int(np.sum((neg_before > 0) & (neg_after == 0)))
     return DenoiseResult(dropped, by_margin, by_relative, lost)
 

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from distillrank.columns import Distinct, coding_rows, sorted_unique
+from distillrank.columns import Distinct, Reduce, coding_rows, range_batches, sorted_unique
 from distillrank.errors import DataError, DistillrankError
 from distillrank.evaluation.dense import (
     CORPUS_CHUNK,
@@ -149,9 +149,10 @@ class PairFile:
     path: Path
     batch_rows: int = 1 << 17
 
-    def batches(self, at_least: int = 0) -> Iterator[tuple[pa.Array, pa.Array]]:
+    def batches(self, at_least: int = 0, rows: range | None = None) -> Iterator[tuple[pa.Array, pa.Array]]:
         """The ``(qids, docids)`` of each batch, as string arrays; batches of ``batch_rows`` rows, or
-        of ``at_least`` when that is more (:func:`distillrank.columns.coding_rows`).
+        of ``at_least`` when that is more (:func:`distillrank.columns.coding_rows`); with ``rows``,
+        of those rows only (the row groups that hold them are read, the rest skipped).
 
         Raises:
             DataError: the file lacks a ``qid`` or ``docid`` column, or an id is null.
@@ -160,12 +161,32 @@ class PairFile:
             names = f.schema_arrow.names
             if "qid" not in names or "docid" not in names:
                 raise DataError(f"the pairs to score need columns qid and docid; {self.path} has {names}")
-            rows = max(self.batch_rows, at_least)
-            for batch in f.iter_batches(batch_size=rows, columns=["qid", "docid"]):
+            size = max(self.batch_rows, at_least)
+            for batch in range_batches(f, ["qid", "docid"], rows, size):
                 qids, docids = _strings(batch.column("qid")), _strings(batch.column("docid"))
                 if qids.null_count or docids.null_count:
                     raise DataError(f"a candidate pair of {self.path} has no qid or no docid (null)")
                 yield qids, docids
+
+    def rows(self) -> int:
+        """The number of rows of the file."""
+        with pq.ParquetFile(self.path) as f:
+            return f.metadata.num_rows
+
+    def query_rows(self, qids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """The first and the last row of each query of ``qids`` (-1 for a query without rows): where
+        the file may be cut into row ranges that split no query (:func:`distillrank.columns.group_cuts`)."""
+        first = np.full(len(qids), np.iinfo(np.int64).max, np.int64)
+        last = np.full(len(qids), -1, np.int64)
+        start = 0
+        for q, _ in self.batches(coding_rows(qids)):
+            codes = _positions(q, qids)
+            at = np.arange(start, start + len(codes), dtype=np.int64)
+            np.minimum.at(first, codes, at)
+            np.maximum.at(last, codes, at)
+            start += len(codes)
+        first[last < 0] = -1
+        return first, last
 
     def ids(self) -> tuple[pa.Array, pa.Array]:
         """The distinct qids and docids of the file, sorted: those of :meth:`PairIndex.of` over
@@ -191,13 +212,13 @@ class PairFile:
         parts.clear()
         return sorted_unique(every)
 
-    def codes(self, qids: pa.Array, docids: pa.Array) -> np.ndarray:
+    def codes(self, qids: pa.Array, docids: pa.Array, rows: range | None = None) -> np.ndarray:
         """The key of every row's pair (as in :class:`PairIndex` over ``qids``/``docids``), in file
-        order, int64; -1 where an id is not among them."""
+        order, int64; -1 where an id is not among them. With ``rows``, of those rows only."""
         ids = PairIndex(qids, docids, np.zeros(0, np.int64))
-        out = np.empty(pq.ParquetFile(self.path).metadata.num_rows, np.int64)
+        out = np.empty(self.rows() if rows is None else len(rows), np.int64)
         start = 0
-        for q, d in self.batches(coding_rows(qids, docids)):
+        for q, d in self.batches(coding_rows(qids, docids), rows):
             out[start : start + len(q)] = ids.codes(q, d)
             start += len(q)
         return out[:start]
@@ -738,6 +759,8 @@ class RowScores:
             groups of per-query work (de-noising, normalisation) without a string per row.
         scored: pairs scored now (over all members); seconds: the time spent scoring.
         caches: the score cache folder of each member.
+        queries: the number of the file's distinct qids (the range of ``query_codes``).
+        first_row: the file row of ``scores[0]``: 0, or where a rank's range starts (:func:`part_scores`).
     """
 
     scores: np.ndarray
@@ -745,14 +768,22 @@ class RowScores:
     scored: int
     seconds: float
     caches: list[str]
+    queries: int = 0
+    first_row: int = 0
+
+    @property
+    def rows(self) -> range:
+        """The file rows these are the scores of."""
+        return range(self.first_row, self.first_row + len(self.scores))
 
 
 def _file_index(
-    pair_file: PairFile, qids: pa.Array, docids: pa.Array
+    pair_file: PairFile, qids: pa.Array, docids: pa.Array, rows: range | None = None
 ) -> tuple[PairIndex, np.ndarray, np.ndarray]:
-    """The index of the file's distinct pairs and, per row in file order, the position of its pair in
-    the index's keys and its query's code (int32 each below 2**31 values: 8 bytes a row kept)."""
-    row_keys = pair_file.codes(qids, docids)  # the ids are the file's own: none is -1
+    """The index of the file's distinct pairs (of ``rows`` only, when given) and, per row in file
+    order, the position of its pair in the index's keys and its query's code (int32 each below 2**31
+    values: 8 bytes a row kept)."""
+    row_keys = pair_file.codes(qids, docids, rows)  # the ids are the file's own: none is -1
     keys = sorted_unique(row_keys)
     small = len(keys) < 2**31 and len(qids) < 2**31
     at = np.empty(len(row_keys), np.int32 if small else np.int64)
@@ -819,10 +850,66 @@ def _row_scores(
     if not len(at):
         scores = np.zeros(0, np.float32)
     elif teacher.kind is RankerKind.ENSEMBLE:
-        scores = teacher.combine(member_scores, query_codes)
+        scores = teacher.combine(member_scores, query_codes, n_groups=len(index.qids))
     else:
         scores = member_scores[0]
-    return RowScores(scores.astype(np.float32, copy=False), query_codes, scored, seconds, caches)
+    return RowScores(
+        scores.astype(np.float32, copy=False), query_codes, scored, seconds, caches, queries=len(index.qids)
+    )
+
+
+def part_scores(
+    teacher,
+    teacher_fp: str,
+    coll,
+    pair_file: PairFile,
+    ids: tuple[pa.Array, pa.Array],
+    rows: range,
+    *,
+    cache_root: str | Path,
+    runtime: Runtime,
+    reduce: Reduce,
+) -> RowScores | None:
+    """The teacher scores of the rows ``rows`` of ``pair_file``, read from the caches, which every
+    worker has filled (:func:`score_share`): a rank's part of the score stage's final pass, holding a
+    few numbers per row of its range only. A collective: every rank of the group calls it, each with
+    its range (ranges that split no query, :func:`distillrank.columns.group_cuts`), and ``reduce``
+    combines over them (:func:`distillrank.sharding.reduce_array`).
+
+    Scores equal, bit for bit, those of :func:`file_scores` over the whole file at these rows (an
+    ensemble's combination too: its per-query statistics are reduced over the ranks).
+
+    Args:
+        ids: the file's distinct qids and docids (:meth:`PairFile.ids`): query codes shared by the ranks.
+
+    Returns:
+        the scores (``scored`` and ``seconds`` 0), or None on every rank when a pair of any rank's
+        range is missing from a cache (a shard lost since it was written): one process must then
+        score it (:func:`file_scores`).
+    """
+    qids, docids = ids
+    index, at, query_codes = _file_index(pair_file, qids, docids, rows)
+    member_scores: list[np.ndarray] = []
+    caches: list[str] = []
+    missing = 0
+    for member in teacher_members(teacher):
+        member_fp = teacher_fp if member is teacher else member.fingerprint(runtime)
+        cache = ScoreCache.for_teacher(cache_root, member_fp, coll.fingerprint)
+        found, distinct = cache.lookup(index)
+        missing += int(len(found) - np.count_nonzero(found))
+        member_scores.append(distinct[at])
+        caches.append(str(cache.folder))
+    if int(reduce(np.array([missing], np.int64), "sum")[0]):
+        return None
+    if teacher.kind is RankerKind.ENSEMBLE:
+        scores = teacher.combine(
+            member_scores, query_codes, n_groups=len(qids), reduce=reduce, first_row=rows.start
+        )
+    else:
+        scores = member_scores[0]
+    return RowScores(
+        scores.astype(np.float32, copy=False), query_codes, 0, 0.0, caches, queries=len(qids), first_row=rows.start
+    )
 
 
 def score_share(

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from distillrank.columns import Reduce
 from distillrank.errors import ConfigError
 from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
@@ -80,15 +81,28 @@ class EnsembleTeacher(Teacher):
             "scope": self.scope,
         }
 
-    def combine(self, member_scores: Sequence[np.ndarray], groups: np.ndarray | None) -> np.ndarray:
+    def combine(
+        self,
+        member_scores: Sequence[np.ndarray],
+        groups: np.ndarray | None,
+        *,
+        n_groups: int | None = None,
+        reduce: Reduce | None = None,
+        first_row: int = 0,
+    ) -> np.ndarray:
         """The ensemble score [N] from each member's raw scores [N] of the same pairs.
 
         Args:
             groups: [N] group ids (the pairs' queries), used when ``scope="query"``.
+            n_groups / reduce / first_row: for pairs split among workers, as for
+                :func:`distillrank.teachers.normalize.normalize`.
         """
         total = np.zeros(len(member_scores[0]), dtype=np.float64)
         for w, scores in zip(self.weights, member_scores, strict=True):
-            total += w * norm.normalize(scores, groups, self.normalize, self.scope).astype(np.float64)
+            normalised = norm.normalize(
+                scores, groups, self.normalize, self.scope, n_groups=n_groups, reduce=reduce, first_row=first_row
+            )
+            total += w * normalised.astype(np.float64)
         return total.astype(np.float32)
 
     def score_pairs(

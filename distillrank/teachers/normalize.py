@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distillrank.columns import group_codes, row_slices
+from distillrank.columns import Reduce, group_codes, row_slices
 from distillrank.errors import ConfigError
 
 METHODS = ("none", "zscore", "minmax")
@@ -35,39 +35,74 @@ def check(method: str, scope: str, where: str = "normalize") -> None:
         raise ConfigError(f"{where} scope={scope!r}; expected one of {SCOPES}")
 
 
-def normalize(scores: np.ndarray, groups: np.ndarray | None, method: str, scope: str = "query") -> np.ndarray:
+def normalize(
+    scores: np.ndarray,
+    groups: np.ndarray | None,
+    method: str,
+    scope: str = "query",
+    *,
+    n_groups: int | None = None,
+    reduce: Reduce | None = None,
+    first_row: int = 0,
+) -> np.ndarray:
     """Normalised copy of ``scores`` [N] (float64 arithmetic, float32 out).
 
+    Statistics are kept per group (a query's rows) and, for ``scope="global"``, combined over the
+    groups: so the rows may be split among workers, each normalising its part, with the same result
+    to the bit as one worker normalising all of them — provided every group's rows are on one worker.
+
     Args:
-        groups: [N] integer group ids (e.g. query codes); needed when ``scope="query"``.
+        groups: [N] integer group ids (e.g. query codes); needed when ``scope="query"``. Without them
+            a global scope treats all the rows as one group.
+        n_groups: the number of groups, when ``groups`` are codes in ``[0, n_groups)`` shared by every
+            worker (the query codes of the whole candidates file); else the groups are coded here.
+        reduce: combines per-group statistics over the workers (:data:`distillrank.columns.Reduce`); None: one worker.
+        first_row: the position of ``scores[0]`` among every worker's rows (sums are accumulated a
+            slice at a time, cut where they are for the whole set: :func:`distillrank.columns.row_slices`).
     """
     check(method, scope)
     s = np.asarray(scores)
     n = len(s)
-    if method == "none" or n == 0:
+    if reduce is None and (method == "none" or n == 0):
         return s.astype(np.float32)
-    if scope == "global":
-        codes, n_groups = None, 1
-    else:
-        if groups is None:
+    if groups is None:
+        if scope == "query":
             raise ValueError("normalize(scope='query') needs the group of every score")
+        if reduce is not None:
+            raise ValueError("normalize over several workers needs the group of every score")
+        codes, n_groups = None, 1
+    elif n_groups is not None:
+        codes = np.asarray(groups)
+    else:
+        if reduce is not None:
+            raise ValueError("normalize over several workers needs n_groups: group codes they share")
         codes, n_groups = group_codes(np.asarray(groups))
+    if method == "none":
+        return s.astype(np.float32)
+    combine = reduce or (lambda values, how: values)
+    slices = list(row_slices(n, first_row=first_row))
     out = np.empty(n, np.float32)
     # per-group statistics, then the rows a slice at a time: float64 temporaries of one slice
     if method == "zscore":
         count = np.zeros(n_groups)
         total = np.zeros(n_groups)
-        for rows in row_slices(n):
+        for rows in slices:
             g = _slice_groups(codes, rows)
             count += np.bincount(g, minlength=n_groups)
             total += np.bincount(g, weights=s[rows].astype(np.float64), minlength=n_groups)
+        count, total = combine(count, "sum"), combine(total, "sum")
         mean = total / np.maximum(count, 1)
+        if scope == "global":
+            mean = np.full(n_groups, np.sum(total) / max(np.sum(count), 1))
         spread = np.zeros(n_groups)
-        for rows in row_slices(n):
+        for rows in slices:
             g = _slice_groups(codes, rows)
             spread += np.bincount(g, weights=(s[rows].astype(np.float64) - mean[g]) ** 2, minlength=n_groups)
+        spread = combine(spread, "sum")
         std = np.sqrt(spread / np.maximum(count, 1))
-        for rows in row_slices(n):
+        if scope == "global":
+            std = np.full(n_groups, np.sqrt(np.sum(spread) / max(np.sum(count), 1)))
+        for rows in slices:
             g = _slice_groups(codes, rows)
             centred = s[rows].astype(np.float64) - mean[g]
             scale = std[g]
@@ -75,11 +110,14 @@ def normalize(scores: np.ndarray, groups: np.ndarray | None, method: str, scope:
     else:
         lo = np.full(n_groups, np.inf)
         hi = np.full(n_groups, -np.inf)
-        for rows in row_slices(n):
+        for rows in slices:
             g, part = _slice_groups(codes, rows), s[rows].astype(np.float64)
             np.minimum.at(lo, g, part)
             np.maximum.at(hi, g, part)
-        for rows in row_slices(n):
+        lo, hi = combine(lo, "min"), combine(hi, "max")
+        if scope == "global":
+            lo, hi = np.full(n_groups, np.min(lo, initial=np.inf)), np.full(n_groups, np.max(hi, initial=-np.inf))
+        for rows in slices:
             g = _slice_groups(codes, rows)
             span = (hi - lo)[g]
             low = s[rows].astype(np.float64) - lo[g]

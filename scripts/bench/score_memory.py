@@ -19,9 +19,13 @@ With ``--world N`` it measures instead what each rank of ``N`` gloo processes (`
 :func:`~distillrank.teachers.cache.score_share`: ``--read share`` gives it the candidates file (each
 rank reads its share, as the score stage does), ``--read whole`` the whole table (what every rank
 read before). The figure per rank is the slope between the sizes: bytes per further pair.
+``--read final`` measures the stage's final pass under ``torchrun`` instead (after the shares are
+scored): each rank writes the rows of its range of the candidates
+(:func:`~distillrank.stages.score.assemble_share`), rank 0 joins the parts.
 
     python scripts/bench/score_memory.py --pairs 1000000
     python scripts/bench/score_memory.py --pairs 100000 400000 --world 2 --read share
+    python scripts/bench/score_memory.py --pairs 2000000 8000000 --passages 1000000 --world 2 --read final
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import pyarrow.parquet as pq
 from distillrank import sharding
 from distillrank.ranking import RankerKind
 from distillrank.runtime import Runtime
-from distillrank.stages.score import assemble
+from distillrank.stages.score import assemble, assemble_share, join_parts, part_names
 from distillrank.teachers.cache import PairFile, file_scores, score_share
 
 PER_QUERY = 100
@@ -161,6 +165,38 @@ def _share_phase(work: Path, read: str) -> dict:
             "peak_delta_mb": round((peak - rss) / 2**20, 1)}  # fmt: skip
 
 
+def _final_phase(work: Path) -> dict:
+    """This rank's share of an empty cache scored (not measured), then the score stage's final pass
+    under ``torchrun`` measured: this rank's part (:func:`~distillrank.stages.score.assemble_share`,
+    de-noising with margin 0 and per-query z-scores on) and, on rank 0, the parts joined."""
+    share = sharding.from_env()
+    sharding.join_group(share, Runtime().device)
+    teacher, coll = TrivialTeacher(), Collection()
+    pair_file = PairFile(work / "candidates.parquet")
+    score_share(
+        teacher, "trivial-teacher", coll, pair_file, _Texts("query "), lambda docids: ["passage " + d for d in docids],
+        cache_root=work / "cache", runtime=Runtime(), shard_size=20000, progress=False, share=share,
+    )  # fmt: skip
+    sharding.barrier(share)
+    rss = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    start = time.perf_counter()
+    done = assemble_share(
+        pair_file, work / "parts", teacher, "trivial-teacher", coll, cache_root=work / "cache", runtime=Runtime(),
+        share=share, margin=0.0, relative=None, norm_method="zscore", norm_scope="query",
+    )  # fmt: skip
+    if done is None:
+        raise SystemExit("a pair was missing from the cache after every share was scored")
+    sharding.barrier(share)
+    part_peak = _status("VmHWM")
+    if share.main:
+        join_parts(part_names(work / "parts", share.group), work / "scores.parquet")
+    peak = _status("VmHWM")
+    return {"rank": share.rank, "rows": done[0], "seconds": round(time.perf_counter() - start, 1),
+            "part_peak_delta_mb": round((part_peak - rss) / 2**20, 1),
+            "peak_delta_mb": round((peak - rss) / 2**20, 1)}  # fmt: skip
+
+
 def _ranks(work: Path, world: int, read: str) -> list[dict]:
     """``world`` gloo processes, each scoring its share; their reports in rank order."""
     import os
@@ -173,7 +209,8 @@ def _ranks(work: Path, world: int, read: str) -> list[dict]:
     for rank in range(world):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-        cmd = [sys.executable, __file__, "--phase", "share", "--work", str(work), "--read", read]
+        phase = "final" if read == "final" else "share"
+        cmd = [sys.executable, __file__, "--phase", phase, "--work", str(work), "--read", read]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))
     outs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):
@@ -196,7 +233,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, nargs="+", default=[250_000, 1_000_000])
     parser.add_argument("--world", type=int, help="ranks scoring their shares (gloo processes)")
-    parser.add_argument("--read", choices=["share", "whole"], default="share", help="with --world")
+    parser.add_argument(
+        "--read",
+        choices=["share", "whole", "final"],
+        default="share",
+        help="with --world: each rank scores its share reading the candidates file (share) or the "
+        "whole table (whole); or (final) the final pass after the shares are scored, each rank writing "
+        "its row range",
+    )
     parser.add_argument(
         "--passages",
         type=int,
@@ -210,11 +254,14 @@ def main() -> None:
         "the mine stage writes: a rank reads a row group at a time, so below 1M pairs use a smaller "
         "one to see what a larger file costs)",
     )
-    parser.add_argument("--phase", choices=["cold", "warm", "share"], help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=["cold", "warm", "share", "final"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase == "share":
         print(json.dumps(_share_phase(args.work, args.read)))
+        return
+    if args.phase == "final":
+        print(json.dumps(_final_phase(args.work)))
         return
     if args.phase:
         print(json.dumps(_phase(args.work)))

@@ -158,7 +158,10 @@ def test_two_torchrun_ranks_equal_one_process(tiny_args, single, tiny_cross_enco
     mp.spawn(_torchrun_worker, args=(2, overrides, _free_port(), out), nprocs=2, join=True)
     manifest = read_manifest(stage_dir(cfg, "score"))
     assert (out / "rank0").read_text() == (out / "rank1").read_text() == manifest.key  # rank 1 returns it too
-    assert manifest.counts["pairs_scored"] == 0  # every pair was in the cache when rank 0 assembled
+    # the pairs the ranks scored, summed over them (each was scored once, by one rank)
+    assert manifest.counts["pairs_scored"] == manifest.counts["pairs"] == 87
+    assert manifest.counts["pairs_reused"] == 0
+    assert not list(stage_dir(cfg, "score").glob(".parts-*"))  # the ranks' parts are joined and gone
     names = [p.name for p in _shards(cfg)]
     assert sum("-w0." in n for n in names) == 3 and sum("-w1." in n for n in names) == 3
     assert _output(cfg) == want
@@ -177,12 +180,20 @@ def test_two_torchrun_ranks_equal_one_process(tiny_args, single, tiny_cross_enco
 
 def _counting_worker(rank: int, world: int, overrides: list[str], port: int, out: Path) -> None:
     """A rank that records, while it scores its share, how many pairs it held at once and whether it
-    indexed every pair (``PairIndex.of``, which only the final assembly by rank 0 may do)."""
+    indexed every pair (``PairIndex.of``), and in the final pass how many rows it coded."""
     held: list[int] = []
     whole_index: list[int] = []
+    final: list[int] = []
     real_keys, real_of = teacher_cache.PairFile.keys, teacher_cache.PairIndex.of
+    real_codes = teacher_cache.PairFile.codes
     real_share = score.score_share
     scoring = {"now": False}
+
+    def codes(self, *args, **kwargs):
+        got = real_codes(self, *args, **kwargs)
+        if not scoring["now"]:  # the final pass: the rows this rank writes
+            final.append(len(got))
+        return got
 
     def keys(self, *args, **kwargs):
         got = real_keys(self, *args, **kwargs)
@@ -203,10 +214,13 @@ def _counting_worker(rank: int, world: int, overrides: list[str], port: int, out
             scoring["now"] = False
 
     teacher_cache.PairFile.keys = keys
+    teacher_cache.PairFile.codes = codes
     teacher_cache.PairIndex.of = staticmethod(of)
     score.score_share = share_only
     _torchrun_worker(rank, world, overrides, port, out)
-    (out / f"held{rank}.json").write_text(json.dumps({"held": held, "whole_index": len(whole_index)}))
+    (out / f"held{rank}.json").write_text(
+        json.dumps({"held": held, "whole_index": len(whole_index), "final": final})
+    )
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo on a Linux CPU")
@@ -233,8 +247,51 @@ def test_each_torchrun_rank_reads_only_its_share_of_the_candidates(
     # first its queries' pairs (every pair on exactly one rank), then its blocks' passages' pairs
     assert sum(h["held"][0] for h in held) == pairs
     assert all(len(h["held"]) == 2 and max(h["held"]) < pairs for h in held)
+    # the final pass: each rank coded the rows of its range only, the ranges covering the file
+    assert all(len(h["final"]) == 1 and 0 < h["final"][0] < pairs for h in held)
+    assert sum(h["final"][0] for h in held) == pairs
     names = [p.name for p in _shards(cfg)]
     assert sum("-w0." in n for n in names) == 3 and sum("-w1." in n for n in names) == 3
     embeddings = list((cache_dir(cfg) / "embeddings").glob("*/corpus.npy"))
     assert len(embeddings) == (teacher_kind == "bi-encoder")
     assert _output(cfg) == want
+
+
+def _member(model, passage_max_length: int) -> str:
+    return (
+        "{_target_: distillrank.teachers.BiEncoderTeacher, "
+        f"model: '{model}', passage_max_length: {passage_max_length}}}"
+    )
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo on a Linux CPU")
+def test_two_torchrun_ranks_denoise_normalise_and_combine_an_ensemble_as_one_process(
+    tiny_args, tiny_bi_encoder, tmp_path
+):
+    # every statistic over all the queries (global z-scores of the members and of the output, the
+    # relative de-noising's per-query top) is reduced over the ranks, each holding its rows only
+    args = [a for a in tiny_args if not a.startswith("teacher.")]
+    overrides = [
+        *args,
+        SHARDS,
+        "teacher=ensemble",
+        f"teacher.members=[{_member(tiny_bi_encoder, 64)},{_member(tiny_bi_encoder, 32)}]",
+        "teacher.scope=global",
+        "score.denoise_relative=0.9",
+        "score.normalize=zscore",
+        "score.normalize_scope=global",
+    ]
+    one = compose([*overrides, f"workspace={tmp_path / 'single'}"])
+    mine.run(one)
+    want_manifest = score.run(one)
+    assert want_manifest.counts["negatives_dropped"] > 0
+    cfg = compose(overrides)
+    mine.run(cfg)
+    out = tmp_path / "ranks"
+    out.mkdir()
+    mp.spawn(_torchrun_worker, args=(2, overrides, _free_port(), out), nprocs=2, join=True)
+    assert _output(cfg) == _output(one)
+    counts = read_manifest(stage_dir(cfg, "score")).counts
+    for name in ("negatives_dropped", "queries_without_negatives_after_denoise", "pairs", "members"):
+        assert counts[name] == want_manifest.counts[name]
+    assert counts["pairs_scored"] == want_manifest.counts["pairs_scored"] == 2 * 87  # two members
