@@ -612,6 +612,7 @@ def test_score_memory_runs_the_stages_final_pass_cold_then_warm(tmp_path: Path) 
     assert scores.column_names[-3:] == ["teacher", "dropped", "teacher_raw"]  # z-scored, de-noised
 
 
+@pytest.mark.slow  # four processes started (two ranks, two sizes): ~30 s; the stage itself is tested fast
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo on a Linux CPU")
 def test_score_memory_measures_the_final_pass_shared_by_ranks(tmp_path: Path) -> None:
     """``score_memory.py --world 2 --read final``: two gloo ranks score their shares, then each

@@ -15,11 +15,14 @@ ties by row is the convention of Lucene/Anserini runs and is the same on every m
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
+import multiprocessing as mp
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import bm25s
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # its DEBUG lines drown the stage logs
 
 _CHUNK = 50_000
+BLOCKS_PER_PROCESS = 4  # corpus blocks per tokenizing process (:func:`_tokenize_in_processes`)
 QUERY_BATCH = 8192  # queries per bm25s retrieve call: bounds the per-call result lists
 # query × passage scores of a search below which bm25s' numpy scorer is kept: numba compiles its
 # scorer once per process (about 5 s here), which saves about 1.4 ms a query on 200k passages
@@ -157,7 +161,7 @@ class BM25Index:
                 except (OSError, ValueError, KeyError, TypeError) as err:
                     drop_unreadable(folder, "bm25 index", err)
             tokenizer = cls._tokenizer(stemmer, stopwords)
-            ids = cls._tokenize_corpus(collection, tokenizer, True, progress)
+            ids = cls._tokenize_corpus(collection, tokenizer, True, progress, threads or available_threads())
             retriever = bm25s.BM25(k1=k1, b=b)
             retriever.index(
                 bm25s.tokenization.Tokenized(ids=ids, vocab=tokenizer.get_vocab_dict()), show_progress=progress
@@ -174,15 +178,28 @@ class BM25Index:
             return cls(retriever, tokenizer, avg, threads)
 
     @staticmethod
-    def _tokenize_corpus(collection, tokenizer, update_vocab: bool, progress: bool) -> list[list[int]]:
+    def _tokenize_corpus(
+        collection, tokenizer, update_vocab: bool, progress: bool, workers: int = 1
+    ) -> list[list[int]]:
+        """Every passage's token ids, ``_CHUNK`` passages at a time.
+
+        With ``workers`` > 1 (and the vocabulary built here, on a system that can fork), the corpus
+        is cut into contiguous blocks (:data:`BLOCKS_PER_PROCESS` a process), each tokenised by one
+        of that many forked processes with a vocabulary of its own, and the blocks' vocabularies are
+        merged in corpus order: the same ids and vocabulary, entry for entry, as one process
+        (:func:`_merge_block`)."""
         n_docs = len(collection.corpus)
-        ids: list[list[int]] = []
+        chunks = [range(start, min(start + _CHUNK, n_docs)) for start in range(0, n_docs, _CHUNK)]
+        workers = min(workers, len(chunks))
         bar = tqdm(total=n_docs, desc="bm25: tokenize corpus", unit="doc", disable=not progress)
-        for start in range(0, n_docs, _CHUNK):
-            texts = collection.passage_texts(range(start, min(start + _CHUNK, n_docs)))
-            ids.extend(tokenizer.tokenize(texts, update_vocab=update_vocab, return_as="ids", show_progress=False))
-            bar.update(len(texts))
-        bar.close()
+        ids: list[list[int]] = []
+        with bar:
+            if workers > 1 and update_vocab and "fork" in mp.get_all_start_methods():
+                return _tokenize_in_processes(collection, tokenizer, chunks, workers, bar)
+            for rows in chunks:
+                texts = collection.passage_texts(rows)
+                ids.extend(tokenizer.tokenize(texts, update_vocab=update_vocab, return_as="ids", show_progress=False))
+                bar.update(len(texts))
         return ids
 
     @property
@@ -272,3 +289,86 @@ class BM25Index:
                 pool.shutdown()
             bar.close()
         return rows, scores
+
+
+# --------------------------------------------------------------------------- corpus tokenization in processes
+@dataclass(frozen=True)
+class _BlockTokens:
+    """A block of passages tokenised by a tokenizer that started empty: its vocabulary in insertion
+    order and its passages' token ids in that vocabulary (flat, with each passage's length)."""
+
+    word_to_stem: list[tuple[str, str]]
+    stems: list[str]  # the keys of stem_to_sid (word_to_id without a stemmer), in id order
+    word_to_id: list[tuple[str, int]]
+    flat: np.ndarray
+    lengths: np.ndarray
+
+
+def _tokenize_in_processes(collection, tokenizer, chunks: list[range], workers: int, bar) -> list[list[int]]:
+    """The chunks tokenised by ``workers`` forked processes in contiguous blocks of chunks (the
+    children inherit the collection and the tokenizer's settings: nothing is pickled to them), each
+    block's result merged into ``tokenizer`` in corpus order as it comes. The bar follows the chunks
+    the children finish."""
+    context = mp.get_context("fork")
+    done = context.Value("q", 0)  # passages tokenised so far, by every child
+    # a few blocks a process, so that merging the first ones overlaps tokenising the last ones
+    n = min(len(chunks), BLOCKS_PER_PROCESS * workers)
+    blocks = [chunks[b * len(chunks) // n : (b + 1) * len(chunks) // n] for b in range(n)]
+    ids: list[list[int]] = []
+    with context.Pool(workers, _forked, (collection, tokenizer, done)) as pool:
+        pending = [pool.apply_async(_tokenize_block, (block,)) for block in blocks]
+        for result in pending:  # in corpus order
+            while not result.ready():
+                result.wait(0.5)
+                bar.update(done.value - bar.n)
+            ids.extend(_merge_block(tokenizer, result.get()))
+    bar.update(done.value - bar.n)
+    return ids
+
+
+_CHILD: dict = {}  # a forked tokenizing process's collection, tokenizer and counter (:func:`_forked`)
+
+
+def _forked(collection, tokenizer, done) -> None:
+    """Pool initializer: what the forked process tokenises with (its own copies, inherited)."""
+    _CHILD.update(collection=collection, tokenizer=tokenizer, done=done)
+
+
+def _tokenize_block(chunks: list[range]) -> _BlockTokens:
+    """The passages of ``chunks`` tokenised in order, by a tokenizer that starts empty (in a forked
+    process); the token ids kept as int32 arrays, chunk by chunk."""
+    tokenizer, done = _CHILD["tokenizer"], _CHILD["done"]
+    tokenizer.reset_vocab()
+    flats, lengths = [], []
+    for rows in chunks:
+        docs = tokenizer.tokenize(
+            _CHILD["collection"].passage_texts(rows), update_vocab=True, return_as="ids", show_progress=False
+        )
+        n = np.fromiter(map(len, docs), np.int64, len(docs))
+        flats.append(np.fromiter(itertools.chain.from_iterable(docs), np.int32, int(n.sum())))
+        lengths.append(n)
+        with done.get_lock():
+            done.value += len(docs)
+    stems = tokenizer.stem_to_sid if tokenizer.stemmer is not None else tokenizer.word_to_id
+    if list(stems.values()) != list(range(len(stems))):  # bm25s numbers its vocabulary in insertion order
+        raise RuntimeError("bm25s' tokenizer numbered its vocabulary out of insertion order")
+    return _BlockTokens(
+        list(tokenizer.word_to_stem.items()), list(stems), list(tokenizer.word_to_id.items()),
+        np.concatenate(flats), np.concatenate(lengths),
+    )  # fmt: skip
+
+
+def _merge_block(tokenizer, part: _BlockTokens) -> list[list[int]]:
+    """Add a block's vocabulary to ``tokenizer``'s as tokenising its passages after every earlier
+    block's would have — entries new to it appended in the block's order, which is the order one
+    process meets them in — and return the block's passages' ids in that vocabulary."""
+    ids = tokenizer.stem_to_sid if tokenizer.stemmer is not None else tokenizer.word_to_id
+    remap = [ids.setdefault(token, len(ids)) for token in part.stems]
+    if tokenizer.stemmer is not None:
+        for word, stem in part.word_to_stem:
+            tokenizer.word_to_stem.setdefault(word, stem)
+        for word, local in part.word_to_id:
+            tokenizer.word_to_id.setdefault(word, remap[local])
+    flat = np.asarray(remap, np.int64)[part.flat].tolist()
+    ends = np.cumsum(part.lengths).tolist()
+    return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]

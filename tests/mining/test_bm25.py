@@ -229,3 +229,40 @@ def test_numba_scorer_gives_the_numpy_scores(collection: Collection, cache_root:
         np.testing.assert_array_equal(
             numba_index.scores_of_rows(q, np.arange(k)), numpy_index.scores_of_rows(q, np.arange(k))
         )
+
+
+@pytest.mark.parametrize("blocks", [1, 4])
+@pytest.mark.parametrize("stemmer", ["english", None])
+def test_processes_tokenize_the_corpus_as_one_process(
+    collection: Collection, tmp_path: Path, monkeypatch, stemmer, blocks
+) -> None:
+    # chunks of 7 passages in blocks (3 chunks a block, or 1), tokenised by 3 forked processes and
+    # merged in corpus order: the same ids and the same vocabulary dictionaries, entry for entry and
+    # in the same order, as one process
+    import distillrank.mining.bm25 as bm25
+
+    monkeypatch.setattr(bm25, "_CHUNK", 7)
+    monkeypatch.setattr(bm25, "BLOCKS_PER_PROCESS", blocks)
+    one = BM25Index._tokenizer(stemmer, "en")
+    want = BM25Index._tokenize_corpus(collection, one, True, False, workers=1)
+    many = BM25Index._tokenizer(stemmer, "en")
+    got = BM25Index._tokenize_corpus(collection, many, True, False, workers=3)
+    assert len(want) == len(collection.corpus) > 3 * 7
+    assert got == want
+    for name in ("word_to_stem", "stem_to_sid", "word_to_id"):
+        assert list(getattr(many, name).items()) == list(getattr(one, name).items()), name
+    assert len(one.word_to_id) > 100
+
+
+def test_an_index_built_by_processes_is_the_one_built_by_one(collection: Collection, tmp_path: Path, monkeypatch) -> None:
+    import distillrank.mining.bm25 as bm25
+
+    monkeypatch.setattr(bm25, "_CHUNK", 9)
+    built = {
+        n: BM25Index.build_or_load(collection, tmp_path / f"t{n}", progress=False, threads=n) for n in (1, 2)
+    }
+    files = {n: sorted((tmp_path / f"t{n}").rglob("*")) for n in built}
+    names = [[p.relative_to(tmp_path / f"t{n}") for p in files[n] if p.is_file()] for n in (1, 2)]
+    assert names[0] == names[1] and names[0]
+    for rel in names[0]:
+        assert (tmp_path / "t1" / rel).read_bytes() == (tmp_path / "t2" / rel).read_bytes(), rel
