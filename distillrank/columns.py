@@ -75,6 +75,13 @@ Reduce = Callable[[np.ndarray, str], np.ndarray]
 the rows: ``reduce(values, how)``, ``how`` one of ``sum``, ``min``, ``max`` — an all-reduce over the
 ranks of a ``torchrun`` group (:func:`distillrank.sharding.reduce_array`) in the score stage."""
 
+
+
+def one_worker(values: np.ndarray, how: str) -> np.ndarray:
+    """The :data:`Reduce` of a single worker: its statistics are everyone's."""
+    return values
+
+
 ROW_CHUNK = 1 << 20  # rows per slice of per-row work: temporaries of one slice, not of every row
 
 

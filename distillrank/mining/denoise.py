@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from distillrank.columns import Reduce, group_codes, row_slices
+from distillrank.columns import Reduce, group_codes, one_worker, row_slices
 from distillrank.errors import ConfigError
 
 DROPPED = "dropped"
@@ -105,7 +105,7 @@ def denoise(
         return DenoiseResult(by_margin, by_margin.copy(), by_relative, 0)
     if reduce is not None and n_groups is None:
         raise ValueError("denoise over several workers needs n_groups: query codes they share")
-    combine = reduce or (lambda values, how: values)
+    combine = reduce or one_worker
     scores = np.asarray(scores)
     if n_groups is None:
         group, n_groups = group_codes(np.asarray(qids))

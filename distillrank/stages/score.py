@@ -38,7 +38,7 @@ from omegaconf import DictConfig
 
 from distillrank import artifacts, keys, sharding
 from distillrank.builders import components, hardware, training
-from distillrank.columns import Reduce, group_cuts, range_batches
+from distillrank.columns import Reduce, group_cuts, one_worker, range_batches
 from distillrank.errors import DistillrankError
 from distillrank.mining import denoise
 from distillrank.teachers import normalize
@@ -276,7 +276,10 @@ def assemble_share(
     """
     ids = pair_file.ids()
     n_rows = pair_file.rows()
-    cuts = group_cuts(*pair_file.query_rows(ids[0]), n_rows, share.group)
+    # one read of every row's query, by rank 0, rather than one per rank
+    cuts = sharding.broadcast(
+        share, group_cuts(*pair_file.query_rows(ids[0]), n_rows, share.group) if share.main else None
+    )
     rows = range(cuts[share.rank], cuts[share.rank + 1])
 
     def reduce(values: np.ndarray, how: str) -> np.ndarray:
@@ -360,7 +363,7 @@ def assemble(
     path = Path(candidates)
     raw = scores.scores
     rows = scores.rows
-    combine = reduce or (lambda values, how: values)
+    combine = reduce or one_worker
     with pq.ParquetFile(path) as source:  # one handle: row count, labels, then the batches copied
         total = source.metadata.num_rows
         if rows.stop > total or (reduce is None and total != len(raw)):

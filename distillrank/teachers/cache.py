@@ -849,13 +849,22 @@ def _row_scores(
         seconds += took
     if not len(at):
         scores = np.zeros(0, np.float32)
-    elif teacher.kind is RankerKind.ENSEMBLE:
-        scores = teacher.combine(member_scores, query_codes, n_groups=len(index.qids))
+    else:
+        scores = _combined(teacher, member_scores, query_codes, len(index.qids))
+    return RowScores(scores, query_codes, scored, seconds, caches, queries=len(index.qids))
+
+
+def _combined(
+    teacher, member_scores: list[np.ndarray], query_codes: np.ndarray, n_queries: int,
+    reduce: Reduce | None = None, first_row: int = 0,
+) -> np.ndarray:  # fmt: skip
+    """The teacher's float32 scores of rows from its members' (an ensemble's combination, grouped by
+    ``query_codes``; its statistics reduced over the ranks with ``reduce``), else the one member's."""
+    if teacher.kind is RankerKind.ENSEMBLE:
+        scores = teacher.combine(member_scores, query_codes, n_groups=n_queries, reduce=reduce, first_row=first_row)
     else:
         scores = member_scores[0]
-    return RowScores(
-        scores.astype(np.float32, copy=False), query_codes, scored, seconds, caches, queries=len(index.qids)
-    )
+    return scores.astype(np.float32, copy=False)
 
 
 def part_scores(
@@ -901,15 +910,8 @@ def part_scores(
         caches.append(str(cache.folder))
     if int(reduce(np.array([missing], np.int64), "sum")[0]):
         return None
-    if teacher.kind is RankerKind.ENSEMBLE:
-        scores = teacher.combine(
-            member_scores, query_codes, n_groups=len(qids), reduce=reduce, first_row=rows.start
-        )
-    else:
-        scores = member_scores[0]
-    return RowScores(
-        scores.astype(np.float32, copy=False), query_codes, 0, 0.0, caches, queries=len(qids), first_row=rows.start
-    )
+    scores = _combined(teacher, member_scores, query_codes, len(qids), reduce, rows.start)
+    return RowScores(scores, query_codes, 0, 0.0, caches, queries=len(qids), first_row=rows.start)
 
 
 def score_share(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distillrank.columns import Reduce, group_codes, row_slices
+from distillrank.columns import Reduce, group_codes, one_worker, row_slices
 from distillrank.errors import ConfigError
 
 METHODS = ("none", "zscore", "minmax")
@@ -79,7 +79,7 @@ def normalize(
         codes, n_groups = group_codes(np.asarray(groups))
     if method == "none":
         return s.astype(np.float32)
-    combine = reduce or (lambda values, how: values)
+    combine = reduce or one_worker
     slices = list(row_slices(n, first_row=first_row))
     out = np.empty(n, np.float32)
     # per-group statistics, then the rows a slice at a time: float64 temporaries of one slice
