@@ -18,6 +18,7 @@ from distillrank.models.batching import prepared, row_batches
 from distillrank.models.hub import resolve_model
 from distillrank.models.layers import keep_layers, set_dropout
 from distillrank.models.masking import backbone_inputs
+from distillrank.models.tokenization import BatchTokenizer
 from distillrank.ranking import Pairs
 from distillrank.runtime import Runtime
 from distillrank.workspace import atomic_dir
@@ -59,6 +60,7 @@ class BiEncoder(nn.Module):
             raise ConfigError(f"similarity={similarity!r}; expected one of {SIMILARITIES}")
         self.backbone = backbone
         self.tokenizer = tokenizer
+        self.batch_tokenizer = BatchTokenizer(tokenizer)
         self.pooling = pooling
         self.similarity = similarity
         self.query_max_length = query_max_length
@@ -138,15 +140,7 @@ class BiEncoder(nn.Module):
     def tokenize_cpu(self, texts: Sequence[str], kind: str) -> dict[str, torch.Tensor]:
         """Tokenise queries (``kind='query'``) or passages, padded to the longest in the batch, on the CPU."""
         prefix, max_length = self._text_settings(kind)
-        return dict(
-            self.tokenizer(
-                [prefix + t for t in texts] if prefix else list(texts),
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
-        )
+        return self.batch_tokenizer([prefix + t for t in texts] if prefix else texts, max_length=max_length)
 
     def tokenize(self, texts: Sequence[str], kind: str) -> dict[str, torch.Tensor]:
         """:meth:`tokenize_cpu` on the model's device."""
@@ -155,14 +149,7 @@ class BiEncoder(nn.Module):
     def token_lengths(self, texts: Sequence[str], kind: str) -> np.ndarray:
         """Tokens of each text as :meth:`tokenize` truncates it (special tokens included), unpadded."""
         prefix, max_length = self._text_settings(kind)
-        batch = self.tokenizer(
-            [prefix + t for t in texts] if prefix else list(texts),
-            truncation=True,
-            max_length=max_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return np.fromiter((len(ids) for ids in batch["input_ids"]), dtype=np.int64, count=len(texts))
+        return self.batch_tokenizer.lengths([prefix + t for t in texts] if prefix else texts, max_length=max_length)
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Embeddings of a tokenised batch (on the model's device), with gradients when training."""

@@ -69,6 +69,7 @@ from distillrank.models.batching import prepared, row_batches
 from distillrank.models.hub import resolve_model
 from distillrank.models.layers import keep_layers, set_dropout
 from distillrank.models.masking import backbone_inputs
+from distillrank.models.tokenization import BatchTokenizer
 from distillrank.runtime import Runtime
 from distillrank.workspace import atomic_dir
 
@@ -122,6 +123,7 @@ class ColBERTModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
+        self.batch_tokenizer = BatchTokenizer(tokenizer)
         hidden = int(backbone.config.hidden_size)
         if projection is None:
             projection = nn.Linear(hidden, dim, bias=False)
@@ -297,14 +299,7 @@ class ColBERTModel(nn.Module):
         if kind == "query" and self.do_query_expansion:
             return np.full(len(texts), self.query_max_length, dtype=np.int64)
         max_length = self.query_max_length if kind == "query" else self.passage_max_length
-        ids = self.tokenizer(
-            list(texts),
-            truncation=True,
-            max_length=max_length - 1,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
-        return np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(texts))
+        return self.batch_tokenizer.lengths(texts, max_length=max_length - 1) + 1
 
     def tokenize_cpu(self, texts: Sequence[str], kind: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """:meth:`tokenize` on the CPU (the inference loop moves each batch itself)."""
@@ -313,13 +308,7 @@ class ColBERTModel(nn.Module):
         is_query = kind == "query"
         max_length = self.query_max_length if is_query else self.passage_max_length
         expand = is_query and self.do_query_expansion
-        batch = self.tokenizer(
-            list(texts),
-            padding="max_length" if expand else True,
-            truncation=True,
-            max_length=max_length - 1,
-            return_tensors="pt",
-        )
+        batch = self.batch_tokenizer(texts, max_length=max_length - 1, padding="max_length" if expand else True)
         marker = self.query_marker_id if is_query else self.passage_marker_id
         out = {}
         for key, value in batch.items():

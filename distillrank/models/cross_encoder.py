@@ -16,6 +16,7 @@ from distillrank.models.batching import prepared, row_batches
 from distillrank.models.hub import resolve_model
 from distillrank.models.layers import keep_layers, set_dropout
 from distillrank.models.masking import backbone_inputs
+from distillrank.models.tokenization import BatchTokenizer
 from distillrank.runtime import Runtime
 from distillrank.workspace import atomic_dir
 
@@ -33,6 +34,7 @@ class CrossEncoderModel(nn.Module):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
+        self.batch_tokenizer = BatchTokenizer(tokenizer)
         self.max_length = max_length
 
     @classmethod
@@ -83,28 +85,11 @@ class CrossEncoderModel(nn.Module):
 
     def tokenize_cpu(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, torch.Tensor]:
         """[query; passage] pairs tokenised, padded to the longest in the batch, on the CPU."""
-        return dict(
-            self.tokenizer(
-                list(queries),
-                list(passages),
-                padding=True,
-                truncation="longest_first",
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-        )
+        return self.batch_tokenizer(queries, passages, max_length=self.max_length, truncation="longest_first")
 
     def token_lengths(self, queries: Sequence[str], passages: Sequence[str]) -> np.ndarray:
         """Tokens of each pair as :meth:`tokenize_cpu` truncates it (special tokens included), unpadded."""
-        batch = self.tokenizer(
-            list(queries),
-            list(passages),
-            truncation="longest_first",
-            max_length=self.max_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return np.fromiter((len(ids) for ids in batch["input_ids"]), dtype=np.int64, count=len(queries))
+        return self.batch_tokenizer.lengths(queries, passages, max_length=self.max_length, truncation="longest_first")
 
     def scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scores of a tokenised batch of pairs (on the model's device)."""
