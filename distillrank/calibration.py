@@ -57,7 +57,7 @@ from distillrank.workspace import atomic_write_json, drop_unreadable, fingerprin
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-CALIBRATION_VERSION = 2  # bump when what is measured, or how, changes: every cached choice is redone
+CALIBRATION_VERSION = 3  # bump when what is measured, or how, changes: every cached choice is redone
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
 # A candidate replaces the reference (fp32 on PyTorch) only when at least this much faster: on a
 # 2-core machine the same ONNX Runtime fp32 graph measured 0.97x-1.5x of torch across runs, and a
@@ -501,6 +501,7 @@ def calibrate_scores(
     backend: str = AUTO,
     probe: Callable[[], Probe] | None = None,
     timed: Callable[[Runtime], object] | None = None,
+    rest: Callable[[Runtime], np.ndarray] | None = None,
 ) -> Choice:
     """The fastest of ``candidates`` whose scores stay within ``fidelity`` of the first's (fp32 on
     PyTorch, the reference), when at least :data:`PREFERENCE` times faster than it.
@@ -510,7 +511,13 @@ def calibrate_scores(
     scores are judged: a candidate outside ``fidelity`` is not timed. One within it runs
     ``timed(runtime)`` (default ``score``; the builders time half the calibration batch) ``repeats``
     times, timed by ``clock``, and its time is the median; when its first timed call is over
-    :data:`SLOWER` times the best median so far it is not timed again. An int8 candidate is not run
+    :data:`SLOWER` times the best median so far it is not timed again.
+
+    With ``rest`` (the builders pass it), the judged scores are ``timed``'s pairs followed by
+    ``rest``'s — the calibration batch in two halves — and ``score`` is not called: each candidate
+    warms up on ``rest`` (untimed), then its first ``timed`` call is both judged and timed; a
+    candidate outside ``fidelity`` keeps no time. One pass over the batch fewer than warming up on
+    all of it and then timing its first half. An int8 candidate is not run
     when an earlier int8 one scored under :data:`INT8_HOPELESS`. A candidate that raises is rejected
     with its error. ``probe`` (CPU only): the bf16 probe, which may skip
     the bf16 candidates (:func:`_screen`). ``precision`` / ``backend`` other than ``auto`` restrict
@@ -523,6 +530,8 @@ def calibrate_scores(
     reference: np.ndarray | None = None
     best: float | None = None  # the best median so far among candidates the config allows
     measured: list[Measured] = []
+    if rest is not None and timed is None:
+        raise ValueError("calibrate_scores: rest needs timed (the batch's other half)")
     timed = timed or score
     for runtime in candidates:
         if runtime.precision == "int8" and (hopeless := _hopeless_int8(measured)) is not None:
@@ -530,12 +539,21 @@ def calibrate_scores(
             continue
         began = clock()
         try:
-            scores = np.asarray(score(runtime), dtype=np.float64)  # the warm-up, judged
+            times: list[float] = []
+            if rest is None:
+                scores = np.asarray(score(runtime), dtype=np.float64)  # the warm-up, judged
+            else:
+                later = np.asarray(rest(runtime), dtype=np.float64)  # the warm-up
+                start = clock()
+                first = np.asarray(timed(runtime), dtype=np.float64)
+                times.append(clock() - start)
+                scores = np.concatenate([first, later])  # judged: the batch, the timed half first
             if reference is None:
                 reference = scores
             rho, top1 = per_query_agreement(reference, scores, groups)
             rejected = _within(rho, top1, fidelity)
-            times: list[float] = []
+            if rejected:
+                times = []
             while not rejected and len(times) < repeats and not (len(times) == 1 and _slower(times[0], best)):
                 start = clock()
                 timed(runtime)

@@ -307,3 +307,60 @@ def test_training_stops_a_candidate_at_its_first_loss_outside_the_tolerance_and_
     assert (
         calls == [0.05] and made.candidates[1].seconds is None and "bf16 probe" in made.candidates[1].rejected
     )
+
+
+def test_with_the_batch_in_halves_the_warm_up_is_the_rest_and_the_first_timed_call_is_judged():
+    # the timed half's pairs come first in the judged scores: a candidate whose halves are the
+    # reference's own is within fidelity only when they are put back in that order
+    n = 24
+    perturbed = REFERENCE + np.random.default_rng(1).normal(scale=1.0, size=len(REFERENCE))
+    scores = {"fp32": REFERENCE, "bf16": REFERENCE + 1e-6, "int8": perturbed}
+    clock = FakeClock({"fp32": 1.0, "bf16": 0.5, "int8": 0.2})
+    calls: list[tuple[str, str]] = []
+
+    def half(which: str):
+        def run(rt: Runtime) -> np.ndarray:
+            calls.append((rt.precision, which))
+            clock.now += clock.seconds[rt.precision] * (1 if which == "timed" else 3)  # the rest: slower
+            return scores[rt.precision][:n] if which == "timed" else scores[rt.precision][n:]
+
+        return run
+
+    made = calibration.calibrate_scores(
+        None, _runtimes("fp32", "bf16", "int8"), GROUPS, clock=clock, timed=half("timed"), rest=half("rest")
+    )
+    assert (made.precision, made.backend) == ("bf16", "torch")
+    # each candidate warms up on the rest, then its first timed call is judged: a reference timed
+    # three times in all, no whole-batch call; int8, outside fidelity, keeps no time
+    assert calls == [("fp32", "rest")] + [("fp32", "timed")] * 3 + [("bf16", "rest")] + [("bf16", "timed")] * 3 + [
+        ("int8", "rest"),
+        ("int8", "timed"),
+    ]
+    by = {m.precision: m for m in made.candidates}
+    assert by["fp32"].seconds == 1.0 and by["fp32"].timed == 3 and by["fp32"].spent == pytest.approx(6.0)
+    assert by["bf16"].speedup == 2.0 and by["bf16"].spearman == pytest.approx(1.0)
+    assert by["int8"].rejected and by["int8"].timed == 0 and by["int8"].seconds is None
+    with pytest.raises(ValueError, match="rest needs timed"):
+        calibration.calibrate_scores(None, _runtimes("fp32"), GROUPS, rest=half("rest"))
+
+
+def test_the_halves_are_judged_in_the_batchs_order():
+    # queries of 3, 9, 6 and 6 pairs, the first two timed: a candidate that shifts each query's
+    # scores by its own constant ranks every query as the reference does, and is within fidelity
+    # only when each pair is judged with its own query
+    groups = np.repeat(np.arange(4), [3, 9, 6, 6])
+    reference = np.random.default_rng(2).normal(size=len(groups))
+    scores = {"fp32": reference, "bf16": reference + 10.0 * groups}
+    clock = FakeClock({"fp32": 1.0, "bf16": 0.5})
+
+    def half(which: str):
+        def run(rt: Runtime) -> np.ndarray:
+            clock.now += clock.seconds[rt.precision]
+            return scores[rt.precision][:12] if which == "timed" else scores[rt.precision][12:]
+
+        return run
+
+    made = calibration.calibrate_scores(
+        None, _runtimes("fp32", "bf16"), groups, clock=clock, timed=half("timed"), rest=half("rest")
+    )
+    assert made.precision == "bf16" and made.candidates[1].spearman == pytest.approx(1.0)

@@ -186,11 +186,15 @@ def calibration_pairs(cfg: DictConfig, n_queries: int = QUERIES) -> tuple[Pairs,
     return collection_pairs(components.collection(cfg), str(cfg.data.train_split), n_queries)
 
 
-def collection_pairs(coll, train_split: str, n_queries: int = QUERIES) -> tuple[Pairs, np.ndarray]:
+def collection_pairs(
+    coll, train_split: str, n_queries: int = QUERIES, first_query: int = 0
+) -> tuple[Pairs, np.ndarray]:
     """Real texts of the collection ``coll`` to calibrate on: the first ``n_queries`` judged queries
     of ``train_split`` (else of the first judged split), each with its first positive and passages
-    from evenly spaced corpus rows, :data:`PASSAGES` in all; and each pair's query. Fewer queries
-    give the first queries' pairs of a longer batch. (The benchmarks calibrate on this batch too.)
+    from evenly spaced corpus rows, :data:`PASSAGES` in all; and each pair's query (numbered from 0).
+    Fewer queries give the first queries' pairs of a longer batch, and ``first_query`` its later
+    queries' pairs: ``[0, k)`` then ``[k, n)`` are the pairs of ``[0, n)`` in order. (The
+    benchmarks calibrate on this batch too.)
 
     Raises:
         ConfigError: the collection has no judged queries.
@@ -202,13 +206,14 @@ def collection_pairs(coll, train_split: str, n_queries: int = QUERIES) -> tuple[
             "write the hardware out (e.g. hardware=cpu)"
         )
     split = train_split if train_split in splits else splits[0]
-    queries = coll.split_queries(split)[:n_queries]
+    queries = coll.split_queries(split)[first_query:n_queries]
     docids = coll.doc_ids()
     step = max(1, len(docids) // PASSAGES)
     pair_q, pair_p, passages, slot = [], [], [], {}
     for qi, (qid, _) in enumerate(queries):
         positives = sorted(d for d, rel in coll.qrels[split].get(qid, {}).items() if rel > 0)
-        rows = ([coll.doc_row(positives[0])] if positives else []) + list(range(qi % step, len(docids), step))
+        spread = range((first_query + qi) % step, len(docids), step)
+        rows = ([coll.doc_row(positives[0])] if positives else []) + list(spread)
         for row in list(dict.fromkeys(rows))[:PASSAGES]:
             if row not in slot:
                 slot[row] = len(passages)
@@ -257,19 +262,24 @@ def _inference(cfg: DictConfig, base: Runtime, role: str, precision: str, backen
     return cached_choice(cache_dir(cfg), key, calibrate, main=sharding.from_env().main)
 
 
-def calibration_batch(coll, train_split: str) -> tuple[Pairs, np.ndarray, Pairs]:
-    """An inference calibration's texts: the batch whose scores are judged and each pair's query
-    (:func:`collection_pairs`, :data:`QUERIES` queries), and the batch the timed calls score (its
-    first :data:`TIMED_QUERIES` queries)."""
+def calibration_batch(coll, train_split: str) -> tuple[Pairs, np.ndarray, Pairs, Pairs | None]:
+    """An inference calibration's texts: the batch whose scores are judged (:func:`collection_pairs`,
+    :data:`QUERIES` queries) and each pair's query, then the same batch in two halves: the pairs
+    the timed calls score (its first :data:`TIMED_QUERIES` queries, at most half of them) and the
+    rest, the warm-up (None for a collection of one judged query: its whole batch warms up)."""
     pairs, groups = collection_pairs(coll, train_split)
-    return pairs, groups, collection_pairs(coll, train_split, TIMED_QUERIES)[0]
+    k = min(TIMED_QUERIES, len(pairs.queries) // 2)
+    if k == 0:
+        return pairs, groups, pairs, None
+    timed = collection_pairs(coll, train_split, k)[0]
+    return pairs, groups, timed, collection_pairs(coll, train_split, QUERIES, first_query=k)[0]
 
 
 def calibrate_ranker(
     ranker,
     base: Runtime,
     candidates: list[Runtime],
-    batch: tuple[Pairs, np.ndarray, Pairs],
+    batch: tuple[Pairs, np.ndarray, Pairs, Pairs | None],
     folders: list[Path | None],
     precision: str = AUTO,
     backend: str = AUTO,
@@ -278,11 +288,12 @@ def calibrate_ranker(
     ``candidates`` on ``batch`` (:func:`calibration_batch`), with the bf16 probe of the models in
     ``folders``; not cached (:func:`choice` caches it). The benchmarks (scripts/bench) calibrate
     their models through here, as a stage does."""
-    pairs, groups, part = batch
+    pairs, groups, part, rest = batch
     return calibration.calibrate_scores(
         lambda rt: ranker.score_pairs(pairs, rt, progress=False), candidates, groups,
         precision=precision, backend=backend, probe=_probe(base, folders),
         timed=lambda rt: ranker.score_pairs(part, rt, progress=False),
+        rest=None if rest is None else (lambda rt: ranker.score_pairs(rest, rt, progress=False)),
     )  # fmt: skip
 
 

@@ -90,3 +90,23 @@ def test_auto_runs_the_pipeline_and_the_manifests_carry_the_choice(make_cfg):
     assert score.run(elsewhere).counts["pairs_scored"] == 0  # every score cached by the auto run
     hardware._choice.cache_clear()  # a later process reads the choice from the cache
     assert hardware.choice(cfg, "teacher").cached
+
+
+def _rows(pairs) -> list[tuple[str, str]]:
+    return [(pairs.queries[q], pairs.passages[p]) for q, p in zip(pairs.pair_q, pairs.pair_p, strict=True)]
+
+
+def test_the_calibration_batch_in_halves_is_the_judged_batch_in_order(make_cfg):
+    coll = components.collection(make_cfg())
+    pairs, groups, timed, rest = hardware.calibration_batch(coll, "train")
+    assert rest is not None and len(timed) and len(rest)
+    assert _rows(timed) + _rows(rest) == _rows(pairs)  # the timed queries' pairs, then the others'
+    assert len(groups) == len(pairs) and len(set(timed.pair_q)) == min(hardware.TIMED_QUERIES, len(pairs.queries) // 2)
+
+
+def test_a_collection_of_one_judged_query_warms_up_on_its_whole_batch(make_cfg, monkeypatch):
+    coll = components.collection(make_cfg())
+    split = coll.split_queries
+    monkeypatch.setattr(coll, "split_queries", lambda name: split(name)[:1])
+    pairs, groups, timed, rest = hardware.calibration_batch(coll, "train")
+    assert rest is None and timed is pairs and set(groups.tolist()) == {0}
