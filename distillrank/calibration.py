@@ -490,7 +490,7 @@ def _pick(
 
 
 def calibrate_scores(
-    score: Callable[[Runtime], np.ndarray],
+    score: Callable[[Runtime], np.ndarray] | None,
     candidates: Sequence[Runtime],
     groups: np.ndarray,
     *,

@@ -28,6 +28,7 @@ import torch
 log = logging.getLogger(__name__)
 
 PROBE_ROWS = 64  # rows of the first batch of a setting compared with the tokenizer's own call
+FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}  # key: Encoding field
 
 
 class BatchTokenizer:
@@ -93,14 +94,15 @@ class BatchTokenizer:
         encodings = _encode(backend, _inputs(texts, pairs))
         out = {}
         for key in self._keys():
-            field = "type_ids" if key == "token_type_ids" else ("ids" if key == "input_ids" else key)
-            values = [getattr(e, field) for e in encodings]
+            values = [getattr(e, FIELDS[key]) for e in encodings]
             out[key] = torch.from_numpy(np.array(values, dtype=np.int64).reshape(len(encodings), -1))
         return out
 
     def _backend(self, setting: tuple, texts, pairs):
         if setting in self._backends:
             return self._backends[setting]
+        if not len(texts):
+            return None  # nothing to check the backend on: the call, and the setting still undecided
         backend = self._configured(setting)
         if backend is not None and not self._agrees(backend, setting, texts, pairs):
             log.warning(
@@ -143,10 +145,8 @@ class BatchTokenizer:
     def _agrees(self, backend, setting: tuple, texts, pairs) -> bool:
         texts = list(texts[:PROBE_ROWS])
         pairs = list(pairs[:PROBE_ROWS]) if pairs is not None else None
-        if not texts:
-            return True
         try:
-            ours = self._arrays(backend, texts, pairs) if setting[2] else _ids(_encode(backend, _inputs(texts, pairs)))
+            ours = self._arrays(backend, texts, pairs) if setting[2] else [e.ids for e in _encode(backend, _inputs(texts, pairs))]
         except Exception as err:  # noqa: BLE001 - any failure of the shortcut: use the tokenizer's call
             log.debug("tokenizer backend failed on the probe batch: %s", err)
             return False
@@ -170,6 +170,3 @@ def _encode(backend, inputs: list) -> list:
     encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch  # tokenizers < 0.20.2
     return encode(inputs, add_special_tokens=True)
 
-
-def _ids(encodings: list) -> list[list[int]]:
-    return [e.ids for e in encodings]
