@@ -32,6 +32,7 @@ share a file system wait for each other's files with :func:`wait_until`.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import time
@@ -207,7 +208,15 @@ def join_group(share: Share, device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
+        # left at exit while Python still runs: a group torn down with the interpreter aborted a rank
+        # now and then ("terminate called without an active exception") once its peer had exited
+        atexit.register(_leave_group)
     return device
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(share: Share) -> None:
