@@ -1,6 +1,7 @@
 """Memory of the training pools and one epoch's examples per scored pair, on a synthetic score table.
 
     python scripts/pool_memory.py --rows 1000000 [--old]
+    python scripts/pool_memory.py --rows 10000000 --queries 100000 --world 4 [--rank 0] [--scores F]
 
 Writes a ``scores.parquet`` of ``--rows`` rows (``--queries`` queries, a positive and negatives each,
 MS MARCO-like docids) to a temporary folder, then in this process builds the pools from it and draws
@@ -8,6 +9,12 @@ one epoch (8 negatives per example). Reports bytes per scored pair: retained (wh
 epoch hold afterwards: Python/numpy allocations by tracemalloc, Arrow's by its memory pool) and the
 growth of peak RSS while building. ``--old`` measures the list-of-objects code of commit 4135732
 (``git show 4135732:distillrank/training/batching.py``), for comparison.
+
+``--world N``: what the train stage holds on rank ``--rank`` of N (1: one process) — the pools'
+layout (:func:`~distillrank.training.batching.pool_layout`), the rank's epoch plan and the rows it
+reads for it (:meth:`~distillrank.training.batching.Pools.holding`); ``--scores F`` keeps the table
+in ``F`` (written there, by a child process, when missing), so the peak measured is the reading's
+alone, not the writing's.
 """
 
 from __future__ import annotations
@@ -75,18 +82,34 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--queries", type=int, default=11_000)  # MS MARCO: ~45M pairs over ~500k queries
     parser.add_argument("--negatives", type=int, default=8)
     parser.add_argument("--old", action="store_true", help=f"the list-of-objects code of {OLD_COMMIT}")
+    parser.add_argument("--world", type=int, default=0, help="the train stage's reading on one rank of N")
+    parser.add_argument("--rank", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--scores", type=Path, help="the score table's path (written when missing)")
+    parser.add_argument("--write-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    path = args.scores or Path(tempfile.mkdtemp()) / "scores.parquet"
+    if args.write_only or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if args.write_only or args.scores is None:
+            pq.write_table(_table(args.rows, args.queries), path, row_group_size=100_000)
+        else:  # in a child process: its peak is not this one's
+            subprocess.run(
+                [sys.executable, __file__, "--rows", str(args.rows), "--queries", str(args.queries),
+                 "--scores", str(path), "--write-only"],
+                check=True,
+            )
+        if args.write_only:
+            return {"written": str(path)}
+    if args.world:
+        return _rank(path, args)
     batching = _batching(args.old)
-    folder = Path(tempfile.mkdtemp())
-    table = _table(args.rows, args.queries)
-    pq.write_table(table, folder / "scores.parquet", row_group_size=100_000)
-    del table
     pool = pa.default_memory_pool()
     pool.release_unused()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     arrow0 = pa.total_allocated_bytes()
     tracemalloc.start()
-    pools, _ = batching.query_pools(folder / "scores.parquet")
+    pools, _ = batching.query_pools(path)
     if args.old:
         epoch = batching.epoch_examples(pools, args.negatives, np.random.default_rng(0))
     else:
@@ -104,6 +127,40 @@ def main(argv: list[str] | None = None) -> dict:
         "retained_bytes_per_pair": round((python_bytes + arrow_bytes) / rows, 1),
         "traced_peak_bytes_per_pair": round(python_peak / rows, 1),
         "peak_rss_growth_bytes_per_pair": round(peak_rss / rows, 1),
+    }
+    print(json.dumps(result))
+    return result
+
+
+def _rank(path: Path, args) -> dict:
+    """Peak RSS growth and retained bytes of one rank's training data for one epoch."""
+    from distillrank.training import batching
+
+    pa.default_memory_pool().release_unused()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    arrow0 = pa.total_allocated_bytes()
+    tracemalloc.start()
+    layout, _ = batching.pool_layout(path)
+    part = (args.rank, args.world, args.batch_size) if args.world > 1 else None
+    plan = batching.epoch_plan(layout, args.negatives, np.random.default_rng(0), part)
+    held = layout.holding(plan.rows_needed(layout, positives=True) if part else None)
+    python_bytes, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    arrow_bytes = pa.total_allocated_bytes() - arrow0
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
+    rows = layout.n_rows
+    result = {
+        "code": "layout + rank plan + rows read",
+        "world": args.world,
+        "rank": args.rank,
+        "rows": rows,
+        "queries": len(layout),
+        "examples_held": len(plan),
+        "examples": plan.total,
+        "rows_held": rows if held.whole else len(held.held),
+        "retained_bytes_per_pair": round((python_bytes + arrow_bytes) / rows, 1),
+        "peak_rss_growth_bytes_per_pair": round(peak_rss / rows, 1),
+        "peak_rss_growth_mib": round(peak_rss / 2**20, 1),
     }
     print(json.dumps(result))
     return result

@@ -44,7 +44,7 @@ from distillrank.losses.margin_mse import MarginMSELoss
 from distillrank.reporting import model_card
 from distillrank.runtime import Runtime, seed_everything
 from distillrank.teachers.base import embedding_source
-from distillrank.training.batching import Pools, QueryPool, as_pools, query_pools
+from distillrank.training.batching import Pools, QueryPool, as_pools, pool_layout
 from distillrank.training.dev import DevSet, carve_dev_pools, dev_from_pools, held_out_count
 from distillrank.training.features import FeatureSet, cached_text_embeddings
 from distillrank.training.loop import train_student
@@ -83,6 +83,7 @@ def stage_key(cfg: DictConfig) -> str:
 
 
 COSINE_MARGIN = 2.0  # the largest score margin a cosine student can produce
+MARGIN_SAMPLE_QUERIES = 20_000  # pools read from scores.parquet: the check reads these first queries' margins
 
 
 def _is_margin_mse(loss: DictConfig) -> bool:
@@ -103,7 +104,11 @@ def warn_unreachable_margins(cfg: DictConfig, pools: Pools | list[QueryPool]) ->
         return None
     if cfg.loss.get("learn_scale"):  # the learned factor reaches any margin
         return None
-    margins = as_pools(pools).first_positive_margins()
+    pools = as_pools(pools)
+    if not pools.whole:  # read from scores.parquet when trained on: the first queries' rows, read here
+        head = pools.take(np.arange(min(len(pools), MARGIN_SAMPLE_QUERIES)))
+        pools = head.holding(np.arange(head.n_rows))
+    margins = pools.first_positive_margins()
     if not margins.size:
         return None
     share = float(np.mean(margins > COSINE_MARGIN))
@@ -253,7 +258,8 @@ def run(cfg: DictConfig) -> Manifest:
     if cfg.hardware.precision == "int8":  # an inference precision (teachers); the student trains in fp32
         log.info("train: hardware.precision=int8 quantizes teachers only; the student trains in fp32")
     if ranking:
-        pools, dropped = query_pools(score_dir / artifacts.SCORES)  # streamed by row groups
+        # the layout alone (per query): each epoch reads the rows this rank trains on
+        pools, dropped = pool_layout(score_dir / artifacts.SCORES)
         query_text = dict(training.train_queries(cfg))
         pools, dev = dev_set(cfg, pools, score_dir / artifacts.SCORES, query_text)
     else:  # feature terms only: the collection's texts, no query pools

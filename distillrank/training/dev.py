@@ -78,7 +78,7 @@ def dev_from_pools(
     qrels: dict[str, dict[str, int]],
 ) -> DevSet:
     """The dev set of carved training queries: every candidate the score stage holds for them."""
-    qids = [p.qid for p in dev_pools]
+    qids = dev_pools.qids.to_pylist() if isinstance(dev_pools, Pools) else [p.qid for p in dev_pools]
     return DevSet(
         queries={q: query_text[q] for q in qids},
         candidates={q: list(candidates[q]) for q in qids},

@@ -28,8 +28,11 @@ With a dev set and ``train.eval_every > 0``, the student re-ranks the dev candid
 back at the end, and ``train.early_stopping_patience`` evaluations without improvement stop the run.
 
 The pools are columnar (:class:`~distillrank.training.batching.Pools`); each epoch draws an
-:class:`~distillrank.training.batching.EpochPlan` of row indices, and each micro-batch's examples
-are made from it as the batch comes up.
+:class:`~distillrank.training.batching.EpochPlan` of row indices from their layout, and each
+micro-batch's examples are made from it as the batch comes up. Pools read from ``scores.parquet``
+(the train stage's) hold no rows until then: each epoch reads the rows its plan needs
+(:meth:`~distillrank.training.batching.Pools.holding`), and a rank's plan is its share of every
+global micro-batch alone, so a rank's memory per pair is O(pairs / ranks).
 
 Under ``torchrun`` (:mod:`distillrank.training.distributed`), every global micro-batch of
 ``train.batch_size`` examples is split over the ranks and the step's loss module is wrapped in
@@ -114,23 +117,22 @@ def student_scores(
     passage_text: Callable[[list[str]], list[str]],
     in_batch: bool = False,
     positives: dict[str, set[str]] | None = None,
-    global_batch: Sequence[Example] | None = None,
+    global_docids: Sequence[str] | None = None,
     dist: Share | None = None,
 ) -> tuple[torch.Tensor, InBatch | None]:
     """Student scores [B, 1 + n] of a batch (each distinct passage scored once) and, with
     ``in_batch``, the :class:`InBatch` scores [B, P] over the batch's P distinct passages, with each
     query's other known ``positives`` (qid -> docids) excluded from its negatives.
 
-    With ``global_batch`` (the global micro-batch ``examples`` is this rank's share of) and ``dist``:
-    the P passages are the global batch's; each rank encodes its share of them and the student
-    gathers the embeddings over the ranks (``train.gather_negatives``)."""
-    unique = list(
-        dict.fromkeys(d for ex in (examples if global_batch is None else global_batch) for d in ex.docids)
-    )
+    With ``global_docids`` (the passages of the global micro-batch ``examples`` is this rank's share
+    of, example by example) and ``dist``: the P passages are the global batch's; each rank encodes
+    its share of them and the student gathers the embeddings over the ranks
+    (``train.gather_negatives``)."""
+    unique = list(dict.fromkeys(d for ex in examples for d in ex.docids) if global_docids is None else dict.fromkeys(global_docids))
     slot = {d: i for i, d in enumerate(unique)}
     index = torch.tensor([[slot[d] for d in ex.docids] for ex in examples], dtype=torch.long)
     queries = [query_text[ex.qid] for ex in examples]
-    if global_batch is None or dist is None:
+    if global_docids is None or dist is None:
         out = student(queries, passage_text(unique), index, in_batch)
     else:
         sizes = dist.split_sizes(len(unique))
@@ -190,7 +192,7 @@ class _Step(nn.Module):
         shard: list[Example],
         feature_shard: list,
         positives: dict[str, set[str]] | None,
-        global_batch: list[Example] | None,
+        global_docids: list[str] | None,
     ) -> torch.Tensor:
         with self.runtime.autocast():
             scores, extra = (
@@ -201,7 +203,7 @@ class _Step(nn.Module):
                     self.passage_text,
                     self.in_batch,
                     positives,
-                    global_batch,
+                    global_docids,
                     self.dist,
                 )
                 if shard
@@ -598,7 +600,11 @@ def train_student(
                 rng.bit_generator.state = epoch_rng_override
                 epoch_rng_override = None
             epoch_rng = copy.deepcopy(rng.bit_generator.state)
-            plan = epoch_plan(pools, cfg.negatives_per_example, rng)
+            plan = held = None  # the previous epoch's plan and rows, freed before this epoch's are made
+            part = (dist.rank, dist.group, cfg.batch_size) if dist.group > 1 else None
+            plan = epoch_plan(pools, cfg.negatives_per_example, rng, part)
+            # the rows this epoch reads (one process: every row, one pass over the file)
+            held = pools.holding(plan.rows_needed(pools, in_batch) if part is not None and not pools.whole else None)
             feature_ids = features.batches(feature_batch_size, rng) if features is not None else []
             step_size = cfg.batch_size * accum
             offset = first_offset if epoch == first_epoch else 0
@@ -609,31 +615,36 @@ def train_student(
                 optimizer.zero_grad(set_to_none=True)
                 first = b // cfg.batch_size
                 micro = range(first, min(first + accum, micro_per_epoch))
+                # this rank's share of each global micro-batch (its plan holds only that), the
+                # global batch's size, whether the share is a stand-in, the feature batch
                 micro_batches = [
                     (
-                        *plan.batch(pools, j, cfg.batch_size),
+                        *plan.batch(held, j, cfg.batch_size),
                         feature_ids[j % len(feature_ids)] if feature_ids else None,
                     )
                     for j in micro
                 ]
                 # each micro-batch's share of the step: by ranking examples, else by feature texts
-                n_step = sum(len(mb) if ranking else len(fb) for mb, _, fb in micro_batches)
+                n_step = sum(size if ranking else len(fb) for _, _, size, _, fb in micro_batches)
                 local_loss = 0.0
-                for k, (batch, batch_queries, feature_batch) in enumerate(micro_batches):
-                    shard = dist.split(batch)
+                for k, (shard, shard_queries, _, stand_in, feature_batch) in enumerate(micro_batches):
                     feature_shard = dist.split(list(feature_batch)) if feature_batch is not None else []
-                    share = (len(shard) if ranking else len(feature_shard)) / n_step
+                    real = [] if stand_in else shard  # a stand-in backpropagates with weight 0
+                    share = (len(real) if ranking else len(feature_shard)) / n_step
                     if ddp is None and not shard and not feature_shard:
                         continue
-                    if ddp is not None:  # every rank joins every reduction and gather: an empty share
-                        if ranking and not shard:  # backpropagates one example with weight 0
-                            shard = batch[:1]
-                        elif not ranking and not feature_shard:
-                            feature_shard = list(feature_batch)[:1]
-                    positives = pools.positives(batch_queries) if in_batch else None
+                    if ddp is not None and not ranking and not feature_shard:  # every rank joins every
+                        feature_shard = list(feature_batch)[:1]  # reduction: one text with weight 0
+                    positives = held.positives(shard_queries) if in_batch else None
+                    # the global batch's passages (every rank's share, in rank order): gathered
+                    global_docids = (
+                        [d for part_ids in sharding.gather(dist, [d for ex in real for d in ex.docids]) for d in part_ids]
+                        if gather
+                        else None
+                    )
                     last = k == len(micro_batches) - 1
                     with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
-                        loss = compute_loss(shard, feature_shard, positives, batch if gather else None)
+                        loss = compute_loss(shard, feature_shard, positives, global_docids)
                         (loss * (share * dist.group if ddp is not None else share)).backward()
                     local_loss += loss.item() * share
                 loss_value = sharding.total(dist, local_loss, device)

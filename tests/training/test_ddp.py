@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.distributed as dist
@@ -17,6 +19,7 @@ from distillrank.losses import MarginMSELoss
 from distillrank.losses.infonce import InfoNCELoss
 from distillrank.runtime import Runtime
 from distillrank.sharding import WHOLE, Share
+from distillrank.training.batching import pool_layout
 from distillrank.training.loop import train_student
 
 from .test_loop import PASSAGES, QUERIES, _pools, _student
@@ -56,16 +59,31 @@ class KillAfter(nn.Module):
         return self.inner(*args, **kwargs)
 
 
+def _score_file(path: Path) -> Path:
+    """The test pools as a ``scores.parquet`` (positives label 1), the queries' rows interleaved
+    (every query's first row, then every second row, ...: each query's in its order)."""
+    per_query = [
+        [(pool.qid, d, label, score) for label, group in ((1, pool.positives), (0, pool.negatives)) for d, score in group]
+        for pool in _pools()
+    ]
+    rows = [row for k in range(max(map(len, per_query))) for q in per_query if k < len(q) for row in [q[k]]]
+    qid, docid, label, teacher = zip(*rows, strict=True)
+    pq.write_table(pa.table({"qid": qid, "docid": docid, "label": label, "teacher": teacher}), path)
+    return path
+
+
 def _train(model: Path, work: Path, spec: dict, group: Share) -> dict[str, torch.Tensor] | None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     student = _student(model)
     inner = InfoNCELoss(temperature=0.5) if spec.get("loss") == "infonce" else MarginMSELoss()
+    # "layout": the train stage's pools, no rows held until each epoch reads this rank's from the file
+    pools = pool_layout(_score_file(work / f"scores-{group.rank}.parquet"))[0] if spec.get("layout") else _pools()
     try:
         train_student(
             student,
             KillAfter(inner, spec.get("kill_after")),
-            _pools(),
+            pools,
             QUERIES,
             lambda ids: [PASSAGES[d] for d in ids],
             OmegaConf.create({**BASE, **spec.get("cfg", {})}),
@@ -129,6 +147,19 @@ def test_gathered_negatives_span_the_global_batch(tiny_bi_encoder, tmp_path):
     _assert_close(gathered, one)
     # without gathering, each rank's in-batch negatives are its own share's: another objective
     assert _differs(_run(tiny_bi_encoder, tmp_path / "local", spec, 2), one)
+
+
+@pytest.mark.parametrize("spec", [{"cfg": ACCUM}, {"loss": "infonce", "cfg": {"batch_size": 6, "max_steps": 4, "gather_negatives": True}}])
+def test_ranks_reading_their_rows_from_the_score_file_equal_one_process_holding_them(tiny_bi_encoder, tmp_path, spec):
+    """Each rank holds only the rows of its share of each epoch (read from scores.parquet), with a
+    stand-in where its share is empty (ACCUM) and the global batch's passages gathered for in-batch
+    negatives: the weights of one process holding every row."""
+    one = _run(tiny_bi_encoder, tmp_path / "one", spec, 1)
+    assert _differs(one, dict(_student(tiny_bi_encoder).state_dict()))  # it trained
+    layout_one = _run(tiny_bi_encoder, tmp_path / "layout-one", {**spec, "layout": True}, 1)
+    for name in one:  # one process: the same examples in the same order, the same arithmetic
+        torch.testing.assert_close(layout_one[name], one[name], atol=0, rtol=0, msg=name)
+    _assert_close(_run(tiny_bi_encoder, tmp_path / "layout-two", {**spec, "layout": True}, 2), one)
 
 
 @pytest.mark.parametrize(("killed_world", "resumed_world"), [(2, 1), (1, 2)])
