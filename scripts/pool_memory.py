@@ -19,6 +19,12 @@ alone, not the writing's.
 
 from __future__ import annotations
 
+import os
+
+# before pyarrow loads its allocator, as distillrank/__init__.py does for the stages: freed pages
+# returned at once (else the measured peak is the allocator's reuse cache, not the reading)
+os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
+
 import argparse
 import importlib.util
 import json
@@ -36,14 +42,14 @@ import pyarrow.parquet as pq
 OLD_COMMIT = "4135732"
 
 
-def _table(rows: int, queries: int, seed: int = 0) -> pa.Table:
+def _table(rows: int, queries: int, passages: int = 8_841_823, seed: int = 0) -> pa.Table:
     rng = np.random.default_rng(seed)
     qid = rng.integers(0, queries, rows)
     qid[:queries] = np.arange(queries)  # every query has a row, the first one its positive
     label = np.zeros(rows, np.int32)
     label[:queries] = 1
     order = np.argsort(qid, kind="stable")  # grouped by query, as the score stage writes
-    docid = rng.integers(0, 8_841_823, rows)
+    docid = rng.integers(0, passages, rows)
     return pa.table(
         {
             "qid": pa.array([str(q) for q in qid[order]]),
@@ -81,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=11_000)  # MS MARCO: ~45M pairs over ~500k queries
     parser.add_argument("--negatives", type=int, default=8)
+    parser.add_argument("--passages", type=int, default=8_841_823, help="docids drawn from this many")
     parser.add_argument("--old", action="store_true", help=f"the list-of-objects code of {OLD_COMMIT}")
     parser.add_argument("--world", type=int, default=0, help="the train stage's reading on one rank of N")
     parser.add_argument("--rank", type=int, default=0)
@@ -92,11 +99,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.write_only or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         if args.write_only or args.scores is None:
-            pq.write_table(_table(args.rows, args.queries), path, row_group_size=100_000)
+            pq.write_table(_table(args.rows, args.queries, args.passages), path, row_group_size=100_000)
         else:  # in a child process: its peak is not this one's
             subprocess.run(
                 [sys.executable, __file__, "--rows", str(args.rows), "--queries", str(args.queries),
-                 "--scores", str(path), "--write-only"],
+                 "--passages", str(args.passages), "--scores", str(path), "--write-only"],
                 check=True,
             )
         if args.write_only:

@@ -87,3 +87,30 @@ def test_range_batches_read_the_rows_of_a_range_only(tmp_path) -> None:
             assert all(len(b) <= 7 for b in got)
             np.testing.assert_array_equal(np.concatenate(got) if got else np.zeros(0), np.arange(100)[rows.start : rows.stop])
         assert sum(b.num_rows for b in range_batches(f, ["x"], None, 64)) == 100
+
+
+def test_open_parquet_reads_one_batch_not_the_whole_file(tmp_path) -> None:
+    """Arrow's pre-buffering (pyarrow's default) held what it read of the file until the iteration
+    ended: a stage streaming scores.parquet held O(file). open_parquet reads a batch at a time."""
+    import pyarrow.parquet as pq
+
+    from distillrank.columns import open_parquet
+
+    rng = np.random.default_rng(0)
+    rows = 400_000
+    table = pa.table({"docid": pa.array(rng.integers(0, 10**9, rows).astype(str)), "teacher": rng.normal(size=rows)})
+    path = tmp_path / "scores.parquet"
+    pq.write_table(table, path, row_group_size=10_000)  # 40 row groups
+    size = path.stat().st_size
+    del table
+
+    def held_after_one_batch(parquet) -> int:
+        before = pa.total_allocated_bytes()
+        batches = parquet.iter_batches(batch_size=10_000)
+        next(batches)
+        held = pa.total_allocated_bytes() - before
+        del batches
+        return held
+
+    assert held_after_one_batch(open_parquet(path)) < size / 4
+    assert held_after_one_batch(pq.ParquetFile(path, pre_buffer=True)) > size / 2  # pyarrow 26's default

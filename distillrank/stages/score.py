@@ -38,7 +38,7 @@ from omegaconf import DictConfig
 
 from distillrank import artifacts, keys, sharding
 from distillrank.builders import components, hardware, training
-from distillrank.columns import Reduce, group_cuts, one_worker, range_batches
+from distillrank.columns import Reduce, group_cuts, one_worker, open_parquet, range_batches
 from distillrank.errors import DistillrankError
 from distillrank.mining import denoise
 from distillrank.teachers import normalize
@@ -320,7 +320,7 @@ def _regrouped(parts: list[Path], batch_rows: int):
     held: list[pa.RecordBatch] = []
     count = 0
     for path in parts:
-        with pq.ParquetFile(path) as source:
+        with open_parquet(path) as source:
             for batch in source.iter_batches(batch_size=batch_rows):
                 while batch.num_rows:
                     take = min(batch.num_rows, batch_rows - count)
@@ -364,7 +364,7 @@ def assemble(
     raw = scores.scores
     rows = scores.rows
     combine = reduce or one_worker
-    with pq.ParquetFile(path) as source:  # one handle: row count, labels, then the batches copied
+    with open_parquet(path) as source:  # one handle: row count, labels, then the batches copied
         total = source.metadata.num_rows
         if rows.stop > total or (reduce is None and total != len(raw)):
             raise DistillrankError(f"{path} has {total} rows, scored {len(raw)} (it changed while it was read)")

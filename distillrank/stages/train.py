@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from hydra.utils import get_object
 from omegaconf import DictConfig
 
 from distillrank import artifacts, keys, sharding
 from distillrank.builders import components, hardware, training
+from distillrank.columns import open_parquet
 from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import CORPUS_CHUNK, cached_corpus_embeddings
 from distillrank.losses.margin_mse import MarginMSELoss
@@ -129,7 +129,7 @@ def _candidates(scores: pa.Table | Path, qids: pa.Array) -> dict[str, list[str]]
     if isinstance(scores, pa.Table):
         batches = scores.select(["qid", "docid"]).to_batches()
     else:
-        batches = pq.ParquetFile(scores).iter_batches(columns=["qid", "docid"])
+        batches = open_parquet(scores).iter_batches(columns=["qid", "docid"])
     out: dict[str, list[str]] = {}
     for batch in batches:
         batch = batch.filter(pc.is_in(batch.column("qid"), value_set=qids))

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from distillrank.columns import Distinct, Reduce, coding_rows, range_batches, sorted_unique
+from distillrank.columns import Distinct, Reduce, coding_rows, open_parquet, range_batches, sorted_unique
 from distillrank.errors import DataError, DistillrankError
 from distillrank.evaluation.dense import (
     CORPUS_CHUNK,
@@ -157,7 +157,7 @@ class PairFile:
         Raises:
             DataError: the file lacks a ``qid`` or ``docid`` column, or an id is null.
         """
-        with pq.ParquetFile(self.path) as f:
+        with open_parquet(self.path) as f:
             names = f.schema_arrow.names
             if "qid" not in names or "docid" not in names:
                 raise DataError(f"the pairs to score need columns qid and docid; {self.path} has {names}")

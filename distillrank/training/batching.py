@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from distillrank.columns import Distinct, coding_rows, sorted_unique
+from distillrank.columns import Distinct, coding_rows, open_parquet, sorted_unique
 from distillrank.errors import DataError
 
 
@@ -286,7 +285,7 @@ def _record_batches(scores: pa.Table | str | Path, batch_rows: int) -> Iterator[
         return
     path = Path(scores)
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = open_parquet(path)
     except (OSError, pa.ArrowInvalid) as err:
         raise DataError(f"{path}: not a readable Parquet score table ({err})") from None
     names = parquet.schema_arrow.names
