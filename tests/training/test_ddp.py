@@ -162,10 +162,11 @@ def test_ranks_reading_their_rows_from_the_score_file_equal_one_process_holding_
     _assert_close(_run(tiny_bi_encoder, tmp_path / "layout-two", {**spec, "layout": True}, 2), one)
 
 
-@pytest.mark.parametrize(("killed_world", "resumed_world"), [(2, 1), (1, 2)])
-def test_resume_under_another_world_size(tiny_bi_encoder, tmp_path, killed_world, resumed_world):
-    # 18 examples, batch 4: 5 steps an epoch, 10 in all; a checkpoint every 2 steps
-    spec = {"cfg": {"checkpoint_every": 2}}
+@pytest.mark.parametrize(("killed_world", "resumed_world", "layout"), [(2, 1, False), (1, 2, False), (2, 1, True)])
+def test_resume_under_another_world_size(tiny_bi_encoder, tmp_path, killed_world, resumed_world, layout):
+    # 18 examples, batch 4: 5 steps an epoch, 10 in all; a checkpoint every 2 steps. layout: the
+    # pools read from scores.parquet by each rank (the run's identity is the file's, on any world)
+    spec = {"cfg": {"checkpoint_every": 2}, "layout": layout}
     whole = _run(tiny_bi_encoder, tmp_path / "whole", spec, 1)
     work = tmp_path / "killed"
     assert (
