@@ -218,7 +218,15 @@ def test_scale_and_ceiling_measurements(smoke: Path) -> None:
         "matmul_fp32",
         "bi_encoder_forward",
         "student_forward_backward",
+        "matmul_bf16",
+        "bi_encoder_forward_bf16",
+        "student_forward_backward_bf16",
     ]
+    rates = {c["case"]: c["values"] for c in ceiling["cases"]}
+    for case in ("bi_encoder_forward", "student_forward_backward"):  # each against its own precision's matmul
+        for suffix, matmul in (("", "matmul_fp32"), ("_bf16", "matmul_bf16")):
+            values = rates[case + suffix]
+            assert values["fraction_of_matmul"] == pytest.approx(values["gflops"] / rates[matmul]["gflops"])
     assert all(_number(c["values"]["gflops"]) and c["values"]["gflops"] > 0 for c in ceiling["cases"])
 
 

@@ -1,7 +1,13 @@
-"""Benchmark 5: the ceiling. The machine's fp32 matrix-multiply rate and the fraction of it the
-encoders reach.
+"""Benchmark 5: the ceiling. The machine's fp32 and bf16 matrix-multiply rates and the fraction of
+each the encoders reach in that precision (issue 16: "of the fp32 matmul ceiling, or of the bf16
+ceiling when bf16 is chosen" — ``hardware=auto`` chooses bf16 autocast on CPUs with bf16 units).
 
-* matmul: ``torch.matmul`` of two fp32 [n, n] matrices, 2·n³ FLOPs each, median of repeats.
+* matmul: ``torch.matmul`` of two [n, n] matrices (fp32, then bf16), 2·n³ FLOPs each, median of
+  repeats.
+* the ``_bf16`` encoder cases run under ``torch.autocast("cpu", torch.bfloat16)``, as
+  ``hardware.precision=bf16`` runs them (``distillrank.runtime.autocast``), against the bf16
+  matmul rate. On a CPU without bf16 units the bf16 rates are emulated and low; the cases are
+  measured anyway, for the record.
 * encoder forward (inference, ``torch.inference_mode``): the bi-encoder on a full batch of
   passages at ``passage_max_length`` tokens; FLOPs estimated as 2 · P · tokens.
 * student forward + backward (training): the 2-layer student on the same batch; 6 · P · tokens.
@@ -21,12 +27,13 @@ import torch
 from bench.common import Context
 
 
-def matmul_gflops(n: int, repeats: int) -> float:
-    """Median GFLOP/s of an fp32 [n, n] @ [n, n] product."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.matmul(a, b)
+def matmul_gflops(n: int, repeats: int, dtype: torch.dtype = torch.float32) -> float:
+    """Median GFLOP/s of an [n, n] @ [n, n] product in ``dtype``."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(3):  # warm-up: AMX units, like caches, start slow
+        torch.matmul(a, b)
     times = []
-    for _ in range(max(repeats, 3)):
+    for _ in range(max(repeats, 10)):  # short products: a median of 10 (3 gave 662-1,824 GFLOP/s bf16 on AMX)
         start = time.perf_counter()
         torch.matmul(a, b)
         times.append(time.perf_counter() - start)
@@ -42,7 +49,7 @@ def _encoder_rate(encoder, texts: list[str], train: bool, repeats: int) -> tuple
     """Median seconds of one forward (or forward + backward) over ``texts``, and the token count."""
     tokens = int(encoder.tokenize(texts, "passage")["attention_mask"].numel())
     times = []
-    for r in range(max(repeats, 1) + 1):
+    for r in range(max(repeats, 5) + 1):  # a median of 5 at least: quick's 2 moved fractions by 2x
         start = time.perf_counter()
         if train:
             encoder.train()
@@ -58,31 +65,43 @@ def _encoder_rate(encoder, texts: list[str], train: bool, repeats: int) -> tuple
 
 def run(ctx: Context) -> dict:
     from distillrank.models.bi_encoder import BiEncoder
+    from distillrank.runtime import autocast
 
     s = ctx.sizes
-    peak = matmul_gflops(s.matmul_n, s.repeats)
     texts = ctx.collection.passage_texts(range(min(s.batch_size, len(ctx.collection.corpus))))
-    cases = [{"case": "matmul_fp32", "unit": "GFLOP/s", "values": {"n": s.matmul_n, "gflops": peak}}]
+    cases = []
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        peak = matmul_gflops(s.matmul_n, s.repeats, dtype)
+        suffix = "" if precision == "fp32" else "_bf16"
+        cases.append({"case": f"matmul_{precision}", "unit": "GFLOP/s", "values": {"n": s.matmul_n, "gflops": peak}})
+        cases += _encoder_cases(BiEncoder, ctx, texts, peak, suffix, lambda p=precision: autocast(torch.device("cpu"), p))
+    return {
+        "benchmark": "ceiling",
+        "settings": {"precision": "fp32, then bf16 autocast (the _bf16 cases)", "torch_threads": torch.get_num_threads(), "repeats": s.repeats},
+        "cases": cases,
+        "notes": ["FLOPs: 2·P·tokens forward, 6·P·tokens forward+backward, P = linear-layer weights (embeddings and attention products not counted); each encoder case's fraction is of the matmul rate of its own precision"],
+    }
+
+
+def _encoder_cases(BiEncoder, ctx: Context, texts: list[str], peak: float, suffix: str, context) -> list[dict]:
+    s = ctx.sizes
+    cases = []
     for name, folder, train, factor in (
         ("bi_encoder_forward", ctx.bi_encoder, False, 2),
         ("student_forward_backward", ctx.student, True, 6),
     ):
         encoder = BiEncoder.load(folder, passage_max_length=s.passage_max_length)
-        seconds, tokens = _encoder_rate(encoder, texts, train, s.repeats)
+        with context():
+            seconds, tokens = _encoder_rate(encoder, texts, train, s.repeats)
         params = matmul_params(encoder.backbone)
         gflops = factor * params * tokens / seconds / 1e9
         cases.append(
             {
-                "case": name, "unit": "GFLOP/s",
+                "case": name + suffix, "unit": "GFLOP/s",
                 "values": {
                     "model": str(folder), "matmul_params": params, "batch": len(texts), "tokens": tokens,
                     "seconds": seconds, "gflops": gflops, "fraction_of_matmul": gflops / peak,
                 },
             }
         )
-    return {
-        "benchmark": "ceiling",
-        "settings": {"precision": "fp32", "torch_threads": torch.get_num_threads(), "repeats": s.repeats},
-        "cases": cases,
-        "notes": ["FLOPs: 2·P·tokens forward, 6·P·tokens forward+backward, P = linear-layer weights (embeddings and attention products not counted)"],
-    }
+    return cases
