@@ -11,6 +11,11 @@ from it when the batch is trained on, never the whole epoch's.
 The draws are those of the list-of-objects code this replaced, in the same order from the same
 generator, so a seed gives the same examples in the same order (``tests/training/test_columnar_pools.py``
 pins it against a reference implementation of the old code).
+
+The train stage holds less: :func:`pool_layout` reads a score table's layout alone (per query, and
+the docid dictionary; :class:`ScoreTable`), :func:`epoch_plan` with ``part`` draws one rank's share
+of every global batch, and :meth:`Pools.holding` reads the rows that share uses — a rank's memory
+per pair is O(pairs / ranks) (docs/TRAINING.md, "Memory").
 """
 
 from __future__ import annotations
