@@ -111,20 +111,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.world:
         return _rank(path, args)
     batching = _batching(args.old)
-    pool = pa.default_memory_pool()
-    pool.release_unused()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    arrow0 = pa.total_allocated_bytes()
-    tracemalloc.start()
-    pools, _ = batching.query_pools(path)
-    if args.old:
-        epoch = batching.epoch_examples(pools, args.negatives, np.random.default_rng(0))
-    else:
-        epoch = batching.epoch_plan(pools, args.negatives, np.random.default_rng(0))
-    python_bytes, python_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    arrow_bytes = pa.total_allocated_bytes() - arrow0
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
+
+    def build():
+        pools, _ = batching.query_pools(path)
+        if args.old:
+            return pools, batching.epoch_examples(pools, args.negatives, np.random.default_rng(0))
+        return pools, batching.epoch_plan(pools, args.negatives, np.random.default_rng(0))
+
+    (pools, epoch), python_bytes, python_peak, arrow_bytes, peak_rss = _measured(build)
     rows = args.rows
     result = {
         "code": f"{OLD_COMMIT} (lists of objects)" if args.old else "columnar",
@@ -139,22 +133,33 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def _rank(path: Path, args) -> dict:
-    """Peak RSS growth and retained bytes of one rank's training data for one epoch."""
-    from distillrank.training import batching
-
+def _measured(build):
+    """``build()``'s result, then the bytes it retained (Python/numpy by tracemalloc, and Arrow's),
+    the traced peak, and the growth of this process's peak RSS while it ran."""
     pa.default_memory_pool().release_unused()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     arrow0 = pa.total_allocated_bytes()
     tracemalloc.start()
-    layout, _ = batching.pool_layout(path)
-    part = (args.rank, args.world, args.batch_size) if args.world > 1 else None
-    plan = batching.epoch_plan(layout, args.negatives, np.random.default_rng(0), part)
-    held = layout.holding(plan.rows_needed(layout, positives=True) if part else None)
-    python_bytes, _ = tracemalloc.get_traced_memory()
+    out = build()
+    python_bytes, python_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     arrow_bytes = pa.total_allocated_bytes() - arrow0
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
+    return out, python_bytes, python_peak, arrow_bytes, peak_rss
+
+
+def _rank(path: Path, args) -> dict:
+    """Peak RSS growth and retained bytes of one rank's training data for one epoch."""
+    from distillrank.training import batching
+
+    part = (args.rank, args.world, args.batch_size) if args.world > 1 else None
+
+    def build():
+        layout, _ = batching.pool_layout(path)
+        plan = batching.epoch_plan(layout, args.negatives, np.random.default_rng(0), part)
+        return layout, plan, layout.holding(plan.rows_needed(layout, positives=True) if part else None)
+
+    (layout, plan, held), python_bytes, _, arrow_bytes, peak_rss = _measured(build)
     rows = layout.n_rows
     result = {
         "code": "layout + rank plan + rows read",

@@ -164,3 +164,28 @@ def test_an_arrow_table_source_reads_like_its_parquet_file(scores: Path) -> None
     rows = np.arange(0, from_file.pools(rows=np.zeros(0, np.int64)).n_rows, 3)
     assert table.pools(rows=rows)._decode(rows) == from_file.pools(rows=rows)._decode(rows)
     assert isinstance(table.pools(), Pools) and table.pools() == from_file.pools()
+
+
+def test_pool_memory_script_measures_one_ranks_share(tmp_path: Path) -> None:
+    """scripts/pool_memory.py --world N (docs/TRAINING.md "Memory"): rank 0 of 4 holds about a
+    quarter of the examples and of the rows, measured on a table it writes once and then reuses."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "pool_memory.py"
+    scores = tmp_path / "scores.parquet"
+
+    def run(*args: str) -> dict:
+        out = subprocess.run(
+            [sys.executable, str(script), "--rows", "20000", "--queries", "200", "--negatives", "1",
+             "--scores", str(scores), *args],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        return json.loads(out.strip().splitlines()[-1])
+
+    one, rank = run("--world", "1"), run("--world", "4", "--rank", "3")
+    assert scores.exists() and one["rows"] == rank["rows"] == 20_000
+    assert one["examples_held"] == one["examples"] == rank["examples"]
+    assert rank["examples_held"] == pytest.approx(one["examples"] / 4, abs=32)
+    assert rank["rows_held"] < 0.35 * one["rows_held"]
