@@ -640,3 +640,21 @@ def test_score_memory_measures_the_final_pass_shared_by_ranks(tmp_path: Path) ->
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["rows"] == 6000 for r in ranks)
     assert all(r["peak_delta_mb"] >= r["part_peak_delta_mb"] >= 0 for r in ranks)
     assert out[-1].startswith("world 2, read final: bytes per further pair, per rank:")
+
+
+def test_profile_encoder_bf16_runs_every_model_call_under_bf16_autocast(monkeypatch, tmp_path) -> None:
+    """profile_encoder.py --precision bf16 (docs/BENCHMARKS.md, Xeon-AMX-2): the profile and the
+    side-by-side settings run under the autocast hardware.precision=bf16 uses; fp32 under none."""
+    import bench.profile_encoder as profile_encoder
+
+    seen: dict = {}
+
+    def fake_run(*args):
+        seen.update(enabled=torch.is_autocast_enabled("cpu"), dtype=torch.get_autocast_dtype("cpu"), precision=args[-1])
+        return {}
+
+    monkeypatch.setattr(profile_encoder, "_run", fake_run)
+    profile_encoder.run(1, 8, 1, tmp_path, precision="bf16")
+    assert seen == {"enabled": True, "dtype": torch.bfloat16, "precision": "bf16"}
+    profile_encoder.run(1, 8, 1, tmp_path)
+    assert seen["enabled"] is False and seen["precision"] == "fp32"

@@ -168,13 +168,24 @@ def sorted_batches(encoder, texts: list[str], size: int):
     return run
 
 
-def run(batch: int, max_length: int, repeats: int, cache: Path, compile_too: bool = False) -> dict[str, Any]:
+def run(
+    batch: int, max_length: int, repeats: int, cache: Path, compile_too: bool = False, precision: str = "fp32"
+) -> dict[str, Any]:
+    """The profile and the side-by-side settings; with ``precision="bf16"`` every model call runs
+    under the bf16 autocast ``hardware.precision=bf16`` uses, against the bf16 matmul rate."""
+    from distillrank.runtime import autocast
+
+    with autocast(torch.device("cpu"), precision):
+        return _run(batch, max_length, repeats, cache, compile_too, precision)
+
+
+def _run(batch: int, max_length: int, repeats: int, cache: Path, compile_too: bool, precision: str) -> dict[str, Any]:
     from distillrank.models.bi_encoder import BiEncoder
     from distillrank.models.hub import resolve_model
 
     host = machine()
     texts = _texts(batch, cache)
-    peak = matmul_gflops(2048, 5)
+    peak = matmul_gflops(2048, 5, torch.bfloat16 if precision == "bf16" else torch.float32)
     models = {
         "forward": (BiEncoder.load(resolve_model(MINILM), passage_max_length=max_length), False, 2),
         "forward_backward": (BiEncoder.load(_minilm_student(cache, 2, max_length), passage_max_length=max_length), True, 6),
@@ -182,7 +193,7 @@ def run(batch: int, max_length: int, repeats: int, cache: Path, compile_too: boo
     result: dict[str, Any] = {
         "benchmark": "profile_encoder",
         "machine": host,
-        "settings": {"batch": batch, "max_length": max_length, "repeats": repeats, "threads": torch.get_num_threads()},
+        "settings": {"batch": batch, "max_length": max_length, "repeats": repeats, "threads": torch.get_num_threads(), "precision": precision},
         "matmul_gflops": peak,
         "cases": {},
     }  # fmt: skip
@@ -299,7 +310,8 @@ def markdown(r: dict[str, Any]) -> str:
         machine_line(r["machine"], r["load_average"][1]),
         "",
         f"Batch of {s['batch']} SciFact passages at ≤ {s['max_length']} tokens, {s['threads']} threads; "
-        f"fp32 matmul ceiling {r['matmul_gflops']:.0f} GFLOP/s (2048², median of 5).",
+        f"{s.get('precision', 'fp32')} matmul ceiling {r['matmul_gflops']:.0f} GFLOP/s (2048², median of 10)"
+        + (" — every model call under bf16 autocast." if s.get("precision") == "bf16" else "."),
         "",
         "| case | layers | tokens (padding) | tokenize ms | step ms | fraction of ceiling | linear layers alone: GFLOP/s (fraction) |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -338,11 +350,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "distillrank-bench-cache"
     )
     parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32",
+        help="bf16: the models under bf16 autocast (as hardware=auto chooses on CPUs with bf16 units), against the bf16 matmul",
+    )  # fmt: skip
+    parser.add_argument(
         "--compile", action="store_true", help="also time torch.compile (inductor) against eager (minutes: it compiles)"
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result = run(args.batch, args.max_length, args.repeats, args.cache, compile_too=args.compile)
+    result = run(args.batch, args.max_length, args.repeats, args.cache, compile_too=args.compile, precision=args.precision)
     from distillrank.workspace import atomic_path, atomic_write_json
 
     args.out.mkdir(parents=True, exist_ok=True)
