@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from distillrank.columns import Distinct, coding_rows, open_parquet, sorted_unique
 from distillrank.errors import DataError
+from distillrank.workspace import file_fingerprint
 
 
 @dataclass
@@ -422,10 +423,8 @@ class ScoreTable:
                         _hash_strings(digest, column)
                     else:
                         digest.update(pc.fill_null(column, 0).to_numpy(zero_copy_only=False).tobytes())
-        else:
-            with open(self.scores, "rb") as f:
-                while chunk := f.read(1 << 24):
-                    digest.update(chunk)
+        else:  # the workspace's file hash, memoised per (path, size, mtime)
+            digest.update(file_fingerprint(self.scores).encode())
         return digest.hexdigest()
 
     def pools(self, queries: np.ndarray | None = None, rows: np.ndarray | None = None) -> Pools:

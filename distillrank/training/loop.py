@@ -128,7 +128,8 @@ def student_scores(
     of, example by example) and ``dist``: the P passages are the global batch's; each rank encodes
     its share of them and the student gathers the embeddings over the ranks
     (``train.gather_negatives``)."""
-    unique = list(dict.fromkeys(d for ex in examples for d in ex.docids) if global_docids is None else dict.fromkeys(global_docids))
+    ids = (d for ex in examples for d in ex.docids) if global_docids is None else global_docids
+    unique = list(dict.fromkeys(ids))
     slot = {d: i for i, d in enumerate(unique)}
     index = torch.tensor([[slot[d] for d in ex.docids] for ex in examples], dtype=torch.long)
     queries = [query_text[ex.qid] for ex in examples]

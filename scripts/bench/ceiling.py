@@ -64,17 +64,13 @@ def _encoder_rate(encoder, texts: list[str], train: bool, repeats: int) -> tuple
 
 
 def run(ctx: Context) -> dict:
-    from distillrank.models.bi_encoder import BiEncoder
-    from distillrank.runtime import autocast
-
     s = ctx.sizes
     texts = ctx.collection.passage_texts(range(min(s.batch_size, len(ctx.collection.corpus))))
     cases = []
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         peak = matmul_gflops(s.matmul_n, s.repeats, dtype)
-        suffix = "" if precision == "fp32" else "_bf16"
         cases.append({"case": f"matmul_{precision}", "unit": "GFLOP/s", "values": {"n": s.matmul_n, "gflops": peak}})
-        cases += _encoder_cases(BiEncoder, ctx, texts, peak, suffix, lambda p=precision: autocast(torch.device("cpu"), p))
+        cases += _encoder_cases(ctx, texts, peak, precision)
     return {
         "benchmark": "ceiling",
         "settings": {"precision": "fp32, then bf16 autocast (the _bf16 cases)", "torch_threads": torch.get_num_threads(), "repeats": s.repeats},
@@ -83,15 +79,21 @@ def run(ctx: Context) -> dict:
     }
 
 
-def _encoder_cases(BiEncoder, ctx: Context, texts: list[str], peak: float, suffix: str, context) -> list[dict]:
+def _encoder_cases(ctx: Context, texts: list[str], peak: float, precision: str) -> list[dict]:
+    """The encoder forward and the student's forward + backward under ``precision``'s autocast
+    (``hardware.precision``'s), each as a fraction of that precision's matmul rate ``peak``."""
+    from distillrank.models.bi_encoder import BiEncoder
+    from distillrank.runtime import autocast
+
     s = ctx.sizes
+    suffix = "" if precision == "fp32" else f"_{precision}"
     cases = []
     for name, folder, train, factor in (
         ("bi_encoder_forward", ctx.bi_encoder, False, 2),
         ("student_forward_backward", ctx.student, True, 6),
     ):
         encoder = BiEncoder.load(folder, passage_max_length=s.passage_max_length)
-        with context():
+        with autocast(torch.device("cpu"), precision):
             seconds, tokens = _encoder_rate(encoder, texts, train, s.repeats)
         params = matmul_params(encoder.backbone)
         gflops = factor * params * tokens / seconds / 1e9
