@@ -57,6 +57,7 @@ Precision = _choice("Precision", "fp32", "bf16", "fp16", "int8", "auto")
 Backend = _choice("Backend", "torch", "onnx", "auto")
 Scheduler = _choice("Scheduler", "linear", "cosine")  # train.scheduler
 Logger = _choice("Logger", "none", "tensorboard", "wandb")  # train.logger
+DropoutMasks = _choice("DropoutMasks", "fast", "torch")  # train.dropout_masks
 QueryMethod = _choice("QueryMethod", "none", "title", "ict", "generator")  # queries.method
 Normalize = _choice("Normalize", "none", "zscore", "minmax")  # score.normalize
 NormalizeScope = _choice("NormalizeScope", "query", "global")  # score.normalize_scope
@@ -146,6 +147,9 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     scheduler: Scheduler = Scheduler.linear  # linear | cosine decay after the warm-up
     max_grad_norm: float = 1.0
+    # On CPU: fast = dropout masks drawn 16 bits at a time from torch's generator (distillrank/models/dropout.py,
+    # the same distribution; 1.2-1.3x a training step); torch = nn.Dropout's own (one draw an element)
+    dropout_masks: DropoutMasks = DropoutMasks.fast
     log_every: int = 10
     # resumable checkpoints (train/checkpoints/, deleted once the model is saved; not in the stage key):
     checkpoint_minutes: float = 10.0  # minutes between checkpoints; 0 = by steps only

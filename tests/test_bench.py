@@ -228,6 +228,10 @@ def test_scale_and_ceiling_measurements(smoke: Path) -> None:
             values = rates[case + suffix]
             assert values["fraction_of_matmul"] == pytest.approx(values["gflops"] / rates[matmul]["gflops"])
     assert all(_number(c["values"]["gflops"]) and c["values"]["gflops"] > 0 for c in ceiling["cases"])
+    for matmul in ("matmul_fp32", "matmul_bf16"):  # the rate: the best of the square and the encoder's products
+        values = rates[matmul]
+        assert len(values["linear_gflops"]) >= 2  # the tiny encoder's hidden -> hidden and -> intermediate
+        assert values["gflops"] == max(values["square_gflops"], *values["linear_gflops"].values())
 
 
 def test_alternate_flips_the_order_and_comparison_ratio_direction() -> None:
@@ -569,6 +573,10 @@ def test_profile_groups_operators_and_accounts_for_a_training_step(tiny_bi_encod
     assert math.isclose(sum(shares), 1.0, rel_tol=1e-9) and prof["step_ms"] > 0
     assert {"matmul (linear layers)", "layer norm", "optimizer"} <= set(prof["groups"])
     assert prof["top_ops"] and all(o["ms"] >= 0 for o in prof["top_ops"])
+    # trained as the loop trains: dropout's masks 16 bits a draw (random_), not nn.Dropout's bernoulli_
+    assert "aten::random_" in prof["ops"] and "aten::bernoulli_" not in prof["ops"]
+    torch_masks = profile_step(encoder, ["a short passage", "another passage"], True, 2, opt, masks="torch")
+    assert "aten::bernoulli_" in torch_masks["ops"] and torch_masks["groups"]["dropout"]["ms"] > 0
 
 
 @pytest.mark.slow  # torch.compile compiles a forward and a backward graph: ~30 s (make test-slow)

@@ -6,13 +6,15 @@ The profiler's self CPU time per operator is grouped into what it does — the l
 products, attention (SDPA and its softmax / score products), layer norm, GELU, embeddings,
 element-wise arithmetic, copies and layout changes, the optimizer — and each group's share of the
 step is reported with, for the matrix products, the GFLOP/s they reach against the machine's own
-large-matmul rate: a fraction well below 1 there means small GEMMs, a large share elsewhere means
+matrix-product rate (the best of a square product and the encoder's own linear-layer products,
+as ``scripts/bench/ceiling.py`` measures it): a fraction well below 1 there means small GEMMs, a large share elsewhere means
 the time is outside the GEMMs. Tokenization is timed apart (it runs before the model).
 
 Then a few settings are timed side by side (median of ``--repeats`` alternating runs), each
 against the default: padding to the batch's longest passage (the default) against length-sorted
-micro-batches; SDPA against the eager ("math") attention; 1 thread against all; AdamW's ``foreach``
-against ``fused``. A setting the loop or encoder can adopt is one that is faster here with the same
+micro-batches; SDPA against the eager ("math") attention; 1 thread against all; dropout's masks
+drawn 16 bits at a time (``train.dropout_masks=fast``, how the training step is profiled) against
+``nn.Dropout``'s; AdamW's ``foreach`` against ``fused``. A setting the loop or encoder can adopt is one that is faster here with the same
 output.
 
     python scripts/bench/profile_encoder.py                       # batch 32, 128 tokens
@@ -25,6 +27,7 @@ Writes ``<out>/profile_encoder.json`` and ``<out>/profile_encoder.md`` (``--out`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -38,7 +41,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.ceiling import matmul_gflops, matmul_params  # noqa: E402
+from bench.ceiling import linear_gflops, linear_shapes, matmul_gflops, matmul_params  # noqa: E402
 from bench.common import MINILM, REPO_ROOT, load_average, machine, machine_line  # noqa: E402
 
 # operator name (profiler key, lower case) -> group; the first pattern found in the name wins
@@ -50,7 +53,7 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("layer norm", ("layer_norm",)),
     ("gelu", ("gelu",)),
     ("embedding", ("embedding",)),
-    ("dropout", ("dropout", "bernoulli")),
+    ("dropout", ("dropout", "bernoulli", "=aten::random_")),  # random_: the fast masks' draws
     ("copies and layout", ("copy_", "contiguous", "clone", "view", "reshape", "transpose", "permute",
                            "expand", "to", "cat", "stack", "empty", "zeros", "fill_", "select", "slice",
                            "index", "unsqueeze", "squeeze")),
@@ -96,27 +99,35 @@ def _texts(n: int, cache: Path) -> list[str]:
     return collection.passage_texts(range(min(n, len(collection.corpus))))
 
 
-def _step(encoder, texts: list[str], train: bool, optimizer=None) -> None:
+def _step(encoder, texts: list[str], train: bool, optimizer=None, masks: str = "fast") -> None:
+    """One forward (inference), or forward + backward (+ optimizer step) trained as the training
+    loop trains: on CPU with ``masks="fast"`` (``train.dropout_masks``' default), dropout's masks
+    drawn 16 bits at a time (:func:`distillrank.models.dropout.cpu_dropout`)."""
     if train:
-        encoder.train()
-        encoder.zero_grad(set_to_none=True)
-        encoder(texts, "passage").float().pow(2).sum().backward()
-        if optimizer is not None:
-            optimizer.step()
+        from distillrank.models.dropout import cpu_dropout
+
+        with cpu_dropout(encoder) if masks == "fast" else contextlib.nullcontext():
+            encoder.train()
+            encoder.zero_grad(set_to_none=True)
+            encoder(texts, "passage").float().pow(2).sum().backward()
+            if optimizer is not None:
+                optimizer.step()
     else:
         with torch.inference_mode():
             encoder.eval()(texts, "passage")
 
 
-def profile_step(encoder, texts: list[str], train: bool, repeats: int, optimizer=None) -> dict[str, Any]:
+def profile_step(
+    encoder, texts: list[str], train: bool, repeats: int, optimizer=None, masks: str = "fast"
+) -> dict[str, Any]:
     """Self CPU time per group over ``repeats`` profiled steps (after a warm-up), and the linear
     layers' achieved GFLOP/s."""
     from torch.profiler import ProfilerActivity, profile
 
-    _step(encoder, texts, train, optimizer)
+    _step(encoder, texts, train, optimizer, masks)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(repeats):
-            _step(encoder, texts, train, optimizer)
+            _step(encoder, texts, train, optimizer, masks)
     by_group: dict[str, float] = defaultdict(float)
     by_op: dict[str, float] = defaultdict(float)
     for evt in prof.key_averages():
@@ -128,6 +139,7 @@ def profile_step(encoder, texts: list[str], train: bool, repeats: int, optimizer
         "step_ms": total / repeats / 1e3,
         "groups": {g: {"ms": v / repeats / 1e3, "share": v / total} for g, v in sorted(by_group.items(), key=lambda kv: -kv[1])},
         "top_ops": [{"op": k, "ms": v / repeats / 1e3, "share": v / total} for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:12]],
+        "ops": sorted(by_op),
     }  # fmt: skip
 
 
@@ -185,16 +197,23 @@ def _run(batch: int, max_length: int, repeats: int, cache: Path, compile_too: bo
 
     host = machine()
     texts = _texts(batch, cache)
-    peak = matmul_gflops(2048, 5, torch.bfloat16 if precision == "bf16" else torch.float32)
     models = {
         "forward": (BiEncoder.load(resolve_model(MINILM), passage_max_length=max_length), False, 2),
         "forward_backward": (BiEncoder.load(_minilm_student(cache, 2, max_length), passage_max_length=max_length), True, 6),
     }  # fmt: skip
+    fwd_model = models["forward"][0]
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    square = matmul_gflops(2048, 5, dtype)
+    tokens_in_batch = int(fwd_model.tokenize(texts, "passage")["attention_mask"].numel())
+    by_shape = linear_gflops(tokens_in_batch, linear_shapes(fwd_model.backbone), 5, dtype)
+    peak = max(square, *by_shape.values())
     result: dict[str, Any] = {
         "benchmark": "profile_encoder",
         "machine": host,
         "settings": {"batch": batch, "max_length": max_length, "repeats": repeats, "threads": torch.get_num_threads(), "precision": precision},
         "matmul_gflops": peak,
+        "matmul_square_gflops": square,
+        "matmul_linear_gflops": by_shape,
         "cases": {},
     }  # fmt: skip
     for name, (encoder, train, factor) in models.items():
@@ -254,6 +273,13 @@ def _run(batch: int, max_length: int, repeats: int, cache: Path, compile_too: bo
     settings["threads"] = alternate(
         {f"{threads} threads": lambda: _step(fwd, texts, False), "1 thread": one_thread}, repeats
     )
+    settings["dropout_masks"] = alternate(
+        {
+            "fast: 16 bits a draw (train.dropout_masks default)": lambda: _step(student, texts, True),
+            "nn.Dropout (train.dropout_masks=torch)": lambda: _step(student, texts, True, masks="torch"),
+        },
+        repeats,
+    )
     opts = {}
     for label, kwargs in (("AdamW foreach (default)", {"foreach": True}), ("AdamW fused", {"fused": True})):
         try:
@@ -310,7 +336,10 @@ def markdown(r: dict[str, Any]) -> str:
         machine_line(r["machine"], r["load_average"][1]),
         "",
         f"Batch of {s['batch']} SciFact passages at ≤ {s['max_length']} tokens, {s['threads']} threads; "
-        f"{s.get('precision', 'fp32')} matmul ceiling {r['matmul_gflops']:.0f} GFLOP/s (2048², median of 10)"
+        f"{s.get('precision', 'fp32')} matmul ceiling {r['matmul_gflops']:.0f} GFLOP/s (the best of 2048² "
+        f"{r.get('matmul_square_gflops', r['matmul_gflops']):.0f} and the encoder's linear products "
+        + ", ".join(f"{k} {g:.0f}" for k, g in r.get("matmul_linear_gflops", {}).items())
+        + "; medians of 10)"
         + (" — every model call under bf16 autocast." if s.get("precision") == "bf16" else "."),
         "",
         "| case | layers | tokens (padding) | tokenize ms | step ms | fraction of ceiling | linear layers alone: GFLOP/s (fraction) |",
