@@ -111,12 +111,13 @@ def attention_forward(
         )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     with torch.autocast("cpu", enabled=False):  # in fp32, as torch's own math path does on CPU
-        scores = torch.matmul(query.float(), key.float().transpose(-1, -2)).mul_(scale)
-        if attention_mask is not None:
+        # the scale on q (heads × length × head dim) rather than on the scores (× length / head dim)
+        scores = torch.matmul(query.float() * scale, key.float().transpose(-1, -2))
+        if attention_mask is not None:  # added in place: the sum's backward is the gradient itself
             if attention_mask.dtype == torch.bool:
-                scores = scores.masked_fill(~attention_mask, float("-inf"))
-            else:
-                scores = scores + attention_mask
+                additive = torch.zeros(attention_mask.shape, dtype=scores.dtype, device=scores.device)
+                attention_mask = additive.masked_fill_(~attention_mask, float("-inf"))
+            scores = scores.add_(attention_mask)
         probs = drop(torch.softmax(scores, dim=-1), dropout)
         out = torch.matmul(probs, value.float()).to(query.dtype)  # (batch, heads, queries, head dim)
     return out.transpose(1, 2).contiguous(), None
