@@ -32,7 +32,6 @@ steps and the texts.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import importlib.metadata
@@ -57,7 +56,7 @@ from distillrank.workspace import atomic_write_json, drop_unreadable, fingerprin
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-CALIBRATION_VERSION = 3  # bump when what is measured, or how, changes: every cached choice is redone
+CALIBRATION_VERSION = 4  # 4: training candidates step in turn; bump when what is measured, or how, changes: every cached choice is redone
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
 # A candidate replaces the reference (fp32 on PyTorch) only when at least this much faster: on a
 # 2-core machine the same ONNX Runtime fp32 graph measured 0.97x-1.5x of torch across runs, and a
@@ -583,15 +582,40 @@ def calibrate_scores(
     return _pick(_in_order(measured + skipped, order), started, clock, precision, backend, probed)
 
 
-@contextlib.contextmanager
-def _closing(steps: Iterable[tuple[float, float]]) -> Iterator[Iterator[tuple[float, float]]]:
-    """Iterate ``steps``, closing it (a generator: its ``finally`` and contexts run at once) on leaving."""
-    it = iter(steps)
-    try:
-        yield it
-    finally:
-        if (close := getattr(it, "close", None)) is not None:
+@dataclass
+class _Trial:
+    """A training candidate stepped in turn with the others: its step iterator, the random state
+    it left (its dropout's stream, restored before its next step), and what it measured."""
+
+    runtime: Runtime
+    run: Iterator[tuple[float, float]]
+    rng: dict | None = None
+    losses: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    rdiff: float = 0.0
+    rejected: str | None = None
+    failed: str | None = None
+    spent: float = 0.0
+    done: bool = False
+
+    def close(self) -> None:
+        """Stop it: a generator's ``finally`` and contexts (its RNG fork) run at once."""
+        self.done = True
+        if (close := getattr(self.run, "close", None)) is not None:
             close()
+
+
+def _rng_state() -> dict:
+    return {
+        "cpu": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _hopeless_int8(measured: list[Measured]) -> str | None:
@@ -621,60 +645,98 @@ def calibrate_training(
     :data:`PREFERENCE` times faster than it.
 
     ``steps(runtime)`` yields ``(loss, seconds)`` of each of the same few steps from the same weights
-    and seed under ``runtime``. A candidate stops at its first loss outside the tolerance (rejected),
-    and after its second step when that step took over :data:`SLOWER` times the best so far; its
-    time is the median of its steps after the first (the first warms up). A candidate that raises
-    is rejected with its error. ``probe``: the bf16 probe (:func:`_screen`).
+    and seed under ``runtime``. The candidates take their steps **in turn** — step 1 of each, then
+    step 2 of each, … — so that a machine whose speed drifts over seconds (a shared CPU; AMX's
+    rate moved 2.5× between minutes on Xeon-AMX-2) slows every candidate alike instead of the one
+    measured during the slow spell; each candidate's random state (its dropout's stream) is kept
+    apart and restored before its next step, so its losses are those of a run alone, and the
+    caller's is restored at the end. A candidate stops at its first loss outside the tolerance
+    (rejected), and after its second step when that step took over :data:`SLOWER` times the
+    fastest second step of an earlier candidate; its time is the median of its steps after the
+    first (the first warms up). A candidate that raises is rejected with its error (the reference's
+    error is raised). ``probe``: the bf16 probe (:func:`_screen`).
     """
     started = clock()
     order = [(c.precision, c.backend) for c in candidates]
     candidates, skipped, probed = _screen(candidates, probe, precision)
-    reference: list[float] | None = None
-    best: float | None = None
-    measured: list[Measured] = []
-    for runtime in candidates:
-        losses: list[float] = []
-        times: list[float] = []
-        rdiff, rejected = 0.0, None
-        began = clock()
-        try:
-            with _closing(steps(runtime)) as run:
-                for loss, seconds in run:
-                    losses.append(float(loss))
-                    times.append(float(seconds))
-                    if reference is not None:
-                        step_rdiff = _loss_rdiff(losses[-1], reference[len(losses) - 1])
-                        rdiff = max(rdiff, step_rdiff) if np.isfinite(step_rdiff) else float("inf")
-                        if not rdiff <= fidelity.loss_rtol:
-                            rejected = f"loss off by {rdiff:.2e} > {fidelity.loss_rtol} at step {len(losses)}"
-                            break
-                    if len(times) == 2 and _slower(times[1], best):
-                        break
-        except Exception as err:  # noqa: BLE001 - a candidate this machine cannot run is rejected, not fatal
-            if reference is None:
-                raise
-            measured.append(
-                Measured(runtime.precision, runtime.backend, None, None, rejected=f"failed: {err}")
-            )
+    outer = _rng_state()
+    trials = [_Trial(runtime, iter(steps(runtime))) for runtime in candidates]
+    try:
+        while not all(t.done for t in trials):
+            for i, trial in enumerate(trials):
+                if not trial.done:
+                    _advance(trial, trials[0] if i else None, trials[:i], fidelity, precision, clock)
+    finally:
+        for trial in trials:
+            if not trial.done:
+                trial.close()
+        _set_rng_state(outer)
+    measured = []
+    for trial in trials:
+        rt = trial.runtime
+        if trial.failed is not None:
+            measured.append(Measured(rt.precision, rt.backend, None, None, rejected=f"failed: {trial.failed}"))
             continue
-        if reference is None:
-            reference = losses
-        timed = times[1:] if len(times) > 1 else times
-        seconds = float(np.median(timed))
-        if rejected is None and _allowed(runtime, precision, "torch"):
-            best = seconds if best is None else min(best, seconds)
+        timed = trial.times[1:] if len(trial.times) > 1 else trial.times
         measured.append(
             Measured(
-                runtime.precision,
-                runtime.backend,
-                seconds,
+                rt.precision,
+                rt.backend,
+                float(np.median(timed)),
                 timed=len(timed),
-                spent=round(clock() - began, 3),
-                loss_rdiff=round(rdiff, 6) if np.isfinite(rdiff) else None,
-                rejected=rejected,
+                spent=round(trial.spent, 3),
+                loss_rdiff=round(trial.rdiff, 6) if np.isfinite(trial.rdiff) else None,
+                rejected=trial.rejected,
             )
         )
     return _pick(_in_order(measured + skipped, order), started, clock, precision, "torch", probed)
+
+
+def _advance(
+    trial: _Trial,
+    reference: _Trial | None,
+    earlier: list[_Trial],
+    fidelity: Fidelity,
+    precision: str,
+    clock: Callable[[], float],
+) -> None:
+    """One step of ``trial`` (under its own random state), judged against ``reference``'s loss at
+    the same step and, at its second step, against the ``earlier`` candidates' second steps."""
+    if trial.rng is not None:
+        _set_rng_state(trial.rng)
+    began = clock()
+    try:
+        item = next(trial.run, None)
+    except Exception as err:  # noqa: BLE001 - a candidate this machine cannot run is rejected, not fatal
+        if reference is None:
+            raise
+        trial.failed = str(err)
+        trial.close()
+        return
+    finally:
+        trial.spent += clock() - began
+    trial.rng = _rng_state()
+    if item is None:
+        trial.close()
+        return
+    loss, seconds = item
+    trial.losses.append(float(loss))
+    trial.times.append(float(seconds))
+    if reference is not None:
+        step_rdiff = _loss_rdiff(trial.losses[-1], reference.losses[len(trial.losses) - 1])
+        trial.rdiff = max(trial.rdiff, step_rdiff) if np.isfinite(step_rdiff) else float("inf")
+        if not trial.rdiff <= fidelity.loss_rtol:
+            trial.rejected = f"loss off by {trial.rdiff:.2e} > {fidelity.loss_rtol} at step {len(trial.losses)}"
+            trial.close()
+            return
+    if len(trial.times) == 2:
+        seconds_2 = [
+            t.times[1]
+            for t in earlier
+            if len(t.times) > 1 and t.rejected is None and t.failed is None and _allowed(t.runtime, precision, "torch")
+        ]
+        if _slower(trial.times[1], min(seconds_2, default=None)):
+            trial.close()
 
 
 # --------------------------------------------------------------------------- the cache

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from distillrank import calibration
 from distillrank.calibration import CacheKey, Choice, Measured, cached_choice
@@ -291,7 +292,8 @@ def test_training_stops_a_candidate_at_its_first_loss_outside_the_tolerance_and_
     times = {"fp32": [9.0, 1.0, 1.0], "bf16": [9.0, 0.5, 0.5]}
     off = {"fp32": [2.0, 1.9, 1.8], "bf16": [2.5, 1.9, 1.8]}
     made = calibration.calibrate_training(steps(off, times), _runtimes("fp32", "bf16"))
-    assert consumed.count(("bf16", 0)) == 1 and ("bf16", 1) not in consumed and closed == ["fp32", "bf16"]
+    # in turn: bf16's first step right after fp32's, closed at once when its loss is off; fp32 goes on
+    assert consumed == [("fp32", 0), ("bf16", 0), ("fp32", 1), ("fp32", 2)] and closed == ["bf16", "fp32"]
     assert made.precision == "fp32" and "at step 1" in made.candidates[1].rejected
     consumed.clear()
     slow = {"fp32": [9.0, 1.0, 1.0], "bf16": [9.0, 2.0, 2.0]}
@@ -364,3 +366,35 @@ def test_the_halves_are_judged_in_the_batchs_order():
         None, _runtimes("fp32", "bf16"), groups, clock=clock, timed=half("timed"), rest=half("rest")
     )
     assert made.precision == "bf16" and made.candidates[1].spearman == pytest.approx(1.0)
+
+
+def test_training_candidates_step_in_turn_so_a_slowing_machine_slows_both():
+    """A machine that slows steadily during the calibration (step k takes 1 + k times as long):
+    measured one after the other, bf16 (2x fp32's speed) would take the slower half and lose (fp32
+    2.5 s, bf16 2.75 s); in turn, both share the slowdown and bf16 wins (fp32 4 s, bf16 2.5 s)."""
+    order: list[str] = []
+
+    def steps(rt):
+        for _ in range(3):
+            order.append(rt.precision)
+            yield 2.0, (1.0 if rt.precision == "fp32" else 0.5) * len(order)  # the k-th step: 1 + k
+
+    made = calibration.calibrate_training(steps, _runtimes("fp32", "bf16"))
+    assert order == ["fp32", "bf16"] * 3
+    assert made.precision == "bf16" and made.chosen.speedup == pytest.approx(4.0 / 2.5)
+
+
+def test_training_candidates_keep_their_own_random_streams_and_the_callers():
+    """Each candidate's steps draw from torch's generator (dropout) as if it ran alone, though the
+    candidates take their steps in turn; the caller's random state is as it was."""
+
+    def steps(rt):
+        torch.manual_seed(0)  # as the student's steps do, inside their RNG fork
+        for _ in range(3):
+            yield float(torch.rand(1)), 1.0
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    made = calibration.calibrate_training(steps, _runtimes("fp32", "bf16"))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert made.precision == "fp32" and made.candidates[1].loss_rdiff == 0.0  # the same draws, step by step
