@@ -148,7 +148,7 @@ class TrainConfig:
     scheduler: Scheduler = Scheduler.linear  # linear | cosine decay after the warm-up
     max_grad_norm: float = 1.0
     # On CPU: fast = dropout masks drawn 16 bits at a time from torch's generator (distillrank/models/dropout.py,
-    # the same distribution; 1.2-1.3x a training step); torch = nn.Dropout's own (one draw an element)
+    # the same distribution; 1.2-1.4x a training step); torch = nn.Dropout's own (one draw an element)
     dropout_masks: DropoutMasks = DropoutMasks.fast
     log_every: int = 10
     # resumable checkpoints (train/checkpoints/, deleted once the model is saved; not in the stage key):

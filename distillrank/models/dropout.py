@@ -9,7 +9,7 @@ the same generator (torch's default CPU generator, so a seed gives the same mask
 saved generator state resumes them) but one 64-bit draw gives four 16-bit values, each compared
 with the keep threshold; the mask, in the input's dtype, multiplies the input in the forward and
 the gradient in the backward. 2–3× faster than ``nn.Dropout`` forward and backward on the tensors
-of that step (measured apart, 2 threads), a training step 1.2–1.3× faster.
+of that step (measured apart, 2 threads), a training step 1.2–1.4× faster.
 
 The distribution is dropout's: every element kept independently with probability
 ``K / 65536``, ``K = round((1 - p) * 65536)`` (``p`` to within 2^-17), and scaled by ``65536 / K``,

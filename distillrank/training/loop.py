@@ -29,7 +29,7 @@ back at the end, and ``train.early_stopping_patience`` evaluations without impro
 
 On CPU the student's dropout draws its masks 16 bits at a time from torch's generator
 (:mod:`distillrank.models.dropout`, ``train.dropout_masks=fast``, the default): the same
-distribution as ``nn.Dropout``'s, a 1.2–1.3× faster training step; ``train.dropout_masks=torch``
+distribution as ``nn.Dropout``'s, a 1.2–1.4× faster training step; ``train.dropout_masks=torch``
 keeps ``nn.Dropout``'s own masks. The model is restored when training ends.
 
 The pools are columnar (:class:`~distillrank.training.batching.Pools`); each epoch draws an
