@@ -666,3 +666,23 @@ def test_profile_encoder_bf16_runs_every_model_call_under_bf16_autocast(monkeypa
     assert seen == {"enabled": True, "dtype": torch.bfloat16, "precision": "bf16"}
     profile_encoder.run(1, 8, 1, tmp_path)
     assert seen["enabled"] is False and seen["precision"] == "fp32"
+
+
+def test_bench_training_steps_run_the_backward_outside_autocast(tiny_bi_encoder: Path) -> None:
+    """profile_encoder.py's and ceiling.py's training steps (their bf16 cases run under autocast)
+    backpropagate outside it, as the training loop does: under autocast the backward's products
+    were cast to bf16 again, copies a real training step does not make."""
+    from bench.ceiling import _encoder_rate
+    from bench.profile_encoder import _step
+
+    from distillrank.models.bi_encoder import BiEncoder
+
+    encoder = BiEncoder.load(tiny_bi_encoder)
+    seen: list[bool] = []
+    weight = next(p for p in encoder.parameters() if p.dim() == 2)
+    weight.register_hook(lambda grad: seen.append(torch.is_autocast_enabled("cpu")))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _step(encoder, ["a short passage", "another passage"], True)
+        _encoder_rate(encoder, ["a short passage"], True, 1)
+    assert seen and not any(seen)  # every backward ran with autocast off
+    assert weight.grad is not None

@@ -82,7 +82,9 @@ def _encoder_rate(encoder, texts: list[str], train: bool, repeats: int) -> tuple
         if train:
             encoder.train()
             encoder.zero_grad(set_to_none=True)
-            encoder(texts, "passage").float().pow(2).sum().backward()
+            out = encoder(texts, "passage")
+            with torch.autocast("cpu", enabled=False):  # the backward outside autocast, as training runs it
+                out.float().pow(2).sum().backward()
         else:
             with torch.inference_mode():
                 encoder.eval()(texts, "passage")
