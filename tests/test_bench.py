@@ -232,6 +232,7 @@ def test_scale_and_ceiling_measurements(smoke: Path) -> None:
         values = rates[matmul]
         assert len(values["linear_gflops"]) >= 2  # the tiny encoder's hidden -> hidden and -> intermediate
         assert values["gflops"] == max(values["square_gflops"], *values["linear_gflops"].values())
+        assert values["square_gflops"] == max(values["square_gflops_before_after"])  # before and after the encoders
 
 
 def test_alternate_flips_the_order_and_comparison_ratio_direction() -> None:
