@@ -15,7 +15,6 @@ from the calibration cache) and logged once.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -34,7 +33,7 @@ from distillrank.builders import components
 from distillrank.calibration import AUTO, CacheKey, Choice, cached_choice, unmeasured
 from distillrank.errors import ConfigError
 from distillrank.mining.dense import load_mining_encoder, mining_model_path
-from distillrank.models.dropout import cpu_dropout
+from distillrank.models.dropout import for_training
 from distillrank.models.hub import resolve_model
 from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime, configured_backend, resolve_device
@@ -304,6 +303,7 @@ def _student(cfg: DictConfig, base: Runtime, precision: str) -> Choice:
     if precision == "int8":  # an inference precision: the student trains in fp32, as under hardware=cpu_int8
         precision = "fp32"
     candidates = calibration.training_candidates(base, precision)
+    masks = str(cfg.train.get("dropout_masks", "fast"))
     key = CacheKey(
         calibration.machine_identity(base.device),
         {
@@ -311,20 +311,14 @@ def _student(cfg: DictConfig, base: Runtime, precision: str) -> Choice:
             "student": to_plain(cfg.student),
             "weights": dir_fingerprint(resolve_model(cfg.student.model)),
             "lr": float(cfg.train.lr),
-            "dropout_masks": str(cfg.train.get("dropout_masks", "fast")),
+            "dropout_masks": masks,
             "candidates": [c.precision for c in candidates],
             "fixed": precision,
             "fidelity": dataclasses.asdict(calibration.FIDELITY),
         },
     )
     pairs, groups = calibration_pairs(cfg)
-    steps = student_steps(
-        lambda: components.student(cfg),
-        float(cfg.train.lr),
-        pairs,
-        groups,
-        fast_dropout=str(cfg.train.get("dropout_masks", "fast")) == "fast",
-    )
+    steps = student_steps(lambda: components.student(cfg), float(cfg.train.lr), pairs, groups, masks)
     if steps is None:
         return unmeasured("too few passages per query to calibrate training")
     folders = [resolve_model(cfg.student.model)]
@@ -341,14 +335,14 @@ def student_steps(
     lr: float,
     pairs: Pairs,
     groups: np.ndarray,
-    fast_dropout: bool = True,
+    dropout_masks: str = "fast",
 ) -> Callable[[Runtime], Iterator[tuple[float, float]]] | None:
     """A training calibration's steps (:func:`distillrank.calibration.calibrate_training`'s
     ``steps``): from a fresh ``make_student()`` (a student behind the training protocol) and the
     same seed, :data:`TRAIN_STEPS` AdamW steps (``lr``) of a listwise cross-entropy over the first
     :data:`TRAIN_QUERIES` queries of the calibration batch ``pairs`` (``groups``: each pair's query;
-    the positive first), yielding each step's loss and seconds; on CPU with ``fast_dropout``, the
-    student's dropout as training runs it (:func:`distillrank.models.dropout.cpu_dropout`). None
+    the positive first), yielding each step's loss and seconds; the student's dropout as training
+    runs it under ``train.dropout_masks`` (:func:`distillrank.models.dropout.for_training`). None
     when a query has fewer than 2 passages (nothing to rank)."""
     queries = sorted(set(groups.tolist()))[:TRAIN_QUERIES]
     rows = [np.flatnonzero(groups == q) for q in queries]
@@ -365,8 +359,7 @@ def student_steps(
             student = make_student().to(rt.device).train()
             optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
             target = torch.zeros(len(queries), dtype=torch.long, device=rt.device)  # the positive is first
-            masks = cpu_dropout(student) if fast_dropout and rt.device.type == "cpu" else contextlib.nullcontext()
-            with masks:
+            with for_training(student, dropout_masks, rt.device):
                 for _ in range(TRAIN_STEPS):
                     start = time.perf_counter()
                     with rt.autocast():

@@ -29,7 +29,7 @@ dropout draws its masks in the kernel.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -167,3 +167,9 @@ def cpu_dropout(model: nn.Module) -> Iterator[dict[str, int]]:
             original.train(replacement.training)
             original.p = replacement.p
             setattr(parent, name, original)
+
+
+def for_training(model: nn.Module, masks: str, device: torch.device) -> AbstractContextManager:
+    """How ``model`` trains on ``device`` under ``train.dropout_masks=masks``: :func:`cpu_dropout`
+    for ``fast`` on CPU, else the model as it is (``torch``; a GPU's fused dropout)."""
+    return cpu_dropout(model) if str(masks) == "fast" and device.type == "cpu" else nullcontext()

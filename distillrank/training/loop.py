@@ -74,7 +74,7 @@ from distillrank.errors import ConfigError, DistillrankError
 from distillrank.losses.combined import uses_scores
 from distillrank.losses.feature import Features
 from distillrank.losses.infonce import InBatch
-from distillrank.models.dropout import cpu_dropout
+from distillrank.models.dropout import for_training
 from distillrank.runtime import Runtime
 from distillrank.sharding import WHOLE, Share
 from distillrank.students.base import Student
@@ -601,9 +601,7 @@ def train_student(
     log_file = open(log_path, log_mode, encoding="utf-8") if dist.main else None  # noqa: SIM115
     masks = contextlib.ExitStack()  # the student's dropout, restored when training ends
     try:
-        if device.type == "cpu" and str(cfg.get("dropout_masks", "fast")) == "fast":
-            replaced = masks.enter_context(cpu_dropout(student))
-            log.debug("train: dropout masks drawn 16 bits at a time (%s)", replaced)
+        masks.enter_context(for_training(student, cfg.get("dropout_masks", "fast"), device))
         for epoch in range(first_epoch, cfg.epochs):
             if step >= total_steps or stopped_early:
                 break

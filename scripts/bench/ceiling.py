@@ -34,17 +34,23 @@ import torch
 from bench.common import Context
 
 
+def _median_seconds(call, repeats: int) -> float:
+    """Median seconds of ``call()`` after 3 warm-up calls (AMX units, like caches, start slow); a
+    median of 10 at least, as short products move (3 gave 662-1,824 GFLOP/s bf16 on AMX)."""
+    for _ in range(3):
+        call()
+    times = []
+    for _ in range(max(repeats, 10)):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def matmul_gflops(n: int, repeats: int, dtype: torch.dtype = torch.float32) -> float:
     """Median GFLOP/s of an [n, n] @ [n, n] product in ``dtype``."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    for _ in range(3):  # warm-up: AMX units, like caches, start slow
-        torch.matmul(a, b)
-    times = []
-    for _ in range(max(repeats, 10)):  # short products: a median of 10 (3 gave 662-1,824 GFLOP/s bf16 on AMX)
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / float(np.median(times)) / 1e9
+    return 2 * n**3 / _median_seconds(lambda: torch.matmul(a, b), repeats) / 1e9
 
 
 def linear_shapes(backbone: torch.nn.Module) -> list[tuple[int, int]]:
@@ -57,14 +63,8 @@ def linear_gflops(tokens: int, shapes: list[tuple[int, int]], repeats: int, dtyp
     rates = {}
     for fan_in, fan_out in shapes:
         x, w, b = torch.randn(tokens, fan_in).to(dtype), torch.randn(fan_out, fan_in).to(dtype), torch.randn(fan_out).to(dtype)
-        for _ in range(3):
-            torch.nn.functional.linear(x, w, b)
-        times = []
-        for _ in range(max(repeats, 10)):
-            start = time.perf_counter()
-            torch.nn.functional.linear(x, w, b)
-            times.append(time.perf_counter() - start)
-        rates[f"{tokens}x{fan_in}->{fan_out}"] = 2 * tokens * fan_in * fan_out / float(np.median(times)) / 1e9
+        seconds = _median_seconds(lambda x=x, w=w, b=b: torch.nn.functional.linear(x, w, b), repeats)
+        rates[f"{tokens}x{fan_in}->{fan_out}"] = 2 * tokens * fan_in * fan_out / seconds / 1e9
     return rates
 
 
@@ -106,9 +106,12 @@ def run(ctx: Context) -> dict:
         # the products measured before and after the encoder cases, the best of each kept: a
         # machine whose rate drifts (Xeon-AMX-2: fp32 178-315, bf16 740-2,190 GFLOP/s within an
         # hour) must not pass a slow spell of the ceiling off as the encoders' efficiency
-        before = matmul_gflops(s.matmul_n, s.repeats, dtype), linear_gflops(tokens, shapes, s.repeats, dtype)
+        def rates(dtype=dtype) -> tuple[float, dict[str, float]]:
+            return matmul_gflops(s.matmul_n, s.repeats, dtype), linear_gflops(tokens, shapes, s.repeats, dtype)
+
+        before = rates()
         encoders = _encoder_cases(ctx, texts, precision)
-        after = matmul_gflops(s.matmul_n, s.repeats, dtype), linear_gflops(tokens, shapes, s.repeats, dtype)
+        after = rates()
         square = max(before[0], after[0])
         by_shape = {k: max(before[1][k], after[1][k]) for k in before[1]}
         peak = max(square, *by_shape.values())

@@ -27,7 +27,6 @@ Writes ``<out>/profile_encoder.json`` and ``<out>/profile_encoder.md`` (``--out`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -102,11 +101,11 @@ def _texts(n: int, cache: Path) -> list[str]:
 def _step(encoder, texts: list[str], train: bool, optimizer=None, masks: str = "fast") -> None:
     """One forward (inference), or forward + backward (+ optimizer step) trained as the training
     loop trains: on CPU with ``masks="fast"`` (``train.dropout_masks``' default), dropout's masks
-    drawn 16 bits at a time (:func:`distillrank.models.dropout.cpu_dropout`)."""
+    drawn 16 bits at a time (:func:`distillrank.models.dropout.for_training`)."""
     if train:
-        from distillrank.models.dropout import cpu_dropout
+        from distillrank.models.dropout import for_training
 
-        with cpu_dropout(encoder) if masks == "fast" else contextlib.nullcontext():
+        with for_training(encoder, masks, torch.device("cpu")):
             encoder.train()
             encoder.zero_grad(set_to_none=True)
             out = encoder(texts, "passage")
