@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from distillrank import allocator
 from distillrank.errors import ConfigError, DistillrankError
 from distillrank.runtime import Runtime, autocast, missing_onnx_packages
 from distillrank.workspace import atomic_write_json, drop_unreadable, fingerprint, locked, seal, usable_entry
@@ -252,9 +253,10 @@ def _version(package: str) -> str | None:
         return None
 
 
-def machine_identity(device: torch.device) -> dict:
+def machine_identity(device: torch.device, keep_freed_memory: bool = False) -> dict:
     """What makes one machine's measurements another's: the CPU model and its ISA flags (avx512,
-    bf16, AMX), the cores and torch's threads, torch and ONNX Runtime's versions, and the CUDA
+    bf16, AMX), the cores and torch's threads, the allocator's settings (:mod:`distillrank.allocator`:
+    page faults change what each candidate costs: ``keep_freed_memory`` is ``hardware.keep_freed_memory``), torch and ONNX Runtime's versions, and the CUDA
     device's name when ``device`` is a GPU."""
     cpu = cpu_info()
     identity = {
@@ -262,6 +264,7 @@ def machine_identity(device: torch.device) -> dict:
         "isa": cpu["isa"] or [],
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "allocator": allocator.settings(keep_freed_memory),
         "torch": torch.__version__,
         "onnxruntime": _version("onnxruntime"),
         "device": device.type,

@@ -131,6 +131,11 @@ class HardwareConfig:
     # non-blocking copies on CUDA); None = on for CUDA, off on the CPU; true / false force it.
     # Bit-identical results either way (docs/HARDWARE.md, "Inference batches").
     prefetch: bool | None = None
+    # glibc malloc keeps freed memory (mmap threshold 32 MiB, trim 128 MiB) so that each forward's
+    # tensors reuse mapped pages instead of page-faulting fresh ones: CPU forwards 1.2-1.8x faster
+    # (docs/HARDWARE.md, "The allocator"); false: glibc's defaults. Nothing done off glibc, or when
+    # MALLOC_*_THRESHOLD_ / GLIBC_TUNABLES / an LD_PRELOADed allocator says the user chose.
+    keep_freed_memory: bool = True
 
 
 @dataclass

@@ -28,6 +28,7 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
+from distillrank.allocator import keep_freed_memory
 from distillrank.errors import ConfigError
 
 _DTYPES = MappingProxyType({"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None})
@@ -166,12 +167,15 @@ class Runtime:
         precision: ``fp32`` | ``bf16`` | ``fp16`` (autocast) | ``int8`` (quantized frozen teachers).
         backend: ``torch`` or ``onnx`` (frozen teachers and the mining encoder in ONNX Runtime).
         max_forward_texts: the most texts (or pairs) one inference forward holds; None: no cap.
-        num_threads: torch's intra-op threads (set by :meth:`apply_threads`); None: torch's default.
+        num_threads: torch's intra-op threads (set by :meth:`apply`); None: torch's default.
         max_batch_tokens: inference batches by token budget: rows × the longest row's tokens at most
             this (at least one row; rows still capped by ``max_forward_texts``); None: fixed batch sizes.
         prefetch: tokenize the next inference batch in a thread while the model runs this one (and,
             on CUDA, pin it for an asynchronous copy); None: on for CUDA devices, off on the CPU,
             where the thread would only compete with the model for the same cores.
+        keep_freed_memory: glibc malloc keeps freed memory for the next forward instead of handing it
+            back to the kernel (set by :meth:`apply`; :mod:`distillrank.allocator`); False: glibc's
+            defaults.
 
     ``Runtime()`` is the CPU in fp32 on PyTorch without a cap: what library code gets without a stage.
 
@@ -186,6 +190,7 @@ class Runtime:
     num_threads: int | None = None
     max_batch_tokens: int | None = None
     prefetch: bool | None = None
+    keep_freed_memory: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", torch.device(self.device))
@@ -194,6 +199,8 @@ class Runtime:
         object.__setattr__(self, "max_forward_texts", check_forward_texts(self.max_forward_texts))
         check_batch_tokens(self.max_batch_tokens)
         check_prefetch(self.prefetch)
+        if not isinstance(self.keep_freed_memory, bool):
+            raise ConfigError(f"hardware.keep_freed_memory={self.keep_freed_memory!r}; expected true or false")
 
     @classmethod
     def from_config(cls, hardware) -> Runtime:
@@ -206,6 +213,7 @@ class Runtime:
             num_threads=getattr(hardware, "num_threads", None),
             max_batch_tokens=getattr(hardware, "max_batch_tokens", None),
             prefetch=getattr(hardware, "prefetch", None),
+            keep_freed_memory=_flag(getattr(hardware, "keep_freed_memory", None), True),
         )
 
     @property
@@ -236,13 +244,23 @@ class Runtime:
             return self.prefetch
         return (self.device if device is None else torch.device(device)).type == "cuda"
 
-    def apply_threads(self) -> Runtime:
-        """Set torch's intra-op threads when configured (process-wide); this runtime."""
+    def apply(self) -> Runtime:
+        """Apply the process-wide settings: torch's intra-op threads when configured, and the
+        allocator's (:func:`distillrank.allocator.keep_freed_memory`) when ``keep_freed_memory``;
+        this runtime."""
         apply_threads(self.num_threads)
+        if self.keep_freed_memory:
+            keep_freed_memory()
         return self
+
+
+def _flag(value, default: bool):
+    """A config flag: its value (checked by :class:`Runtime`), ``default`` when unset (null, or
+    a config written before it existed)."""
+    return default if value is None else value
 
 
 def configure(hardware) -> Runtime:
     """What a stage does once with its ``hardware`` config: the checked :class:`Runtime`, with
-    torch's threads set."""
-    return Runtime.from_config(hardware).apply_threads()
+    its process-wide settings applied (torch's threads, the allocator)."""
+    return Runtime.from_config(hardware).apply()

@@ -151,8 +151,24 @@ def test_the_machine_identity_names_the_cpu_and_versions():
     import torch
 
     identity = calibration.machine_identity(torch.device("cpu"))
-    assert {"cpu", "isa", "cores", "threads", "torch", "onnxruntime"} <= set(identity)
+    assert {"cpu", "isa", "cores", "threads", "allocator", "torch", "onnxruntime"} <= set(identity)
     assert identity["torch"] == torch.__version__
+
+
+def test_the_machine_identity_tells_the_allocators_settings_apart(monkeypatch):
+    """Page faults change what each candidate costs: a choice made with glibc's defaults is not
+    reused for a process that keeps freed memory (hardware.keep_freed_memory), nor the reverse."""
+    import torch
+
+    from distillrank import allocator
+
+    monkeypatch.setattr(allocator, "_glibc", lambda: True)
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "LD_PRELOAD"):
+        monkeypatch.delenv(name, raising=False)
+    kept = calibration.machine_identity(torch.device("cpu"), keep_freed_memory=True)
+    default = calibration.machine_identity(torch.device("cpu"), keep_freed_memory=False)
+    assert kept["allocator"].startswith("glibc, freed memory kept") and default["allocator"] == "default"
+    assert {k: v for k, v in kept.items() if k != "allocator"} == {k: v for k, v in default.items() if k != "allocator"}
 
 
 class CountingClock(FakeClock):

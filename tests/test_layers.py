@@ -1,6 +1,6 @@
 """The layers of CONTRIBUTING.md ("Layers"), checked on the imports of every module of the package.
 
-0: errors, workspace, runtime, config, artifacts, sharding. 1: the domain code (the Ranker interface, data,
+0: errors, workspace, runtime, allocator, config, artifacts, sharding. 1: the domain code (the Ranker interface, data,
 queries, mining, models, teachers, students, losses, training, evaluation, and the model card's
 formatter).
 2: the stages, the builders, the keys, validation. 3: cli (and __main__), launch, the pipeline, reporting.
@@ -23,6 +23,7 @@ LAYERS = {
     "distillrank.errors": 0,
     "distillrank.workspace": 0,
     "distillrank.runtime": 0,
+    "distillrank.allocator": 0,  # glibc malloc's thresholds: freed memory kept for the next forward
     "distillrank.config": 0,
     "distillrank.artifacts": 0,
     "distillrank.columns": 0,  # column helpers (distinct strings, sorted unique, row slices, group codes) for cache and pools

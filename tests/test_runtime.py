@@ -16,7 +16,7 @@ import torch
 from distillrank import runtime
 from distillrank.runtime import Runtime
 
-LAYER_0 = {"distillrank", "distillrank.errors", "distillrank.runtime", "distillrank.workspace"}
+LAYER_0 = {"distillrank", "distillrank.allocator", "distillrank.errors", "distillrank.runtime", "distillrank.workspace"}
 SOURCE = Path(runtime.__file__)
 IMMUTABLE = (str, int, float, bool, type(None), tuple, frozenset, torch.device, torch.dtype, MappingProxyType)
 

@@ -86,7 +86,8 @@ def _choice(cfg_yaml: str, role: str) -> Choice:
         num_threads=hw.get("num_threads"),
         max_batch_tokens=hw.get("max_batch_tokens"),  # timed with the batches the stages will run
         prefetch=hw.get("prefetch"),
-    ).apply_threads()
+        keep_freed_memory=hw.get("keep_freed_memory") is not False,  # null / absent: on
+    ).apply()
     if role == "generator":
         made = dataclasses.replace(
             unmeasured("generation: no fidelity measure against fp32"), precision=_fixed(precision, "fp32")
@@ -162,8 +163,8 @@ def for_role(cfg: DictConfig, role: str) -> DictConfig:
 
 
 def runtime(cfg: DictConfig, role: str) -> Runtime:
-    """The checked :class:`Runtime` ``role``'s model runs in, with torch's threads set."""
-    return Runtime.from_config(node(cfg, role)).apply_threads()
+    """The checked :class:`Runtime` ``role``'s model runs in, its process-wide settings applied."""
+    return Runtime.from_config(node(cfg, role)).apply()
 
 
 def report(cfg: DictConfig, *roles: str) -> dict:
@@ -245,7 +246,7 @@ def _inference(cfg: DictConfig, base: Runtime, role: str, precision: str, backen
     candidates = calibration.inference_candidates(base, precision, backend, int8=int8, onnx=onnx)
     coll = components.collection(cfg)
     key = CacheKey(
-        calibration.machine_identity(base.device),
+        calibration.machine_identity(base.device, base.keep_freed_memory),
         {
             "role": role,
             "model": identity,
@@ -305,7 +306,7 @@ def _student(cfg: DictConfig, base: Runtime, precision: str) -> Choice:
     candidates = calibration.training_candidates(base, precision)
     masks = str(cfg.train.get("dropout_masks", "fast"))
     key = CacheKey(
-        calibration.machine_identity(base.device),
+        calibration.machine_identity(base.device, base.keep_freed_memory),
         {
             "role": "student",
             "student": to_plain(cfg.student),

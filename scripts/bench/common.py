@@ -260,7 +260,11 @@ def distillrank_runtime(option: str = "cpu", precision: str | None = None):
     """distillrank's :class:`~distillrank.runtime.Runtime` of ``hardware=<option>``
     (conf/hardware/<option>.yaml), as a stage builds it (torch's threads set): ``cpu`` is what a user
     gets by default (its forward cap included); the ONNX arms run under ``cpu_onnx``. ``precision``
-    replaces the option's. sentence-transformers is not affected."""
+    replaces the option's. Its process-wide settings — torch's threads and the allocator's
+    (``hardware.keep_freed_memory``: glibc keeps freed memory) — hold for the whole process, so
+    sentence-transformers' arms timed in the same process run with them too: the ratios against it
+    do not count what they gain (``scripts/bench/allocator.py`` measures that, process against
+    process)."""
     from omegaconf import OmegaConf
 
     from distillrank.config import conf_dir
