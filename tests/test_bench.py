@@ -228,11 +228,16 @@ def test_scale_and_ceiling_measurements(smoke: Path) -> None:
             values = rates[case + suffix]
             assert values["fraction_of_matmul"] == pytest.approx(values["gflops"] / rates[matmul]["gflops"])
     assert all(_number(c["values"]["gflops"]) and c["values"]["gflops"] > 0 for c in ceiling["cases"])
-    for matmul in ("matmul_fp32", "matmul_bf16"):  # the rate: the best of the square and the encoder's products
+    for matmul in (
+        "matmul_fp32",
+        "matmul_bf16",
+    ):  # the rate: the best of the square and the encoder's products
         values = rates[matmul]
         assert len(values["linear_gflops"]) >= 2  # the tiny encoder's hidden -> hidden and -> intermediate
         assert values["gflops"] == max(values["square_gflops"], *values["linear_gflops"].values())
-        assert values["square_gflops"] == max(values["square_gflops_before_after"])  # before and after the encoders
+        assert values["square_gflops"] == max(
+            values["square_gflops_before_after"]
+        )  # before and after the encoders
 
 
 def test_alternate_flips_the_order_and_comparison_ratio_direction() -> None:
@@ -591,7 +596,9 @@ def test_compiled_side_by_side_times_eager_and_compiled_steps(tiny_bi_encoder: P
     fwd, student = BiEncoder.load(tiny_bi_encoder), BiEncoder.load(tiny_bi_encoder)
     times = compiled_side_by_side(fwd, student, ["a short passage", "another passage about cells"], 2)
     for case in ("forward", "forward_backward"):
-        assert {f"{case}: eager", f"{case}: compiled", f"{case}: first compiled call (compiling)"} <= set(times)
+        assert {f"{case}: eager", f"{case}: compiled", f"{case}: first compiled call (compiling)"} <= set(
+            times
+        )
         assert times[f"{case}: first compiled call (compiling)"] > times[f"{case}: compiled"] > 0
     assert any(p.grad is not None for p in student.parameters())  # the training case backpropagated
 
@@ -637,14 +644,18 @@ def test_score_memory_measures_the_final_pass_shared_by_ranks(tmp_path: Path) ->
     import subprocess
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench" / "score_memory.py"
-    out = subprocess.run(
-        [sys.executable, str(script), "--pairs", "2000", "6000", "--world", "2", "--read", "final"],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        timeout=300,
-    ).stdout.strip().splitlines()
+    out = (
+        subprocess.run(
+            [sys.executable, str(script), "--pairs", "2000", "6000", "--world", "2", "--read", "final"],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            timeout=300,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     ranks = json.loads(out[1].split(" ", 1)[1])
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["rows"] == 6000 for r in ranks)
     assert all(r["peak_delta_mb"] >= r["part_peak_delta_mb"] >= 0 for r in ranks)
@@ -659,7 +670,11 @@ def test_profile_encoder_bf16_runs_every_model_call_under_bf16_autocast(monkeypa
     seen: dict = {}
 
     def fake_run(*args):
-        seen.update(enabled=torch.is_autocast_enabled("cpu"), dtype=torch.get_autocast_dtype("cpu"), precision=args[-1])
+        seen.update(
+            enabled=torch.is_autocast_enabled("cpu"),
+            dtype=torch.get_autocast_dtype("cpu"),
+            precision=args[-1],
+        )
         return {}
 
     monkeypatch.setattr(profile_encoder, "_run", fake_run)
@@ -687,3 +702,41 @@ def test_bench_training_steps_run_the_backward_outside_autocast(tiny_bi_encoder:
         _encoder_rate(encoder, ["a short passage"], True, 1)
     assert seen and not any(seen)  # every backward ran with autocast off
     assert weight.grad is not None
+
+
+def test_allocator_bench_alternates_arms_in_clean_processes(monkeypatch, tmp_path) -> None:
+    """allocator.py (docs/BENCHMARKS.md, "The allocator"): each arm in its own child process, the
+    two arms alternating so that drift slows both; the children's environment holds none of the
+    user's malloc settings (which would make the default arm another allocator); the speed-up is
+    the ratio of the arms' medians and each pair's ratio is reported."""
+    import subprocess
+
+    import bench.allocator as allocator_bench
+
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    order, seconds = [], {"default": iter([0.6, 0.5, 0.9]), "kept": iter([0.4, 0.5, 0.6])}
+    real_run = subprocess.run
+
+    def fake_run(args, env=None, **kwargs):
+        if "--child" not in args:  # the machine's description (lscpu)
+            return real_run(args, env=env, **kwargs)
+        case, precision, arm = args[3:6]
+        assert "GLIBC_TUNABLES" not in env and "MALLOC_MMAP_THRESHOLD_" not in env
+        order.append((case, precision, arm))
+        s = next(seconds[arm]) if (case, precision) == ("forward", "fp32") else 1.0
+        result = {"seconds": s, "faults": 100 if arm == "default" else 0, "allocator": arm}
+        return subprocess.CompletedProcess(args, 0, stdout="RESULT " + json.dumps(result) + "\n", stderr="")
+
+    monkeypatch.setattr(allocator_bench.subprocess, "run", fake_run)
+    result = allocator_bench.run(["fp32"], 3, 2, tmp_path, 4, 16)
+    assert [arm for *_, arm in order] == ["default", "kept"] * 6  # alternating, every case and repeat
+    forward = result["summary"]["forward_fp32"]
+    assert forward["median_ms"] == {"default": 600.0, "kept": 500.0}
+    assert forward["speedup"] == pytest.approx(600 / 500)
+    assert forward["pairwise_speedups"] == pytest.approx([1.5, 1.0, 1.5])
+    assert forward["faults_per_step"] == {"default": 100, "kept": 0}
+    assert (
+        "| forward_fp32 | 600.0 (100) | 500.0 (0) | **1.20×** (1.50, 1.00, 1.50) |"
+        in allocator_bench.markdown(result)
+    )
