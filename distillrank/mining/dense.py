@@ -26,6 +26,7 @@ from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import cached_corpus_embeddings, model_key, search
 from distillrank.mining import faiss_index
 from distillrank.models.bi_encoder import BiEncoder
+from distillrank.models.half_weights import cast_linear_weights
 from distillrank.models.hub import resolve_model
 from distillrank.models.onnx_runtime import OnnxBackbone
 from distillrank.runtime import Runtime, configure, configured_backend
@@ -98,8 +99,11 @@ def corpus_embeddings(cfg: DictConfig, coll, progress: bool = True, share: Share
     runtime = configure(
         cfg.hardware
     )  # the stage's hardware (this function is called with the stage's config)
+    encoder.eval().requires_grad_(False)  # frozen: it only encodes
     if runtime.backend == "onnx":  # the frozen mining encoder, run by ONNX Runtime (fp32)
         encoder.backbone = OnnxBackbone.build(encoder.backbone, "last_hidden_state")
+    else:  # bf16 / fp16: its linear weights in that dtype once (bit-identical to autocast's casts)
+        cast_linear_weights(encoder, runtime.precision)
     runtime = runtime.on(share.device(runtime.device))  # a torchrun rank's GPU
     matrix, rate, folder = cached_corpus_embeddings(
         encoder,

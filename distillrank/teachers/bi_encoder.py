@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from distillrank.models.bi_encoder import BiEncoder
+from distillrank.models.half_weights import cast_linear_weights
 from distillrank.models.hub import resolve_model
 from distillrank.models.onnx_runtime import OnnxBackbone
 from distillrank.models.quantize import quantize_int8
@@ -27,7 +28,10 @@ class BiEncoderTeacher(Teacher):
 
     Under an int8 runtime (CPU only) the frozen encoder's linear layers are quantized to int8 once,
     when it is loaded (:func:`distillrank.models.quantize.quantize_int8`); the fingerprint then
-    includes the precision, so int8 scores are cached apart.
+    includes the precision, so int8 scores are cached apart. Under bf16 / fp16 the frozen linear
+    weights are stored in that dtype once, when it is loaded
+    (:func:`distillrank.models.half_weights.cast_linear_weights`: bit-identical to autocast's
+    casting, without its copies every forward); another precision loads the float weights again.
     """
 
     kind = RankerKind.BI_ENCODER
@@ -51,7 +55,7 @@ class BiEncoderTeacher(Teacher):
         self.pooling = pooling
         self.similarity = similarity
         self._encoder: BiEncoder | None = None
-        self._mode: tuple[bool, str] = (False, "torch")  # (int8, backend) of the loaded encoder
+        self._mode: tuple[bool, str, str] = (False, "torch", "fp32")  # (int8, backend, precision) of the loaded encoder
 
     def identity(self, runtime: Runtime) -> dict:
         """Weights and settings; ``"precision": "int8"`` is added for int8 only (others score alike)."""
@@ -67,14 +71,15 @@ class BiEncoderTeacher(Teacher):
         }
 
     def encoder(self, runtime: Runtime = DEFAULT_RUNTIME) -> BiEncoder:
-        """The loaded bi-encoder, frozen, on the runtime's device (loaded once; quantized once for
-        int8; in ONNX Runtime for the onnx backend).
+        """The loaded bi-encoder, frozen, on the runtime's device (loaded once per
+        precision and backend; quantized once for int8; its linear weights in bf16 / fp16 once for
+        those; in ONNX Runtime for the onnx backend).
 
         Raises:
             ConfigError: int8 on a device other than the CPU.
         """
         int8 = check_inference_precision(runtime.precision, runtime.device) == "int8"
-        mode = (int8, runtime.backend)
+        mode = (int8, runtime.backend, runtime.precision)
         if self._encoder is not None and self._mode != mode:
             self._encoder = None  # asked for another precision or backend: reload the float weights
         if self._encoder is None:
@@ -90,6 +95,8 @@ class BiEncoderTeacher(Teacher):
                 self._encoder.backbone = OnnxBackbone.build(self._encoder.backbone, "last_hidden_state", int8)
             elif int8:
                 quantize_int8(self._encoder)
+            else:  # bf16 / fp16: the frozen linear weights in the autocast dtype, once (bit-identical)
+                cast_linear_weights(self._encoder, runtime.precision)
             self._mode = mode
         return self._encoder.to(runtime.device)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from distillrank.models.cross_encoder import CrossEncoderModel
+from distillrank.models.half_weights import cast_linear_weights
 from distillrank.models.hub import resolve_model
 from distillrank.models.onnx_runtime import OnnxBackbone
 from distillrank.models.quantize import quantize_int8
@@ -27,7 +28,10 @@ class CrossEncoderTeacher(Teacher):
 
     Under an int8 runtime (CPU only) the frozen model's linear layers are quantized to int8 once,
     when it is loaded (:func:`distillrank.models.quantize.quantize_int8`); the fingerprint then
-    includes the precision, so int8 scores are cached apart.
+    includes the precision, so int8 scores are cached apart. Under bf16 / fp16 the frozen linear
+    weights are stored in that dtype once, when it is loaded
+    (:func:`distillrank.models.half_weights.cast_linear_weights`: bit-identical to autocast's
+    casting, without its copies every forward); another precision loads the float weights again.
     """
 
     kind = RankerKind.CROSS_ENCODER
@@ -39,7 +43,7 @@ class CrossEncoderTeacher(Teacher):
         self.max_length = max_length
         self.batch_size = batch_size
         self._model: CrossEncoderModel | None = None
-        self._mode: tuple[bool, str] = (False, "torch")  # (int8, backend) of the loaded model
+        self._mode: tuple[bool, str, str] = (False, "torch", "fp32")  # (int8, backend, precision) of the loaded model
 
     def identity(self, runtime: Runtime) -> dict:
         """Weights and settings; ``"precision": "int8"`` is added for int8 only (others score alike)."""
@@ -52,14 +56,15 @@ class CrossEncoderTeacher(Teacher):
         }
 
     def cross_encoder(self, runtime: Runtime = DEFAULT_RUNTIME) -> CrossEncoderModel:
-        """The loaded model, frozen, on the runtime's device (loaded once; quantized once for int8;
-        in ONNX Runtime for the onnx backend).
+        """The loaded model, frozen, on the runtime's device (loaded once per
+        precision and backend; quantized once for int8; its linear weights in bf16 / fp16 once for
+        those; in ONNX Runtime for the onnx backend).
 
         Raises:
             ConfigError: int8 on a device other than the CPU.
         """
         int8 = check_inference_precision(runtime.precision, runtime.device) == "int8"
-        mode = (int8, runtime.backend)
+        mode = (int8, runtime.backend, runtime.precision)
         if self._model is not None and self._mode != mode:
             self._model = None  # asked for another precision or backend: reload the float weights
         if self._model is None:
@@ -69,6 +74,8 @@ class CrossEncoderTeacher(Teacher):
                 self._model.model = OnnxBackbone.build(self._model.model, "logits", int8)
             elif int8:
                 quantize_int8(self._model)
+            else:  # bf16 / fp16: the frozen linear weights in the autocast dtype, once (bit-identical)
+                cast_linear_weights(self._model, runtime.precision)
             self._mode = mode
         return self._model.to(runtime.device)
 

@@ -89,11 +89,14 @@ def miner(
         from distillrank.mining.dense import _CHUNK
         from distillrank.mining.sampling import sample_negatives
         from distillrank.models.bi_encoder import BiEncoder
+        from distillrank.models.half_weights import cast_linear_weights
         from distillrank.models.onnx_runtime import OnnxBackbone
 
-        encoder = BiEncoder.load(model_dir)
+        encoder = BiEncoder.load(model_dir).eval().requires_grad_(False)
         if backend == "onnx":  # what dense_search does under hardware.backend=onnx
             encoder.backbone = OnnxBackbone.build(encoder.backbone, "last_hidden_state")  # $DISTILLRANK_ONNX_CACHE
+        else:  # and under bf16 / fp16: the frozen linear weights in that dtype once
+            cast_linear_weights(encoder, precision)
         coll = ListCollection(corpus)
         rng = np.random.default_rng(0)
 

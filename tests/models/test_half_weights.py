@@ -1,0 +1,78 @@
+"""A frozen model's linear weights stored in bf16 / fp16 once (distillrank.models.half_weights):
+bit-identical to autocast's per-forward casts, for the teachers under a bf16 runtime, with the fp32
+weights loaded again for another precision; tied and trainable weights are left alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from distillrank.models.bi_encoder import BiEncoder
+from distillrank.models.half_weights import cast_linear_weights
+from distillrank.ranking import Pairs
+from distillrank.runtime import Runtime
+from distillrank.teachers import BiEncoderTeacher, CrossEncoderTeacher
+
+TEXTS = ["a cat is a small furry animal", "stars such as the sun burn hydrogen", "dogs bark", "the moon"]
+BF16 = Runtime(precision="bf16", max_forward_texts=2)
+
+
+def _linear_dtypes(model: nn.Module) -> set[torch.dtype]:
+    return {m.weight.dtype for m in model.modules() if type(m) is nn.Linear}
+
+
+def test_bf16_weights_encode_bit_identically_to_autocasts_casts(tiny_bi_encoder: Path) -> None:
+    plain = BiEncoder.load(tiny_bi_encoder).eval().requires_grad_(False)
+    cast = BiEncoder.load(tiny_bi_encoder).eval().requires_grad_(False)
+    assert cast_linear_weights(cast, "bf16") == sum(type(m) is nn.Linear for m in cast.modules()) > 0
+    assert _linear_dtypes(cast) == {torch.bfloat16}
+    # everything else stays fp32, as autocast runs it
+    assert {p.dtype for n, p in cast.named_parameters() if "LayerNorm" in n or "embeddings" in n} == {torch.float32}
+    for kind in ("query", "passage"):
+        assert torch.equal(plain.encode(TEXTS, kind, 4, BF16), cast.encode(TEXTS, kind, 4, BF16))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_other_precisions_cast_nothing(tiny_bi_encoder: Path, precision: str) -> None:
+    model = BiEncoder.load(tiny_bi_encoder).eval().requires_grad_(False)
+    assert cast_linear_weights(model, precision) == 0 and _linear_dtypes(model) == {torch.float32}
+
+
+def test_tied_and_trainable_weights_are_left_in_fp32() -> None:
+    embedding, head, free = nn.Embedding(10, 4), nn.Linear(4, 10, bias=False), nn.Linear(4, 4)
+    head.weight = embedding.weight  # tied, as a language model's output layer
+    frozen = nn.Linear(4, 4).requires_grad_(False)
+    model = nn.ModuleDict({"embedding": embedding, "head": head, "free": free, "frozen": frozen})
+    embedding.requires_grad_(False)
+    assert cast_linear_weights(model, "bf16") == 1
+    assert frozen.weight.dtype == frozen.bias.dtype == torch.bfloat16
+    assert head.weight.dtype == embedding.weight.dtype == torch.float32  # the embedding would change too
+    assert free.weight.dtype == torch.float32  # trainable: a student, not a frozen teacher
+
+
+@pytest.mark.parametrize("kind", ["bi_encoder", "cross_encoder"])
+def test_teachers_cast_once_per_precision_and_score_as_under_autocast(
+    kind: str, tiny_bi_encoder: Path, tiny_cross_encoder: Path
+) -> None:
+    if kind == "bi_encoder":
+        teacher, model = BiEncoderTeacher(str(tiny_bi_encoder), batch_size=4), lambda t, rt: t.encoder(rt)
+        reference = BiEncoder.load(tiny_bi_encoder).eval()
+        expected = reference.pair_scores(Pairs(TEXTS[:2], TEXTS, np.array([0, 0, 1, 1]), np.array([0, 1, 2, 3])), 4, BF16)
+    else:
+        teacher, model = CrossEncoderTeacher(str(tiny_cross_encoder), batch_size=4), lambda t, rt: t.cross_encoder(rt)
+        from distillrank.models.cross_encoder import CrossEncoderModel
+
+        reference = CrossEncoderModel.load(str(tiny_cross_encoder), teacher.max_length).eval()
+        expected = reference.predict([TEXTS[0], TEXTS[0], TEXTS[1], TEXTS[1]], TEXTS, 4, BF16)
+    pairs = Pairs(TEXTS[:2], TEXTS, np.array([0, 0, 1, 1]), np.array([0, 1, 2, 3]))
+    scores = teacher.score_pairs(pairs, BF16)
+    assert _linear_dtypes(model(teacher, BF16)) == {torch.bfloat16}
+    assert model(teacher, BF16) is model(teacher, BF16)  # loaded once for this precision
+    np.testing.assert_array_equal(scores, expected)  # bit-identical to autocast's own casts
+    # another precision loads the float weights again: fp32 scoring needs fp32 weights
+    assert _linear_dtypes(model(teacher, Runtime())) == {torch.float32}
+    assert np.isfinite(teacher.score_pairs(pairs, Runtime())).all()
