@@ -13,11 +13,13 @@ outputs (docs/BENCHMARKS.md, "The allocator").
 
 :func:`keep_freed_memory` sets both thresholds once for the process — mmap 32 MiB (the most glibc's
 own dynamic threshold rises to on 64-bit systems), trim 128 MiB — so that freed blocks stay in the
-process and the next forward reuses pages already mapped: no page faults after the first batch.
-Measured on a Xeon with AMX (alternating processes): MiniLM-L6 forward 1.2–1.3× faster in fp32 and
-1.5–1.8× under bf16 autocast; a 2-layer student's training step 1.2–1.6× in bf16, within noise in
-fp32. The price: up to 128 MiB of freed memory a process may hold beyond what it uses, and blocks
-above 32 MiB still go back to the kernel (peak memory is unchanged: what is kept is reused).
+process and the next forward reuses pages already mapped: 0 page faults a step after the first
+batches. Measured on a Xeon with AMX (``scripts/bench/allocator.py``, arms alternating process against
+process; docs/BENCHMARKS.md): MiniLM-L6's forward 1.07–1.16× faster in fp32, a 2-layer student's
+training step 1.10–1.15× in fp32 and 1.27–1.33× under bf16 autocast; the bf16 forward within that
+machine's noise (0.89–1.01×). The price: memory a process keeps — up to 128 MiB free at the top of
+its heap, and freed blocks that a later request of another size cannot reuse; blocks over 32 MiB
+still go back to the kernel. On the quick mining benchmark the peak grew by 10–15% (146 → 161 MiB).
 
 This is what Intel's and PyTorch's CPU tuning guides reach by preloading jemalloc or tcmalloc; glibc's
 own settings need no extra library. :func:`keep_freed_memory` does nothing where they do not apply

@@ -132,9 +132,10 @@ class HardwareConfig:
     # Bit-identical results either way (docs/HARDWARE.md, "Inference batches").
     prefetch: bool | None = None
     # glibc malloc keeps freed memory (mmap threshold 32 MiB, trim 128 MiB) so that each forward's
-    # tensors reuse mapped pages instead of page-faulting fresh ones: CPU forwards 1.2-1.8x faster
-    # (docs/HARDWARE.md, "The allocator"); false: glibc's defaults. Nothing done off glibc, or when
-    # MALLOC_*_THRESHOLD_ / GLIBC_TUNABLES / an LD_PRELOADed allocator says the user chose.
+    # tensors reuse mapped pages instead of page-faulting fresh ones: CPU steps 1.1-1.3x faster, the
+    # peak memory of small runs +10-15% (docs/HARDWARE.md, "The allocator"); false: glibc's defaults.
+    # Nothing is done off glibc, or where MALLOC_*_THRESHOLD_ / GLIBC_TUNABLES / an LD_PRELOADed
+    # allocator says the user chose.
     keep_freed_memory: bool = True
 
 

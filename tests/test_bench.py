@@ -228,16 +228,11 @@ def test_scale_and_ceiling_measurements(smoke: Path) -> None:
             values = rates[case + suffix]
             assert values["fraction_of_matmul"] == pytest.approx(values["gflops"] / rates[matmul]["gflops"])
     assert all(_number(c["values"]["gflops"]) and c["values"]["gflops"] > 0 for c in ceiling["cases"])
-    for matmul in (
-        "matmul_fp32",
-        "matmul_bf16",
-    ):  # the rate: the best of the square and the encoder's products
+    for matmul in ("matmul_fp32", "matmul_bf16"):  # the rate: the best of the square and the encoder's products
         values = rates[matmul]
         assert len(values["linear_gflops"]) >= 2  # the tiny encoder's hidden -> hidden and -> intermediate
         assert values["gflops"] == max(values["square_gflops"], *values["linear_gflops"].values())
-        assert values["square_gflops"] == max(
-            values["square_gflops_before_after"]
-        )  # before and after the encoders
+        assert values["square_gflops"] == max(values["square_gflops_before_after"])  # before and after the encoders
 
 
 def test_alternate_flips_the_order_and_comparison_ratio_direction() -> None:
@@ -596,9 +591,7 @@ def test_compiled_side_by_side_times_eager_and_compiled_steps(tiny_bi_encoder: P
     fwd, student = BiEncoder.load(tiny_bi_encoder), BiEncoder.load(tiny_bi_encoder)
     times = compiled_side_by_side(fwd, student, ["a short passage", "another passage about cells"], 2)
     for case in ("forward", "forward_backward"):
-        assert {f"{case}: eager", f"{case}: compiled", f"{case}: first compiled call (compiling)"} <= set(
-            times
-        )
+        assert {f"{case}: eager", f"{case}: compiled", f"{case}: first compiled call (compiling)"} <= set(times)
         assert times[f"{case}: first compiled call (compiling)"] > times[f"{case}: compiled"] > 0
     assert any(p.grad is not None for p in student.parameters())  # the training case backpropagated
 
@@ -644,18 +637,14 @@ def test_score_memory_measures_the_final_pass_shared_by_ranks(tmp_path: Path) ->
     import subprocess
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench" / "score_memory.py"
-    out = (
-        subprocess.run(
-            [sys.executable, str(script), "--pairs", "2000", "6000", "--world", "2", "--read", "final"],
-            check=True,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-            timeout=300,
-        )
-        .stdout.strip()
-        .splitlines()
-    )
+    out = subprocess.run(
+        [sys.executable, str(script), "--pairs", "2000", "6000", "--world", "2", "--read", "final"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=300,
+    ).stdout.strip().splitlines()
     ranks = json.loads(out[1].split(" ", 1)[1])
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["rows"] == 6000 for r in ranks)
     assert all(r["peak_delta_mb"] >= r["part_peak_delta_mb"] >= 0 for r in ranks)
@@ -670,11 +659,7 @@ def test_profile_encoder_bf16_runs_every_model_call_under_bf16_autocast(monkeypa
     seen: dict = {}
 
     def fake_run(*args):
-        seen.update(
-            enabled=torch.is_autocast_enabled("cpu"),
-            dtype=torch.get_autocast_dtype("cpu"),
-            precision=args[-1],
-        )
+        seen.update(enabled=torch.is_autocast_enabled("cpu"), dtype=torch.get_autocast_dtype("cpu"), precision=args[-1])
         return {}
 
     monkeypatch.setattr(profile_encoder, "_run", fake_run)
