@@ -31,7 +31,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import MINILM, REPO_ROOT, load_average, machine, machine_line  # noqa: E402
+from bench.common import MINILM, REPO_ROOT, load_average, machine, machine_line, write_result  # noqa: E402
 
 CASES = ("forward", "forward_backward")
 ARMS = ("default", "kept")
@@ -83,6 +83,7 @@ def run(
         for k, v in os.environ.items()
         if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
     }
+    described = machine()  # its load average: at the start (the header shows start → end)
     load_start = load_average()
     results: dict[str, dict[str, list[dict]]] = {}
     for _ in range(repeats):
@@ -123,7 +124,7 @@ def run(
         }
     return {
         "benchmark": "allocator",
-        "machine": machine(),
+        "machine": described,
         "settings": {
             "batch": batch,
             "max_length": max_length,
@@ -179,13 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     result = run(args.precision, args.repeats, args.steps, args.cache, args.batch, args.max_length)
-    from distillrank.workspace import atomic_path, atomic_write_json
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "allocator.json", result)
-    with atomic_path(args.out / "allocator.md") as tmp:
-        Path(tmp).write_text(markdown(result), encoding="utf-8")
-    print(markdown(result))
+    write_result(args.out, "allocator", result, markdown(result))
     return result
 
 

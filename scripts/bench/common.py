@@ -299,6 +299,18 @@ def child_call(module: str, function: str, kwargs: dict[str, Any], timeout_s: fl
     raise RuntimeError(f"bench.{module}.{function} failed in a child process (rc {proc.returncode}): {proc.stderr[-2000:]}")
 
 
+def write_result(out: Path, name: str, result: dict[str, Any], markdown: str) -> None:
+    """``<out>/<name>.json`` and ``<out>/<name>.md``, each written atomically, and the Markdown printed:
+    how the stand-alone bench scripts (profile_encoder.py, allocator.py) leave their results."""
+    from distillrank.workspace import atomic_path, atomic_write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{name}.json", result)
+    with atomic_path(out / f"{name}.md") as tmp:
+        Path(tmp).write_text(markdown, encoding="utf-8")
+    print(markdown)
+
+
 # --------------------------------------------------------------------------- machine
 def machine() -> dict[str, Any]:
     """The machine and software the numbers were taken on, and the load average at this moment.

@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.ceiling import linear_gflops, linear_shapes, matmul_gflops, matmul_params  # noqa: E402
-from bench.common import MINILM, REPO_ROOT, load_average, machine, machine_line  # noqa: E402
+from bench.common import MINILM, REPO_ROOT, load_average, machine, machine_line, write_result  # noqa: E402
 
 # operator name (profiler key, lower case) -> group; the first pattern found in the name wins
 # ("=name": the whole name, so that aten::t is not aten::to)
@@ -393,13 +393,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     result = run(args.batch, args.max_length, args.repeats, args.cache, compile_too=args.compile, precision=args.precision)
-    from distillrank.workspace import atomic_path, atomic_write_json
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "profile_encoder.json", result)
-    with atomic_path(args.out / "profile_encoder.md") as tmp:
-        Path(tmp).write_text(markdown(result), encoding="utf-8")
-    print(markdown(result))
+    write_result(args.out, "profile_encoder", result, markdown(result))
     return result
 
 
