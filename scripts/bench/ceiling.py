@@ -131,6 +131,7 @@ def run(ctx: Context) -> dict:
             "FLOPs: 2·P·tokens forward, 6·P·tokens forward+backward, P = linear-layer weights (embeddings and attention products not counted); each encoder case's fraction is of the matmul rate of its own precision",
             "the matmul rate (gflops) is the best of the square product (square_gflops) and the encoder's linear layers' products (linear_gflops), each measured before and after the encoder cases",
             "forward + backward trains as the training loop does: on CPU, dropout's masks drawn 16 bits at a time (train.dropout_masks=fast)",
+            "the forward runs the encoder frozen, as teachers and the mining encoder run: under bf16 its linear weights stored in bf16 once (models.half_weights)",
         ],
     }
 
@@ -140,6 +141,7 @@ def _encoder_cases(ctx: Context, texts: list[str], precision: str) -> list[dict]
     (``hardware.precision``'s); :func:`run` adds each one's fraction of that precision's matmul rate."""
     from distillrank.models.bi_encoder import BiEncoder
     from distillrank.models.dropout import cpu_dropout
+    from distillrank.models.half_weights import cast_linear_weights
     from distillrank.runtime import autocast
 
     s = ctx.sizes
@@ -150,6 +152,8 @@ def _encoder_cases(ctx: Context, texts: list[str], precision: str) -> list[dict]
         ("student_forward_backward", ctx.student, True, 6),
     ):
         encoder = BiEncoder.load(folder, passage_max_length=s.passage_max_length)
+        if not train:  # a frozen encoder, as the teachers and the mining encoder load it for this precision
+            cast_linear_weights(encoder.eval().requires_grad_(False), precision)
         masks = cpu_dropout(encoder) if train else contextlib.nullcontext()  # as the training loop trains
         with autocast(torch.device("cpu"), precision), masks:
             seconds, tokens = _encoder_rate(encoder, texts, train, s.repeats)
