@@ -110,8 +110,9 @@ def disk_mb(folder: Path | None) -> float | None:
 def _rerank(systems: Systems, name: str, coll, queries, first: RerankCandidates, settings: Settings) -> dict:
     """Re-rank the first stage's candidates with one system."""
     ranker, runtime = systems.ranker(name), systems.runtime_for(name)
-    # the parameters of its float weights (an int8 copy keeps its linear weights outside parameters())
-    module = ranker.module(dataclasses.replace(runtime, precision="fp32"))
+    # the parameters of its float weights (an int8 copy keeps its linear weights outside parameters();
+    # a bf16 one counts the same, and asking for fp32 would load a frozen teacher's weights twice)
+    module = ranker.module(dataclasses.replace(runtime, precision="fp32") if runtime.int8 else runtime)
     if module is not None:
         module.to(runtime.device)
     batch = None if name == "teacher" else settings.batch_size  # a teacher batches as configured

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from distillrank.evaluation.systems import params
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.half_weights import cast_linear_weights
 from distillrank.ranking import Pairs
@@ -72,7 +73,11 @@ def test_teachers_cast_once_per_precision_and_score_as_under_autocast(
     scores = teacher.score_pairs(pairs, BF16)
     assert _linear_dtypes(model(teacher, BF16)) == {torch.bfloat16}
     assert model(teacher, BF16) is model(teacher, BF16)  # loaded once for this precision
+    # the evaluation's parameter count reads the bf16 model itself (asking for fp32 would load it twice)
+    bf16_params = params(teacher.module(BF16))
+    assert teacher.module(BF16) is model(teacher, BF16)
     np.testing.assert_array_equal(scores, expected)  # bit-identical to autocast's own casts
     # another precision loads the float weights again: fp32 scoring needs fp32 weights
     assert _linear_dtypes(model(teacher, Runtime())) == {torch.float32}
+    assert params(teacher.module(Runtime())) == bf16_params
     assert np.isfinite(teacher.score_pairs(pairs, Runtime())).all()
