@@ -715,7 +715,8 @@ def test_allocator_bench_alternates_arms_in_clean_processes(monkeypatch, tmp_pat
 
     monkeypatch.setattr(allocator_bench.subprocess, "run", fake_run)
     result = allocator_bench.run(["fp32"], 3, 2, tmp_path, 4, 16)
-    assert [arm for *_, arm in order] == ["default", "kept"] * 6  # alternating, every case and repeat
+    assert [arm for *_, arm in order] == ["default", "kept"] * 9  # alternating, every case and repeat
+    assert {case for case, *_ in order} == {"forward", "forward_backward", "st_encode"}
     forward = result["summary"]["forward_fp32"]
     assert forward["median_ms"] == {"default": 600.0, "kept": 500.0}
     assert forward["speedup"] == pytest.approx(600 / 500)

@@ -7,10 +7,11 @@ speed drifts slows both alike. Each child times ``--steps`` steps (after two war
 on the ceiling benchmark's batch (32 SciFact passages at ≤ 128 tokens) and counts the page faults a
 step takes (``ru_minflt``): MiniLM-L6's forward (inference) and the 2-layer student's forward +
 backward as the training loop runs it (fast dropout masks, backward outside autocast), in fp32 and
-under bf16 autocast (on a CPU without bf16 units the bf16 cases are emulated and slow; ``--precision
-fp32`` skips them).
+under bf16 autocast (on a CPU without bf16 units those are emulated and slow; ``--precision fp32``
+skips them); and sentence-transformers' ``encode`` of the same batch in fp32, to show what the
+setting gives it: the benchmarks that time it in distillrank's process give it the setting too.
 
-    python scripts/bench/allocator.py --out docs/bench/allocator      # ~4 minutes on 2 cores
+    python scripts/bench/allocator.py --out docs/bench/allocator      # ~8 minutes on 2 cores
 
 Writes ``<out>/allocator.json`` and ``<out>/allocator.md``.
 """
@@ -33,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 
 from bench.common import MINILM, REPO_ROOT, load_average, machine, machine_line, write_result  # noqa: E402
 
-CASES = ("forward", "forward_backward")
+CASES = ("forward", "forward_backward", "st_encode")  # st_encode: sentence-transformers, fp32 only
 ARMS = ("default", "kept")
 
 
@@ -51,6 +52,14 @@ def child(
     if arm == "kept" and not allocator.keep_freed_memory():
         raise RuntimeError(f"the allocator's settings cannot be applied here ({allocator.settings(True)})")
     texts = _texts(batch, cache)
+    if case == "st_encode":  # sentence-transformers' encode of the same batch (one forward), its defaults
+        from sentence_transformers import SentenceTransformer
+
+        from distillrank.models.hub import resolve_model
+
+        model = SentenceTransformer(str(resolve_model(MINILM)), device="cpu")
+        model.max_seq_length = max_length
+        return _timed(lambda: model.encode(texts, batch_size=batch, show_progress_bar=False), steps, arm)
     train = case == "forward_backward"
     folder = _minilm_student(cache, 2, max_length) if train else MINILM
     encoder = (
@@ -58,16 +67,23 @@ def child(
         if train
         else BiEncoder.from_backbone(MINILM, passage_max_length=max_length)
     )
-    seconds, faults = [], []
     with autocast(torch.device("cpu"), precision):
-        for _ in range(2):
-            _step(encoder, texts, train)
-        for _ in range(steps):
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            start = time.perf_counter()
-            _step(encoder, texts, train)
-            seconds.append(time.perf_counter() - start)
-            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return _timed(lambda: _step(encoder, texts, train), steps, arm)
+
+
+def _timed(step, steps: int, arm: str) -> dict[str, Any]:
+    """Median seconds and page faults of ``steps`` calls of ``step`` after two warm-ups."""
+    from distillrank import allocator
+
+    seconds, faults = [], []
+    for _ in range(2):
+        step()
+    for _ in range(steps):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = time.perf_counter()
+        step()
+        seconds.append(time.perf_counter() - start)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     return {
         "seconds": statistics.median(seconds),
         "faults": int(statistics.median(faults)),
@@ -89,6 +105,8 @@ def run(
     for _ in range(repeats):
         for precision in precisions:
             for case in CASES:
+                if case == "st_encode" and precision != "fp32":
+                    continue
                 for arm in ARMS:
                     args = [
                         sys.executable,
