@@ -137,9 +137,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype ``precision`` computes in under autocast (bf16 / fp16); None for fp32 and int8."""
+    return _DTYPES[check_precision(precision)]
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """A mixed-precision context for ``precision`` (fp32 and int8 mean none)."""
-    dtype = _DTYPES[check_precision(precision)]
+    dtype = autocast_dtype(precision)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -175,7 +180,7 @@ class Runtime:
             where the thread would only compete with the model for the same cores.
         keep_freed_memory: glibc malloc keeps freed memory for the next forward instead of handing it
             back to the kernel (set by :meth:`apply`; :mod:`distillrank.allocator`); False: glibc's
-            defaults.
+            defaults; None (unset in the config): True.
 
     ``Runtime()`` is the CPU in fp32 on PyTorch without a cap: what library code gets without a stage.
 
@@ -190,7 +195,7 @@ class Runtime:
     num_threads: int | None = None
     max_batch_tokens: int | None = None
     prefetch: bool | None = None
-    keep_freed_memory: bool = True
+    keep_freed_memory: bool | None = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", torch.device(self.device))
@@ -199,6 +204,8 @@ class Runtime:
         object.__setattr__(self, "max_forward_texts", check_forward_texts(self.max_forward_texts))
         check_batch_tokens(self.max_batch_tokens)
         check_prefetch(self.prefetch)
+        if self.keep_freed_memory is None:  # unset (null, or a config written before it existed): on
+            object.__setattr__(self, "keep_freed_memory", True)
         if not isinstance(self.keep_freed_memory, bool):
             raise ConfigError(f"hardware.keep_freed_memory={self.keep_freed_memory!r}; expected true or false")
 
@@ -213,7 +220,7 @@ class Runtime:
             num_threads=getattr(hardware, "num_threads", None),
             max_batch_tokens=getattr(hardware, "max_batch_tokens", None),
             prefetch=getattr(hardware, "prefetch", None),
-            keep_freed_memory=_flag(getattr(hardware, "keep_freed_memory", None), True),
+            keep_freed_memory=getattr(hardware, "keep_freed_memory", None),
         )
 
     @property
@@ -252,12 +259,6 @@ class Runtime:
         if self.keep_freed_memory:
             keep_freed_memory()
         return self
-
-
-def _flag(value, default: bool):
-    """A config flag: its value (checked by :class:`Runtime`), ``default`` when unset (null, or
-    a config written before it existed)."""
-    return default if value is None else value
 
 
 def configure(hardware) -> Runtime:

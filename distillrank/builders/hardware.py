@@ -86,7 +86,7 @@ def _choice(cfg_yaml: str, role: str) -> Choice:
         num_threads=hw.get("num_threads"),
         max_batch_tokens=hw.get("max_batch_tokens"),  # timed with the batches the stages will run
         prefetch=hw.get("prefetch"),
-        keep_freed_memory=hw.get("keep_freed_memory") is not False,  # null / absent: on
+        keep_freed_memory=hw.get("keep_freed_memory"),
     ).apply()
     if role == "generator":
         made = dataclasses.replace(

@@ -19,17 +19,16 @@ another module's (tied embeddings) is left in fp32.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}  # autocast precisions (hardware.precision)
+from distillrank.runtime import autocast_dtype
 
 
 def cast_linear_weights(model: nn.Module, precision: str) -> int:
     """Store every ``nn.Linear``'s weight and bias of ``model`` in ``precision``'s dtype (``bf16`` /
     ``fp16``; any other precision: nothing), in place, unless a parameter is shared with a module
     that is not a linear layer; how many linear layers were cast."""
-    dtype = HALF.get(precision)
+    dtype = autocast_dtype(precision)
     if dtype is None:
         return 0
     linears = [m for m in model.modules() if type(m) is nn.Linear]

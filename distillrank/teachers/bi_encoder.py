@@ -55,7 +55,7 @@ class BiEncoderTeacher(Teacher):
         self.pooling = pooling
         self.similarity = similarity
         self._encoder: BiEncoder | None = None
-        self._mode: tuple[bool, str, str] = (False, "torch", "fp32")  # (int8, backend, precision) of the loaded encoder
+        self._mode: tuple[str, str] = ("torch", "fp32")  # (backend, precision) of the loaded encoder
 
     def identity(self, runtime: Runtime) -> dict:
         """Weights and settings; ``"precision": "int8"`` is added for int8 only (others score alike)."""
@@ -78,8 +78,8 @@ class BiEncoderTeacher(Teacher):
         Raises:
             ConfigError: int8 on a device other than the CPU.
         """
-        int8 = check_inference_precision(runtime.precision, runtime.device) == "int8"
-        mode = (int8, runtime.backend, runtime.precision)
+        mode = (runtime.backend, check_inference_precision(runtime.precision, runtime.device))
+        int8 = mode[1] == "int8"
         if self._encoder is not None and self._mode != mode:
             self._encoder = None  # asked for another precision or backend: reload the float weights
         if self._encoder is None:
@@ -91,7 +91,7 @@ class BiEncoderTeacher(Teacher):
                 passage_max_length=self.passage_max_length,
             ).eval()
             self._encoder.requires_grad_(False)
-            if mode[1] == "onnx":  # ONNX Runtime (int8: its own dynamic quantization)
+            if mode[0] == "onnx":  # ONNX Runtime (int8: its own dynamic quantization)
                 self._encoder.backbone = OnnxBackbone.build(self._encoder.backbone, "last_hidden_state", int8)
             elif int8:
                 quantize_int8(self._encoder)

@@ -43,7 +43,7 @@ class CrossEncoderTeacher(Teacher):
         self.max_length = max_length
         self.batch_size = batch_size
         self._model: CrossEncoderModel | None = None
-        self._mode: tuple[bool, str, str] = (False, "torch", "fp32")  # (int8, backend, precision) of the loaded model
+        self._mode: tuple[str, str] = ("torch", "fp32")  # (backend, precision) of the loaded model
 
     def identity(self, runtime: Runtime) -> dict:
         """Weights and settings; ``"precision": "int8"`` is added for int8 only (others score alike)."""
@@ -63,14 +63,14 @@ class CrossEncoderTeacher(Teacher):
         Raises:
             ConfigError: int8 on a device other than the CPU.
         """
-        int8 = check_inference_precision(runtime.precision, runtime.device) == "int8"
-        mode = (int8, runtime.backend, runtime.precision)
+        mode = (runtime.backend, check_inference_precision(runtime.precision, runtime.device))
+        int8 = mode[1] == "int8"
         if self._model is not None and self._mode != mode:
             self._model = None  # asked for another precision or backend: reload the float weights
         if self._model is None:
             self._model = CrossEncoderModel.load(self.model, self.max_length).eval()
             self._model.requires_grad_(False)
-            if mode[1] == "onnx":  # ONNX Runtime (int8: its own dynamic quantization)
+            if mode[0] == "onnx":  # ONNX Runtime (int8: its own dynamic quantization)
                 self._model.model = OnnxBackbone.build(self._model.model, "logits", int8)
             elif int8:
                 quantize_int8(self._model)
