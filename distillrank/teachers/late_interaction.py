@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from distillrank.models.colbert import ColBERTModel
+from distillrank.models.half_weights import cast_linear_weights
 from distillrank.models.hub import resolve_model
 from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
@@ -51,6 +52,7 @@ class ColBERTTeacher(Teacher):
         self.do_query_expansion = do_query_expansion
         self.skiplist_words = None if skiplist_words is None else list(skiplist_words)
         self._model: ColBERTModel | None = None
+        self._precision: str | None = None  # the precision the loaded model's weights are stored for
 
     def _overrides(self) -> dict:
         return {
@@ -65,10 +67,16 @@ class ColBERTTeacher(Teacher):
         return {"kind": "colbert", "weights": dir_fingerprint(resolve_model(self.model)), **self._overrides()}
 
     def colbert(self, runtime: Runtime = DEFAULT_RUNTIME) -> ColBERTModel:
-        """The loaded model, frozen, on the runtime's device (loaded once)."""
+        """The loaded model, frozen, on the runtime's device (loaded once per precision: under bf16 /
+        fp16 its linear weights, the projection's too, stored in that dtype once —
+        :func:`~distillrank.models.half_weights.cast_linear_weights`, bit-identical to autocast's casts)."""
+        if self._model is not None and self._precision != runtime.precision:
+            self._model = None  # another precision: load the float weights again
         if self._model is None:
             self._model = ColBERTModel.load(self.model, **self._overrides()).eval()
             self._model.requires_grad_(False)
+            cast_linear_weights(self._model, runtime.precision)
+            self._precision = runtime.precision
         return self._model.to(runtime.device)
 
     def score_pairs(

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from distillrank.errors import ConfigError
+from distillrank.models.half_weights import cast_linear_weights
 from distillrank.models.hub import resolve_model
 from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
@@ -89,6 +90,7 @@ class MonoT5Teacher(Teacher):
         self.true_token = true_token
         self.false_token = false_token
         self._model: torch.nn.Module | None = None
+        self._precision: str | None = None  # the precision the loaded model's weights are stored for
         self._tokenizer: Any = None
         self._token_ids: tuple[int, int] | None = None
 
@@ -129,7 +131,11 @@ class MonoT5Teacher(Teacher):
         return self._token_ids
 
     def seq2seq(self, runtime: Runtime = DEFAULT_RUNTIME) -> torch.nn.Module:
-        """The loaded model, frozen, in eval mode, on the runtime's device (loaded once)."""
+        """The loaded model, frozen, in eval mode, on the runtime's device (loaded once per precision:
+        under bf16 / fp16 its untied linear weights stored in that dtype once —
+        :func:`~distillrank.models.half_weights.cast_linear_weights`, bit-identical to autocast's casts)."""
+        if self._model is not None and self._precision != runtime.precision:
+            self._model = None  # another precision: load the float weights again
         if self._model is None:
             _ = self.token_ids  # fail on bad answer words before loading weights
             path = resolve_model(self.model)
@@ -137,7 +143,8 @@ class MonoT5Teacher(Teacher):
                 raise ConfigError(f"teacher.model={self.model!r} is not an encoder-decoder (seq2seq) model")
             model = AutoModelForSeq2SeqLM.from_pretrained(path)
             model.eval().requires_grad_(False)
-            self._model = model
+            cast_linear_weights(model, runtime.precision)
+            self._model, self._precision = model, runtime.precision
         return self._model.to(runtime.device)
 
     def _decoder_start(self, model: torch.nn.Module) -> int:
@@ -156,16 +163,18 @@ class MonoT5Teacher(Teacher):
         return [self.prompt.format(query=q, passage=p) for q, p in zip(queries, passages, strict=True)]
 
     def logits(self, texts: Sequence[str], runtime: Runtime = DEFAULT_RUNTIME) -> torch.Tensor:
-        """``[len(texts), 2]`` first-decoder-step logits of (true, false), float32 (no autocast set)."""
+        """``[len(texts), 2]`` first-decoder-step logits of (true, false), float32, the forward under the
+        runtime's autocast (a bf16 runtime's model has bf16 linear weights)."""
         model = self.seq2seq(runtime)
         device = runtime.device
         batch = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(device)
         start = torch.full((len(texts), 1), self._decoder_start(model), dtype=torch.long, device=device)
-        out = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=start
-        )
+        with runtime.autocast():
+            out = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=start
+            )
         true_id, false_id = self.token_ids
         return out.logits[:, 0, [true_id, false_id]].float()
 
@@ -191,8 +200,7 @@ class MonoT5Teacher(Teacher):
         bar = tqdm(total=len(order), desc=desc, unit="pair", disable=not progress)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            with runtime.autocast():
-                logits = self.logits([texts[i] for i in idx], runtime)
+            logits = self.logits([texts[i] for i in idx], runtime)
             out[idx] = torch.log_softmax(logits.float(), dim=-1)[:, 0].cpu().numpy()
             bar.update(len(idx))
         bar.close()

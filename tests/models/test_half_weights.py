@@ -81,3 +81,51 @@ def test_teachers_cast_once_per_precision_and_score_as_under_autocast(
     assert _linear_dtypes(model(teacher, Runtime())) == {torch.float32}
     assert params(teacher.module(Runtime())) == bf16_params
     assert np.isfinite(teacher.score_pairs(pairs, Runtime())).all()
+
+
+@pytest.mark.parametrize("kind", ["colbert", "monot5"])
+def test_colbert_and_monot5_teachers_cast_once_per_precision_and_score_as_under_autocast(
+    kind: str, tiny_colbert: Path, tiny_t5: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distillrank.teachers import late_interaction, seq2seq
+    from distillrank.teachers.late_interaction import ColBERTTeacher
+    from distillrank.teachers.seq2seq import MonoT5Teacher
+
+    module, make, model = {
+        "colbert": (late_interaction, lambda: ColBERTTeacher(str(tiny_colbert), passage_max_length=64), "colbert"),
+        "monot5": (seq2seq, lambda: MonoT5Teacher(str(tiny_t5), batch_size=2), "seq2seq"),
+    }[kind]
+    pairs = Pairs(TEXTS[:2], TEXTS, np.array([0, 0, 1, 1]), np.array([0, 1, 2, 3]))
+    with monkeypatch.context() as patch:  # the reference: fp32 weights that autocast casts every forward
+        patch.setattr(module, "cast_linear_weights", lambda *args: 0)
+        uncast = make()
+        expected = uncast.score_pairs(pairs, BF16)
+        assert _linear_dtypes(getattr(uncast, model)(BF16)) == {torch.float32}
+    teacher = make()
+    scores = teacher.score_pairs(pairs, BF16)
+    loaded = getattr(teacher, model)(BF16)
+    assert torch.bfloat16 in _linear_dtypes(loaded) and loaded is getattr(teacher, model)(BF16)
+    np.testing.assert_array_equal(scores, expected)  # bit-identical to autocast's own casts
+    # another precision loads the float weights again
+    assert _linear_dtypes(getattr(teacher, model)(Runtime())) == {torch.float32}
+    assert np.isfinite(teacher.score_pairs(pairs, Runtime())).all()
+
+
+@pytest.mark.parametrize("hardware", ["cpu_bf16", "cpu"])
+def test_evaluated_students_are_frozen_with_the_weights_of_their_runtime(
+    hardware: str, make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distillrank.builders import systems as builders_systems
+
+    cfg = make_cfg(f"hardware={hardware}")
+    runtime = builders_systems.ConfigSystems(cfg, tmp_path / "a").runtime_for("student_init")
+    student = builders_systems.ConfigSystems(cfg, tmp_path / "a").ranker("student_init")
+    assert not any(p.requires_grad for p in student.parameters()) and not student.training
+    assert _linear_dtypes(student) == ({torch.bfloat16} if hardware == "cpu_bf16" else {torch.float32})
+    with monkeypatch.context() as patch:  # the same student, its fp32 weights cast by autocast every forward
+        patch.setattr(builders_systems, "cast_linear_weights", lambda *args: 0)
+        uncast = builders_systems.ConfigSystems(cfg, tmp_path / "b").ranker("student_init")
+    assert _linear_dtypes(uncast) == {torch.float32}
+    for kind in ("query", "passage"):
+        expected = uncast.encoder(runtime).encode(TEXTS, kind, 4, runtime)
+        assert torch.equal(student.encoder(runtime).encode(TEXTS, kind, 4, runtime), expected)
