@@ -726,3 +726,31 @@ def test_allocator_bench_alternates_arms_in_clean_processes(monkeypatch, tmp_pat
         "| forward_fp32 | 600.0 (100) | 500.0 (0) | **1.20×** (1.50, 1.00, 1.50) |"
         in allocator_bench.markdown(result)
     )
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_forward_variants_change_the_layers_they_name_and_keep_the_forward(tiny_bi_encoder: Path, precision: str) -> None:
+    """forward_variants.py (docs/BENCHMARKS.md, "Fused QKV, the GELU epilogue, inductor with frozen
+    weights"): the fused query/key/value product and the GELU epilogue change every layer of a BERT
+    and give its hidden states (fused QKV exactly: the same products, sliced)."""
+    from bench.forward_variants import fuse_qkv, gelu_epilogue
+
+    from distillrank.models.bi_encoder import BiEncoder
+    from distillrank.models.half_weights import cast_linear_weights
+    from distillrank.runtime import autocast
+
+    def load() -> BiEncoder:
+        encoder = BiEncoder.load(tiny_bi_encoder).eval().requires_grad_(False)
+        cast_linear_weights(encoder, precision)
+        return encoder
+
+    reference, fused, epilogue = load(), load(), load()
+    layers = reference.backbone.config.num_hidden_layers
+    assert fuse_qkv(fused.backbone) == layers and gelu_epilogue(epilogue.backbone) == layers
+    assert not any(hasattr(m, "query") for m in fused.backbone.modules() if hasattr(m, "qkv"))
+    inputs = reference.tokenize(["a cat sat on the mat", "stars burn hydrogen into helium, slowly"], "passage")
+    with torch.inference_mode(), autocast(torch.device("cpu"), precision):
+        want = reference.backbone(**inputs).last_hidden_state.float()
+        assert torch.equal(fused.backbone(**inputs).last_hidden_state.float(), want)
+        got = epilogue.backbone(**inputs).last_hidden_state.float()
+    torch.testing.assert_close(got, want, atol=0.1 if precision == "bf16" else 1e-4, rtol=0)
