@@ -111,21 +111,41 @@ def test_colbert_and_monot5_teachers_cast_once_per_precision_and_score_as_under_
     assert np.isfinite(teacher.score_pairs(pairs, Runtime())).all()
 
 
+STUDENTS = {  # overrides of the tiny config for each kind of student
+    "bi_encoder": (),
+    "colbert": ("student=colbert", "student.dim=16", "student.keep_layers=1", "student.passage_max_length=64"),
+    "cross_encoder": ("student=cross_encoder", "student.max_length=64", "student.num_layers=1"),
+}
+
+
+@pytest.mark.parametrize("kind", list(STUDENTS))
 @pytest.mark.parametrize("hardware", ["cpu_bf16", "cpu"])
 def test_evaluated_students_are_frozen_with_the_weights_of_their_runtime(
-    hardware: str, make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hardware: str, kind: str, tiny_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from distillrank.builders import systems as builders_systems
+    from distillrank.validation import compose
 
-    cfg = make_cfg(f"hardware={hardware}")
+    args = tiny_args if kind == "bi_encoder" else [
+        a for a in tiny_args if not a.startswith(("student.passage_max_length=", "student.num_layers="))
+    ]
+    cfg = compose([*args, f"hardware={hardware}", *STUDENTS[kind]])
     runtime = builders_systems.ConfigSystems(cfg, tmp_path / "a").runtime_for("student_init")
-    student = builders_systems.ConfigSystems(cfg, tmp_path / "a").ranker("student_init")
+
+    def build(folder: str):
+        torch.manual_seed(0)  # the same initial weights (a new head or projection) for both builds
+        return builders_systems.ConfigSystems(cfg, tmp_path / folder).ranker("student_init")
+
+    student = build("a")
     assert not any(p.requires_grad for p in student.parameters()) and not student.training
     assert _linear_dtypes(student) == ({torch.bfloat16} if hardware == "cpu_bf16" else {torch.float32})
     with monkeypatch.context() as patch:  # the same student, its fp32 weights cast by autocast every forward
         patch.setattr(builders_systems, "cast_linear_weights", lambda *args: 0)
-        uncast = builders_systems.ConfigSystems(cfg, tmp_path / "b").ranker("student_init")
+        uncast = build("b")
     assert _linear_dtypes(uncast) == {torch.float32}
-    for kind in ("query", "passage"):
-        expected = uncast.encoder(runtime).encode(TEXTS, kind, 4, runtime)
-        assert torch.equal(student.encoder(runtime).encode(TEXTS, kind, 4, runtime), expected)
+    pairs = Pairs(TEXTS[:2], TEXTS, np.array([0, 0, 1, 1]), np.array([0, 1, 2, 3]))
+    np.testing.assert_array_equal(student.score_pairs(pairs, runtime), uncast.score_pairs(pairs, runtime))
+    if kind == "bi_encoder":  # and the dense index's encoding
+        for text_kind in ("query", "passage"):
+            expected = uncast.encoder(runtime).encode(TEXTS, text_kind, 4, runtime)
+            assert torch.equal(student.encoder(runtime).encode(TEXTS, text_kind, 4, runtime), expected)
