@@ -24,7 +24,7 @@ from distillrank.evaluation.dense import (
 from distillrank.evaluation.systems import KeptRuns
 from distillrank.mining.dense import dense_search
 from distillrank.mining.first_stage import RerankCandidates
-from distillrank.models.half_weights import cast_linear_weights
+from distillrank.models.half_weights import frozen
 from distillrank.models.hub import resolve_model
 from distillrank.ranking import Ranker
 from distillrank.runtime import Runtime
@@ -100,7 +100,7 @@ class ConfigSystems:
 
         A student is frozen here, as the teachers are: it is only evaluated, and under a bf16 / fp16
         runtime (:meth:`runtime_for`) its linear weights are stored in that dtype once
-        (:func:`~distillrank.models.half_weights.cast_linear_weights`: the same scores as autocast's
+        (:func:`~distillrank.models.half_weights.frozen`: the same scores as autocast's
         casts every forward, bit for bit)."""
         cfg = self.cfg
         if name == "teacher":
@@ -110,9 +110,7 @@ class ConfigSystems:
             student = as_student(instantiate_checked(cfg.student, "student", allows_external(cfg)))
         else:
             student = load_student(folder)
-        student.eval().requires_grad_(False)
-        cast_linear_weights(student, self.runtime_for(name).precision)
-        return student
+        return frozen(student, self.runtime_for(name).precision)
 
     def dense(self, name: str, coll, stack: ExitStack) -> tuple[ScratchIndex, Path | None]:
         """A retrieving system's corpus encoded into a scratch index that lives as long as ``stack``;

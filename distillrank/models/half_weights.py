@@ -19,9 +19,22 @@ another module's (tied embeddings) is left in fp32.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from torch import nn
 
 from distillrank.runtime import autocast_dtype
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def frozen(model: M, precision: str) -> M:
+    """``model`` for inference only under ``precision``: in eval mode, without gradients, and under
+    bf16 / fp16 its linear weights stored in that dtype once (:func:`cast_linear_weights`, which
+    casts only weights that do not train); the model itself."""
+    model.eval().requires_grad_(False)
+    cast_linear_weights(model, precision)
+    return model
 
 
 def cast_linear_weights(model: nn.Module, precision: str) -> int:

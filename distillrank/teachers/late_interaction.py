@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from distillrank.models.colbert import ColBERTModel
-from distillrank.models.half_weights import cast_linear_weights
+from distillrank.models.half_weights import frozen
 from distillrank.models.hub import resolve_model
 from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
@@ -69,13 +69,11 @@ class ColBERTTeacher(Teacher):
     def colbert(self, runtime: Runtime = DEFAULT_RUNTIME) -> ColBERTModel:
         """The loaded model, frozen, on the runtime's device (loaded once per precision: under bf16 /
         fp16 its linear weights, the projection's too, stored in that dtype once —
-        :func:`~distillrank.models.half_weights.cast_linear_weights`, bit-identical to autocast's casts)."""
+        :func:`~distillrank.models.half_weights.frozen`, bit-identical to autocast's casts)."""
         if self._model is not None and self._precision != runtime.precision:
             self._model = None  # another precision: load the float weights again
         if self._model is None:
-            self._model = ColBERTModel.load(self.model, **self._overrides()).eval()
-            self._model.requires_grad_(False)
-            cast_linear_weights(self._model, runtime.precision)
+            self._model = frozen(ColBERTModel.load(self.model, **self._overrides()), runtime.precision)
             self._precision = runtime.precision
         return self._model.to(runtime.device)
 

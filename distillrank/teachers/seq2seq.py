@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from distillrank.errors import ConfigError
-from distillrank.models.half_weights import cast_linear_weights
+from distillrank.models.half_weights import frozen
 from distillrank.models.hub import resolve_model
 from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime
@@ -133,7 +133,7 @@ class MonoT5Teacher(Teacher):
     def seq2seq(self, runtime: Runtime = DEFAULT_RUNTIME) -> torch.nn.Module:
         """The loaded model, frozen, in eval mode, on the runtime's device (loaded once per precision:
         under bf16 / fp16 its untied linear weights stored in that dtype once —
-        :func:`~distillrank.models.half_weights.cast_linear_weights`, bit-identical to autocast's casts)."""
+        :func:`~distillrank.models.half_weights.frozen`, bit-identical to autocast's casts)."""
         if self._model is not None and self._precision != runtime.precision:
             self._model = None  # another precision: load the float weights again
         if self._model is None:
@@ -141,10 +141,8 @@ class MonoT5Teacher(Teacher):
             path = resolve_model(self.model)
             if not getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False):
                 raise ConfigError(f"teacher.model={self.model!r} is not an encoder-decoder (seq2seq) model")
-            model = AutoModelForSeq2SeqLM.from_pretrained(path)
-            model.eval().requires_grad_(False)
-            cast_linear_weights(model, runtime.precision)
-            self._model, self._precision = model, runtime.precision
+            self._model = frozen(AutoModelForSeq2SeqLM.from_pretrained(path), runtime.precision)
+            self._precision = runtime.precision
         return self._model.to(runtime.device)
 
     def _decoder_start(self, model: torch.nn.Module) -> int:

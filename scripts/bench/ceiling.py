@@ -141,7 +141,7 @@ def _encoder_cases(ctx: Context, texts: list[str], precision: str) -> list[dict]
     (``hardware.precision``'s); :func:`run` adds each one's fraction of that precision's matmul rate."""
     from distillrank.models.bi_encoder import BiEncoder
     from distillrank.models.dropout import cpu_dropout
-    from distillrank.models.half_weights import cast_linear_weights
+    from distillrank.models.half_weights import frozen
     from distillrank.runtime import autocast
 
     s = ctx.sizes
@@ -153,7 +153,7 @@ def _encoder_cases(ctx: Context, texts: list[str], precision: str) -> list[dict]
     ):
         encoder = BiEncoder.load(folder, passage_max_length=s.passage_max_length)
         if not train:  # a frozen encoder, as the teachers and the mining encoder load it for this precision
-            cast_linear_weights(encoder.eval().requires_grad_(False), precision)
+            frozen(encoder, precision)
         masks = cpu_dropout(encoder) if train else contextlib.nullcontext()  # as the training loop trains
         with autocast(torch.device("cpu"), precision), masks:
             seconds, tokens = _encoder_rate(encoder, texts, train, s.repeats)

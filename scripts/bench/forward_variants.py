@@ -104,12 +104,10 @@ def gelu_epilogue(backbone: nn.Module) -> int:
 
 def _load(precision: str):
     from distillrank.models.bi_encoder import BiEncoder
-    from distillrank.models.half_weights import cast_linear_weights
+    from distillrank.models.half_weights import frozen
     from distillrank.models.hub import resolve_model
 
-    encoder = BiEncoder.load(resolve_model(MINILM), passage_max_length=128).eval().requires_grad_(False)
-    cast_linear_weights(encoder, precision)
-    return encoder
+    return frozen(BiEncoder.load(resolve_model(MINILM), passage_max_length=128), precision)
 
 
 def run(precision: str, repeats: int, cache: Path, batch: int = 32, compile_: bool = True) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from distillrank.evaluation.systems import params
+from distillrank.models import half_weights
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.half_weights import cast_linear_weights
 from distillrank.ranking import Pairs
@@ -87,17 +88,16 @@ def test_teachers_cast_once_per_precision_and_score_as_under_autocast(
 def test_colbert_and_monot5_teachers_cast_once_per_precision_and_score_as_under_autocast(
     kind: str, tiny_colbert: Path, tiny_t5: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from distillrank.teachers import late_interaction, seq2seq
     from distillrank.teachers.late_interaction import ColBERTTeacher
     from distillrank.teachers.seq2seq import MonoT5Teacher
 
-    module, make, model = {
-        "colbert": (late_interaction, lambda: ColBERTTeacher(str(tiny_colbert), passage_max_length=64), "colbert"),
-        "monot5": (seq2seq, lambda: MonoT5Teacher(str(tiny_t5), batch_size=2), "seq2seq"),
+    make, model = {
+        "colbert": (lambda: ColBERTTeacher(str(tiny_colbert), passage_max_length=64), "colbert"),
+        "monot5": (lambda: MonoT5Teacher(str(tiny_t5), batch_size=2), "seq2seq"),
     }[kind]
     pairs = Pairs(TEXTS[:2], TEXTS, np.array([0, 0, 1, 1]), np.array([0, 1, 2, 3]))
     with monkeypatch.context() as patch:  # the reference: fp32 weights that autocast casts every forward
-        patch.setattr(module, "cast_linear_weights", lambda *args: 0)
+        patch.setattr(half_weights, "cast_linear_weights", lambda *args: 0)  # what the teachers' frozen() calls
         uncast = make()
         expected = uncast.score_pairs(pairs, BF16)
         assert _linear_dtypes(getattr(uncast, model)(BF16)) == {torch.float32}
@@ -140,7 +140,7 @@ def test_evaluated_students_are_frozen_with_the_weights_of_their_runtime(
     assert not any(p.requires_grad for p in student.parameters()) and not student.training
     assert _linear_dtypes(student) == ({torch.bfloat16} if hardware == "cpu_bf16" else {torch.float32})
     with monkeypatch.context() as patch:  # the same student, its fp32 weights cast by autocast every forward
-        patch.setattr(builders_systems, "cast_linear_weights", lambda *args: 0)
+        patch.setattr(half_weights, "cast_linear_weights", lambda *args: 0)  # what frozen() calls
         uncast = build("b")
     assert _linear_dtypes(uncast) == {torch.float32}
     pairs = Pairs(TEXTS[:2], TEXTS, np.array([0, 0, 1, 1]), np.array([0, 1, 2, 3]))
