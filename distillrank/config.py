@@ -127,6 +127,11 @@ class HardwareConfig:
     # (encoding, cross-encoder scoring; at least one row, rows still capped by max_forward_texts);
     # None = fixed batch sizes (batch_size rows). Same results up to the float rounding of other shapes.
     max_batch_tokens: int | None = None
+    # the most tokens (rows x padded length) one inference forward holds: a larger batch runs as
+    # several forwards of consecutive rows, each cut to its longest row (at least one row); bounds a
+    # forward's working memory by its tokens (long passages go fewer to a forward, short queries
+    # keep max_forward_texts). None = no cap (GPUs). Same results up to float rounding.
+    max_forward_tokens: int | None = None
     # tokenize the next inference batch in a thread while the model runs this one (pinned memory and
     # non-blocking copies on CUDA); None = on for CUDA, off on the CPU; true / false force it.
     # Bit-identical results either way (docs/HARDWARE.md, "Inference batches").

@@ -60,6 +60,7 @@ _WHERE = {
     "hardware.num_threads": "CPU threads",
     "hardware.max_forward_texts": "a batch cut into several forwards gives the same results",
     "hardware.max_batch_tokens": "batches sized by tokens: the same results up to float rounding",
+    "hardware.max_forward_tokens": "a batch cut into forwards of fewer tokens: the same results up to float rounding",
     "hardware.prefetch": "tokenization one batch ahead: bit-identical results",
 }
 

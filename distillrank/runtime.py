@@ -12,7 +12,8 @@ student in fp32, and a CUDA device refuses it (:func:`check_inference_precision`
 Backends (``hardware.backend``): ``torch``, or ``onnx`` (frozen teachers and the dense mining
 encoder run by ONNX Runtime, CPU only: :mod:`distillrank.models.onnx_runtime`).
 Inference batching (:mod:`distillrank.models.batching`): ``hardware.max_batch_tokens`` (null: fixed
-batch sizes; else rows × longest row's tokens per forward) and ``hardware.prefetch`` (null: the next
+batch sizes; else rows × longest row's tokens per batch), ``hardware.max_forward_tokens`` (a
+batch over that many tokens runs as several forwards, each cut to its rows' padding) and ``hardware.prefetch`` (null: the next
 batch tokenized while the model runs this one on CUDA, not on the CPU; true / false force it).
 """
 
@@ -120,6 +121,15 @@ def check_batch_tokens(value) -> int | None:
     return value
 
 
+def check_forward_tokens(value) -> int | None:
+    """``hardware.max_forward_tokens`` checked: null (no cap) or a positive integer."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"hardware.max_forward_tokens={value!r}; expected null or a positive integer")
+    return value
+
+
 def check_prefetch(value) -> bool | None:
     """``hardware.prefetch`` checked: null (on for CUDA, off for the CPU), true or false."""
     if value is not None and not isinstance(value, bool):
@@ -178,6 +188,10 @@ class Runtime:
         prefetch: tokenize the next inference batch in a thread while the model runs this one (and,
             on CUDA, pin it for an asynchronous copy); None: on for CUDA devices, off on the CPU,
             where the thread would only compete with the model for the same cores.
+        max_forward_tokens: the most tokens (rows × padded length) one inference forward holds: a
+            batch over it runs as several forwards of consecutive rows, each cut to its longest
+            row (at least one row a forward; :func:`distillrank.models.batching.forward_pieces`);
+            None: no cap.
         keep_freed_memory: glibc malloc keeps freed memory for the next forward instead of handing it
             back to the kernel (set by :meth:`apply`; :mod:`distillrank.allocator`); False: glibc's
             defaults; None (unset in the config): True.
@@ -196,6 +210,7 @@ class Runtime:
     max_batch_tokens: int | None = None
     prefetch: bool | None = None
     keep_freed_memory: bool | None = True
+    max_forward_tokens: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", torch.device(self.device))
@@ -203,6 +218,7 @@ class Runtime:
         check_backend(self.backend, self.device)
         object.__setattr__(self, "max_forward_texts", check_forward_texts(self.max_forward_texts))
         check_batch_tokens(self.max_batch_tokens)
+        check_forward_tokens(self.max_forward_tokens)
         check_prefetch(self.prefetch)
         if self.keep_freed_memory is None:  # unset (null, or a config written before it existed): on
             object.__setattr__(self, "keep_freed_memory", True)
@@ -221,6 +237,7 @@ class Runtime:
             max_batch_tokens=getattr(hardware, "max_batch_tokens", None),
             prefetch=getattr(hardware, "prefetch", None),
             keep_freed_memory=getattr(hardware, "keep_freed_memory", None),
+            max_forward_tokens=getattr(hardware, "max_forward_tokens", None),
         )
 
     @property

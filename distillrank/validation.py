@@ -262,6 +262,7 @@ RANGES: dict[str, tuple] = {
     "hardware.num_threads": _at_least(1, optional=True),
     "hardware.max_forward_texts": _at_least(0, optional=True),
     "hardware.max_batch_tokens": _at_least(1, optional=True),
+    "hardware.max_forward_tokens": _at_least(1, optional=True),
     "train.epochs": _at_least(1),
     "train.max_steps": _at_least(1, optional=True),
     "train.batch_size": _at_least(1),

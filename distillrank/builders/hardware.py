@@ -85,6 +85,7 @@ def _choice(cfg_yaml: str, role: str) -> Choice:
         max_forward_texts=hw.get("max_forward_texts"),
         num_threads=hw.get("num_threads"),
         max_batch_tokens=hw.get("max_batch_tokens"),  # timed with the batches the stages will run
+        max_forward_tokens=hw.get("max_forward_tokens"),  # and their forwards
         prefetch=hw.get("prefetch"),
         keep_freed_memory=hw.get("keep_freed_memory"),
     ).apply()
@@ -253,6 +254,7 @@ def _inference(cfg: DictConfig, base: Runtime, role: str, precision: str, backen
             "candidates": [[c.precision, c.backend] for c in candidates],
             "fixed": [precision, backend],
             "max_forward_texts": base.max_forward_texts,
+            "max_forward_tokens": base.max_forward_tokens,
             "fidelity": dataclasses.asdict(calibration.FIDELITY),
         },
     )

@@ -12,6 +12,13 @@ their rows by length and hand them here:
   tokenizer over windows of rows, ahead of the batches; each batch is then tokenized by the same
   call as without a budget, so its tensors are those the fixed path would build for the same rows.
   That is a second tokenization; with prefetch it runs in the prefetch thread, off the model's path.
+- **How many tokens a forward holds** (:func:`forward_pieces`, ``hardware.max_forward_tokens``): a
+  tokenized batch whose rows × padded length is over the cap runs as several forwards of
+  consecutive rows, each within the cap (at least one row) and cut to its own longest row: the
+  tensors tokenizing those rows alone gives, without tokenizing again. A forward's working memory
+  grows with its tokens, not its texts: on a CPU, 16 passages of 256 tokens hold twice the
+  activations of 16 of 128 while the matrix products already run at full speed from about 2,048
+  tokens (docs/HARDWARE.md, "A forward's tokens").
 - **When they are tokenized** (:func:`prepared`): with prefetch (``hardware.prefetch``, on for
   CUDA by default), batch i+1 is tokenized, and on CUDA copied into pinned memory, by one worker
   thread while the model runs batch i; the main thread then copies it with
@@ -86,6 +93,54 @@ def row_batches(
         yield np.concatenate(pieces)
 
 
+def forward_pieces(
+    idx: np.ndarray,
+    inputs: Mapping[str, torch.Tensor],
+    max_tokens: int | None,
+    pad: Mapping[str, int] | None,
+) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """The forwards of one tokenized batch (``idx``: its rows; ``inputs``: its tensors, each row
+    first): the batch itself when ``max_tokens`` is None or its rows × padded length is within it;
+    else consecutive rows grouped greedily so that rows × the longest row's tokens stays within
+    ``max_tokens`` (at least one row a forward), each group's tensors cut to the columns its rows
+    use.
+
+    ``pad`` names the padding value of each padded key (``input_ids``: the pad token's id,
+    ``attention_mask``: 0, ``token_type_ids``: the pad type id): a column is padding for a row when
+    every one of those keys holds its pad value there; a row's tokens are its other columns. A
+    group's tensors are then those of tokenizing its rows alone (the columns no row of it uses,
+    dropped), whether padding is on the right or the left; other [rows, columns] tensors of the
+    batch (e.g. ColBERT's scoring mask) are cut alike. Tokens that are not padding, even ones the
+    attention mask hides (ColBERT's query expansion), are never dropped. ``pad`` None: no key is
+    known to be padding, so the groups keep the batch's width.
+    """
+    rows = len(idx)
+    width = max((v.shape[1] for v in inputs.values() if v.dim() == 2), default=0)
+    if max_tokens is None or rows * width <= max_tokens or rows <= 1:
+        yield idx, dict(inputs)
+        return
+    padding = None
+    if pad:
+        known = [inputs[k] == value for k, value in pad.items() if k in inputs and inputs[k].dim() == 2]
+        if known:
+            padding = torch.stack(known).all(0)  # [rows, width]: True where the column is padding
+    lengths = (
+        np.full(rows, width, dtype=np.int64) if padding is None else (~padding).sum(1).numpy().astype(np.int64)
+    )
+    for local in row_batches(np.arange(rows), rows, max_tokens=max_tokens, token_lengths=lambda r: lengths[r]):
+        start, stop = int(local[0]), int(local[-1]) + 1
+        cols = slice(None)
+        if padding is not None:
+            used = torch.nonzero(~padding[start:stop].all(0)).flatten()
+            if len(used):
+                cols = slice(int(used[0]), int(used[-1]) + 1)
+        piece = {}
+        for key, value in inputs.items():
+            value = value[start:stop]
+            piece[key] = value[:, cols].contiguous() if value.dim() == 2 and value.shape[1] == width else value
+        yield idx[start:stop], piece
+
+
 def ahead(items: Iterator[T]) -> Iterator[T]:
     """``items`` in order, the next one produced by a worker thread while the caller uses this one."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="distillrank-prefetch") as pool:
@@ -103,10 +158,13 @@ def prepared(
     tokenize: Callable[[np.ndarray], Inputs],
     device: torch.device,
     prefetch: bool,
+    max_tokens: int | None = None,
+    pad: Mapping[str, int] | None = None,
 ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-    """Each batch's rows with its tokenized inputs on ``device``.
+    """Each forward's rows with its tokenized inputs on ``device``.
 
-    ``tokenize`` builds a batch's tensors on the CPU. With ``prefetch`` the next batch is planned
+    ``tokenize`` builds a batch's tensors on the CPU; a batch over ``max_tokens`` tokens runs as
+    several forwards (:func:`forward_pieces`, with ``pad`` its padding values). With ``prefetch`` the next batch is planned
     and tokenized (and, for a CUDA device, pinned) in a thread while the caller runs this one, and
     its tensors go to the device with ``non_blocking=True``; without it everything runs in the
     caller's thread, as a plain loop.
@@ -116,8 +174,8 @@ def prepared(
 
     def produce() -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         for idx in batches:
-            inputs = dict(tokenize(idx))
-            yield idx, ({k: v.pin_memory() for k, v in inputs.items()} if pin else inputs)
+            for rows, inputs in forward_pieces(idx, tokenize(idx), max_tokens, pad):
+                yield rows, ({k: v.pin_memory() for k, v in inputs.items()} if pin else inputs)
 
     for idx, inputs in ahead(produce()) if prefetch else produce():
         yield idx, {k: v.to(device, non_blocking=pin) for k, v in inputs.items()}

@@ -202,7 +202,10 @@ class BiEncoder(nn.Module):
         )  # fmt: skip
         tokenize = lambda rows: self.tokenize_cpu([texts[i] for i in rows], kind)  # noqa: E731
         device = self.device
-        for idx, inputs in prepared(batches, tokenize, device, runtime.prefetches(device)):
+        for idx, inputs in prepared(
+            batches, tokenize, device, runtime.prefetches(device), runtime.max_forward_tokens,
+            self.batch_tokenizer.pad_values(),
+        ):
             with runtime.autocast():
                 emb = self.embed(inputs)
             out[torch.as_tensor(idx)] = emb.float().cpu()

@@ -448,7 +448,10 @@ class ColBERTModel(nn.Module):
             return {**batch, SCORING_MASK: mask}
 
         device = self.device
-        for idx, inputs in prepared(batches, tokenize, device, runtime.prefetches(device)):
+        for idx, inputs in prepared(
+            batches, tokenize, device, runtime.prefetches(device), runtime.max_forward_tokens,
+            self.batch_tokenizer.pad_values(),
+        ):
             mask = inputs.pop(SCORING_MASK)
             with runtime.autocast():
                 emb, mask = self.encode_inputs(inputs, mask)

@@ -128,7 +128,10 @@ class CrossEncoderModel(nn.Module):
         )  # fmt: skip
         tokenize = lambda rows: self.tokenize_cpu([queries[i] for i in rows], [passages[i] for i in rows])  # noqa: E731
         device = self.device
-        for idx, inputs in prepared(batches, tokenize, device, runtime.prefetches(device)):
+        for idx, inputs in prepared(
+            batches, tokenize, device, runtime.prefetches(device), runtime.max_forward_tokens,
+            self.batch_tokenizer.pad_values(),
+        ):
             with runtime.autocast():
                 scores = self.scores(inputs)
             out[idx] = scores.float().cpu().numpy()

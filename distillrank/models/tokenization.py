@@ -72,6 +72,18 @@ class BatchTokenizer:
         encodings = _encode(backend, _inputs(texts, pairs))
         return np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(texts))
 
+    def pad_values(self) -> dict[str, int] | None:
+        """What each padded key of :meth:`__call__` holds in a padding column (``input_ids``: the pad
+        token's id, ``token_type_ids``: the pad type id, ``attention_mask``: 0), for
+        :func:`distillrank.models.batching.forward_pieces`; None for a tokenizer without a pad token."""
+        tok = self.tokenizer
+        if getattr(tok, "pad_token_id", None) is None:
+            return None
+        values = {"input_ids": int(tok.pad_token_id), "attention_mask": 0}
+        if "token_type_ids" in self._keys():
+            values["token_type_ids"] = int(getattr(tok, "pad_token_type_id", 0) or 0)
+        return values
+
     # ------------------------------------------------------------------ internals
     def _own_call(self, texts, pairs, setting: tuple) -> dict[str, torch.Tensor]:
         max_length, truncation, padding, _ = setting

@@ -9,7 +9,8 @@ round (A B, B A, …) after one untimed call each, and reports the medians and t
   workload: short queries and long passages), with the padded share of the tokens of each.
 * ``mask_skip``: the all-ones attention mask dropped before the backbone
   (:mod:`distillrank.models.masking`) against always passing it, on passages at the maximum length.
-* ``forward_cap``: ``hardware.max_forward_texts`` 16 (the CPU default) and 8 against no cap, encoding at ``batch_size``.
+* ``forward_cap``: ``hardware.max_forward_texts`` 16 and 8 against no cap, and 16 with
+  ``hardware.max_forward_tokens=2048`` (the CPU defaults), encoding at ``batch_size``.
 * ``dropout``: one student forward + backward with the checkpoint's dropout, without attention
   dropout, and with ``student.dropout=0``.
 * ``tokenization``: the tokenizer's share of an encode (what a pre-tokenised cache could save at most).
@@ -118,17 +119,20 @@ def encode_cases(ctx: Context) -> list[dict]:
     runs = _alternate({"skip": lambda: model.encode(passages, "passage", s.batch_size, runtime), "always": masked}, s.repeats)
     cases.append(_case("mask_skip", runs, "skip", "always", texts=len(passages)))
 
-    def capped(cap: int | None) -> Callable[[], object]:
-        capped_runtime = dataclasses.replace(runtime, max_forward_texts=cap)  # hardware.max_forward_texts=cap
+    def capped(cap: int | None, tokens: int | None = None) -> Callable[[], object]:
+        # hardware.max_forward_texts=cap hardware.max_forward_tokens=tokens
+        capped_runtime = dataclasses.replace(runtime, max_forward_texts=cap, max_forward_tokens=tokens)
 
         def run() -> None:
             model.encode(passages, "passage", s.batch_size, capped_runtime)
 
         return run
 
-    runs = _alternate({"cap_16": capped(16), "cap_8": capped(8), "no_cap": capped(None)}, s.repeats)
+    arms = {"cap_16": capped(16), "cap_8": capped(8), "no_cap": capped(None), "tokens_2048": capped(16, 2048)}
+    runs = _alternate(arms, s.repeats)
     case = _case("forward_cap", runs, "cap_16", "no_cap", texts=len(passages), batch_size=s.batch_size)
     case["values"]["speedup_cap_8"] = case["values"]["median_s"]["no_cap"] / case["values"]["median_s"]["cap_8"]
+    case["values"]["speedup_tokens_2048"] = case["values"]["median_s"]["no_cap"] / case["values"]["median_s"]["tokens_2048"]
     cases.append(case)
 
     tokenize = timed(lambda: model.tokenize(passages, "passage"))

@@ -378,6 +378,7 @@ def overrides(
         "evaluate.latency_queries=0",
         "evaluate.batch_size=256",
         "hardware.max_forward_texts=256",
+        "hardware.max_forward_tokens=null",  # the tiny model's forwards are small at any size
     ]
     if threads:
         out.append(f"hardware.num_threads={threads}")

@@ -1,6 +1,8 @@
 """Inference batches (:mod:`distillrank.models.batching`): ``hardware.max_batch_tokens`` groups rows by a
-token budget (every row once, outputs in input order, values as fixed batches' within 1e-5), and
-``hardware.prefetch`` tokenizes one batch ahead in a thread with bit-identical results."""
+token budget (every row once, outputs in input order, values as fixed batches' within 1e-5),
+``hardware.max_forward_tokens`` cuts a tokenized batch into forwards of fewer tokens (each the tensors
+of tokenizing its rows alone), and ``hardware.prefetch`` tokenizes one batch ahead in a thread with
+bit-identical results."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from omegaconf import OmegaConf
 from distillrank.errors import ConfigError
 from distillrank.models import bi_encoder as bi_module
 from distillrank.models import cross_encoder as cross_module
-from distillrank.models.batching import ahead, prepared, row_batches
+from distillrank.models.batching import ahead, forward_pieces, prepared, row_batches
 from distillrank.models.bi_encoder import BiEncoder
 from distillrank.models.cross_encoder import CrossEncoderModel
 from distillrank.runtime import Runtime
@@ -232,3 +234,84 @@ def test_the_score_stage_with_prefetch_writes_the_same_bytes_and_by_tokens_the_s
     np.testing.assert_allclose(
         by_tokens["teacher"].to_numpy(), plain["teacher"].to_numpy(), atol=1e-5, rtol=0
     )
+
+
+# --------------------------------------------------------------------------- hardware.max_forward_tokens
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("budget", [1, 40, 100, 250, 10_000])
+def test_forward_pieces_are_the_tensors_of_tokenizing_their_rows_alone(tiny_bi_encoder, tiny_texts, side, budget):
+    model = BiEncoder.load(tiny_bi_encoder)
+    model.tokenizer.padding_side = side
+    model.batch_tokenizer = type(model.batch_tokenizer)(model.tokenizer)  # its backends made for this side
+    texts = sorted(tiny_texts[:24], key=len, reverse=True)
+    idx = np.arange(100, 100 + len(texts))
+    batch = model.tokenize_cpu(texts, "passage")
+    rows, width = batch["input_ids"].shape
+    pieces = list(forward_pieces(idx, batch, budget, model.batch_tokenizer.pad_values()))
+    assert np.array_equal(np.concatenate([i for i, _ in pieces]), idx)  # every row once, in order
+    if rows * width <= budget:
+        assert len(pieces) == 1 and all(torch.equal(pieces[0][1][k], batch[k]) for k in batch)
+    for piece_idx, inputs in pieces:
+        alone = model.tokenize_cpu([texts[i - 100] for i in piece_idx], "passage")
+        assert sorted(inputs) == sorted(alone)
+        assert all(torch.equal(inputs[k], alone[k]) and inputs[k].is_contiguous() for k in alone)
+        n, w = inputs["input_ids"].shape
+        assert n == 1 or n * w <= budget
+    assert (len(pieces) > 1) == (rows * width > budget)
+
+
+def test_forward_pieces_keep_tokens_the_attention_mask_hides_and_cut_other_row_tensors_alike():
+    # ColBERT-style query expansion: [MASK] ids (103) with attention 0 are tokens, not padding
+    ids = torch.tensor([[101, 7, 8, 102, 103, 103], [101, 9, 102, 0, 0, 0], [101, 102, 0, 0, 0, 0]])
+    attention = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
+    scoring = attention.bool()
+    inputs = {"input_ids": ids, "attention_mask": attention, "scoring": scoring, "lengths": torch.tensor([4, 3, 2])}
+    pieces = list(forward_pieces(np.array([5, 6, 7]), inputs, 6, {"input_ids": 0, "attention_mask": 0}))
+    assert [p.tolist() for p, _ in pieces] == [[5], [6, 7]]
+    assert torch.equal(pieces[0][1]["input_ids"], ids[:1])  # the expansion columns stay
+    assert torch.equal(pieces[1][1]["input_ids"], ids[1:, :3])
+    assert torch.equal(pieces[1][1]["scoring"], scoring[1:, :3])
+    assert torch.equal(pieces[1][1]["lengths"], torch.tensor([3, 2]))  # not [rows, width]: rows only
+    no_pad = list(forward_pieces(np.array([5, 6, 7]), inputs, 6, None))  # no padding known: the batch's width
+    assert [p.tolist() for p, _ in no_pad] == [[5], [6], [7]]
+    assert all(x["input_ids"].shape[1] == 6 for _, x in no_pad)
+
+
+def test_a_forward_token_cap_holds_in_encode_predict_and_embed_with_the_same_results(
+    tiny_bi_encoder, tiny_cross_encoder, tiny_texts, monkeypatch
+):
+    bi = BiEncoder.load(tiny_bi_encoder)
+    texts = tiny_texts[:40]
+    shapes: list[tuple[int, int]] = []
+    embed = BiEncoder.embed
+    monkeypatch.setattr(
+        BiEncoder, "embed", lambda self, batch: shapes.append(tuple(batch["input_ids"].shape)) or embed(self, batch)
+    )
+    want = bi.encode(texts, "passage", batch_size=16, runtime=Runtime(max_forward_texts=16))
+    uncapped = len(shapes)
+    shapes.clear()
+    for prefetch in (False, True):
+        got = bi.encode(
+            texts, "passage", batch_size=16,
+            runtime=Runtime(max_forward_texts=16, max_forward_tokens=120, prefetch=prefetch),
+        )  # fmt: skip
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert len(shapes) > 2 * uncapped and all(rows == 1 or rows * width <= 120 for rows, width in shapes)
+    assert sum(rows for rows, _ in shapes) == 2 * len(texts)
+
+    ce = CrossEncoderModel.load(tiny_cross_encoder, max_length=64)
+    queries, passages = tiny_texts[:30], tiny_texts[30:60]
+    want = ce.predict(queries, passages, batch_size=16)
+    got = ce.predict(queries, passages, batch_size=16, runtime=Runtime(max_forward_tokens=150))
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_the_cpu_configs_cap_a_forwards_tokens_and_the_gpu_config_does_not(make_cfg):
+    for option, cap in (("cpu", 2048), ("cpu_bf16", 2048), ("cpu_int8", 2048), ("auto", 2048), ("cuda", None)):
+        hw = make_cfg(f"hardware={option}").hardware
+        assert hw.max_forward_tokens == cap, option
+    made = Runtime.from_config(OmegaConf.create({"device": "cpu", "precision": "fp32", "max_forward_tokens": 512}))
+    assert made.max_forward_tokens == 512 and Runtime().max_forward_tokens is None
+    for bad in (0, 2.5, True, "x"):
+        with pytest.raises(ConfigError, match="max_forward_tokens"):
+            Runtime(max_forward_tokens=bad)

@@ -217,16 +217,24 @@ def test_token_lengths_are_those_of_tokenize(colbert: ColBERTModel) -> None:
 
 def test_embed_batches_as_the_runtime_says(colbert: ColBERTModel) -> None:
     """The inference batching of the bi-encoder (docs/HARDWARE.md): prefetch in a thread gives the
-    same tensors bit for bit; a token budget or a cap on the texts of a forward the same embeddings
-    up to the float rounding of other batch shapes."""
+    same tensors bit for bit; a token budget, a cap on the texts or on the tokens of a forward the
+    same embeddings up to the float rounding of other batch shapes."""
     texts = PASSAGES * 3
     want, want_mask = colbert.embed(texts, "passage", batch_size=4)
     got, got_mask = colbert.embed(texts, "passage", batch_size=4, runtime=Runtime(prefetch=True))
     assert torch.equal(got, want) and torch.equal(got_mask, want_mask)
-    for runtime in (Runtime(max_batch_tokens=40), Runtime(max_forward_texts=1)):
+    for runtime in (Runtime(max_batch_tokens=40), Runtime(max_forward_texts=1), Runtime(max_forward_tokens=40)):
         got, got_mask = colbert.embed(texts, "passage", batch_size=4, runtime=runtime)
         assert torch.equal(got_mask, want_mask)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_expanded_queries_under_a_forward_token_cap_keep_their_expansion_tokens(colbert: ColBERTModel) -> None:
+    queries = [p[: 10 + 7 * i] for i, p in enumerate(PASSAGES * 2)]
+    want, want_mask = colbert.embed(queries, "query", batch_size=8)
+    got, got_mask = colbert.embed(queries, "query", batch_size=8, runtime=Runtime(max_forward_tokens=colbert.query_max_length))
+    assert want.shape[1] == colbert.query_max_length and torch.equal(got_mask, want_mask)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 def test_embed_with_a_token_budget_holds_to_it(
