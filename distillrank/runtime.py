@@ -112,22 +112,23 @@ def check_forward_texts(value) -> int | None:
     return value
 
 
-def check_batch_tokens(value) -> int | None:
-    """``hardware.max_batch_tokens`` checked: null (fixed batch sizes) or a positive integer."""
+def _positive_or_null(key: str, value) -> int | None:
+    """``hardware.<key>`` checked: null or a positive integer."""
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"hardware.max_batch_tokens={value!r}; expected null or a positive integer")
+        raise ConfigError(f"hardware.{key}={value!r}; expected null or a positive integer")
     return value
+
+
+def check_batch_tokens(value) -> int | None:
+    """``hardware.max_batch_tokens`` checked: null (fixed batch sizes) or a positive integer."""
+    return _positive_or_null("max_batch_tokens", value)
 
 
 def check_forward_tokens(value) -> int | None:
     """``hardware.max_forward_tokens`` checked: null (no cap) or a positive integer."""
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"hardware.max_forward_tokens={value!r}; expected null or a positive integer")
-    return value
+    return _positive_or_null("max_forward_tokens", value)
 
 
 def check_prefetch(value) -> bool | None:
