@@ -12,9 +12,10 @@ student in fp32, and a CUDA device refuses it (:func:`check_inference_precision`
 Backends (``hardware.backend``): ``torch``, or ``onnx`` (frozen teachers and the dense mining
 encoder run by ONNX Runtime, CPU only: :mod:`distillrank.models.onnx_runtime`).
 Inference batching (:mod:`distillrank.models.batching`): ``hardware.max_batch_tokens`` (null: fixed
-batch sizes; else rows × longest row's tokens per batch), ``hardware.max_forward_tokens`` (a
-batch over that many tokens runs as several forwards, each cut to its rows' padding) and ``hardware.prefetch`` (null: the next
-batch tokenized while the model runs this one on CUDA, not on the CPU; true / false force it).
+batch sizes; else rows × longest row's tokens per batch), ``hardware.max_forward_tokens`` (a batch
+over that many tokens runs as several forwards, each cut to its rows' padding) and
+``hardware.prefetch`` (null: the next batch tokenized while the model runs this one on CUDA, not on
+the CPU; true / false force it).
 """
 
 from __future__ import annotations

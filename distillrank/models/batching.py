@@ -164,10 +164,10 @@ def prepared(
     """Each forward's rows with its tokenized inputs on ``device``.
 
     ``tokenize`` builds a batch's tensors on the CPU; a batch over ``max_tokens`` tokens runs as
-    several forwards (:func:`forward_pieces`, with ``pad`` its padding values). With ``prefetch`` the next batch is planned
-    and tokenized (and, for a CUDA device, pinned) in a thread while the caller runs this one, and
-    its tensors go to the device with ``non_blocking=True``; without it everything runs in the
-    caller's thread, as a plain loop.
+    several forwards (:func:`forward_pieces`, with ``pad`` its padding values). With ``prefetch``
+    the next batch is planned and tokenized (and, for a CUDA device, pinned) in a thread while the
+    caller runs this one, and its tensors go to the device with ``non_blocking=True``; without it
+    everything runs in the caller's thread, as a plain loop.
     """
     device = torch.device(device)
     pin = prefetch and device.type == "cuda"
