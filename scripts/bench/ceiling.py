@@ -13,7 +13,15 @@ ceiling when bf16 is chosen" — ``hardware=auto`` chooses bf16 autocast on CPUs
   matmul rate. On a CPU without bf16 units the bf16 rates are emulated and low; the cases are
   measured anyway, for the record.
 * encoder forward (inference, ``torch.inference_mode``): the bi-encoder on a full batch of
-  passages at ``passage_max_length`` tokens; FLOPs estimated as 2 · P · tokens.
+  passages at ``passage_max_length`` tokens as one forward; FLOPs estimated as 2 · P · tokens.
+* encoder forward as the pipeline runs it (``bi_encoder_encode``): the same batch through
+  ``BiEncoder.encode`` under ``hardware=cpu``'s runtime (conf/hardware/cpu.yaml, the case's
+  precision), i.e. in forwards of at most ``max_forward_texts`` texts and ``max_forward_tokens``
+  tokens each cut to its rows' padding (:func:`distillrank.models.batching.forward_pieces`), the
+  way teachers and the mining encoder run on a CPU; tokenization included, as in the one-forward
+  case. Its tokens are those the backbone was given (a hook counts them), and the matmul rate is
+  measured at its forwards' rows too (``linear_gflops`` at both row counts), so that smaller,
+  faster products do not flatter it.
 * student forward + backward (training): the 2-layer student on the same batch; 6 · P · tokens;
   its dropout as the training loop runs it on CPU (``train.dropout_masks=fast``,
   :mod:`distillrank.models.dropout`).
@@ -31,7 +39,7 @@ import time
 import numpy as np
 import torch
 
-from bench.common import Context
+from bench.common import Context, distillrank_runtime
 
 
 def _median_seconds(call, repeats: int) -> float:
@@ -73,13 +81,19 @@ def matmul_params(backbone: torch.nn.Module) -> int:
     return sum(m.weight.numel() for m in backbone.modules() if isinstance(m, torch.nn.Linear))
 
 
-def _encoder_rate(encoder, texts: list[str], train: bool, repeats: int) -> tuple[float, int]:
-    """Median seconds of one forward (or forward + backward) over ``texts``, and the token count."""
-    tokens = int(encoder.tokenize(texts, "passage")["attention_mask"].numel())
+def _encoder_rate(encoder, texts: list[str], train: bool, repeats: int, runtime=None) -> tuple[float, list[int]]:
+    """Median seconds of one forward (or forward + backward) over ``texts``, and the tokens of
+    each forward; with ``runtime``, of ``encoder.encode`` under it instead (inference: the forwards
+    the pipeline runs), and the tokens its backbone was given in each."""
+    given = [int(encoder.tokenize(texts, "passage")["attention_mask"].numel())]
+    if runtime is not None:
+        given = pipeline_forwards(encoder, texts, runtime)
     times = []
     for r in range(max(repeats, 5) + 1):  # a median of 5 at least: quick's 2 moved fractions by 2x
         start = time.perf_counter()
-        if train:
+        if runtime is not None:
+            encoder.encode(texts, "passage", batch_size=len(texts), runtime=runtime)
+        elif train:
             encoder.train()
             encoder.zero_grad(set_to_none=True)
             out = encoder(texts, "passage")
@@ -90,7 +104,21 @@ def _encoder_rate(encoder, texts: list[str], train: bool, repeats: int) -> tuple
                 encoder.eval()(texts, "passage")
         if r:  # the first call is a warm-up
             times.append(time.perf_counter() - start)
-    return float(np.median(times)), tokens
+    return float(np.median(times)), given
+
+
+def pipeline_forwards(encoder, texts: list[str], runtime) -> list[int]:
+    """The tokens (rows × padded length) of each forward ``encoder.encode(texts)`` gives its
+    backbone under ``runtime``, counted by a hook on the backbone."""
+    given: list[int] = []
+    hook = encoder.backbone.register_forward_pre_hook(
+        lambda _module, _args, kwargs: given.append(int(kwargs["input_ids"].numel())), with_kwargs=True
+    )
+    try:
+        encoder.encode(texts, "passage", batch_size=len(texts), runtime=runtime)
+    finally:
+        hook.remove()
+    return given
 
 
 def run(ctx: Context) -> dict:
@@ -100,6 +128,8 @@ def run(ctx: Context) -> dict:
     texts = ctx.collection.passage_texts(range(min(s.batch_size, len(ctx.collection.corpus))))
     encoder = BiEncoder.load(ctx.bi_encoder, passage_max_length=s.passage_max_length)
     tokens = int(encoder.tokenize(texts, "passage")["attention_mask"].numel())
+    # the products at the one forward's rows and at the largest of the pipeline's forwards' rows
+    rows = sorted({tokens, max(pipeline_forwards(encoder, texts, distillrank_runtime("cpu")))})
     shapes = linear_shapes(encoder.backbone)
     cases = []
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -107,7 +137,8 @@ def run(ctx: Context) -> dict:
         # machine whose rate drifts (Xeon-AMX-2: fp32 178-315, bf16 740-2,190 GFLOP/s within an
         # hour) must not pass a slow spell of the ceiling off as the encoders' efficiency
         def rates(dtype=dtype) -> tuple[float, dict[str, float]]:
-            return matmul_gflops(s.matmul_n, s.repeats, dtype), linear_gflops(tokens, shapes, s.repeats, dtype)
+            by_rows = [linear_gflops(n, shapes, s.repeats, dtype) for n in rows]
+            return matmul_gflops(s.matmul_n, s.repeats, dtype), {k: v for r in by_rows for k, v in r.items()}
 
         before = rates()
         encoders = _encoder_cases(ctx, texts, precision)
@@ -129,7 +160,8 @@ def run(ctx: Context) -> dict:
         "cases": cases,
         "notes": [
             "FLOPs: 2·P·tokens forward, 6·P·tokens forward+backward, P = linear-layer weights (embeddings and attention products not counted); each encoder case's fraction is of the matmul rate of its own precision",
-            "the matmul rate (gflops) is the best of the square product (square_gflops) and the encoder's linear layers' products (linear_gflops), each measured before and after the encoder cases",
+            "the matmul rate (gflops) is the best of the square product (square_gflops) and the encoder's linear layers' products (linear_gflops, at the one forward's rows and at the pipeline's forwards' rows), each measured before and after the encoder cases",
+            "bi_encoder_encode: the same batch through BiEncoder.encode under hardware=cpu's runtime (its forward caps; the case's precision), tokenization included; tokens: those its backbone was given",
             "forward + backward trains as the training loop does: on CPU, dropout's masks drawn 16 bits at a time (train.dropout_masks=fast)",
             "the forward runs the encoder frozen, as teachers and the mining encoder run: under bf16 its linear weights stored in bf16 once (models.half_weights)",
         ],
@@ -149,23 +181,29 @@ def _encoder_cases(ctx: Context, texts: list[str], precision: str) -> list[dict]
     cases = []
     for name, folder, train, factor in (
         ("bi_encoder_forward", ctx.bi_encoder, False, 2),
+        ("bi_encoder_encode", ctx.bi_encoder, False, 2),
         ("student_forward_backward", ctx.student, True, 6),
     ):
         encoder = BiEncoder.load(folder, passage_max_length=s.passage_max_length)
         if not train:  # a frozen encoder, as the teachers and the mining encoder load it for this precision
             frozen(encoder, precision)
         masks = cpu_dropout(encoder) if train else contextlib.nullcontext()  # as the training loop trains
-        with autocast(torch.device("cpu"), precision), masks:
-            seconds, tokens = _encoder_rate(encoder, texts, train, s.repeats)
+        if name == "bi_encoder_encode":  # encode applies the runtime's autocast itself
+            runtime = distillrank_runtime("cpu", precision)
+            seconds, forwards = _encoder_rate(encoder, texts, train, s.repeats, runtime)
+        else:
+            with autocast(torch.device("cpu"), precision), masks:
+                seconds, forwards = _encoder_rate(encoder, texts, train, s.repeats)
         params = matmul_params(encoder.backbone)
+        tokens = sum(forwards)
         gflops = factor * params * tokens / seconds / 1e9
-        cases.append(
-            {
-                "case": name + suffix, "unit": "GFLOP/s",
-                "values": {
-                    "model": str(folder), "matmul_params": params, "batch": len(texts), "tokens": tokens,
-                    "seconds": seconds, "gflops": gflops,
-                },
-            }
-        )
+        values = {
+            "model": str(folder), "matmul_params": params, "batch": len(texts), "tokens": tokens,
+            "seconds": seconds, "gflops": gflops,
+        }  # fmt: skip
+        if name == "bi_encoder_encode":
+            values["forward_tokens"] = forwards
+            values["runtime"] = {"option": "cpu", "precision": precision, "max_forward_texts": runtime.max_forward_texts,
+                                 "max_forward_tokens": runtime.max_forward_tokens}  # fmt: skip
+        cases.append({"case": name + suffix, "unit": "GFLOP/s", "values": values})
     return cases
