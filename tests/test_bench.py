@@ -217,13 +217,21 @@ def test_scale_and_ceiling_measurements(smoke: Path) -> None:
     assert [c["case"] for c in ceiling["cases"]] == [
         "matmul_fp32",
         "bi_encoder_forward",
+        "bi_encoder_encode",
         "student_forward_backward",
         "matmul_bf16",
         "bi_encoder_forward_bf16",
+        "bi_encoder_encode_bf16",
         "student_forward_backward_bf16",
     ]
     rates = {c["case"]: c["values"] for c in ceiling["cases"]}
-    for case in ("bi_encoder_forward", "student_forward_backward"):  # each against its own precision's matmul
+    for suffix, precision in (("", "fp32"), ("_bf16", "bf16")):  # the forward as encode runs it under hardware=cpu
+        encode = rates["bi_encoder_encode" + suffix]
+        assert encode["runtime"]["option"] == "cpu" and encode["runtime"]["precision"] == precision
+        assert encode["tokens"] == sum(encode["forward_tokens"]) <= rates["bi_encoder_forward" + suffix]["tokens"]
+        # the product rate is measured at the rows of the pipeline's largest forward too
+        assert f"{max(encode['forward_tokens'])}x" in " ".join(rates["matmul_" + precision]["linear_gflops"])
+    for case in ("bi_encoder_forward", "bi_encoder_encode", "student_forward_backward"):  # each against its own precision's matmul
         for suffix, matmul in (("", "matmul_fp32"), ("_bf16", "matmul_bf16")):
             values = rates[case + suffix]
             assert values["fraction_of_matmul"] == pytest.approx(values["gflops"] / rates[matmul]["gflops"])
@@ -667,6 +675,28 @@ def test_profile_encoder_bf16_runs_every_model_call_under_bf16_autocast(monkeypa
     assert seen == {"enabled": True, "dtype": torch.bfloat16, "precision": "bf16"}
     profile_encoder.run(1, 8, 1, tmp_path)
     assert seen["enabled"] is False and seen["precision"] == "fp32"
+
+
+def test_ceiling_counts_the_tokens_of_the_forwards_encode_runs(tiny_bi_encoder: Path) -> None:
+    """ceiling.py's bi_encoder_encode case counts the tokens the backbone was given in each of
+    encode's forwards (each cut to its rows' padding under the runtime's caps), not the padded batch."""
+    from bench.ceiling import _encoder_rate, pipeline_forwards
+
+    from distillrank.models.bi_encoder import BiEncoder
+    from distillrank.runtime import Runtime
+
+    encoder = BiEncoder.load(tiny_bi_encoder)
+    texts = ["word " * 30, "word " * 30, "a b", "a", "word " * 12]
+    one = int(encoder.tokenize(texts, "passage")["attention_mask"].numel())
+    assert pipeline_forwards(encoder, texts, Runtime()) == [one]  # no cap: one padded forward
+    capped = Runtime(max_forward_texts=2)
+    forwards = pipeline_forwards(encoder, texts, capped)
+    # encode sorts by length (longest first): the two 30-word passages, then the 12-word one with "a b", then "a"
+    by_length = sorted(texts, key=len, reverse=True)
+    expected = [int(encoder.tokenize(by_length[i : i + 2], "passage")["attention_mask"].numel()) for i in (0, 2, 4)]
+    assert forwards == expected and sum(forwards) < one
+    seconds, counted = _encoder_rate(encoder, texts, False, 1, capped)
+    assert counted == expected and seconds > 0
 
 
 def test_bench_training_steps_run_the_backward_outside_autocast(tiny_bi_encoder: Path) -> None:
