@@ -284,7 +284,7 @@ def _run(batch: int, max_length: int, repeats: int, cache: Path, compile_too: bo
         repeats,
     )
     opts = {}
-    for label, kwargs in (("AdamW foreach (default)", {"foreach": True}), ("AdamW fused", {"fused": True})):
+    for label, kwargs in (("AdamW foreach (torch's default)", {"foreach": True}), ("AdamW fused (the training loop's)", {"fused": True})):
         try:
             opt = torch.optim.AdamW(student.parameters(), lr=1e-6, **kwargs)
         except (RuntimeError, TypeError, ValueError) as err:
