@@ -254,13 +254,17 @@ def _version(package: str) -> str | None:
 
 
 def machine_identity(device: torch.device, keep_freed_memory: bool = False) -> dict:
-    """What makes one machine's measurements another's: the CPU model and its ISA flags (avx512,
-    bf16, AMX), the cores and torch's threads, the allocator's settings (:mod:`distillrank.allocator`:
+    """What makes one machine's measurements another's: the CPU model — its name, and the vendor's
+    family / model / stepping numbers, since one name covers several generations ("Intel(R) Xeon(R)
+    Processor": models 167 and 207 in docs/BENCHMARKS.md, their bf16 2.1x and 2.9x fp32) — and its
+    ISA flags (avx512, bf16, AMX: the same model number without AMX in a guest runs bf16 at 0.6x
+    fp32), the cores and torch's threads, the allocator's settings (:mod:`distillrank.allocator`:
     page faults change what each candidate costs: ``keep_freed_memory`` is ``hardware.keep_freed_memory``), torch and ONNX Runtime's versions, and the CUDA
     device's name when ``device`` is a GPU."""
     cpu = cpu_info()
     identity = {
         "cpu": cpu["model"],
+        "cpu_numbers": [cpu["vendor"], cpu["family"], cpu["model_number"], cpu["stepping"]],
         "isa": cpu["isa"] or [],
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),

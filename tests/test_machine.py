@@ -96,6 +96,21 @@ def test_cpu_info_of_the_avx2_only_epyc_and_of_a_cpu_that_names_itself_only_to_l
 def test_the_calibration_fingerprint_keeps_its_fields() -> None:
     info, identity = cpu_info(), machine_identity(torch.device("cpu"))
     assert identity["cpu"] == info["model"] and identity["isa"] == (info["isa"] or [])
+    assert identity["cpu_numbers"] == [info["vendor"], info["family"], info["model_number"], info["stepping"]]
+
+
+def test_two_cpus_of_one_name_and_flags_calibrate_apart(monkeypatch) -> None:
+    """"Intel(R) Xeon(R) Processor" with the same flags is model 167 on one machine and 207 on
+    another (docs/BENCHMARKS.md): a choice measured on one is not the other's."""
+    from distillrank import calibration
+
+    seen = {}
+    for number in (167, 207):
+        info = {**cpu_info(), "model": "Intel(R) Xeon(R) Processor", "vendor": "GenuineIntel", "family": 6,
+                "model_number": number, "stepping": 1, "isa": ["avx2", "avx512f"]}  # fmt: skip
+        monkeypatch.setattr(calibration, "cpu_info", lambda info=info: info)
+        seen[number] = calibration.CacheKey(machine_identity(torch.device("cpu"))).path("root")
+    assert seen[167] != seen[207]
 
 
 def test_machine_carries_the_cpu_and_the_header_names_it() -> None:
