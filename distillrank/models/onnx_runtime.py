@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "DISTILLRANK_ONNX_CACHE"
 EXPORT_VERSION = 1  # bump when the exported graph changes for the same weights
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # in _Export.forward's order
+EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")  # quiet below ERROR while exporting
 
 
 def cache_dir() -> Path:
@@ -89,22 +90,28 @@ def _export(model: nn.Module, names: list[str], output: str, path: Path) -> None
     mask[1, 5:] = 0  # one padded row: the graph must keep the masked path
     example = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)  # the exporter's notes (optional torchvision ops, …) are not the user's business
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _Export(model.eval(), output),
-            tuple(example[n] for n in names),
-            str(path),
-            input_names=names,
-            output_names=[output],
-            dynamic_shapes=tuple({0: batch, 1: sequence} for _ in names),
-            dynamo=True,
-            verbose=False,
-        )
-    exporter_log.setLevel(level)
+    # the exporter's notes (optional torchvision ops, ~100 INFO lines of onnxscript's and onnx_ir's
+    # graph passes: "Replaced initializer …") are not the user's business; errors still show
+    quiet = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    levels = [log_.level for log_ in quiet]
+    for log_ in quiet:
+        log_.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _Export(model.eval(), output),
+                tuple(example[n] for n in names),
+                str(path),
+                input_names=names,
+                output_names=[output],
+                dynamic_shapes=tuple({0: batch, 1: sequence} for _ in names),
+                dynamo=True,
+                verbose=False,
+            )
+    finally:
+        for log_, level in zip(quiet, levels, strict=True):
+            log_.setLevel(level)
 
 
 def _quantize(source: Path, target: Path) -> None:

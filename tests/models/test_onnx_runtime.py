@@ -142,3 +142,25 @@ def test_the_int8_graph_is_quantized_from_the_cached_fp32_export_and_equals_a_fr
     onnx_runtime._quantize(fresh, old)
     onnx_runtime._inline(old)
     assert old.read_bytes() == int8.read_bytes()
+
+
+def test_the_export_keeps_the_exporters_notes_out_of_the_users_log(
+    tiny_bi_encoder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A first use under Hydra's INFO logging printed ~100 lines of onnxscript's and onnx_ir's graph
+    passes ("Replaced initializer …") into the run's log; the export quiets them, and only them, and
+    gives each logger its level back."""
+    import logging
+
+    from distillrank.models.bi_encoder import BiEncoder
+
+    backbone = BiEncoder.load(tiny_bi_encoder).backbone
+    before = {name: logging.getLogger(name).level for name in onnx_runtime.EXPORTER_LOGGERS}
+    with caplog.at_level(logging.INFO):
+        onnx_runtime._export(backbone, onnx_runtime._input_names(backbone), "last_hidden_state", tmp_path / "m.onnx")
+        logging.getLogger("distillrank.models.onnx_runtime").info("ours still shows")
+    noisy = [r for r in caplog.records if r.name.split(".")[0] in ("onnxscript", "onnx_ir", "torch")]
+    assert not noisy, [r.getMessage() for r in noisy[:3]]
+    assert [r.getMessage() for r in caplog.records] == ["ours still shows"]
+    assert {name: logging.getLogger(name).level for name in onnx_runtime.EXPORTER_LOGGERS} == before
+    assert (tmp_path / "m.onnx").stat().st_size > 0
