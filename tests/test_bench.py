@@ -243,6 +243,36 @@ def test_scale_and_ceiling_measurements(smoke: Path) -> None:
         assert values["square_gflops"] == max(values["square_gflops_before_after"])  # before and after the encoders
 
 
+def test_the_headline_holds_the_ceiling_goals_in_the_precision_auto_chose() -> None:
+    """issue 16: "of the fp32 matmul ceiling, or of the bf16 ceiling when bf16 is chosen": the
+    forward's row follows the bi-encoder teacher's choice, forward + backward the student's."""
+    from bench.report import ceiling_headline
+
+    def case(name, fraction):
+        return {"case": name, "values": {"fraction_of_matmul": fraction}}
+
+    ceiling = [case("bi_encoder_forward", 0.71), case("student_forward_backward", 0.62),
+               case("bi_encoder_forward_bf16", 0.27), case("student_forward_backward_bf16", 0.15)]  # fmt: skip
+
+    def summary(teacher, student, with_ceiling=True):
+        results = {
+            "scoring": {"cases": [{"case": "bi_encoder_auto", "auto": {"backend": teacher[1], "precision": teacher[0]}}]},
+            "training": {"cases": [{"case": "margin_mse_auto", "auto": {"backend": "torch", "precision": student}}]},
+        }
+        if with_ceiling:
+            results["ceiling"] = {"cases": ceiling}
+        return {"results": results}
+
+    rows = ceiling_headline(summary(("bf16", "torch"), "fp32"))
+    assert [(r["case"], r["ratio"], r["met"], r["ratio_goal"]) for r in rows] == [
+        ("bi_encoder_forward_bf16", 0.27, False, 0.75),
+        ("student_forward_backward", 0.62, True, 0.60),
+    ]
+    assert [r["case"] for r in ceiling_headline(summary(("int8", "torch"), "bf16"))] == ["student_forward_backward_bf16"]
+    assert [r["case"] for r in ceiling_headline(summary(("fp32", "onnx"), "fp32"))] == ["student_forward_backward"]
+    assert ceiling_headline(summary(("fp32", "torch"), "fp32", with_ceiling=False)) == []
+
+
 def test_alternate_flips_the_order_and_comparison_ratio_direction() -> None:
     calls: list[str] = []
     out = alternate({"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, 3)
@@ -445,7 +475,11 @@ def test_auto_arms_calibrate_the_benchmarks_models_and_measure_the_choice(
 
     summary = json.loads((smoke / "summary.json").read_text())
     rows = {r["case"]: r for r in summary["headline"]}
-    assert set(rows) == {"cross_encoder_auto", "bi_encoder_auto", "margin_mse_auto", "dense_mining_auto"}
+    # the ceiling's goal in the precision auto chose: the student's (fp32 here); the teacher's int8 has none
+    assert set(rows) == {"cross_encoder_auto", "bi_encoder_auto", "margin_mse_auto", "dense_mining_auto", "student_forward_backward"}
+    ceiling_row = rows.pop("student_forward_backward")
+    fraction = {c["case"]: c for c in summary["results"]["ceiling"]["cases"]}["student_forward_backward"]["values"]["fraction_of_matmul"]
+    assert ceiling_row["ratio"] == fraction and ceiling_row["met"] is (fraction >= 0.6) and ceiling_row["choice"] == "torch fp32"
     for name, result in summary["results"].items():
         for c in result["cases"]:
             if c["case"] in rows:

@@ -64,6 +64,41 @@ def headline(summary: dict) -> list[dict]:
                     "met": c["met"],
                 }
             )
+    return rows + ceiling_headline(summary)
+
+
+CEILING_GOALS = {  # the ceiling benchmark's case, the auto case whose choice sets its precision, the goal
+    "bi_encoder_forward": ("bi_encoder_auto", 0.75, "encoder forward ≥ 75% of the matmul ceiling"),
+    "student_forward_backward": ("margin_mse_auto", 0.60, "forward + backward ≥ 60% of the matmul ceiling"),
+}
+
+
+def ceiling_headline(summary: dict) -> list[dict]:
+    """The ceiling goals, each in the precision ``hardware=auto`` chose for that model in the same
+    run (the bi-encoder teacher's choice for the forward, the student's training choice for forward +
+    backward: "of the fp32 ceiling, or of the bf16 ceiling when bf16 is chosen"); none when the
+    ceiling benchmark or that auto case did not run (``--only``)."""
+    cases = {c["case"]: c for result in summary["results"].values() for c in result["cases"]}
+    if "ceiling" not in summary["results"]:
+        return []
+    rows = []
+    for case, (auto_case, goal, text) in CEILING_GOALS.items():
+        choice = cases.get(auto_case, {}).get("auto")
+        if choice is None or choice["backend"] != "torch" or choice["precision"] not in ("fp32", "bf16"):
+            continue  # the ceiling is measured for torch fp32 and bf16 only
+        precision = choice["precision"]
+        measured = cases.get(case if precision == "fp32" else f"{case}_{precision}")
+        if measured is None:
+            continue
+        fraction = measured["values"]["fraction_of_matmul"]
+        rows.append(
+            {
+                "goal": text, "benchmark": "ceiling", "case": measured["case"], "choice": f"torch {precision}",
+                "choice_speedup_vs_fp32": None, "calibration_s": None, "calibration_first_use": None,
+                "calibration_met": None, "ratio": fraction, "ratio_goal": goal, "memory_fraction": None,
+                "memory_goal": None, "fidelity": {}, "met": bool(fraction >= goal),
+            }
+        )  # fmt: skip
     return rows
 
 
@@ -96,7 +131,7 @@ def auto_headline(summary: dict) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ratio = f"**{_f(r['ratio'])}×**"
+        ratio = f"**{_f(r['ratio'])}×**" if r["benchmark"] != "ceiling" else f"**{_f(100 * r['ratio'], 0)}%** of the ceiling"
         if r["memory_fraction"] is not None:
             ratio += f", memory {_f(r['memory_fraction'])}×"
         speedup = f" ({_f(r['choice_speedup_vs_fp32'])}×)" if r["choice_speedup_vs_fp32"] is not None else ""
