@@ -85,9 +85,10 @@ def _encoder_rate(encoder, texts: list[str], train: bool, repeats: int, runtime=
     """Median seconds of one forward (or forward + backward) over ``texts``, and the tokens of
     each forward; with ``runtime``, of ``encoder.encode`` under it instead (inference: the forwards
     the pipeline runs), and the tokens its backbone was given in each."""
-    given = [int(encoder.tokenize(texts, "passage")["attention_mask"].numel())]
     if runtime is not None:
         given = pipeline_forwards(encoder, texts, runtime)
+    else:
+        given = [int(encoder.tokenize(texts, "passage")["attention_mask"].numel())]
     times = []
     for r in range(max(repeats, 5) + 1):  # a median of 5 at least: quick's 2 moved fractions by 2x
         start = time.perf_counter()
@@ -188,8 +189,8 @@ def _encoder_cases(ctx: Context, texts: list[str], precision: str) -> list[dict]
         if not train:  # a frozen encoder, as the teachers and the mining encoder load it for this precision
             frozen(encoder, precision)
         masks = cpu_dropout(encoder) if train else contextlib.nullcontext()  # as the training loop trains
-        if name == "bi_encoder_encode":  # encode applies the runtime's autocast itself
-            runtime = distillrank_runtime("cpu", precision)
+        runtime = distillrank_runtime("cpu", precision) if name == "bi_encoder_encode" else None
+        if runtime is not None:  # encode applies the runtime's autocast itself
             seconds, forwards = _encoder_rate(encoder, texts, train, s.repeats, runtime)
         else:
             with autocast(torch.device("cpu"), precision), masks:
@@ -201,7 +202,7 @@ def _encoder_cases(ctx: Context, texts: list[str], precision: str) -> list[dict]
             "model": str(folder), "matmul_params": params, "batch": len(texts), "tokens": tokens,
             "seconds": seconds, "gflops": gflops,
         }  # fmt: skip
-        if name == "bi_encoder_encode":
+        if runtime is not None:
             values["forward_tokens"] = forwards
             values["runtime"] = {"option": "cpu", "precision": precision, "max_forward_texts": runtime.max_forward_texts,
                                  "max_forward_tokens": runtime.max_forward_tokens}  # fmt: skip

@@ -78,9 +78,9 @@ def ceiling_headline(summary: dict) -> list[dict]:
     run (the bi-encoder teacher's choice for the forward, the student's training choice for forward +
     backward: "of the fp32 ceiling, or of the bf16 ceiling when bf16 is chosen"); none when the
     ceiling benchmark or that auto case did not run (``--only``)."""
-    cases = {c["case"]: c for result in summary["results"].values() for c in result["cases"]}
     if "ceiling" not in summary["results"]:
         return []
+    cases = {c["case"]: c for result in summary["results"].values() for c in result["cases"]}
     rows = []
     for case, (auto_case, goal, text) in CEILING_GOALS.items():
         choice = cases.get(auto_case, {}).get("auto")
