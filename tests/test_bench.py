@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bench import auto
+from bench import auto, ceiling
 from bench import run as bench_run
 from bench.common import alternate, comparison
 
-from distillrank.calibration import Choice, Measured
+from distillrank.calibration import BF16_PROBE_MIN, Choice, Measured, Probe
 
 # what the fake calibrations choose: a runtime other than torch fp32 where the benchmark has one
 # without an export (scoring: torch int8), and torch fp32 (mining, training), whose results must
@@ -56,6 +56,9 @@ def smoke(tmp_path_factory: pytest.TempPathFactory, calibrated: list) -> Path:
     out = tmp_path_factory.mktemp("bench")
     with pytest.MonkeyPatch.context() as mp:
         _fake_calibrations(mp, calibrated)
+        # the ceiling's bf16 cases run whatever this CPU's bf16 (the probe skips them where it is
+        # emulated: test_the_ceiling_skips_bf16_where_the_probe_finds_it_emulated)
+        mp.setattr(ceiling, "bf16_probe", lambda hidden: Probe(hidden, False, 1e-3, 1e-3, 1.0, 0.01))
         bench_run.main(["--smoke", "--out", str(out), "--cache", str(out / "cache")])
     return out / "smoke"
 
@@ -241,6 +244,32 @@ def test_scale_and_ceiling_measurements(smoke: Path) -> None:
         assert len(values["linear_gflops"]) >= 2  # the tiny encoder's hidden -> hidden and -> intermediate
         assert values["gflops"] == max(values["square_gflops"], *values["linear_gflops"].values())
         assert values["square_gflops"] == max(values["square_gflops_before_after"])  # before and after the encoders
+
+
+def test_the_ceiling_skips_bf16_where_the_probe_finds_it_emulated(smoke: Path) -> None:
+    """On a CPU whose bf16 probe runs under BF16_PROBE_MIN of fp32 (EPYC-2, AVX2: 0.09-0.20x),
+    auto never chooses bf16, and measuring it took 29 of the ceiling's 30 minutes: the fp32 cases
+    run, and matmul_bf16 records the probe and why nothing bf16 ran; the report says so."""
+    from bench.report import ceiling as ceiling_lines
+
+    out = smoke.parent / "emulated"
+    slow = Probe(384, False, 1e-3, 1e-2, 0.1, 0.2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ceiling, "bf16_probe", lambda hidden: slow)
+        bench_run.main(["--smoke", "--only", "ceiling", "--out", str(out), "--cache", str(smoke.parent / "cache")])
+    result = json.loads((out / "smoke" / "ceiling.json").read_text())
+    cases = {c["case"]: c["values"] for c in result["cases"]}
+    assert list(cases) == ["matmul_fp32", "bi_encoder_forward", "bi_encoder_encode", "student_forward_backward", "matmul_bf16"]
+    assert cases["matmul_bf16"]["gflops"] is None and cases["matmul_bf16"]["probe"]["speedup"] == 0.1
+    assert "0.10x" in cases["matmul_bf16"]["skipped"] and f"< {BF16_PROBE_MIN}" in cases["matmul_bf16"]["skipped"]
+    assert result["settings"]["bf16_probe"]["speedup"] == 0.1
+    for case in ("bi_encoder_forward", "student_forward_backward"):  # the fp32 fractions as ever
+        assert cases[case]["fraction_of_matmul"] == pytest.approx(cases[case]["gflops"] / cases["matmul_fp32"]["gflops"])
+    lines = ceiling_lines({"results": {"ceiling": result}})
+    assert any(line.startswith("| matmul_bf16 (not measured: bf16 probe") for line in lines)
+    # measured with the fast probe (the smoke run), bf16's rate is a number and its cases ran
+    fast = {c["case"]: c["values"] for c in json.loads((smoke / "ceiling.json").read_text())["cases"]}
+    assert "skipped" not in fast["matmul_bf16"] and fast["matmul_bf16"]["gflops"] > 0
 
 
 def test_the_headline_holds_the_ceiling_goals_in_the_precision_auto_chose() -> None:

@@ -10,8 +10,13 @@ ceiling when bf16 is chosen" — ``hardware=auto`` chooses bf16 autocast on CPUs
   ceiling would flatter the encoders.
 * the ``_bf16`` encoder cases run under ``torch.autocast("cpu", torch.bfloat16)``, as
   ``hardware.precision=bf16`` runs them (``distillrank.runtime.autocast``), against the bf16
-  matmul rate. On a CPU without bf16 units the bf16 rates are emulated and low; the cases are
-  measured anyway, for the record.
+  matmul rate. They run only where ``hardware=auto`` would consider bf16: when its bf16 probe
+  (:func:`distillrank.calibration.probe_bf16`, a linear of the encoder's width) runs at
+  :data:`~distillrank.calibration.BF16_PROBE_MIN` of fp32's speed or more. On a CPU without bf16
+  units bf16 is emulated (EPYC-2, AVX2 only: the probe 0.09-0.20x, the products 18-21 GFLOP/s, a
+  2048² product so slow it read 0) and auto never chooses it; measuring it there took 29 of the
+  ceiling's 30 minutes, for a fraction no goal uses. The ``matmul_bf16`` case then records the
+  probe and why the bf16 cases were not run.
 * encoder forward (inference, ``torch.inference_mode``): the bi-encoder on a full batch of
   passages at ``passage_max_length`` tokens as one forward; FLOPs estimated as 2 · P · tokens.
 * encoder forward as the pipeline runs it (``bi_encoder_encode``): the same batch through
@@ -40,6 +45,7 @@ import numpy as np
 import torch
 
 from bench.common import Context, distillrank_runtime
+from distillrank.calibration import BF16_PROBE_MIN, Probe, probe_bf16
 
 
 def _median_seconds(call, repeats: int) -> float:
@@ -133,7 +139,9 @@ def run(ctx: Context) -> dict:
     rows = sorted({tokens, max(pipeline_forwards(encoder, texts, distillrank_runtime("cpu")))})
     shapes = linear_shapes(encoder.backbone)
     cases = []
-    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    probe = bf16_probe(encoder.backbone.config.hidden_size)
+    bf16 = probe.speedup >= BF16_PROBE_MIN  # as auto decides: emulated bf16 is neither chosen nor measured
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[: 2 if bf16 else 1]:
         # the products measured before and after the encoder cases, the best of each kept: a
         # machine whose rate drifts (Xeon-AMX-2: fp32 178-315, bf16 740-2,190 GFLOP/s within an
         # hour) must not pass a slow spell of the ceiling off as the encoders' efficiency
@@ -155,9 +163,11 @@ def run(ctx: Context) -> dict:
         for case in encoders:
             case["values"]["fraction_of_matmul"] = case["values"]["gflops"] / peak
         cases += encoders
+    if not bf16:
+        cases.append(skipped_bf16(probe))
     return {
         "benchmark": "ceiling",
-        "settings": {"precision": "fp32, then bf16 autocast (the _bf16 cases)", "torch_threads": torch.get_num_threads(), "repeats": s.repeats},
+        "settings": {"precision": "fp32, then bf16 autocast (the _bf16 cases) where the bf16 probe lets auto consider it", "torch_threads": torch.get_num_threads(), "repeats": s.repeats, "bf16_probe": probe.as_dict()},
         "cases": cases,
         "notes": [
             "FLOPs: 2·P·tokens forward, 6·P·tokens forward+backward, P = linear-layer weights (embeddings and attention products not counted); each encoder case's fraction is of the matmul rate of its own precision",
@@ -167,6 +177,21 @@ def run(ctx: Context) -> dict:
             "the forward runs the encoder frozen, as teachers and the mining encoder run: under bf16 its linear weights stored in bf16 once (models.half_weights)",
         ],
     }
+
+
+def bf16_probe(hidden: int) -> Probe:
+    """``hardware=auto``'s bf16 probe for an encoder of width ``hidden`` (inference)."""
+    return probe_bf16(hidden)
+
+
+def skipped_bf16(probe: Probe) -> dict:
+    """The ``matmul_bf16`` case of a CPU whose bf16 probe says bf16 is emulated: no rate, the
+    probe, and why no bf16 case ran."""
+    reason = (
+        f"bf16 probe: a hidden-{probe.hidden} linear ran at {probe.speedup:.2f}x fp32's speed under bf16 "
+        f"autocast (< {BF16_PROBE_MIN}): emulated on this CPU, never chosen by hardware=auto; the bf16 cases were not run"
+    )
+    return {"case": "matmul_bf16", "unit": "GFLOP/s", "values": {"gflops": None, "skipped": reason, "probe": probe.as_dict()}}
 
 
 def _encoder_cases(ctx: Context, texts: list[str], precision: str) -> list[dict]:

@@ -231,6 +231,9 @@ def ceiling(summary: dict) -> list[str]:
     for c in result["cases"]:
         v = c["values"]
         name = c["case"]
+        if v.get("skipped"):  # bf16 emulated on this CPU: not measured
+            lines.append(f"| {name} (not measured: {v['skipped']}) | – | – | – | – |")
+            continue
         if "square_gflops" in v:  # the matmul rate: the best of the square product and the encoder's shapes
             shapes = ", ".join(f"{k} {_f(g, 0)}" for k, g in v["linear_gflops"].items())
             name += f" (best of {v['n']}² {_f(v['square_gflops'], 0)} and the encoder's products: {shapes})"
