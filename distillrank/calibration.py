@@ -9,7 +9,7 @@ calibration batch of real texts, and chooses the fastest candidate whose results
 * inference (:func:`calibrate_scores`): one warm-up call, whose scores are judged: mean per-query
   Spearman against fp32's >= 0.995 and the top-1 candidate unchanged for >= 98% of the queries (the
   measures of docs/BENCHMARKS.md's precision tables); a candidate within them then gets ``repeats``
-  timed calls, the median;
+  timed calls, the median, or fewer once its timed calls add up to :data:`TIMED_ENOUGH` seconds;
 * training (:func:`calibrate_training`): the first steps from the same weights and seed; every
   step's loss within a relative 1e-2 of fp32's (a candidate stops at the first step outside); the
   median step time after the first.
@@ -57,7 +57,7 @@ from distillrank.workspace import atomic_write_json, drop_unreadable, fingerprin
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-CALIBRATION_VERSION = 4  # 4: training candidates step in turn; bump when what is measured, or how, changes: every cached choice is redone
+CALIBRATION_VERSION = 5  # 5: inference timing stops at TIMED_ENOUGH s; 4: training candidates step in turn; bump when what is measured, or how, changes: every cached choice is redone
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
 # A candidate replaces the reference (fp32 on PyTorch) only when at least this much faster: on a
 # 2-core machine the same ONNX Runtime fp32 graph measured 0.97x-1.5x of torch across runs, and a
@@ -66,6 +66,12 @@ PREFERENCE = 1.05
 # A candidate whose first timed call takes over this multiple of the best median so far is not
 # timed again (it cannot win; its one measurement is recorded).
 SLOWER = 1.25
+# An inference candidate is timed ``repeats`` times, or fewer once its timed calls add up to this
+# many seconds: a call that long already averages the machine's noise over several forwards, and on
+# a slow CPU three of them made the calibration overrun its 30 s (EPYC-2, AVX2: the mining
+# encoder's half batch at 256 tokens took 4.1 s a call, 41 s in all). Calls under a second (the
+# AMX Xeons' 0.3-1.7 s) are timed as before.
+TIMED_ENOUGH = 3.0
 # On a CPU, bf16 candidates are measured only when the bf16 probe runs at least this fraction of
 # fp32's speed (below it bf16 is emulated, and the full model would be as slow: skipped).
 BF16_PROBE_MIN = 0.8
@@ -501,6 +507,7 @@ def calibrate_scores(
     groups: np.ndarray,
     *,
     repeats: int = 3,
+    enough: float = TIMED_ENOUGH,
     fidelity: Fidelity = FIDELITY,
     clock: Callable[[], float] = time.perf_counter,
     precision: str = AUTO,
@@ -516,8 +523,9 @@ def calibrate_scores(
     Each candidate scores once to warm up (models load, ONNX exports, int8 quantizes), and those
     scores are judged: a candidate outside ``fidelity`` is not timed. One within it runs
     ``timed(runtime)`` (default ``score``; the builders time half the calibration batch) ``repeats``
-    times, timed by ``clock``, and its time is the median; when its first timed call is over
-    :data:`SLOWER` times the best median so far it is not timed again.
+    times, or fewer once its timed calls add up to ``enough`` seconds, timed by ``clock``, and its
+    time is the median; when its first timed call is over :data:`SLOWER` times the best median so
+    far it is not timed again.
 
     With ``rest`` (the builders pass it), the judged scores are ``timed``'s pairs followed by
     ``rest``'s — the calibration batch in two halves — and ``score`` is not called: each candidate
@@ -560,7 +568,12 @@ def calibrate_scores(
             rejected = _within(rho, top1, fidelity)
             if rejected:
                 times = []
-            while not rejected and len(times) < repeats and not (len(times) == 1 and _slower(times[0], best)):
+            while (
+                not rejected
+                and len(times) < repeats
+                and sum(times) < enough
+                and not (len(times) == 1 and _slower(times[0], best))
+            ):
                 start = clock()
                 timed(runtime)
                 times.append(clock() - start)

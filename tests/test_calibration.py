@@ -265,6 +265,26 @@ def test_a_candidate_clearly_slower_after_one_timed_call_is_not_timed_again():
     assert made.precision == "fp32"
 
 
+def test_long_calls_are_timed_until_they_add_up_to_enough_seconds():
+    """On a slow CPU three long timed calls made a calibration overrun its 30 s (EPYC-2: 4.1 s a
+    call, 41 s): a candidate stops once its timed calls add up to TIMED_ENOUGH seconds, and one
+    with calls well under it is timed ``repeats`` times as before."""
+    assert calibration.TIMED_ENOUGH == 3.0
+    scores = {"fp32": REFERENCE, "bf16": REFERENCE, "int8": REFERENCE}
+    clock = CountingClock({"fp32": 4.0, "bf16": 1.6, "int8": 0.9})
+    made = calibration.calibrate_scores(
+        clock.scorer(scores), _runtimes("fp32", "bf16", "int8"), GROUPS, clock=clock
+    )
+    by = {m.precision: m for m in made.candidates}
+    assert clock.calls == {"fp32": 2, "bf16": 3, "int8": 4}  # the warm-up, then 1, 2 and 3 timed calls
+    assert (by["fp32"].timed, by["bf16"].timed, by["int8"].timed) == (1, 2, 3)
+    assert (by["fp32"].seconds, by["bf16"].seconds) == (pytest.approx(4.0), pytest.approx(1.6))
+    assert made.precision == "int8"
+    clock = CountingClock({"fp32": 4.0})
+    made = calibration.calibrate_scores(clock.scorer(scores), _runtimes("fp32"), GROUPS, clock=clock, enough=float("inf"))
+    assert made.candidates[0].timed == 3  # no budget: the repeats
+
+
 def test_a_candidate_replaces_fp32_only_when_at_least_5_percent_faster():
     scores = {"fp32": REFERENCE, "bf16": REFERENCE}
     for bf16_seconds, chosen in ((0.97, "fp32"), (0.96, "fp32"), (0.94, "bf16")):
