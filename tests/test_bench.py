@@ -839,7 +839,9 @@ def test_forward_variants_change_the_layers_they_name_and_keep_the_forward(tiny_
 
     reference, fused, epilogue = load(), load(), load()
     layers = reference.backbone.config.num_hidden_layers
-    assert fuse_qkv(fused.backbone) == layers and gelu_epilogue(epilogue.backbone) == layers
+    # oneDNN's bf16 inner product needs AVX-512: elsewhere (EPYC-2, AVX2) the epilogue leaves bf16 layers alone
+    epilogue_layers = layers if precision == "fp32" or torch.ops.mkldnn._is_mkldnn_bf16_supported() else 0
+    assert fuse_qkv(fused.backbone) == layers and gelu_epilogue(epilogue.backbone) == epilogue_layers
     assert not any(hasattr(m, "query") for m in fused.backbone.modules() if hasattr(m, "qkv"))
     inputs = reference.tokenize(["a cat sat on the mat", "stars burn hydrogen into helium, slowly"], "passage")
     with torch.inference_mode(), autocast(torch.device("cpu"), precision):

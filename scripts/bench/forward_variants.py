@@ -86,11 +86,15 @@ def fuse_qkv(backbone: nn.Module) -> int:
 
 def gelu_epilogue(backbone: nn.Module) -> int:
     """Compute each intermediate layer's bias and (exact) GELU in oneDNN's product epilogue, in
-    place; how many layers were changed."""
+    place; how many layers were changed. Layers with bf16 weights stay as they are where oneDNN has
+    no bf16 inner product (a CPU without AVX-512: ``_linear_pointwise`` fails there)."""
     changed = 0
+    bf16_ok = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     for m in backbone.modules():
         dense, act = getattr(m, "dense", None), getattr(m, "intermediate_act_fn", None)
         if type(dense) is not nn.Linear or act is None or "GELU" not in type(act).__name__:
+            continue
+        if dense.weight.dtype == torch.bfloat16 and not bf16_ok:
             continue
 
         def forward(self, hidden_states):
