@@ -337,6 +337,18 @@ class Probe:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def pays(self) -> bool:
+        """Whether bf16 is fast enough here to be worth measuring (:data:`BF16_PROBE_MIN`)."""
+        return self.speedup >= BF16_PROBE_MIN
+
+    def verdict(self) -> str:
+        """What the probe measured, as a rejection reason's opening words."""
+        return (
+            f"bf16 probe: a hidden-{self.hidden} linear{' with backward' if self.training else ''} ran at "
+            f"{self.speedup:.2f}x fp32's speed under bf16 autocast (< {BF16_PROBE_MIN})"
+        )
+
 
 # tokens of the probe: a real batch's size (16 texts of 32+ tokens); at 128 the calls are mostly overhead
 # and the ratio of an emulated bf16 measured anywhere from 0.4 to 0.9, at 512 0.18 (the model: 0.15)
@@ -404,12 +416,9 @@ def _screen(
     if probe is None or precision != AUTO or not any(is_cpu_bf16):
         return list(candidates), [], None
     made = probe()
-    if made.speedup >= BF16_PROBE_MIN:
+    if made.pays:
         return list(candidates), [], made
-    why = (
-        f"bf16 probe: a hidden-{made.hidden} linear{' with backward' if made.training else ''} ran at "
-        f"{made.speedup:.2f}x fp32's speed under bf16 autocast (< {BF16_PROBE_MIN}); not measured"
-    )
+    why = f"{made.verdict()}; not measured"
     skipped = [
         Measured(c.precision, c.backend, None, None, rejected=why)
         for c, s in zip(candidates, is_cpu_bf16, strict=True)

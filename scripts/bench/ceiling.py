@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from bench.common import Context, distillrank_runtime
-from distillrank.calibration import BF16_PROBE_MIN, Probe, probe_bf16
+from distillrank.calibration import Probe, probe_bf16
 
 
 def _median_seconds(call, repeats: int) -> float:
@@ -140,8 +140,8 @@ def run(ctx: Context) -> dict:
     shapes = linear_shapes(encoder.backbone)
     cases = []
     probe = bf16_probe(encoder.backbone.config.hidden_size)
-    bf16 = probe.speedup >= BF16_PROBE_MIN  # as auto decides: emulated bf16 is neither chosen nor measured
-    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[: 2 if bf16 else 1]:
+    precisions = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if probe.pays else [])
+    for precision, dtype in precisions:  # as auto decides: emulated bf16 is neither chosen nor measured
         # the products measured before and after the encoder cases, the best of each kept: a
         # machine whose rate drifts (Xeon-AMX-2: fp32 178-315, bf16 740-2,190 GFLOP/s within an
         # hour) must not pass a slow spell of the ceiling off as the encoders' efficiency
@@ -163,7 +163,7 @@ def run(ctx: Context) -> dict:
         for case in encoders:
             case["values"]["fraction_of_matmul"] = case["values"]["gflops"] / peak
         cases += encoders
-    if not bf16:
+    if not probe.pays:
         cases.append(skipped_bf16(probe))
     return {
         "benchmark": "ceiling",
@@ -187,10 +187,7 @@ def bf16_probe(hidden: int) -> Probe:
 def skipped_bf16(probe: Probe) -> dict:
     """The ``matmul_bf16`` case of a CPU whose bf16 probe says bf16 is emulated: no rate, the
     probe, and why no bf16 case ran."""
-    reason = (
-        f"bf16 probe: a hidden-{probe.hidden} linear ran at {probe.speedup:.2f}x fp32's speed under bf16 "
-        f"autocast (< {BF16_PROBE_MIN}): emulated on this CPU, never chosen by hardware=auto; the bf16 cases were not run"
-    )
+    reason = f"{probe.verdict()}: emulated on this CPU, never chosen by hardware=auto; the bf16 cases were not run"
     return {"case": "matmul_bf16", "unit": "GFLOP/s", "values": {"gflops": None, "skipped": reason, "probe": probe.as_dict()}}
 
 
