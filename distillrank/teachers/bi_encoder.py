@@ -7,10 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from distillrank.models.bi_encoder import BiEncoder
-from distillrank.models.half_weights import cast_linear_weights
+from distillrank.models.frozen import for_inference
 from distillrank.models.hub import resolve_model
-from distillrank.models.onnx_runtime import OnnxBackbone
-from distillrank.models.quantize import quantize_int8
 from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime, check_inference_precision
 from distillrank.teachers.base import DEFAULT_RUNTIME, Teacher
@@ -79,24 +77,17 @@ class BiEncoderTeacher(Teacher):
             ConfigError: int8 on a device other than the CPU.
         """
         mode = (runtime.backend, check_inference_precision(runtime.precision, runtime.device))
-        int8 = mode[1] == "int8"
         if self._encoder is not None and self._mode != mode:
             self._encoder = None  # asked for another precision or backend: reload the float weights
         if self._encoder is None:
-            self._encoder = BiEncoder.load(
+            encoder = BiEncoder.load(
                 self.model,
                 pooling=self.pooling,
                 similarity=self.similarity,
                 query_max_length=self.query_max_length,
                 passage_max_length=self.passage_max_length,
-            ).eval()
-            self._encoder.requires_grad_(False)
-            if mode[0] == "onnx":  # ONNX Runtime (int8: its own dynamic quantization)
-                self._encoder.backbone = OnnxBackbone.build(self._encoder.backbone, "last_hidden_state", int8)
-            elif int8:
-                quantize_int8(self._encoder)
-            else:  # bf16 / fp16: the frozen linear weights in the autocast dtype, once (bit-identical)
-                cast_linear_weights(self._encoder, runtime.precision)
+            )
+            self._encoder = for_inference(encoder, *mode, "backbone", "last_hidden_state")
             self._mode = mode
         return self._encoder.to(runtime.device)
 

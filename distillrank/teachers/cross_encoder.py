@@ -7,10 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from distillrank.models.cross_encoder import CrossEncoderModel
-from distillrank.models.half_weights import cast_linear_weights
+from distillrank.models.frozen import for_inference
 from distillrank.models.hub import resolve_model
-from distillrank.models.onnx_runtime import OnnxBackbone
-from distillrank.models.quantize import quantize_int8
 from distillrank.ranking import Pairs, RankerKind
 from distillrank.runtime import Runtime, check_inference_precision
 from distillrank.teachers.base import DEFAULT_RUNTIME, Teacher
@@ -64,18 +62,10 @@ class CrossEncoderTeacher(Teacher):
             ConfigError: int8 on a device other than the CPU.
         """
         mode = (runtime.backend, check_inference_precision(runtime.precision, runtime.device))
-        int8 = mode[1] == "int8"
         if self._model is not None and self._mode != mode:
             self._model = None  # asked for another precision or backend: reload the float weights
         if self._model is None:
-            self._model = CrossEncoderModel.load(self.model, self.max_length).eval()
-            self._model.requires_grad_(False)
-            if mode[0] == "onnx":  # ONNX Runtime (int8: its own dynamic quantization)
-                self._model.model = OnnxBackbone.build(self._model.model, "logits", int8)
-            elif int8:
-                quantize_int8(self._model)
-            else:  # bf16 / fp16: the frozen linear weights in the autocast dtype, once (bit-identical)
-                cast_linear_weights(self._model, runtime.precision)
+            self._model = for_inference(CrossEncoderModel.load(self.model, self.max_length), *mode, "model", "logits")
             self._mode = mode
         return self._model.to(runtime.device)
 
