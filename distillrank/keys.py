@@ -33,10 +33,10 @@ from omegaconf import DictConfig
 
 from distillrank.artifacts import EVALUATE, MINE, QUERIES, SCORE, TRAIN
 from distillrank.builders import components, evaluation, hardware
+from distillrank.builders.mining import dense_key
 from distillrank.evaluation.hybrid import ALPHA_GRID, DEFAULT_ALPHA
 from distillrank.evaluation.hybrid_systems import HYBRID
 from distillrank.evaluation.targets import Target
-from distillrank.mining.dense import dense_key
 from distillrank.models.hub import resolve_model
 from distillrank.workspace import Manifest, dir_fingerprint, fingerprint, require_stage, to_plain
 

@@ -120,6 +120,28 @@ def test_no_module_imports_from_a_higher_layer():
     )
 
 
+def _config_imports(path: Path) -> set[str]:
+    """The configuration libraries (omegaconf, hydra) ``path`` imports, anywhere in its code."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        found.update(n.partition(".")[0] for n in names if n.partition(".")[0] in ("omegaconf", "hydra"))
+    return found
+
+
+def test_domain_code_takes_no_config():
+    """Layer 1 takes plain arguments, never a DictConfig (CONTRIBUTING.md, Layers): it does not
+    even import the configuration libraries; the builders (layer 2) read the config for it."""
+    reading = sorted(
+        (module, sorted(libs))
+        for module, path in MODULES.items()
+        if module != "distillrank" and layer(module) == 1 and (libs := _config_imports(path))
+    )
+    assert reading == [], f"domain modules importing a config library (module, libraries): {reading}"
+
+
 STAGE_MODULES = sorted(m for m in MODULES if m.startswith("distillrank.stages."))
 
 
@@ -150,3 +172,7 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert {"distillrank.stages.mine", "distillrank.pipeline", "distillrank.reporting.report"} <= found
     assert layer("distillrank.reporting.report") == 3 > layer("distillrank.stages.sample") == 2
     assert layer("distillrank.reporting.model_card") == 1
+    config_user = tmp_path / "config_user.py"
+    config_user.write_text("from omegaconf import DictConfig\ndef f():\n    import hydra.utils\n")
+    assert _config_imports(config_user) == {"omegaconf", "hydra"}
+    assert _config_imports(sample) == set()

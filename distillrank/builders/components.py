@@ -14,11 +14,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from distillrank import sharding
+from distillrank.builders.mining import dense_candidates
 from distillrank.data.collection import Collection, load_collection
 from distillrank.errors import ConfigError
 from distillrank.losses import uses_scores
 from distillrank.mining.bm25 import BM25Index
-from distillrank.mining.dense import MiningEmbeddings, dense_search
+from distillrank.mining.dense import MiningEmbeddings
 from distillrank.mining.first_stage import Search, first_stage
 from distillrank.runtime import Runtime
 from distillrank.students import Student, as_student
@@ -160,7 +161,7 @@ def _dense(cfg: DictConfig, coll: Collection, texts, depth: int, embeddings: Min
     from distillrank.builders import hardware  # it builds the teacher through here
 
     share = sharding.from_env() if embeddings is None else sharding.WHOLE
-    rows, scores, dense_info = dense_search(
+    rows, scores, dense_info = dense_candidates(
         hardware.for_role(cfg, "mining"), coll, texts, depth, share=share, embeddings=embeddings
     )
     info = {"embeddings_cached": dense_info["embeddings_cached"], "index": dense_info["index"]}

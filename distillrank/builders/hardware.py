@@ -30,9 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from distillrank import calibration, sharding
 from distillrank.builders import components
+from distillrank.builders.mining import mining_encoder, mining_model_path
 from distillrank.calibration import AUTO, CacheKey, Choice, cached_choice, unmeasured
 from distillrank.errors import ConfigError
-from distillrank.mining.dense import load_mining_encoder, mining_model_path
 from distillrank.models.dropout import for_training
 from distillrank.models.hub import resolve_model
 from distillrank.ranking import Pairs, RankerKind
@@ -241,7 +241,7 @@ def _inference(cfg: DictConfig, base: Runtime, role: str, precision: str, backen
             str(mining_model_path(cfg)),
             **{k: int(m[k]) for k in ("query_max_length", "passage_max_length") if m.get(k)},
         )
-        load_mining_encoder(cfg)  # fails early, as mining would, on a folder that is not a bi-encoder
+        mining_encoder(cfg)  # fails early, as mining would, on a folder that is not a bi-encoder
         int8, onnx, identity = MINING_INT8, MINING_ONNX, ranker.fingerprint()
         folders = [ranker.weights_folder()]
     candidates = calibration.inference_candidates(base, precision, backend, int8=int8, onnx=onnx)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from distillrank import artifacts, keys, sharding
 from distillrank.builders import components, hardware
 from distillrank.builders.evaluation import reranks
+from distillrank.builders.mining import dense_candidates
 from distillrank.errors import ConfigError
 from distillrank.evaluation.dense import (
     ScratchIndex,
@@ -22,7 +23,6 @@ from distillrank.evaluation.dense import (
     scratch_index,
 )
 from distillrank.evaluation.systems import KeptRuns
-from distillrank.mining.dense import dense_search
 from distillrank.mining.first_stage import RerankCandidates
 from distillrank.models.half_weights import frozen
 from distillrank.models.hub import resolve_model
@@ -83,7 +83,7 @@ class ConfigSystems:
             dense_cfg = OmegaConf.create(OmegaConf.to_container(self.cfg, resolve=True))
             dense_cfg.mining.model = ev.first_stage_model
             dense_cfg = hardware.for_role(dense_cfg, "mining")
-            rows, scores, _ = dense_search(dense_cfg, coll, texts, depth, progress, sharding.from_env())
+            rows, scores, _ = dense_candidates(dense_cfg, coll, texts, depth, progress, sharding.from_env())
             return rows, scores
 
         run_search = None

@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 
 from distillrank import artifacts, keys, sharding
 from distillrank.builders import components, training
-from distillrank.mining.dense import corpus_embeddings, dense_key
+from distillrank.builders.mining import dense_key, mining_embeddings
 from distillrank.mining.sampling import sample_negatives
 from distillrank.runtime import configure
 from distillrank.workspace import (
@@ -74,7 +74,7 @@ def run(cfg: DictConfig) -> Manifest:
     folder = stage_dir(cfg, STAGE)
     if runs:
         if dense:  # this rank's part of the corpus embeddings (a collective with rank 0's)
-            corpus_embeddings(cfg, components.collection(cfg), share=share)
+            mining_embeddings(cfg, components.collection(cfg), share=share)
         key = stage_key(cfg)
         sharding.wait_until(
             lambda: _stamp(folder) != before and getattr(read_manifest(folder), "key", None) == key,
@@ -108,7 +108,7 @@ def _run(cfg: DictConfig, share: sharding.Share = sharding.WHOLE) -> Manifest:
     coll = components.collection(cfg)
     embeddings = None
     if dense and share.group > 1:
-        embeddings = corpus_embeddings(cfg, coll, share=share)
+        embeddings = mining_embeddings(cfg, coll, share=share)
     queries = training.train_queries(cfg)
     qrels = training.train_qrels(cfg)
     rows, scores, info = components.mining_first_stage(cfg, coll, [text for _, text in queries], embeddings)

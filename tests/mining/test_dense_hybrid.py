@@ -213,3 +213,14 @@ def test_faiss_flat_index_gives_the_exact_candidates(make_cfg, tiny_bi_encoder) 
     assert mine.run(hnsw).counts["rows"] > 0
     with pytest.raises(ConfigError, match="mining.index"):
         mine.run(make_cfg(*DENSE, f"mining.model={tiny_bi_encoder}", "mining.index=annoy", "experiment=bad"))
+
+
+def test_dense_mining_under_int8_encodes_in_fp32(make_cfg, tiny_bi_encoder) -> None:
+    """hardware=cpu_int8 quantizes teachers only: the mining encoder's candidates are fp32's."""
+    fp32 = make_cfg(*DENSE, f"mining.model={tiny_bi_encoder}", "experiment=fp32", "hardware=cpu")
+    int8 = make_cfg(*DENSE, f"mining.model={tiny_bi_encoder}", "experiment=int8", "hardware=cpu_int8")
+    mine.run(fp32)
+    mine.run(int8)
+    a, b = _candidates(fp32), _candidates(int8)
+    assert len(a) > 0 and list(a.docid) == list(b.docid)
+    np.testing.assert_array_equal(a.first_stage_score.to_numpy(), b.first_stage_score.to_numpy())

@@ -110,7 +110,7 @@ def test_the_score_stage_caches_onnx_scores_apart(make_cfg, onnx_cache: Path) ->
 
 
 def test_dense_mining_with_onnx_finds_the_same_candidates(make_cfg, tiny_bi_encoder: Path, onnx_cache: Path) -> None:
-    from distillrank.mining.dense import dense_key, dense_search
+    from distillrank.builders.mining import dense_candidates, dense_key
 
     overrides = ("mining=dense", f"mining.model={tiny_bi_encoder}")
     cfg_torch, cfg_onnx = make_cfg(*overrides), make_cfg(*overrides, "hardware=cpu_onnx")
@@ -118,8 +118,8 @@ def test_dense_mining_with_onnx_finds_the_same_candidates(make_cfg, tiny_bi_enco
     assert dense_key(cfg_onnx)["backend"] == "onnx"
     coll = components.collection(cfg_torch)
     queries = [text for _, text in train_queries(cfg_torch)]
-    rows_t, scores_t, info_t = dense_search(cfg_torch, coll, queries, 5, progress=False)
-    rows_o, scores_o, info_o = dense_search(cfg_onnx, coll, queries, 5, progress=False)
+    rows_t, scores_t, info_t = dense_candidates(cfg_torch, coll, queries, 5, progress=False)
+    rows_o, scores_o, info_o = dense_candidates(cfg_onnx, coll, queries, 5, progress=False)
     assert info_o["embeddings"] != info_t["embeddings"]  # corpus embeddings cached apart
     np.testing.assert_allclose(scores_o, scores_t, atol=1e-5)
     assert (rows_o[:, 0] == rows_t[:, 0]).mean() == 1.0
