@@ -30,10 +30,10 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from distillrank import artifacts, keys, sharding
-from distillrank.builders import components, training
+from distillrank.builders import components, hardware, training
 from distillrank.builders.mining import dense_key, mining_embeddings
 from distillrank.mining.sampling import sample_negatives
-from distillrank.runtime import configure
+from distillrank.runtime import resolve_device
 from distillrank.workspace import (
     MANIFEST,
     Manifest,
@@ -66,7 +66,9 @@ def run(cfg: DictConfig) -> Manifest:
     share = sharding.from_env()
     if share.group == 1:
         return _run(cfg)
-    sharding.join_group(share, configure(cfg.hardware).device)
+    # the device only: hardware=auto's precision and backend are the mining encoder's, chosen by
+    # rank 0's calibration (hardware.for_role), which every rank then reads
+    sharding.join_group(share, resolve_device(str(cfg.hardware.device)))
     if share.main:
         return _run(cfg, share)
     # rank 0's decision, taken under the stage's lock: whether the stage runs, and with it the encoding
@@ -74,7 +76,7 @@ def run(cfg: DictConfig) -> Manifest:
     folder = stage_dir(cfg, STAGE)
     if runs:
         if dense:  # this rank's part of the corpus embeddings (a collective with rank 0's)
-            mining_embeddings(cfg, components.collection(cfg), share=share)
+            mining_embeddings(hardware.for_role(cfg, "mining"), components.collection(cfg), share=share)
         key = stage_key(cfg)
         sharding.wait_until(
             lambda: _stamp(folder) != before and getattr(read_manifest(folder), "key", None) == key,
@@ -108,7 +110,7 @@ def _run(cfg: DictConfig, share: sharding.Share = sharding.WHOLE) -> Manifest:
     coll = components.collection(cfg)
     embeddings = None
     if dense and share.group > 1:
-        embeddings = mining_embeddings(cfg, coll, share=share)
+        embeddings = mining_embeddings(hardware.for_role(cfg, "mining"), coll, share=share)
     queries = training.train_queries(cfg)
     qrels = training.train_qrels(cfg)
     rows, scores, info = components.mining_first_stage(cfg, coll, [text for _, text in queries], embeddings)

@@ -115,3 +115,21 @@ def test_two_torchrun_ranks_mine_and_score_as_one_process_encoding_each_corpus_o
     # each corpus encoded once in all, two of its four blocks by each rank: rows 0-31 and 32-59
     assert [r.get("passages", 0) for r in ranks] == [2 * 32, 2 * 28]
     assert not read_manifest(stage_dir(cfg, "mine")).counts["embeddings_cached"]  # rank 0 encoded its part
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo on a Linux CPU")
+def test_two_torchrun_ranks_mine_under_hardware_auto(tiny_args, tmp_path):
+    """hardware=auto (the default) under torchrun: every rank encodes its part of the corpus with
+    the runtime rank 0's calibration chose for the mining encoder, not the unresolved ``auto``."""
+    overrides = [*tiny_args, *DENSE, "hardware=auto", "hardware.max_forward_texts=null"]
+    out = tmp_path / "ranks"
+    out.mkdir()
+    mp.spawn(_worker, args=(2, overrides, _free_port(), out), nprocs=2, join=True)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    cfg = compose(overrides)
+    mined = read_manifest(stage_dir(cfg, "mine"))
+    assert [r["mine"] for r in ranks] == [mined.key] * 2
+    # rank 1 encoded its two blocks of each corpus (the mining encoder's, then the teacher's) and
+    # calibrated nothing; rank 0 its blocks and the calibrations' batches
+    assert ranks[1]["passages"] == 2 * 28 and ranks[0]["passages"] > 2 * 32
+    assert mined.counts["rows"] > 0 and not mined.counts["embeddings_cached"]
